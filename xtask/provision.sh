@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Installs what building agentcg and testing it in a sched_ext VM needs, on Debian 12
+# (bookworm). Idempotent: every step checks first. DESIGN.md §4-5 say why each piece.
+set -euo pipefail
+
+KVER="${AGENTCG_KVER:-7.3.4+deb13-amd64}"
+KDIR="/lib/modules/$KVER"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+say() { printf '[provision] %s\n' "$*" >&2; }
+
+apt_sources() {
+  local src=/etc/apt/sources.list.d/agentcg-backports.sources
+  local pin=/etc/apt/preferences.d/agentcg-pin
+  if [ ! -f "$src" ]; then
+    say "adding bookworm-backports and trixie(-backports) (pinned low) to apt"
+    $SUDO tee "$src" >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports trixie-backports trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    $SUDO tee "$pin" >/dev/null <<'PIN'
+Package: *
+Pin: release n=trixie-backports
+Pin-Priority: 50
+
+Package: *
+Pin: release n=trixie
+Pin-Priority: 40
+PIN
+    $SUDO apt-get update -qq
+  fi
+}
+
+need_pkgs() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "apt-get install ${missing[*]}"
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+  fi
+}
+
+build_deps() {
+  apt_sources
+  need_pkgs clang-19 libclang-19-dev llvm-19 libelf-dev zlib1g-dev pkg-config make gcc
+}
+
+vm_deps() {
+  apt_sources
+  if ! dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null | grep -q bpo12; then
+    say "apt-get install qemu-system-x86 from bookworm-backports"
+    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+      qemu-system-x86 qemu-utils >/dev/null
+  fi
+  need_pkgs udev kmod busybox-static zstd file
+  if ! command -v vng >/dev/null 2>&1; then
+    say "pip install virtme-ng"
+    pip3 install -q virtme-ng 2>&1 | grep -v 'running pip as the' || true
+  fi
+  if [ ! -f "$KDIR/vmlinuz.unsigned" ]; then
+    say "fetching kernel $KVER from trixie-backports"
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && chmod 755 . && apt-get download -qq "linux-binary-unsigned-$KVER" "linux-modules-$KVER")
+    for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/root"; done
+    $SUDO mkdir -p "$KDIR"
+    $SUDO cp -a "$tmp/root/lib/modules/$KVER/." "$KDIR/" 2>/dev/null || true
+    $SUDO cp -a "$tmp/root/usr/lib/modules/$KVER/." "$KDIR/" 2>/dev/null || true
+    if [ ! -f "$KDIR/vmlinuz.unsigned" ]; then
+      local img
+      img=$(find "$tmp/root" -name 'vmlinuz*' | head -n1)
+      [ -n "$img" ] || { say "no vmlinuz in the kernel package"; exit 1; }
+      $SUDO cp "$img" "$KDIR/vmlinuz.unsigned"
+    fi
+    rm -rf "$tmp"
+  fi
+  if [ ! -f "$KDIR/modules.dep" ]; then
+    say "depmod $KVER"
+    $SUDO depmod "$KVER"
+  fi
+}
+
+case "${1:-all}" in
+  build) build_deps ;;
+  vm) vm_deps ;;
+  all) build_deps; vm_deps ;;
+  *) say "usage: provision.sh [build|vm|all]"; exit 2 ;;
+esac
