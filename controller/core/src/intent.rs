@@ -1,0 +1,544 @@
+//! Resource intents: what an agent declares a tool call needs.
+//!
+//! Three input forms reach one validated [`Intent`]:
+//! - the compact form `mem=1.5G,mem.max=2G,cpu=2,cpu.weight=200,pids=256,timeout=10m,priority=low,class=test`;
+//! - a JSON object with the same keys (`{"mem": "1.5G", "pids": 256}`), sizes as strings or byte counts;
+//! - the AgentCgroup reference's `AGENT_RESOURCE_HINT` (`memory:low|medium|high|2g|512m`).
+//!
+//! Parsing is strict: every key is known, every value in range, duplicates and
+//! leftovers rejected, and nothing is ever handed to a shell.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{self, HumanSize, UnitError};
+
+/// Longest intent text accepted, in bytes.
+pub const MAX_SPEC_LEN: usize = 1024;
+/// Smallest memory amount an intent may declare (1 MiB).
+pub const MIN_MEM: u64 = 1 << 20;
+/// Largest memory amount an intent may declare (64 TiB): anything above is a typo.
+pub const MAX_MEM: u64 = 64 << 40;
+/// Largest CPU count, in thousandths of a CPU.
+pub const MAX_MILLICPUS: u32 = 1024 * 1000;
+/// Largest pids.max a call may ask for (the kernel's PID_MAX_LIMIT).
+pub const MAX_PIDS: u32 = 4 * 1024 * 1024;
+/// Longest timeout or CPU budget (7 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 86_400);
+
+/// The keys of the compact and JSON forms, with their accepted values, for errors and docs.
+pub const KEYS: &[(&str, &str)] = &[
+    ("mem", "expected memory, e.g. 512M, 1.5G (sets memory.high)"),
+    ("mem.max", "hard memory ceiling, e.g. 2G (sets memory.max)"),
+    ("cpu", "CPUs, e.g. 0.5, 2 (sets cpu.max)"),
+    ("cpu.weight", "1..=10000 (sets cpu.weight)"),
+    ("cpu.budget", "cumulative CPU time, e.g. 120s"),
+    ("pids", "1..=4194304 (sets pids.max)"),
+    ("timeout", "wall-clock limit, e.g. 30s, 10m"),
+    ("priority", "high | normal | low"),
+    ("class", "command class label, [a-z][a-z0-9_-]{0,31}, e.g. test, build, install"),
+];
+
+/// Why an intent was rejected. Each variant names the key and the text that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntentError {
+    #[error("empty intent (write e.g. `mem=512M,timeout=5m`, or leave the intent out)")]
+    Empty,
+    #[error("intent is {0} bytes long; at most {MAX_SPEC_LEN} are accepted")]
+    TooLong(usize),
+    #[error("`{0}` is not `key=value` (accepted keys: {keys})", keys = key_list())]
+    NotKeyValue(String),
+    #[error("unknown key `{0}` (accepted keys: {keys})", keys = key_list())]
+    UnknownKey(String),
+    #[error("key `{0}` given twice")]
+    Duplicate(String),
+    #[error("`{key}={value}`: {reason}")]
+    BadValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("mem ({mem}) is larger than mem.max ({max})", mem = HumanSize(*.mem), max = HumanSize(*.max))]
+    ExpectedAboveMax { mem: u64, max: u64 },
+    #[error("intent JSON: {0}")]
+    Json(String),
+    #[error(
+        "resource hint `{0}`: expected `memory:low`, `memory:medium`, `memory:high` or `memory:SIZE` (e.g. memory:2g)"
+    )]
+    BadHint(String),
+}
+
+fn key_list() -> String {
+    KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+}
+
+/// A priority class, for sessions and for calls within a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "low" => Ok(Priority::Low),
+            "normal" => Ok(Priority::Normal),
+            "high" => Ok(Priority::High),
+            _ => Err(format!("`{s}` is not a priority (accepted: high, normal, low)")),
+        }
+    }
+}
+
+/// A validated intent. `None` means "not declared": the policy's defaults apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// Expected memory in bytes (becomes memory.high).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem: Option<u64>,
+    /// Maximum memory in bytes (becomes memory.max).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_max: Option<u64>,
+    /// CPU bandwidth in thousandths of a CPU (becomes cpu.max).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub millicpus: Option<u32>,
+    /// cpu.weight, 1..=10000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u16>,
+    /// Cumulative CPU-time budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_budget: Option<Duration>,
+    /// pids.max.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+    /// Wall-clock limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// Command class label (`test`, `build`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+}
+
+impl Intent {
+    /// Parses the compact `key=value,...` form.
+    pub fn parse_compact(spec: &str) -> Result<Intent, IntentError> {
+        check_len(spec)?;
+        if spec.trim().is_empty() {
+            return Err(IntentError::Empty);
+        }
+        let mut pairs = Vec::new();
+        for item in spec.split(',') {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| IntentError::NotKeyValue(item.to_string()))?;
+            pairs.push((key.to_string(), value.to_string()));
+        }
+        from_pairs(pairs)
+    }
+
+    /// Parses a JSON object with the compact form's keys; numbers are taken as bytes,
+    /// seconds, CPUs or counts as the key says.
+    pub fn parse_json(text: &str) -> Result<Intent, IntentError> {
+        check_len(text)?;
+        let map: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| IntentError::Json(e.to_string()))?;
+        if map.is_empty() {
+            return Err(IntentError::Empty);
+        }
+        let mut pairs = Vec::new();
+        for (key, value) in map {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(IntentError::BadValue {
+                        key,
+                        value: other.to_string(),
+                        reason: "expected a string or a number".into(),
+                    });
+                }
+            };
+            pairs.push((key, text));
+        }
+        from_pairs(pairs)
+    }
+
+    /// Parses the AgentCgroup reference's `AGENT_RESOURCE_HINT`: `memory:low` (256 MiB),
+    /// `memory:medium` (1 GiB), `memory:high` (4 GiB) or `memory:SIZE`. The amount is
+    /// the call's hard maximum; its expected size is half of it.
+    pub fn parse_hint(hint: &str) -> Result<Intent, IntentError> {
+        check_len(hint)?;
+        let bad = || IntentError::BadHint(hint.to_string());
+        let amount = hint.strip_prefix("memory:").ok_or_else(bad)?;
+        let max = match amount {
+            "low" => 256 << 20,
+            "medium" => 1 << 30,
+            "high" => 4 << 30,
+            size => units::parse_size(size).map_err(|_| bad())?,
+        };
+        check_mem("memory", amount, max)?;
+        Ok(Intent {
+            mem: Some((max / 2).max(MIN_MEM)),
+            mem_max: Some(max),
+            ..Intent::default()
+        })
+    }
+
+    /// Parses any of the three forms: JSON if it starts with `{`, a hint if it starts
+    /// with `memory:`, the compact form otherwise.
+    pub fn parse_any(text: &str) -> Result<Intent, IntentError> {
+        let t = text.trim_start();
+        if t.starts_with('{') {
+            Intent::parse_json(text)
+        } else if t.starts_with("memory:") {
+            Intent::parse_hint(text)
+        } else {
+            Intent::parse_compact(text)
+        }
+    }
+
+    /// Fills every field this intent leaves open from `defaults`.
+    pub fn or(self, defaults: &Intent) -> Intent {
+        Intent {
+            mem: self.mem.or(defaults.mem),
+            mem_max: self.mem_max.or(defaults.mem_max),
+            millicpus: self.millicpus.or(defaults.millicpus),
+            cpu_weight: self.cpu_weight.or(defaults.cpu_weight),
+            cpu_budget: self.cpu_budget.or(defaults.cpu_budget),
+            pids: self.pids.or(defaults.pids),
+            timeout: self.timeout.or(defaults.timeout),
+            priority: self.priority.or(defaults.priority),
+            class: self.class.or_else(|| defaults.class.clone()),
+        }
+    }
+
+    /// The compact form of this intent (parses back to an equal intent).
+    pub fn to_compact(&self) -> String {
+        let mut out = Vec::new();
+        if let Some(v) = self.mem {
+            out.push(format!("mem={}", units::compact_size(v)));
+        }
+        if let Some(v) = self.mem_max {
+            out.push(format!("mem.max={}", units::compact_size(v)));
+        }
+        if let Some(v) = self.millicpus {
+            out.push(format!("cpu={}", format_millicpus(v)));
+        }
+        if let Some(v) = self.cpu_weight {
+            out.push(format!("cpu.weight={v}"));
+        }
+        if let Some(v) = self.cpu_budget {
+            out.push(format!("cpu.budget={}", units::compact_duration(v)));
+        }
+        if let Some(v) = self.pids {
+            out.push(format!("pids={v}"));
+        }
+        if let Some(v) = self.timeout {
+            out.push(format!("timeout={}", units::compact_duration(v)));
+        }
+        if let Some(v) = self.priority {
+            out.push(format!("priority={v}"));
+        }
+        if let Some(v) = &self.class {
+            out.push(format!("class={v}"));
+        }
+        out.join(",")
+    }
+}
+
+/// `1500` → `1.5`, `2000` → `2`.
+pub fn format_millicpus(m: u32) -> String {
+    if m % 1000 == 0 {
+        (m / 1000).to_string()
+    } else {
+        let s = format!("{}.{:03}", m / 1000, m % 1000);
+        s.trim_end_matches('0').to_string()
+    }
+}
+
+fn check_len(text: &str) -> Result<(), IntentError> {
+    if text.len() > MAX_SPEC_LEN {
+        Err(IntentError::TooLong(text.len()))
+    } else {
+        Ok(())
+    }
+}
+
+fn bad(key: &str, value: &str, reason: impl Into<String>) -> IntentError {
+    IntentError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn unit_err(key: &str, value: &str, e: UnitError) -> IntentError {
+    bad(key, value, e.to_string())
+}
+
+fn check_mem(key: &str, value: &str, bytes: u64) -> Result<u64, IntentError> {
+    if bytes < MIN_MEM {
+        return Err(bad(key, value, format!("below the minimum of {}", HumanSize(MIN_MEM))));
+    }
+    if bytes > MAX_MEM {
+        return Err(bad(key, value, format!("above the maximum of {}", HumanSize(MAX_MEM))));
+    }
+    Ok(bytes)
+}
+
+fn parse_int<T: FromStr + PartialOrd + Copy + fmt::Display>(
+    key: &str,
+    value: &str,
+    min: T,
+    max: T,
+) -> Result<T, IntentError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(key, value, format!("expected a whole number in {min}..={max}")));
+    }
+    match value.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(bad(key, value, format!("out of range {min}..={max}"))),
+    }
+}
+
+fn parse_millicpus(key: &str, value: &str) -> Result<u32, IntentError> {
+    // CPUs are a size-free decimal: reuse the exact decimal parser with a unit of 1000.
+    let reason = "expected CPUs as a decimal with at most 3 places, e.g. 0.5 or 2";
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(bad(key, value, reason));
+    }
+    let milli = units::parse_size(&format!("{value}K"))
+        .map_err(|_| bad(key, value, reason))?
+        .checked_mul(1000)
+        .map(|v| v / 1024)
+        .ok_or_else(|| bad(key, value, "too large"))?;
+    if value.split_once('.').is_some_and(|(_, f)| f.len() > 3) {
+        return Err(bad(key, value, reason));
+    }
+    if milli < 10 || milli > u64::from(MAX_MILLICPUS) {
+        return Err(bad(key, value, format!("out of range 0.01..={}", MAX_MILLICPUS / 1000)));
+    }
+    Ok(milli as u32)
+}
+
+fn parse_bounded_duration(key: &str, value: &str, min: Duration) -> Result<Duration, IntentError> {
+    let d = units::parse_duration(value).map_err(|e| unit_err(key, value, e))?;
+    if d < min || d > MAX_DURATION {
+        return Err(bad(
+            key,
+            value,
+            format!(
+                "out of range {}..={}",
+                units::compact_duration(min),
+                units::compact_duration(MAX_DURATION)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_class(key: &str, value: &str) -> Result<String, IntentError> {
+    let mut chars = value.chars();
+    let ok = value.len() <= 32
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(bad(key, value, "expected a label matching [a-z][a-z0-9_-]{0,31}"))
+    }
+}
+
+/// Validates key/value pairs into an intent: known keys, no duplicates, values in range.
+fn from_pairs(pairs: Vec<(String, String)>) -> Result<Intent, IntentError> {
+    let mut intent = Intent::default();
+    let mut seen: Vec<String> = Vec::new();
+    for (key, value) in pairs {
+        if seen.contains(&key) {
+            return Err(IntentError::Duplicate(key));
+        }
+        let (k, v) = (key.as_str(), value.as_str());
+        match k {
+            "mem" | "mem.max" => {
+                let bytes = units::parse_size(v).map_err(|e| unit_err(k, v, e))?;
+                let bytes = check_mem(k, v, bytes)?;
+                if k == "mem" {
+                    intent.mem = Some(bytes);
+                } else {
+                    intent.mem_max = Some(bytes);
+                }
+            }
+            "cpu" => intent.millicpus = Some(parse_millicpus(k, v)?),
+            "cpu.weight" => intent.cpu_weight = Some(parse_int(k, v, 1u16, 10_000u16)?),
+            "cpu.budget" => {
+                intent.cpu_budget = Some(parse_bounded_duration(k, v, Duration::from_millis(10))?)
+            }
+            "pids" => intent.pids = Some(parse_int(k, v, 1u32, MAX_PIDS)?),
+            "timeout" => intent.timeout = Some(parse_bounded_duration(k, v, Duration::from_millis(1))?),
+            "priority" => intent.priority = Some(v.parse().map_err(|e: String| bad(k, v, e))?),
+            "class" => intent.class = Some(parse_class(k, v)?),
+            _ if k.is_empty() => return Err(IntentError::NotKeyValue(format!("{k}={v}"))),
+            _ => return Err(IntentError::UnknownKey(key)),
+        }
+        seen.push(key);
+    }
+    if let (Some(mem), Some(max)) = (intent.mem, intent.mem_max)
+        && mem > max
+    {
+        return Err(IntentError::ExpectedAboveMax { mem, max });
+    }
+    Ok(intent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_form_parses_every_key() {
+        let i = Intent::parse_compact(
+            "mem=1.5G,mem.max=2G,cpu=2,cpu.weight=200,pids=256,timeout=10m,priority=low,class=test,cpu.budget=120s",
+        )
+        .unwrap();
+        assert_eq!(i.mem, Some(3 << 29));
+        assert_eq!(i.mem_max, Some(2 << 30));
+        assert_eq!(i.millicpus, Some(2000));
+        assert_eq!(i.cpu_weight, Some(200));
+        assert_eq!(i.pids, Some(256));
+        assert_eq!(i.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(i.priority, Some(Priority::Low));
+        assert_eq!(i.class.as_deref(), Some("test"));
+        assert_eq!(i.cpu_budget, Some(Duration::from_secs(120)));
+        assert_eq!(Intent::parse_compact(&i.to_compact()).unwrap(), i);
+    }
+
+    #[test]
+    fn fractional_cpus() {
+        assert_eq!(Intent::parse_compact("cpu=0.5").unwrap().millicpus, Some(500));
+        assert_eq!(Intent::parse_compact("cpu=1.25").unwrap().millicpus, Some(1250));
+        assert_eq!(format_millicpus(1250), "1.25");
+        assert_eq!(format_millicpus(3000), "3");
+    }
+
+    #[test]
+    fn json_form_matches_compact_form() {
+        let j = Intent::parse_json(r#"{"mem":"512M","mem.max":1073741824,"cpu":1.5,"pids":64}"#).unwrap();
+        let c = Intent::parse_compact("mem=512M,mem.max=1G,cpu=1.5,pids=64").unwrap();
+        assert_eq!(j, c);
+    }
+
+    #[test]
+    fn hints_from_the_reference() {
+        assert_eq!(Intent::parse_hint("memory:high").unwrap().mem_max, Some(4 << 30));
+        assert_eq!(Intent::parse_hint("memory:low").unwrap().mem_max, Some(256 << 20));
+        let i = Intent::parse_hint("memory:512m").unwrap();
+        assert_eq!((i.mem, i.mem_max), (Some(256 << 20), Some(512 << 20)));
+        assert_eq!(Intent::parse_any("memory:2g").unwrap().mem_max, Some(2 << 30));
+    }
+
+    #[test]
+    fn defaults_fill_only_open_fields() {
+        let d = Intent::parse_compact("mem=1G,pids=100,timeout=5m").unwrap();
+        let i = Intent::parse_compact("mem=2G").unwrap().or(&d);
+        assert_eq!(i.mem, Some(2 << 30));
+        assert_eq!(i.pids, Some(100));
+        assert_eq!(i.timeout, Some(Duration::from_secs(300)));
+    }
+
+    /// Every one of these is rejected, and the message names the problem.
+    #[test]
+    fn malformed_intents_are_rejected_with_a_reason() {
+        let huge = format!("mem={}", "9".repeat(2000));
+        let cases: &[(&str, &str)] = &[
+            ("", "empty"),
+            ("   ", "empty"),
+            ("mem", "key=value"),
+            ("mem=", "empty value"),
+            ("=5", "key=value"),
+            ("mem=5X", "unknown unit"),
+            ("mem=-1G", "not a number"),
+            ("mem=1e9", "unknown unit"),
+            ("mem=0", "below the minimum"),
+            ("mem=100K", "below the minimum"),
+            ("mem=999999T", "above the maximum"),
+            ("mem=18446744073709551616", "too large"),
+            ("mem=1G,mem=2G", "twice"),
+            ("mem=2G,mem.max=1G", "larger than mem.max"),
+            ("memory=1G", "unknown key `memory`"),
+            ("mem=1G,foo=bar", "unknown key `foo`"),
+            ("cpu=0", "out of range"),
+            ("cpu=-1", "expected CPUs"),
+            ("cpu=1.2345", "at most 3 places"),
+            ("cpu=abc", "expected CPUs"),
+            ("cpu=99999", "out of range"),
+            ("cpu.weight=0", "out of range"),
+            ("cpu.weight=10001", "out of range"),
+            ("cpu.weight=1.5", "whole number"),
+            ("pids=0", "out of range"),
+            ("pids=99999999999", "out of range"),
+            ("pids=+5", "whole number"),
+            ("timeout=0", "out of range"),
+            ("timeout=30y", "unknown unit"),
+            ("timeout=8d", "out of range"),
+            ("priority=urgent", "not a priority"),
+            ("class=Test", "[a-z]"),
+            ("class=a;rm -rf /", "[a-z]"),
+            ("mem=$(touch /tmp/x)", "not a number"),
+            ("mem=1G;reboot", "unknown unit"),
+            ("mem=1G`id`", "unknown unit"),
+            ("mem=1G mem.max=2G", "unknown unit"),
+            ("mem=1G,,pids=3", "key=value"),
+            (huge.as_str(), "at most 1024"),
+        ];
+        assert!(cases.len() >= 30);
+        for (spec, needle) in cases {
+            let err = Intent::parse_compact(spec).expect_err(spec).to_string();
+            assert!(err.contains(needle), "`{spec}` → `{err}` (wanted `{needle}`)");
+        }
+    }
+
+    #[test]
+    fn malformed_hints_and_json_are_rejected() {
+        for hint in ["memory:a[$(touch /tmp/x)]g", "memory:", "mem:2g", "memory:huge", "memory:0"] {
+            assert!(Intent::parse_any(hint).is_err(), "{hint}");
+        }
+        let cases = [
+            (r#"{"mem": "1G", "bogus": 1}"#, "unknown key `bogus`"),
+            (r#"{"mem": [1]}"#, "string or a number"),
+            (r#"{"mem": -5}"#, "not a number"),
+            (r#"{}"#, "empty"),
+            (r#"{"mem": "1G""#, "JSON"),
+            (r#"[1,2]"#, "key=value"),
+        ];
+        for (text, needle) in cases {
+            let err = Intent::parse_any(text).expect_err(text).to_string();
+            assert!(err.contains(needle), "`{text}` → `{err}`");
+        }
+    }
+}

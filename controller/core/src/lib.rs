@@ -1,0 +1,6 @@
+//! agentcg's synchronous core: intents, policy decisions, cgroupfs I/O and call
+//! records. The daemon and the CLI are thin front-ends over this crate.
+
+pub mod intent;
+pub mod units;
+pub mod policy;

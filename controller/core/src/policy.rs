@@ -1,0 +1,343 @@
+//! Policy: the operator's rules (session defaults, per-priority weights, per-call caps,
+//! command classes), parsed strictly from TOML. The embedded default lives in
+//! `policies/default.toml`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::intent::{Intent, IntentError, Priority};
+use crate::units;
+
+/// The policy agentcgd uses when started without `--policy`.
+pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.toml");
+
+/// Why a policy was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("reading policy {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// What to do with a call that wants more than its session has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admission {
+    Clamp,
+    Reject,
+}
+
+/// Session defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDefaults {
+    pub memory: u64,
+    pub pids: u32,
+    pub millicpus: u32,
+    pub runtime_reserve: u64,
+    pub admission: Admission,
+}
+
+/// Upper bounds for any one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caps {
+    pub mem_max: u64,
+    pub millicpus: u32,
+    pub pids: u32,
+    pub timeout: Duration,
+}
+
+/// A command class: which commands belong to it and how they are treated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandClass {
+    pub name: String,
+    /// Each pattern is a word sequence (`python -m pytest`).
+    pub commands: Vec<Vec<String>>,
+    pub intent: Intent,
+    pub suggestion: String,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub session: SessionDefaults,
+    /// cpu.weight for low, normal, high.
+    pub weights: [u16; 3],
+    pub caps: Caps,
+    pub call_intent: Intent,
+    pub call_suggestion: String,
+    pub classes: Vec<CommandClass>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    session: RawSession,
+    priority: RawPriorities,
+    caps: RawCaps,
+    call: RawCall,
+    #[serde(default, rename = "class")]
+    classes: Vec<RawClass>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    memory: String,
+    pids: u32,
+    cpus: f64,
+    runtime_reserve: String,
+    admission: Admission,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPriorities {
+    high: RawWeight,
+    normal: RawWeight,
+    low: RawWeight,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeight {
+    cpu_weight: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaps {
+    mem_max: String,
+    cpus: f64,
+    pids: u32,
+    timeout: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCall {
+    intent: String,
+    suggestion: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClass {
+    name: String,
+    commands: Vec<String>,
+    intent: String,
+    suggestion: String,
+}
+
+impl Policy {
+    /// The embedded default policy.
+    pub fn default_policy() -> Policy {
+        // The default is parsed by a unit test, so this cannot fail at run time.
+        Policy::parse(DEFAULT_POLICY, "embedded default").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Policy::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates policy text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        let invalid = |message: String| PolicyError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let size = |key: &str, v: &str| {
+            units::parse_size(v).map_err(|e| invalid(format!("{key} = \"{v}\": {e}")))
+        };
+        let cpus = |key: &str, v: f64| {
+            if !(0.0..=1024.0).contains(&v) {
+                return Err(invalid(format!("{key} = {v}: expected 0..=1024 CPUs")));
+            }
+            Ok((v * 1000.0).round() as u32)
+        };
+        let weight = |key: &str, w: u16| {
+            if (1..=10_000).contains(&w) {
+                Ok(w)
+            } else {
+                Err(invalid(format!("priority.{key}.cpu_weight = {w}: expected 1..=10000")))
+            }
+        };
+        let intent = |key: &str, v: &str| {
+            Intent::parse_compact(v).map_err(|e: IntentError| invalid(format!("{key}: {e}")))
+        };
+        let session = SessionDefaults {
+            memory: size("session.memory", &raw.session.memory)?,
+            pids: raw.session.pids,
+            millicpus: cpus("session.cpus", raw.session.cpus)?,
+            runtime_reserve: size("session.runtime_reserve", &raw.session.runtime_reserve)?,
+            admission: raw.session.admission,
+        };
+        if session.runtime_reserve >= session.memory {
+            return Err(invalid("session.runtime_reserve must be smaller than session.memory".into()));
+        }
+        let caps = Caps {
+            mem_max: size("caps.mem_max", &raw.caps.mem_max)?,
+            millicpus: cpus("caps.cpus", raw.caps.cpus)?,
+            pids: raw.caps.pids,
+            timeout: units::parse_duration(&raw.caps.timeout)
+                .map_err(|e| invalid(format!("caps.timeout: {e}")))?,
+        };
+        let mut classes = Vec::new();
+        for c in raw.classes {
+            let label = Intent::parse_compact(&format!("class={}", c.name))
+                .map_err(|e| invalid(format!("class name: {e}")))?;
+            if c.commands.is_empty() {
+                return Err(invalid(format!("class {}: commands is empty", c.name)));
+            }
+            let mut intent = intent(&format!("class {} intent", c.name), &c.intent)?;
+            intent.class = label.class;
+            classes.push(CommandClass {
+                name: c.name,
+                commands: c
+                    .commands
+                    .iter()
+                    .map(|p| p.split_whitespace().map(str::to_string).collect())
+                    .collect(),
+                intent,
+                suggestion: c.suggestion,
+            });
+        }
+        Ok(Policy {
+            session,
+            weights: [
+                weight("low", raw.priority.low.cpu_weight)?,
+                weight("normal", raw.priority.normal.cpu_weight)?,
+                weight("high", raw.priority.high.cpu_weight)?,
+            ],
+            caps,
+            call_intent: intent("call.intent", &raw.call.intent)?,
+            call_suggestion: raw.call.suggestion,
+            classes,
+        })
+    }
+
+    /// cpu.weight for a priority class.
+    pub fn weight(&self, p: Priority) -> u16 {
+        self.weights[p as usize]
+    }
+
+    /// The class of a command line (argv joined, or a shell command string): the first
+    /// shell segment whose leading words match a class pattern decides.
+    pub fn classify(&self, command: &str) -> Option<&CommandClass> {
+        segments(command).find_map(|words| {
+            self.classes
+                .iter()
+                .find(|c| c.commands.iter().any(|p| prefix_matches(p, &words)))
+        })
+    }
+
+    /// A class by its label.
+    pub fn class_named(&self, name: &str) -> Option<&CommandClass> {
+        self.classes.iter().find(|c| c.name == name)
+    }
+}
+
+/// Splits a shell command into segments at `&&`, `||`, `;`, `|` and newlines, and each
+/// segment into words, dropping leading `VAR=value` assignments and wrappers such as
+/// `timeout 60`, `env`, `sudo`, `nice`. Only used for classification: nothing runs it.
+fn segments(command: &str) -> impl Iterator<Item = Vec<String>> + '_ {
+    command
+        .split(['\n', ';', '|', '&'])
+        .map(|seg| {
+            let mut words: Vec<String> = seg
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c| c == '(' || c == ')' || c == '"' || c == '\'').to_string())
+                .filter(|w| !w.is_empty())
+                .collect();
+            loop {
+                match words.first().map(String::as_str) {
+                    Some(w) if w.contains('=') && !w.starts_with('-') => {
+                        words.remove(0);
+                    }
+                    Some("env" | "sudo" | "nice" | "exec" | "time" | "command") => {
+                        words.remove(0);
+                    }
+                    Some("timeout") => {
+                        words.drain(..words.len().min(2));
+                    }
+                    _ => break,
+                }
+            }
+            words
+        })
+        .filter(|w| !w.is_empty())
+}
+
+/// Whether `words` starts with `pattern`; the first word compares by basename, with a
+/// version suffix allowed (`/usr/bin/python3.11` matches `python`).
+fn prefix_matches(pattern: &[String], words: &[String]) -> bool {
+    if pattern.is_empty() || words.len() < pattern.len() {
+        return false;
+    }
+    let first = words[0].rsplit('/').next().unwrap_or("");
+    let version_ok = first
+        .strip_prefix(pattern[0].as_str())
+        .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit() || c == '.'));
+    version_ok && pattern[1..] == words[1..pattern.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_policy_is_valid() {
+        let p = Policy::default_policy();
+        assert_eq!(p.session.memory, 4 << 30);
+        assert_eq!(p.weight(Priority::High), 400);
+        assert_eq!(p.weight(Priority::Low), 25);
+        assert!(p.classes.iter().any(|c| c.name == "test"));
+        assert_eq!(p.class_named("vcs").unwrap().intent.class.as_deref(), Some("vcs"));
+    }
+
+    #[test]
+    fn classification_follows_shell_segments() {
+        let p = Policy::default_policy();
+        let class = |cmd: &str| p.classify(cmd).map(|c| c.name.as_str());
+        assert_eq!(class("python -m pytest tests/ -x"), Some("test"));
+        assert_eq!(class("cd /testbed && python3 -m pytest -q"), Some("test"));
+        assert_eq!(class("/usr/bin/python3.11 -m pytest"), Some("test"));
+        assert_eq!(class("PYTHONPATH=. timeout 60 pytest a.py"), Some("test"));
+        assert_eq!(class("git status"), Some("vcs"));
+        assert_eq!(class("pip install -e ."), Some("install"));
+        assert_eq!(class("cargo build --release"), Some("build"));
+        assert_eq!(class("python script.py"), None);
+        assert_eq!(class("pytestx"), None);
+        assert_eq!(class(""), None);
+    }
+
+    #[test]
+    fn bad_policies_name_the_problem() {
+        let good = DEFAULT_POLICY;
+        let cases = [
+            (good.replace("admission = \"clamp\"", "admission = \"maybe\""), "maybe"),
+            (good.replace("memory = \"4G\"", "memory = \"4Q\""), "session.memory"),
+            (good.replace("[caps]", "[caps]\nbogus = 1"), "bogus"),
+            (good.replace("cpu_weight = 400", "cpu_weight = 0"), "cpu_weight"),
+            (good.replace("runtime_reserve = \"128M\"", "runtime_reserve = \"8G\""), "runtime_reserve"),
+            (good.replace("intent = \"mem=64M,mem.max=512M,pids=256,timeout=10m\"", "intent = \"mem=zz\""), "class vcs intent"),
+            (good.replace("name = \"vcs\"", "name = \"Bad Name\""), "class name"),
+            (good.replace("cpus = 64", "cpus = -1"), "caps.cpus"),
+        ];
+        for (text, needle) in cases {
+            let err = Policy::parse(&text, "test").expect_err(needle).to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}
