@@ -4,3 +4,4 @@
 pub mod intent;
 pub mod units;
 pub mod policy;
+pub mod plan;

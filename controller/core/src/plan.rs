@@ -1,0 +1,479 @@
+//! Pure decisions: a session's cgroup limits from its request and the policy, and a
+//! call's limits from its declared intent, the policy and what its session has left.
+//! No I/O here; the daemon applies the result to cgroupfs.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::intent::{Intent, Priority, format_millicpus};
+use crate::policy::{Admission, Policy};
+use crate::units::{HumanSize, compact_duration};
+
+/// Smallest expected size a call is admitted with (memory.high below this only thrashes).
+pub const MIN_CALL_MEM: u64 = 16 << 20;
+/// cpu.max period in microseconds.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// A session as asked for by a client; `None` takes the policy default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub name: String,
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Session memory budget in bytes, or a size string in the JSON API.
+    #[serde(default, with = "size_opt")]
+    pub memory: Option<u64>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub pids: Option<u32>,
+    #[serde(default)]
+    pub runtime_pid: Option<u32>,
+}
+
+/// The limits of a session's cgroups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPlan {
+    pub name: String,
+    pub priority: Priority,
+    /// session/ memory.max.
+    pub memory_max: u64,
+    /// session/ memory.low: the whole budget for high priority sessions, else 0.
+    pub memory_low: u64,
+    pub cpu_weight: u16,
+    /// session/ cpu.max in thousandths of a CPU; `None` = max.
+    pub millicpus: Option<u32>,
+    pub pids_max: u32,
+    /// runtime/ memory.min (high priority) or memory.low (others).
+    pub runtime_reserve: u64,
+    pub runtime_hard_protect: bool,
+    /// calls/ memory.max: what every tool call of the session shares.
+    pub calls_memory_max: u64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "session name `{0}` is invalid: use 1-64 characters from [A-Za-z0-9_.-], not starting with `.` or `-`"
+    )]
+    BadSessionName(String),
+    #[error("session {field} = {value}: {reason}")]
+    BadSessionLimit {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    NoRoom(String),
+}
+
+/// Validates a session name; names become directory names, so this is strict.
+pub fn check_session_name(name: &str) -> Result<(), PlanError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::BadSessionName(name.chars().take(80).collect()))
+    }
+}
+
+/// Plans a session's cgroups.
+pub fn plan_session(policy: &Policy, req: &SessionRequest) -> Result<SessionPlan, PlanError> {
+    check_session_name(&req.name)?;
+    let priority = req.priority.unwrap_or_default();
+    let memory = req.memory.unwrap_or(policy.session.memory);
+    let reserve = policy.session.runtime_reserve;
+    let bad = |field, value: String, reason: String| PlanError::BadSessionLimit { field, value, reason };
+    if memory < reserve + MIN_CALL_MEM {
+        return Err(bad(
+            "memory",
+            HumanSize(memory).to_string(),
+            format!(
+                "must be at least the runtime reserve ({}) plus {} for tool calls",
+                HumanSize(reserve),
+                HumanSize(MIN_CALL_MEM)
+            ),
+        ));
+    }
+    if memory > crate::intent::MAX_MEM {
+        return Err(bad("memory", HumanSize(memory).to_string(), "absurdly large".into()));
+    }
+    let millicpus = match req.cpus {
+        None if policy.session.millicpus == 0 => None,
+        None => Some(policy.session.millicpus),
+        Some(c) if (0.01..=1024.0).contains(&c) => Some((c * 1000.0).round() as u32),
+        Some(c) => return Err(bad("cpus", c.to_string(), "expected 0.01..=1024".into())),
+    };
+    let pids_max = req.pids.unwrap_or(policy.session.pids);
+    if pids_max == 0 || pids_max > crate::intent::MAX_PIDS {
+        return Err(bad("pids", pids_max.to_string(), "expected 1..=4194304".into()));
+    }
+    Ok(SessionPlan {
+        name: req.name.clone(),
+        priority,
+        memory_max: memory,
+        memory_low: if priority == Priority::High { memory } else { 0 },
+        cpu_weight: policy.weight(priority),
+        millicpus,
+        pids_max,
+        runtime_reserve: reserve,
+        runtime_hard_protect: priority == Priority::High,
+        calls_memory_max: memory - reserve,
+    })
+}
+
+/// The limits a call runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallLimits {
+    /// Expected memory; memory.high when below `memory_max`, else memory.high = max.
+    pub memory_expected: u64,
+    pub memory_high: Option<u64>,
+    pub memory_max: u64,
+    pub cpu_weight: u16,
+    /// cpu.max in thousandths of a CPU; `None` = max.
+    pub millicpus: Option<u32>,
+    pub pids_max: u32,
+    pub timeout_ms: u64,
+    pub cpu_budget_ms: Option<u64>,
+    pub priority: Priority,
+    pub class: Option<String>,
+}
+
+impl CallLimits {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// One limit lowered from what was asked, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clamp {
+    pub field: String,
+    pub requested: String,
+    pub granted: String,
+    pub reason: String,
+}
+
+/// An admitted call: its limits, what was clamped, and the suggestion for its class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitted {
+    pub limits: CallLimits,
+    pub clamps: Vec<Clamp>,
+    pub suggestion: String,
+}
+
+/// What a session has committed to its running calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionLoad {
+    /// Sum of the running calls' expected memory.
+    pub expected_mem: u64,
+    pub running: usize,
+}
+
+fn clamp_note(clamps: &mut Vec<Clamp>, field: &str, requested: String, granted: String, reason: String) {
+    clamps.push(Clamp {
+        field: field.to_string(),
+        requested,
+        granted,
+        reason,
+    });
+}
+
+/// Admits a call: fills the declared intent from its class (or the policy default),
+/// then clamps it to the policy caps and to what the session has left.
+pub fn admit(
+    policy: &Policy,
+    session: &SessionPlan,
+    load: SessionLoad,
+    declared: &Intent,
+    command: &str,
+) -> Result<Admitted, PlanError> {
+    let class = match declared.class.as_deref() {
+        Some(name) => policy.class_named(name),
+        None => policy.classify(command),
+    };
+    let (defaults, suggestion) = match class {
+        Some(c) => (&c.intent, c.suggestion.clone()),
+        None => (&policy.call_intent, policy.call_suggestion.clone()),
+    };
+    let mut eff = declared.clone().or(defaults);
+    // A declared bound wins over a default on the other bound.
+    match (declared.mem, declared.mem_max) {
+        (None, Some(max)) => eff.mem = eff.mem.map(|m| m.min(max)),
+        (Some(mem), None) => eff.mem_max = eff.mem_max.map(|m| m.max(mem)),
+        _ => {}
+    }
+    let mut clamps = Vec::new();
+    let size = |b: u64| HumanSize(b).to_string();
+
+    let ceiling = session.calls_memory_max;
+    let mut mem_max = eff.mem_max.unwrap_or(ceiling);
+    if mem_max > policy.caps.mem_max {
+        clamp_note(&mut clamps, "mem.max", size(mem_max), size(policy.caps.mem_max), "policy cap".into());
+        mem_max = policy.caps.mem_max;
+    }
+    if mem_max > ceiling {
+        let reason = format!(
+            "session `{}` gives its tool calls {} together ({} budget minus {} runtime reserve)",
+            session.name,
+            size(ceiling),
+            size(session.memory_max),
+            size(session.runtime_reserve)
+        );
+        clamp_note(&mut clamps, "mem.max", size(mem_max), size(ceiling), reason);
+        mem_max = ceiling;
+    }
+    let mut mem = eff.mem.unwrap_or(mem_max).min(mem_max);
+    let remaining = ceiling.saturating_sub(load.expected_mem);
+    if mem > remaining {
+        let why = format!(
+            "session `{}` has {} of {} left for tool calls ({} running call(s) expect {})",
+            session.name,
+            size(remaining),
+            size(ceiling),
+            load.running,
+            size(load.expected_mem)
+        );
+        if policy.session.admission == Admission::Reject || remaining < MIN_CALL_MEM {
+            return Err(PlanError::NoRoom(format!(
+                "call expects {} but {why}; retry when a call finishes, or declare less (mem=...)",
+                size(mem)
+            )));
+        }
+        clamp_note(&mut clamps, "mem", size(mem), size(remaining), why);
+        mem = remaining;
+    }
+
+    let mut pids = eff.pids.unwrap_or(policy.caps.pids);
+    for (cap, why) in [(policy.caps.pids, "policy cap"), (session.pids_max, "session pids budget")] {
+        if pids > cap {
+            clamp_note(&mut clamps, "pids", pids.to_string(), cap.to_string(), why.into());
+            pids = cap;
+        }
+    }
+
+    let mut millicpus = eff.millicpus;
+    for (cap, why) in [(Some(policy.caps.millicpus), "policy cap"), (session.millicpus, "session CPU budget")] {
+        if let (Some(m), Some(c)) = (millicpus, cap)
+            && m > c
+        {
+            clamp_note(&mut clamps, "cpu", format_millicpus(m), format_millicpus(c), why.into());
+            millicpus = Some(c);
+        }
+    }
+
+    let mut priority = eff.priority.unwrap_or(session.priority);
+    if priority > session.priority {
+        clamp_note(
+            &mut clamps,
+            "priority",
+            priority.to_string(),
+            session.priority.to_string(),
+            "a call cannot rank above its session".into(),
+        );
+        priority = session.priority;
+    }
+
+    let mut timeout = eff.timeout.unwrap_or(policy.caps.timeout);
+    if timeout > policy.caps.timeout {
+        clamp_note(
+            &mut clamps,
+            "timeout",
+            compact_duration(timeout),
+            compact_duration(policy.caps.timeout),
+            "policy cap".into(),
+        );
+        timeout = policy.caps.timeout;
+    }
+
+    Ok(Admitted {
+        limits: CallLimits {
+            memory_expected: mem,
+            memory_high: (mem < mem_max).then_some(mem),
+            memory_max: mem_max,
+            cpu_weight: eff.cpu_weight.unwrap_or_else(|| policy.weight(priority)),
+            millicpus,
+            pids_max: pids,
+            timeout_ms: timeout.as_millis() as u64,
+            cpu_budget_ms: eff.cpu_budget.map(|d| d.as_millis() as u64),
+            priority,
+            class: eff.class.or_else(|| class.map(|c| c.name.clone())),
+        },
+        clamps,
+        suggestion,
+    })
+}
+
+/// cpu.max text for a CPU amount: `"max 100000"` or `"<quota> 100000"`.
+pub fn cpu_max_value(millicpus: Option<u32>) -> String {
+    match millicpus {
+        None => format!("max {CPU_PERIOD_US}"),
+        Some(m) => format!("{} {CPU_PERIOD_US}", u64::from(m) * CPU_PERIOD_US / 1000),
+    }
+}
+
+/// Serde helper: an optional size given as a byte count or a size string.
+mod size_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_u64(*b),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Bytes(b)) => Ok(Some(b)),
+            Some(Raw::Text(t)) => crate::units::parse_size(&t)
+                .map(Some)
+                .map_err(|e| serde::de::Error::custom(format!("memory `{t}`: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(memory: u64) -> (Policy, SessionPlan) {
+        let policy = Policy::default_policy();
+        let plan = plan_session(
+            &policy,
+            &SessionRequest {
+                name: "s1".into(),
+                memory: Some(memory),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        (policy, plan)
+    }
+
+    fn intent(s: &str) -> Intent {
+        Intent::parse_compact(s).unwrap()
+    }
+
+    #[test]
+    fn session_names_are_strict() {
+        for ok in ["a", "agent-1", "A_b.c"] {
+            assert!(check_session_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "-x", "a/b", "a b", "x$(id)", &"a".repeat(65), "é"] {
+            assert!(check_session_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn session_plan_reserves_memory_for_the_runtime() {
+        let (_, plan) = session(400 << 20);
+        assert_eq!(plan.memory_max, 400 << 20);
+        assert_eq!(plan.calls_memory_max, (400 - 128) << 20);
+        assert_eq!(plan.cpu_weight, 100);
+        assert!(!plan.runtime_hard_protect);
+        let policy = Policy::default_policy();
+        let tiny = SessionRequest {
+            name: "t".into(),
+            memory: Some(100 << 20),
+            ..Default::default()
+        };
+        let err = plan_session(&policy, &tiny).unwrap_err().to_string();
+        assert!(err.contains("runtime reserve"), "{err}");
+        let high = SessionRequest {
+            name: "h".into(),
+            priority: Some(Priority::High),
+            ..Default::default()
+        };
+        let p = plan_session(&policy, &high).unwrap();
+        assert_eq!((p.cpu_weight, p.memory_low, p.runtime_hard_protect), (400, 4 << 30, true));
+    }
+
+    #[test]
+    fn declared_intent_becomes_limits() {
+        let (policy, plan) = session(4 << 30);
+        let a = admit(&policy, &plan, SessionLoad::default(), &intent("mem=512M,mem.max=1G,cpu=1.5,pids=64"), "x").unwrap();
+        assert_eq!(a.limits.memory_high, Some(512 << 20));
+        assert_eq!(a.limits.memory_max, 1 << 30);
+        assert_eq!(a.limits.millicpus, Some(1500));
+        assert_eq!(a.limits.pids_max, 64);
+        assert!(a.clamps.is_empty(), "{:?}", a.clamps);
+        assert_eq!(cpu_max_value(a.limits.millicpus), "150000 100000");
+    }
+
+    #[test]
+    fn only_a_max_means_no_memory_high() {
+        let (policy, plan) = session(4 << 30);
+        let a = admit(&policy, &plan, SessionLoad::default(), &intent("mem.max=64M"), "python bomb.py").unwrap();
+        assert_eq!((a.limits.memory_high, a.limits.memory_max), (None, 64 << 20));
+        assert!(a.clamps.is_empty());
+    }
+
+    #[test]
+    fn class_defaults_apply_and_explicit_class_wins() {
+        let (policy, plan) = session(4 << 30);
+        let a = admit(&policy, &plan, SessionLoad::default(), &Intent::default(), "cd /x && pytest -q").unwrap();
+        assert_eq!(a.limits.class.as_deref(), Some("test"));
+        assert_eq!(a.limits.memory_max, 2 << 30);
+        assert!(a.suggestion.contains("single test"));
+        let b = admit(&policy, &plan, SessionLoad::default(), &intent("class=vcs"), "pytest").unwrap();
+        assert_eq!(b.limits.memory_max, 512 << 20);
+    }
+
+    #[test]
+    fn clamps_to_the_session_and_says_so() {
+        let (policy, plan) = session(400 << 20);
+        let first = admit(&policy, &plan, SessionLoad::default(), &intent("mem=150M,mem.max=300M"), "a").unwrap();
+        assert_eq!(first.limits.memory_max, 272 << 20);
+        assert_eq!(first.clamps[0].field, "mem.max");
+        let load = SessionLoad {
+            expected_mem: first.limits.memory_expected,
+            running: 1,
+        };
+        let second = admit(&policy, &plan, load, &intent("mem=150M,mem.max=300M"), "a").unwrap();
+        assert_eq!(second.limits.memory_expected, 122 << 20);
+        let note = second.clamps.iter().find(|c| c.field == "mem").unwrap();
+        assert!(note.reason.contains("1 running call"), "{note:?}");
+        let full = SessionLoad {
+            expected_mem: 270 << 20,
+            running: 1,
+        };
+        let err = admit(&policy, &plan, full, &intent("mem=100M"), "a").unwrap_err().to_string();
+        assert!(err.contains("retry when a call finishes"), "{err}");
+    }
+
+    #[test]
+    fn reject_policy_refuses_instead_of_clamping() {
+        let (mut policy, plan) = session(400 << 20);
+        policy.session.admission = Admission::Reject;
+        let load = SessionLoad {
+            expected_mem: 200 << 20,
+            running: 1,
+        };
+        assert!(admit(&policy, &plan, load, &intent("mem=100M"), "a").is_err());
+    }
+
+    #[test]
+    fn caps_and_priority_are_clamped() {
+        let (policy, plan) = session(4 << 30);
+        let a = admit(&policy, &plan, SessionLoad::default(), &intent("mem.max=64G,pids=100000,timeout=5d,priority=high"), "a").unwrap();
+        let fields: Vec<&str> = a.clamps.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["mem.max", "mem.max", "pids", "pids", "priority", "timeout"]);
+        assert_eq!(a.limits.priority, Priority::Normal);
+        assert_eq!(a.limits.pids_max, 4096);
+        assert_eq!(a.limits.timeout(), Duration::from_secs(7200));
+    }
+}
