@@ -5,3 +5,4 @@ pub mod intent;
 pub mod units;
 pub mod policy;
 pub mod plan;
+pub mod cgroup;

@@ -1,0 +1,304 @@
+//! cgroup v2 filesystem I/O. Every function takes the cgroup's path (nothing assumes
+//! `/sys/fs/cgroup`), and every error carries the path, the value written and the
+//! kernel's reply. One controller per file; interface file names are constants.
+
+pub mod cpu;
+pub mod layout;
+pub mod memory;
+pub mod pids;
+
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// `cgroup.procs`: the processes in a cgroup.
+pub const PROCS: &str = "cgroup.procs";
+/// `cgroup.kill`: write 1 to SIGKILL every process in the subtree.
+pub const KILL: &str = "cgroup.kill";
+/// `cgroup.freeze`: write 1/0 to freeze/thaw the subtree.
+pub const FREEZE: &str = "cgroup.freeze";
+/// `cgroup.events`: `populated` and `frozen`.
+pub const EVENTS: &str = "cgroup.events";
+/// `cgroup.subtree_control`: controllers enabled for children.
+pub const SUBTREE_CONTROL: &str = "cgroup.subtree_control";
+/// `cgroup.controllers`: controllers available here.
+pub const CONTROLLERS: &str = "cgroup.controllers";
+
+/// A failed cgroupfs operation.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("{op} {path}{}: {source}", value.as_ref().map(|v| format!(" (value `{v}`)")).unwrap_or_default())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        value: Option<String>,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {reason} in `{text}`")]
+    Parse {
+        path: PathBuf,
+        text: String,
+        reason: String,
+    },
+    #[error("{path} still has processes after {waited_ms} ms; cannot remove it")]
+    StillPopulated { path: PathBuf, waited_ms: u128 },
+}
+
+impl CgroupError {
+    /// The OS error behind this error, if any.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            CgroupError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// A cgroup directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(path: impl Into<PathBuf>) -> Cgroup {
+        Cgroup { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path.join(PROCS).exists()
+    }
+
+    /// Creates the cgroup (its parent must exist). An existing cgroup is an error
+    /// unless `allow_existing`.
+    pub fn create(&self, allow_existing: bool) -> Result<(), CgroupError> {
+        match std::fs::create_dir(&self.path) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && allow_existing => Ok(()),
+            r => r.map_err(|source| self.io("mkdir", &self.path, None, source)),
+        }
+    }
+
+    fn io(&self, op: &'static str, path: &Path, value: Option<&str>, source: std::io::Error) -> CgroupError {
+        CgroupError::Io {
+            op,
+            path: path.to_path_buf(),
+            value: value.map(str::to_string),
+            source,
+        }
+    }
+
+    /// Writes `value` into the interface file `file`.
+    pub fn write(&self, file: &str, value: &str) -> Result<(), CgroupError> {
+        let path = self.path.join(file);
+        std::fs::write(&path, value).map_err(|source| self.io("write", &path, Some(value), source))
+    }
+
+    /// Reads the interface file `file`.
+    pub fn read(&self, file: &str) -> Result<String, CgroupError> {
+        let path = self.path.join(file);
+        std::fs::read_to_string(&path).map_err(|source| self.io("read", &path, None, source))
+    }
+
+    /// Reads a single-number file (`max` is `u64::MAX`).
+    pub fn read_u64(&self, file: &str) -> Result<u64, CgroupError> {
+        let text = self.read(file)?;
+        parse_u64_or_max(text.trim()).ok_or_else(|| CgroupError::Parse {
+            path: self.path.join(file),
+            text: text.trim().to_string(),
+            reason: "expected a number or `max`".into(),
+        })
+    }
+
+    /// Reads a flat-keyed file (`key value` per line) such as `memory.events`.
+    pub fn read_flat(&self, file: &str) -> Result<Vec<(String, u64)>, CgroupError> {
+        let text = self.read(file)?;
+        parse_flat_keyed(&text).map_err(|reason| CgroupError::Parse {
+            path: self.path.join(file),
+            text,
+            reason,
+        })
+    }
+
+    /// The cgroup id: the inode number of its directory (what BPF's
+    /// `bpf_get_current_cgroup_id()` returns).
+    pub fn id(&self) -> Result<u64, CgroupError> {
+        std::fs::metadata(&self.path)
+            .map(|m| m.ino())
+            .map_err(|source| self.io("stat", &self.path, None, source))
+    }
+
+    /// Whether any process lives in this cgroup's subtree.
+    pub fn populated(&self) -> Result<bool, CgroupError> {
+        let events = self.read_flat(EVENTS)?;
+        Ok(events.iter().any(|(k, v)| k == "populated" && *v == 1))
+    }
+
+    /// Pids of the processes directly in this cgroup.
+    pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
+        Ok(self.read(PROCS)?.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Moves a process into this cgroup.
+    pub fn attach(&self, pid: u32) -> Result<(), CgroupError> {
+        self.write(PROCS, &pid.to_string())
+    }
+
+    /// SIGKILLs every process of the subtree (`cgroup.kill`).
+    pub fn kill(&self) -> Result<(), CgroupError> {
+        self.write(KILL, "1")
+    }
+
+    /// Freezes or thaws the subtree.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        self.write(FREEZE, if frozen { "1" } else { "0" })
+    }
+
+    /// Enables controllers for children (`+cpu +memory +pids`), skipping those the
+    /// parent does not offer.
+    pub fn enable_controllers(&self, wanted: &[&str]) -> Result<(), CgroupError> {
+        let available = self.read(CONTROLLERS)?;
+        let enabled = self.read(SUBTREE_CONTROL)?;
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|c| available.split_whitespace().any(|a| a == **c))
+            .filter(|c| !enabled.split_whitespace().any(|a| a == **c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.write(SUBTREE_CONTROL, &missing.join(" "))
+    }
+
+    /// Kills what is left in the subtree, waits for it to empty (up to `wait`), and
+    /// removes the cgroup and its child cgroups, deepest first. Returns how many
+    /// processes were still there to kill. A missing cgroup is not an error.
+    pub fn destroy(&self, wait: Duration) -> Result<usize, CgroupError> {
+        if !self.path.exists() {
+            return Ok(0);
+        }
+        let leftover = self.count_procs_recursive();
+        if leftover > 0 || self.populated().unwrap_or(false) {
+            self.kill()?;
+            let start = Instant::now();
+            while self.populated()? {
+                if start.elapsed() > wait {
+                    return Err(CgroupError::StillPopulated {
+                        path: self.path.clone(),
+                        waited_ms: start.elapsed().as_millis(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        self.remove_tree()?;
+        Ok(leftover)
+    }
+
+    fn count_procs_recursive(&self) -> usize {
+        let own = self.procs().map(|p| p.len()).unwrap_or(0);
+        own + self.children().iter().map(Cgroup::count_procs_recursive).sum::<usize>()
+    }
+
+    /// Child cgroups.
+    pub fn children(&self) -> Vec<Cgroup> {
+        let Ok(dir) = std::fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| Cgroup::new(e.path()))
+            .collect()
+    }
+
+    fn remove_tree(&self) -> Result<(), CgroupError> {
+        for child in self.children() {
+            child.remove_tree()?;
+        }
+        // rmdir can briefly fail with EBUSY while the kernel finishes tearing down
+        // exited tasks (css offlining); retry for a moment.
+        let start = Instant::now();
+        loop {
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < Duration::from_secs(2) => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(source) => return Err(self.io("rmdir", &self.path, None, source)),
+            }
+        }
+    }
+}
+
+/// `"123"` → 123, `"max"` → `u64::MAX`.
+pub fn parse_u64_or_max(text: &str) -> Option<u64> {
+    if text == "max" { Some(u64::MAX) } else { text.parse().ok() }
+}
+
+/// Parses `key value` lines.
+pub fn parse_flat_keyed(text: &str) -> Result<Vec<(String, u64)>, String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut it = line.split_whitespace();
+            match (it.next(), it.next().and_then(parse_u64_or_max), it.next()) {
+                (Some(k), Some(v), None) => Ok((k.to_string(), v)),
+                _ => Err(format!("bad line `{line}`")),
+            }
+        })
+        .collect()
+}
+
+/// The value of `key` in flat-keyed pairs, 0 when absent.
+pub fn flat_get(pairs: &[(String, u64)], key: &str) -> u64 {
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| *v).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_keyed_parsing() {
+        let pairs = parse_flat_keyed("low 0\nhigh 12\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        assert_eq!(flat_get(&pairs, "high"), 12);
+        assert_eq!(flat_get(&pairs, "oom_kill"), 1);
+        assert_eq!(flat_get(&pairs, "absent"), 0);
+        assert!(parse_flat_keyed("populated").is_err());
+        assert!(parse_flat_keyed("a 1 2").is_err());
+        assert_eq!(parse_u64_or_max("max"), Some(u64::MAX));
+    }
+
+    #[test]
+    fn io_errors_carry_path_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = Cgroup::new(dir.path().join("nope"));
+        let err = cg.write("memory.max", "64M").unwrap_err().to_string();
+        assert!(err.contains("nope/memory.max") && err.contains("`64M`"), "{err}");
+    }
+
+    #[test]
+    fn fixture_reads_and_destroy_of_an_empty_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = Cgroup::new(dir.path().join("call-1"));
+        cg.create(false).unwrap();
+        assert!(cg.create(false).is_err());
+        cg.create(true).unwrap();
+        std::fs::write(cg.path().join("memory.peak"), "4096\n").unwrap();
+        std::fs::write(cg.path().join(EVENTS), "populated 0\nfrozen 0\n").unwrap();
+        std::fs::write(cg.path().join(PROCS), "").unwrap();
+        assert_eq!(cg.read_u64("memory.peak").unwrap(), 4096);
+        assert!(!cg.populated().unwrap());
+        // A fixture directory holds regular files, which rmdir refuses: on cgroupfs
+        // the interface files vanish with the directory.
+        assert!(cg.destroy(Duration::from_millis(10)).is_err());
+        let missing = Cgroup::new(dir.path().join("gone"));
+        assert_eq!(missing.destroy(Duration::ZERO).unwrap(), 0);
+    }
+}
