@@ -6,3 +6,5 @@ pub mod units;
 pub mod policy;
 pub mod plan;
 pub mod cgroup;
+pub mod record;
+pub mod spawn;

@@ -1,0 +1,289 @@
+//! What happened to a call: its final accounting, its outcome, and the structured
+//! feedback the agent gets instead of a bare exit status. All pure.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::cpu::CpuUsage;
+use crate::cgroup::memory::MemoryEvents;
+use crate::intent::Intent;
+use crate::plan::{CallLimits, Clamp};
+use crate::units::{HumanSize, compact_size};
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exit status 0.
+    Ok,
+    /// Non-zero exit, no budget involved.
+    Failed,
+    /// The kernel's OOM killer ended it inside its memory budget.
+    OomKilled,
+    /// Its wall-clock timeout expired; agentcgd killed it.
+    Timeout,
+    /// It failed after forks were refused by pids.max.
+    PidsLimited,
+    /// Ended by a signal nobody in agentcg sent.
+    Killed,
+    /// The client never reported the end; agentcgd cleaned it up.
+    Abandoned,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::OomKilled => "oom_killed",
+            Outcome::Timeout => "timeout",
+            Outcome::PidsLimited => "pids_limited",
+            Outcome::Killed => "killed",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+
+    /// Whether a budget ended the call (the agent gets feedback).
+    pub fn is_budget(self) -> bool {
+        matches!(self, Outcome::OomKilled | Outcome::Timeout | Outcome::PidsLimited)
+    }
+}
+
+/// How the tool process ended, as the client saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl ExitInfo {
+    /// The shell convention: the code, or 128 + signal.
+    pub fn shell_status(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 255,
+        }
+    }
+}
+
+/// The final accounting of a call's cgroup, read before it is removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accounting {
+    pub memory_peak: Option<u64>,
+    pub cpu: CpuUsage,
+    /// The call's memory.events (its cgroup is new, so these are the call's deltas).
+    pub memory_events: MemoryEvents,
+    /// memory.events.local of the session's calls/ cgroup that grew during the call:
+    /// a `max` there means the shared ceiling, not the call's own limit, was hit.
+    pub shared_ceiling_events: MemoryEvents,
+    pub pids_peak: Option<u64>,
+    /// Forks refused by pids.max.
+    pub pids_limit_hits: u64,
+}
+
+/// Decides the outcome from the exit, the accounting and whether the timeout fired.
+pub fn outcome(exit: &ExitInfo, acc: &Accounting, timed_out: bool) -> Outcome {
+    let ev = &acc.memory_events;
+    if timed_out {
+        Outcome::Timeout
+    } else if ev.oom_kill > 0 || ev.oom_group_kill > 0 {
+        Outcome::OomKilled
+    } else if exit.code == Some(0) {
+        Outcome::Ok
+    } else if acc.pids_limit_hits > 0 {
+        Outcome::PidsLimited
+    } else if exit.signal.is_some() {
+        Outcome::Killed
+    } else {
+        Outcome::Failed
+    }
+}
+
+/// Structured feedback: what limit ended the call, the peak, what to try instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// The limit that ended the call (`mem.max`, `session calls ceiling`, `timeout`, `pids`).
+    pub limit: String,
+    /// Its value, human-readable.
+    pub limit_value: String,
+    /// The observed peak (memory or processes), human-readable, when known.
+    pub peak: Option<String>,
+    /// What to try instead.
+    pub suggestion: String,
+    /// One human line with all of the above.
+    pub message: String,
+}
+
+/// Feedback for a call a budget ended; `None` for other outcomes.
+pub fn feedback(
+    call_id: u64,
+    outcome: Outcome,
+    limits: &CallLimits,
+    acc: &Accounting,
+    calls_ceiling: u64,
+    suggestion: &str,
+) -> Option<Feedback> {
+    let class = limits.class.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
+    let (limit, value, peak, what, advice) = match outcome {
+        Outcome::OomKilled => {
+            let peak = acc.memory_peak.map(|p| HumanSize(p).to_string());
+            let shared = acc.shared_ceiling_events.max > 0 && acc.memory_events.max == 0;
+            if shared {
+                (
+                    "session calls ceiling".to_string(),
+                    HumanSize(calls_ceiling).to_string(),
+                    peak,
+                    "the session's tool calls together ran out of memory".to_string(),
+                    format!("run fewer calls at once in this session; {suggestion}"),
+                )
+            } else {
+                let bigger = compact_size(limits.memory_max.saturating_mul(2));
+                (
+                    "mem.max".to_string(),
+                    HumanSize(limits.memory_max).to_string(),
+                    peak,
+                    "it ran out of memory".to_string(),
+                    format!("{suggestion}; or declare more memory (--intent mem.max={bigger}) if the host can afford it"),
+                )
+            }
+        }
+        Outcome::Timeout => (
+            "timeout".to_string(),
+            crate::units::compact_duration(limits.timeout()),
+            None,
+            "it ran past its time limit".to_string(),
+            format!("{suggestion}; or declare a longer timeout (--intent timeout=...)"),
+        ),
+        Outcome::PidsLimited => (
+            "pids".to_string(),
+            limits.pids_max.to_string(),
+            acc.pids_peak.map(|p| format!("{p} processes")),
+            "it could not start more processes".to_string(),
+            "use fewer parallel workers, or declare more (--intent pids=...)".to_string(),
+        ),
+        _ => return None,
+    };
+    let peak_text = peak.as_deref().map(|p| format!(", peak {p}")).unwrap_or_default();
+    let message = format!(
+        "agentcg: call {call_id}{class} was stopped: {what} ({limit} {value}{peak_text}). Try: {advice}."
+    );
+    Some(Feedback {
+        limit,
+        limit_value: value,
+        peak,
+        suggestion: advice,
+        message,
+    })
+}
+
+/// Process activity of a call as seen by the telemetry BPF programs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessCounts {
+    pub execs: u64,
+    pub forks: u64,
+    pub exits: u64,
+}
+
+/// Everything known about one finished call: what was asked, what was granted, what
+/// happened. Written as one JSON line to the history and returned to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub call_id: u64,
+    pub session: String,
+    pub command: Vec<String>,
+    pub intent: Intent,
+    pub limits: CallLimits,
+    pub clamps: Vec<Clamp>,
+    pub cgroup: String,
+    pub started_unix_ms: u64,
+    pub duration_ms: u64,
+    pub exit: ExitInfo,
+    pub outcome: Outcome,
+    pub accounting: Accounting,
+    /// Processes the tool left behind, killed before the cgroup was removed.
+    pub leftover_killed: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<ProcessCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<Feedback>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intent::Priority;
+
+    fn limits() -> CallLimits {
+        CallLimits {
+            memory_expected: 64 << 20,
+            memory_high: None,
+            memory_max: 64 << 20,
+            cpu_weight: 100,
+            millicpus: None,
+            pids_max: 32,
+            timeout_ms: 10_000,
+            cpu_budget_ms: None,
+            priority: Priority::Normal,
+            class: Some("test".into()),
+        }
+    }
+
+    fn oom_acc(own_max: u64, shared_max: u64) -> Accounting {
+        Accounting {
+            memory_peak: Some(64 << 20),
+            memory_events: MemoryEvents {
+                max: own_max,
+                oom: 1,
+                oom_kill: 1,
+                ..Default::default()
+            },
+            shared_ceiling_events: MemoryEvents {
+                max: shared_max,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn outcomes() {
+        let ok = ExitInfo { code: Some(0), signal: None };
+        let fail = ExitInfo { code: Some(1), signal: None };
+        let killed = ExitInfo { code: None, signal: Some(9) };
+        let quiet = Accounting::default();
+        assert_eq!(outcome(&ok, &quiet, false), Outcome::Ok);
+        assert_eq!(outcome(&fail, &quiet, false), Outcome::Failed);
+        assert_eq!(outcome(&killed, &quiet, false), Outcome::Killed);
+        assert_eq!(outcome(&killed, &quiet, true), Outcome::Timeout);
+        assert_eq!(outcome(&killed, &oom_acc(3, 0), false), Outcome::OomKilled);
+        let forkfail = Accounting { pids_limit_hits: 2, ..quiet };
+        assert_eq!(outcome(&fail, &forkfail, false), Outcome::PidsLimited);
+        assert_eq!(outcome(&ok, &forkfail, false), Outcome::Ok);
+        assert_eq!(killed.shell_status(), 137);
+        assert_eq!(fail.shell_status(), 1);
+    }
+
+    #[test]
+    fn oom_feedback_names_limit_peak_and_suggestion() {
+        let f = feedback(7, Outcome::OomKilled, &limits(), &oom_acc(3, 0), 1 << 30, "run a single test file").unwrap();
+        assert_eq!(f.limit, "mem.max");
+        assert_eq!(f.peak.as_deref(), Some("64 MiB"));
+        assert!(f.message.contains("call 7 (test)"), "{}", f.message);
+        assert!(f.message.contains("run a single test file"));
+        assert!(f.suggestion.contains("mem.max=128M"), "{}", f.suggestion);
+    }
+
+    #[test]
+    fn shared_ceiling_is_told_apart() {
+        let f = feedback(1, Outcome::OomKilled, &limits(), &oom_acc(0, 2), 272 << 20, "x").unwrap();
+        assert_eq!(f.limit, "session calls ceiling");
+        assert_eq!(f.limit_value, "272 MiB");
+    }
+
+    #[test]
+    fn no_feedback_for_plain_failures() {
+        assert!(feedback(1, Outcome::Failed, &limits(), &Accounting::default(), 0, "x").is_none());
+        let t = feedback(1, Outcome::Timeout, &limits(), &Accounting::default(), 0, "x").unwrap();
+        assert_eq!(t.limit_value, "10s");
+    }
+}
