@@ -8,3 +8,6 @@ pub mod plan;
 pub mod cgroup;
 pub mod record;
 pub mod spawn;
+pub mod controller;
+pub mod history;
+pub mod probe;

@@ -1,0 +1,578 @@
+//! The engine behind agentcgd: owns the cgroup subtree, its sessions and running
+//! calls, and the history. Synchronous; the daemon serializes access with a mutex and
+//! supplies time (timeouts) and kernel telemetry (through [`CallObserver`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::layout::{Layout, parse_call_dir};
+use crate::cgroup::memory::MemoryEvents;
+use crate::cgroup::{Cgroup, CgroupError, cpu, memory, pids};
+use crate::history::{History, HistoryError};
+use crate::intent::{Intent, IntentError};
+use crate::plan::{self, CallLimits, Clamp, PlanError, SessionLoad, SessionPlan, SessionRequest};
+use crate::policy::Policy;
+use crate::record::{self, Accounting, CallRecord, ExitInfo, Outcome, ProcessCounts};
+
+/// Name of the session used when a call names none.
+pub const DEFAULT_SESSION: &str = "default";
+/// Session plans, persisted so a restarted daemon re-adopts its sessions.
+pub const SESSIONS_FILE: &str = "sessions.json";
+/// Controllers agentcg enables in its subtree.
+pub const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+/// How long removing a call waits for killed processes to exit.
+const DESTROY_WAIT: Duration = Duration::from_secs(5);
+/// A call whose cgroup has been empty this long without a finish report is abandoned.
+pub const ABANDON_AFTER: Duration = Duration::from_secs(30);
+
+/// Kernel-side observation of calls (the BPF telemetry programs in the daemon).
+pub trait CallObserver: Send {
+    /// Called after a call's cgroup is created, before its first process runs.
+    fn watch(&mut self, cgroup_id: u64);
+    /// Called before the cgroup is removed; returns what was seen.
+    fn unwatch(&mut self, cgroup_id: u64) -> Option<ProcessCounts>;
+}
+
+/// Everything that can go wrong, with a stable machine code for the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Intent(#[from] IntentError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("no session named `{0}`")]
+    NoSession(String),
+    #[error("session `{0}` already exists")]
+    SessionExists(String),
+    #[error("no call {0}")]
+    NoCall(u64),
+    #[error("session `{name}` still has {count} runtime process(es); close with force to kill them")]
+    RuntimeAlive { name: String, count: usize },
+    #[error("{what}: {reason}")]
+    BadRequest { what: String, reason: String },
+    #[error("state file {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+}
+
+impl ControlError {
+    /// A stable code for the API's error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::Intent(_) => "bad_intent",
+            ControlError::Plan(PlanError::NoRoom(_)) => "no_room",
+            ControlError::Plan(_) => "bad_session",
+            ControlError::Cgroup(_) => "cgroup_error",
+            ControlError::History(_) | ControlError::State { .. } => "state_error",
+            ControlError::NoSession(_) => "no_such_session",
+            ControlError::SessionExists(_) => "session_exists",
+            ControlError::NoCall(_) => "no_such_call",
+            ControlError::RuntimeAlive { .. } => "runtime_alive",
+            ControlError::BadRequest { .. } => "bad_request",
+        }
+    }
+
+    /// Whether the client is at fault (HTTP 4xx) rather than the host (5xx).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(
+            self,
+            ControlError::Cgroup(_) | ControlError::History(_) | ControlError::State { .. }
+        )
+    }
+}
+
+/// A call being declared: its session, command and intent text.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallRequest {
+    #[serde(default)]
+    pub session: Option<String>,
+    /// The command, for classification and the record (never executed by the daemon).
+    pub command: Vec<String>,
+    /// The intent in any accepted form (compact text, hint, or a JSON object).
+    #[serde(default)]
+    pub intent: Option<serde_json::Value>,
+}
+
+/// The answer to a call declaration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallGrant {
+    pub call_id: u64,
+    pub session: String,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub limits: CallLimits,
+    pub clamps: Vec<Clamp>,
+}
+
+/// A session as shown by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub plan: SessionPlan,
+    pub cgroup: String,
+    pub running_calls: Vec<u64>,
+    pub runtime_pids: Vec<u32>,
+    pub memory_current: Option<u64>,
+    pub calls_finished: u64,
+}
+
+#[derive(Debug)]
+struct RunningCall {
+    session: String,
+    command: Vec<String>,
+    intent: Intent,
+    limits: CallLimits,
+    clamps: Vec<Clamp>,
+    suggestion: String,
+    cgroup: Cgroup,
+    cgroup_id: u64,
+    started: Instant,
+    started_unix_ms: u64,
+    ceiling_before: MemoryEvents,
+    timed_out: bool,
+    empty_since: Option<Instant>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SessionState {
+    plan: SessionPlan,
+    #[serde(default)]
+    calls_finished: u64,
+}
+
+/// The engine.
+pub struct Controller {
+    policy: Policy,
+    layout: Layout,
+    state_dir: PathBuf,
+    sessions: BTreeMap<String, SessionState>,
+    running: BTreeMap<u64, RunningCall>,
+    history: History,
+    next_id: u64,
+    observer: Option<Box<dyn CallObserver>>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("root", &self.layout.root_path())
+            .field("sessions", &self.sessions.len())
+            .field("running", &self.running.len())
+            .finish()
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Controller {
+    /// Prepares the subtree at `root` (creating it and enabling controllers), loads
+    /// state and history from `state_dir`, re-adopts known sessions and removes calls
+    /// left behind by a previous run.
+    pub fn start(policy: Policy, root: &Path, state_dir: &Path) -> Result<Controller, ControlError> {
+        let layout = Layout::new(root);
+        if let Some(parent) = root.parent() {
+            Cgroup::new(parent).enable_controllers(&CONTROLLERS)?;
+        }
+        layout.root().create(true)?;
+        layout.root().enable_controllers(&CONTROLLERS)?;
+        let history = History::open(state_dir)?;
+        let mut c = Controller {
+            policy,
+            layout,
+            state_dir: state_dir.to_path_buf(),
+            sessions: BTreeMap::new(),
+            running: BTreeMap::new(),
+            next_id: history.max_id() + 1,
+            history,
+            observer: None,
+        };
+        c.load_sessions()?;
+        c.reconcile()?;
+        Ok(c)
+    }
+
+    pub fn set_observer(&mut self, observer: Box<dyn CallObserver>) {
+        self.observer = Some(observer);
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn sessions_path(&self) -> PathBuf {
+        self.state_dir.join(SESSIONS_FILE)
+    }
+
+    fn load_sessions(&mut self) -> Result<(), ControlError> {
+        let path = self.sessions_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(ControlError::State { path, reason: e.to_string() }),
+        };
+        self.sessions = serde_json::from_str(&text).map_err(|e| ControlError::State {
+            path: path.clone(),
+            reason: format!("{e} (move the file away to start with no sessions)"),
+        })?;
+        Ok(())
+    }
+
+    fn save_sessions(&self) -> Result<(), ControlError> {
+        let path = self.sessions_path();
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&self.sessions).unwrap_or_default();
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| ControlError::State { path, reason: e.to_string() })
+    }
+
+    /// Removes call cgroups no running call owns, and sessions no state knows (when
+    /// they hold no processes).
+    fn reconcile(&mut self) -> Result<(), ControlError> {
+        for child in self.layout.root().children() {
+            let Some(name) = child
+                .path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(crate::cgroup::layout::SESSION_PREFIX))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            if !self.sessions.contains_key(&name) {
+                if !child.populated()? {
+                    child.destroy(DESTROY_WAIT)?;
+                }
+                continue;
+            }
+            for call in self.layout.calls(&name).children() {
+                let owned = call
+                    .path()
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(parse_call_dir)
+                    .is_some_and(|id| self.running.contains_key(&id));
+                if !owned {
+                    call.destroy(DESTROY_WAIT)?;
+                }
+            }
+        }
+        self.sessions.retain(|name, _| self.layout.session(name).exists());
+        self.save_sessions()
+    }
+
+    /// Creates a session and its cgroups.
+    pub fn create_session(&mut self, req: &SessionRequest) -> Result<SessionInfo, ControlError> {
+        let plan = plan::plan_session(&self.policy, req)?;
+        if self.sessions.contains_key(&plan.name) {
+            return Err(ControlError::SessionExists(plan.name));
+        }
+        let session = self.layout.session(&plan.name);
+        session.create(false)?;
+        if let Err(e) = self.apply_session(&plan) {
+            let _ = session.destroy(DESTROY_WAIT);
+            return Err(e);
+        }
+        let name = plan.name.clone();
+        self.sessions.insert(name.clone(), SessionState { plan, calls_finished: 0 });
+        self.save_sessions()?;
+        if let Some(pid) = req.runtime_pid {
+            self.attach_runtime(&name, pid)?;
+        }
+        self.session_info(&name)
+    }
+
+    fn apply_session(&self, plan: &SessionPlan) -> Result<(), ControlError> {
+        let session = self.layout.session(&plan.name);
+        memory::set_max(&session, Some(plan.memory_max))?;
+        memory::set_low(&session, plan.memory_low)?;
+        memory::disable_swap(&session)?;
+        cpu::set_weight(&session, plan.cpu_weight)?;
+        cpu::set_max(&session, plan.millicpus)?;
+        pids::set_max(&session, plan.pids_max)?;
+        session.enable_controllers(&CONTROLLERS)?;
+        let runtime = self.layout.runtime(&plan.name);
+        runtime.create(false)?;
+        if plan.runtime_hard_protect {
+            memory::set_min(&runtime, plan.runtime_reserve)?;
+        } else {
+            memory::set_low(&runtime, plan.runtime_reserve)?;
+        }
+        let calls = self.layout.calls(&plan.name);
+        calls.create(false)?;
+        memory::set_max(&calls, Some(plan.calls_memory_max))?;
+        calls.enable_controllers(&CONTROLLERS)?;
+        Ok(())
+    }
+
+    /// Moves the agent runtime process into the session's runtime leaf.
+    pub fn attach_runtime(&mut self, name: &str, pid: u32) -> Result<(), ControlError> {
+        if !self.sessions.contains_key(name) {
+            return Err(ControlError::NoSession(name.to_string()));
+        }
+        if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(ControlError::BadRequest {
+                what: format!("runtime pid {pid}"),
+                reason: "no such process".into(),
+            });
+        }
+        self.layout.runtime(name).attach(pid)?;
+        Ok(())
+    }
+
+    pub fn session_info(&self, name: &str) -> Result<SessionInfo, ControlError> {
+        let s = self.sessions.get(name).ok_or_else(|| ControlError::NoSession(name.to_string()))?;
+        let cg = self.layout.session(name);
+        Ok(SessionInfo {
+            plan: s.plan.clone(),
+            cgroup: cg.path().display().to_string(),
+            running_calls: self
+                .running
+                .iter()
+                .filter(|(_, c)| c.session == name)
+                .map(|(id, _)| *id)
+                .collect(),
+            runtime_pids: self.layout.runtime(name).procs().unwrap_or_default(),
+            memory_current: cg.read_u64(memory::CURRENT).ok(),
+            calls_finished: s.calls_finished,
+        })
+    }
+
+    pub fn list_sessions(&self) -> Vec<SessionInfo> {
+        self.sessions.keys().filter_map(|n| self.session_info(n).ok()).collect()
+    }
+
+    /// Closes a session: ends its running calls (recorded as killed) and removes its
+    /// cgroups. Refuses while the runtime has processes, unless `force`.
+    pub fn close_session(&mut self, name: &str, force: bool) -> Result<Vec<CallRecord>, ControlError> {
+        if !self.sessions.contains_key(name) {
+            return Err(ControlError::NoSession(name.to_string()));
+        }
+        let runtime = self.layout.runtime(name).procs().unwrap_or_default();
+        if !runtime.is_empty() && !force {
+            return Err(ControlError::RuntimeAlive {
+                name: name.to_string(),
+                count: runtime.len(),
+            });
+        }
+        let ids: Vec<u64> = self.running.iter().filter(|(_, c)| c.session == name).map(|(i, _)| *i).collect();
+        let mut records = Vec::new();
+        for id in ids {
+            records.push(self.finish_call(id, ExitInfo { code: None, signal: Some(libc::SIGKILL) })?);
+        }
+        self.layout.session(name).destroy(DESTROY_WAIT)?;
+        self.sessions.remove(name);
+        self.save_sessions()?;
+        Ok(records)
+    }
+
+    fn session_load(&self, name: &str) -> SessionLoad {
+        let mine = self.running.values().filter(|c| c.session == name);
+        SessionLoad {
+            expected_mem: mine.clone().map(|c| c.limits.memory_expected).sum(),
+            running: mine.count(),
+        }
+    }
+
+    /// Declares a call: validates the intent, admits it into its session, and creates
+    /// its cgroup with every limit written before anything runs in it.
+    pub fn declare_call(&mut self, req: &CallRequest) -> Result<CallGrant, ControlError> {
+        if req.command.is_empty() || req.command.iter().any(|a| a.contains('\0')) {
+            return Err(ControlError::BadRequest {
+                what: "command".into(),
+                reason: "must be a non-empty list of arguments without NUL bytes".into(),
+            });
+        }
+        let intent = match &req.intent {
+            None | Some(serde_json::Value::Null) => Intent::default(),
+            Some(serde_json::Value::String(s)) => Intent::parse_any(s)?,
+            Some(v @ serde_json::Value::Object(_)) => Intent::parse_json(&v.to_string())?,
+            Some(other) => {
+                return Err(ControlError::BadRequest {
+                    what: "intent".into(),
+                    reason: format!("expected a string or an object, got {other}"),
+                });
+            }
+        };
+        let name = req.session.clone().unwrap_or_else(|| DEFAULT_SESSION.to_string());
+        plan::check_session_name(&name)?;
+        if !self.sessions.contains_key(&name) {
+            if name != DEFAULT_SESSION {
+                return Err(ControlError::NoSession(name));
+            }
+            self.create_session(&SessionRequest {
+                name: name.clone(),
+                ..SessionRequest::default()
+            })?;
+        }
+        let plan = &self.sessions[&name].plan;
+        let admitted = plan::admit(&self.policy, plan, self.session_load(&name), &intent, &req.command.join(" "))?;
+        let id = self.next_id;
+        let cg = self.layout.call(&name, id);
+        cg.create(false)?;
+        let cgroup_id = match apply_call_limits(&cg, &admitted.limits).and_then(|()| cg.id()) {
+            Ok(cgid) => cgid,
+            Err(e) => {
+                let _ = cg.destroy(DESTROY_WAIT);
+                return Err(e.into());
+            }
+        };
+        self.next_id += 1;
+        if let Some(obs) = self.observer.as_mut() {
+            obs.watch(cgroup_id);
+        }
+        let ceiling_before = memory::events(&self.layout.calls(&name), memory::EVENTS_LOCAL).unwrap_or_default();
+        let grant = CallGrant {
+            call_id: id,
+            session: name.clone(),
+            cgroup: cg.path().display().to_string(),
+            cgroup_id,
+            limits: admitted.limits.clone(),
+            clamps: admitted.clamps.clone(),
+        };
+        self.running.insert(
+            id,
+            RunningCall {
+                session: name,
+                command: req.command.clone(),
+                intent,
+                limits: admitted.limits,
+                clamps: admitted.clamps,
+                suggestion: admitted.suggestion,
+                cgroup: cg,
+                cgroup_id,
+                started: Instant::now(),
+                started_unix_ms: unix_ms(),
+                ceiling_before,
+                timed_out: false,
+                empty_since: None,
+            },
+        );
+        Ok(grant)
+    }
+
+    /// The timeout of a running call expired: kill its cgroup; the finish report (or
+    /// the sweep) records it as `timeout`. Returns false if the call already ended.
+    pub fn expire_call(&mut self, id: u64) -> Result<bool, ControlError> {
+        let Some(call) = self.running.get_mut(&id) else {
+            return Ok(false);
+        };
+        call.timed_out = true;
+        call.cgroup.kill()?;
+        Ok(true)
+    }
+
+    /// When a running call's timeout expires, if it is still running.
+    pub fn call_deadline(&self, id: u64) -> Option<Instant> {
+        self.running.get(&id).map(|c| c.started + c.limits.timeout())
+    }
+
+    /// A call ended: reads its final accounting, removes its cgroup (killing what the
+    /// tool left behind), decides the outcome and feedback, and records it durably.
+    pub fn finish_call(&mut self, id: u64, exit: ExitInfo) -> Result<CallRecord, ControlError> {
+        let call = self.running.remove(&id).ok_or(ControlError::NoCall(id))?;
+        let calls_cg = self.layout.calls(&call.session);
+        let acc = Accounting {
+            memory_peak: memory::peak(&call.cgroup),
+            cpu: cpu::usage(&call.cgroup).unwrap_or_default(),
+            memory_events: memory::events(&call.cgroup, memory::EVENTS).unwrap_or_default(),
+            shared_ceiling_events: memory::events(&calls_cg, memory::EVENTS_LOCAL)
+                .unwrap_or_default()
+                .since(&call.ceiling_before),
+            pids_peak: pids::peak(&call.cgroup),
+            pids_limit_hits: pids::max_events(&call.cgroup).unwrap_or(0),
+        };
+        let leftover = call.cgroup.destroy(DESTROY_WAIT);
+        let processes = self.observer.as_mut().and_then(|o| o.unwatch(call.cgroup_id));
+        let outcome = if exit == ABANDONED {
+            Outcome::Abandoned
+        } else {
+            record::outcome(&exit, &acc, call.timed_out)
+        };
+        let ceiling = self.sessions.get(&call.session).map(|s| s.plan.calls_memory_max).unwrap_or(0);
+        let rec = CallRecord {
+            call_id: id,
+            session: call.session.clone(),
+            command: call.command,
+            intent: call.intent,
+            feedback: record::feedback(id, outcome, &call.limits, &acc, ceiling, &call.suggestion),
+            limits: call.limits,
+            clamps: call.clamps,
+            cgroup: call.cgroup.path().display().to_string(),
+            started_unix_ms: call.started_unix_ms,
+            duration_ms: call.started.elapsed().as_millis() as u64,
+            exit,
+            outcome,
+            accounting: acc,
+            leftover_killed: *leftover.as_ref().unwrap_or(&0),
+            processes,
+        };
+        self.history.append(&rec)?;
+        if let Some(s) = self.sessions.get_mut(&call.session) {
+            s.calls_finished += 1;
+        }
+        leftover?;
+        Ok(rec)
+    }
+
+    /// Finishes calls whose cgroup has stayed empty for [`ABANDON_AFTER`] without a
+    /// report (the client died). Returns the records written.
+    pub fn sweep(&mut self) -> Vec<CallRecord> {
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        for (id, call) in self.running.iter_mut() {
+            let empty = !call.cgroup.populated().unwrap_or(true);
+            match (empty, call.empty_since) {
+                (false, _) => call.empty_since = None,
+                (true, None) => call.empty_since = Some(now),
+                (true, Some(t)) if now.duration_since(t) >= ABANDON_AFTER => stale.push(*id),
+                (true, Some(_)) => {}
+            }
+        }
+        stale.into_iter().filter_map(|id| self.finish_call(id, ABANDONED).ok()).collect()
+    }
+
+    /// A finished call's record, or `None` if unknown or still running.
+    pub fn record(&self, id: u64) -> Option<&CallRecord> {
+        self.history.get(id)
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.running.contains_key(&id)
+    }
+
+    pub fn recent_records(&self, session: Option<&str>, limit: usize) -> Vec<&CallRecord> {
+        self.history.recent(session, limit)
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running.len()
+    }
+}
+
+/// The exit of a call whose client never reported: no code, no signal.
+const ABANDONED: ExitInfo = ExitInfo { code: None, signal: None };
+
+/// Writes a call's limits into its fresh cgroup.
+fn apply_call_limits(cg: &Cgroup, l: &CallLimits) -> Result<(), CgroupError> {
+    memory::set_oom_group(cg)?;
+    memory::set_max(cg, Some(l.memory_max))?;
+    memory::set_high(cg, l.memory_high)?;
+    memory::disable_swap(cg)?;
+    cpu::set_weight(cg, l.cpu_weight)?;
+    cpu::set_max(cg, l.millicpus)?;
+    pids::set_max(cg, l.pids_max)?;
+    Ok(())
+}
