@@ -1,0 +1,44 @@
+//! Compiles `ebpf/telemetry.bpf.c` with clang (env `BPF_CLANG`, default `clang-19`, see
+//! DESIGN.md §4) and generates its libbpf-rs skeleton into `OUT_DIR`.
+
+use std::env;
+use std::path::PathBuf;
+
+use libbpf_cargo::SkeletonBuilder;
+
+fn main() {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let ebpf = manifest.join("../../ebpf");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let clang = env::var("BPF_CLANG").unwrap_or_else(|_| "clang-19".to_owned());
+
+    for file in ["telemetry.bpf.c", "intf.h", "vmlinux.h"] {
+        println!("cargo:rerun-if-changed={}", ebpf.join(file).display());
+    }
+    println!("cargo:rerun-if-env-changed=BPF_CLANG");
+
+    let src = ebpf.join("telemetry.bpf.c");
+    let obj = out.join("telemetry.bpf.o");
+    let include = format!("-I{}", ebpf.display());
+    let result = SkeletonBuilder::new()
+        .source(&src)
+        .obj(&obj)
+        .reference_obj(true)
+        .clang(&clang)
+        // -mcpu=v3: BPF atomics (compare-and-swap) for first_exec_ns.
+        // -fms-extensions: Linux 6.19+ is built with it and embeds tagged structs as
+        // anonymous members (`struct filename { struct __filename_head; ... }`); the
+        // generated vmlinux.h keeps that form, which standard C would silently drop.
+        .clang_args([
+            include.as_str(),
+            "-mcpu=v3",
+            "-fms-extensions",
+            "-Wno-microsoft-anon-tag",
+            "-Wall",
+            "-Werror",
+        ])
+        .build_and_generate(out.join("telemetry.skel.rs"));
+    if let Err(err) = result {
+        panic!("building {} with {clang}: {err:#}", src.display());
+    }
+}

@@ -1,0 +1,261 @@
+//! Rust mirrors of `ebpf/intf.h`, the ABI shared with the BPF programs.
+//!
+//! Written by hand rather than with bindgen (libbpf-cargo does not pull bindgen in, and
+//! two plain structs do not justify it): every size and field offset is asserted here at
+//! compile time and in `intf.h` with `_Static_assert`, against the same numbers, and a
+//! unit test compares `CallCounters` with the type libbpf-cargo generates from the BPF
+//! object's BTF. Decoding goes through byte offsets, so no `unsafe` is needed.
+
+use std::mem::{offset_of, size_of};
+
+use serde::Serialize;
+
+/// `TELE_EXEC` in `intf.h`.
+const TELE_EXEC: u32 = 1;
+/// `TELE_EXIT` in `intf.h`.
+const TELE_EXIT: u32 = 2;
+/// `TELE_FORK` in `intf.h`.
+const TELE_FORK: u32 = 3;
+
+/// `AGENTCG_MAX_WATCHED` in `intf.h`: capacity of the `watched` map.
+pub const MAX_WATCHED: u32 = 16384;
+/// `AGENTCG_EVENTS_BYTES` in `intf.h`: size of the `events` ring buffer.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Per-cgroup counters (`struct call_counters`), the value of the `watched` map.
+///
+/// Timestamps are `bpf_ktime_get_ns()`, i.e. `CLOCK_MONOTONIC` nanoseconds, 0 when the
+/// event has not happened yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[repr(C)]
+pub struct CallCounters {
+    /// Successful `execve()` calls by tasks of the cgroup.
+    pub execs: u64,
+    /// New processes (not threads) forked by tasks of the cgroup.
+    pub forks: u64,
+    /// Processes of the cgroup that exited (their last thread).
+    pub exits: u64,
+    /// Time of the first exec, 0 if none.
+    pub first_exec_ns: u64,
+    /// Time of the latest process exit, 0 if none.
+    pub last_exit_ns: u64,
+}
+
+const _: () = assert!(size_of::<CallCounters>() == 40);
+const _: () = assert!(offset_of!(CallCounters, execs) == 0);
+const _: () = assert!(offset_of!(CallCounters, forks) == 8);
+const _: () = assert!(offset_of!(CallCounters, exits) == 16);
+const _: () = assert!(offset_of!(CallCounters, first_exec_ns) == 24);
+const _: () = assert!(offset_of!(CallCounters, last_exit_ns) == 32);
+
+impl CallCounters {
+    /// Size of the C struct in bytes.
+    pub const SIZE: usize = size_of::<Self>();
+
+    /// Decodes the map value bytes (native endian); `None` if the length is wrong.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        Some(Self {
+            execs: u64_at(bytes, offset_of!(Self, execs))?,
+            forks: u64_at(bytes, offset_of!(Self, forks))?,
+            exits: u64_at(bytes, offset_of!(Self, exits))?,
+            first_exec_ns: u64_at(bytes, offset_of!(Self, first_exec_ns))?,
+            last_exit_ns: u64_at(bytes, offset_of!(Self, last_exit_ns))?,
+        })
+    }
+
+    /// Encodes as map value bytes (native endian).
+    pub(crate) fn to_bytes(self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        for (off, v) in [
+            (offset_of!(Self, execs), self.execs),
+            (offset_of!(Self, forks), self.forks),
+            (offset_of!(Self, exits), self.exits),
+            (offset_of!(Self, first_exec_ns), self.first_exec_ns),
+            (offset_of!(Self, last_exit_ns), self.last_exit_ns),
+        ] {
+            out[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        }
+        out
+    }
+}
+
+/// Layout mirror of `struct tele_event`; only used for the size and offset checks and
+/// the offsets [`TeleEvent::decode`] reads from.
+#[repr(C)]
+#[allow(dead_code)]
+struct RawTeleEvent {
+    kind: u32,
+    pid: u32,
+    cgid: u64,
+    ts_ns: u64,
+    comm: [u8; 16],
+}
+
+const _: () = assert!(size_of::<RawTeleEvent>() == 40);
+const _: () = assert!(offset_of!(RawTeleEvent, kind) == 0);
+const _: () = assert!(offset_of!(RawTeleEvent, pid) == 4);
+const _: () = assert!(offset_of!(RawTeleEvent, cgid) == 8);
+const _: () = assert!(offset_of!(RawTeleEvent, ts_ns) == 16);
+const _: () = assert!(offset_of!(RawTeleEvent, comm) == 24);
+
+/// What a [`TeleEvent`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeleKind {
+    /// A process called `execve()`.
+    Exec,
+    /// A process exited (its last thread).
+    Exit,
+    /// A process created a new process; `pid` is the child's.
+    Fork,
+}
+
+/// One ring-buffer record (`struct tele_event`), decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TeleEvent {
+    /// What happened.
+    pub kind: TeleKind,
+    /// Process id (tgid); for [`TeleKind::Fork`] the child's.
+    pub pid: u32,
+    /// Cgroup id (inode number of the cgroup v2 directory) of the task.
+    pub cgid: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds when it happened.
+    pub ts_ns: u64,
+    /// Task comm (up to 15 bytes; after an exec, the new program's), lossily UTF-8.
+    pub comm: String,
+}
+
+impl TeleEvent {
+    /// Size of the C record in bytes.
+    pub const SIZE: usize = size_of::<RawTeleEvent>();
+
+    /// Decodes a ring-buffer record; `None` if the size or the kind is unknown.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        let kind = match u32_at(bytes, offset_of!(RawTeleEvent, kind))? {
+            TELE_EXEC => TeleKind::Exec,
+            TELE_EXIT => TeleKind::Exit,
+            TELE_FORK => TeleKind::Fork,
+            _ => return None,
+        };
+        let comm_at = offset_of!(RawTeleEvent, comm);
+        let comm = bytes.get(comm_at..comm_at + 16)?;
+        let comm = comm.split(|&b| b == 0).next().unwrap_or_default();
+        Some(Self {
+            kind,
+            pid: u32_at(bytes, offset_of!(RawTeleEvent, pid))?,
+            cgid: u64_at(bytes, offset_of!(RawTeleEvent, cgid))?,
+            ts_ns: u64_at(bytes, offset_of!(RawTeleEvent, ts_ns))?,
+            comm: String::from_utf8_lossy(comm).into_owned(),
+        })
+    }
+}
+
+fn u64_at(bytes: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(
+        bytes.get(off..off + 8)?.try_into().ok()?,
+    ))
+}
+
+fn u32_at(bytes: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(
+        bytes.get(off..off + 4)?.try_into().ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_event(kind: u32, pid: u32, cgid: u64, ts: u64, comm: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(&pid.to_ne_bytes());
+        b.extend_from_slice(&cgid.to_ne_bytes());
+        b.extend_from_slice(&ts.to_ne_bytes());
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm);
+        b.extend_from_slice(&c);
+        b
+    }
+
+    #[test]
+    fn counters_match_the_skeleton_type_generated_from_btf() {
+        assert_eq!(
+            size_of::<crate::skel::types::call_counters>(),
+            CallCounters::SIZE
+        );
+        let c = crate::skel::types::call_counters {
+            execs: 1,
+            forks: 2,
+            exits: 3,
+            first_exec_ns: 4,
+            last_exit_ns: 5,
+        };
+        assert_eq!(
+            offset_of!(crate::skel::types::call_counters, last_exit_ns),
+            32
+        );
+        assert_eq!(c.first_exec_ns, 4);
+    }
+
+    #[test]
+    fn counters_round_trip_through_bytes() {
+        let c = CallCounters {
+            execs: 1,
+            forks: 2,
+            exits: 3,
+            first_exec_ns: u64::MAX - 1,
+            last_exit_ns: 1 << 40,
+        };
+        let b = c.to_bytes();
+        assert_eq!(&b[8..16], &2u64.to_ne_bytes());
+        assert_eq!(CallCounters::from_bytes(&b), Some(c));
+        assert_eq!(CallCounters::from_bytes(&b[..39]), None);
+        assert_eq!(CallCounters::from_bytes(&[0u8; 48]), None);
+    }
+
+    #[test]
+    fn events_decode_and_reject_garbage() {
+        let e = TeleEvent::decode(&raw_event(1, 42, 7, 99, b"true")).expect("valid record");
+        assert_eq!(
+            e,
+            TeleEvent {
+                kind: TeleKind::Exec,
+                pid: 42,
+                cgid: 7,
+                ts_ns: 99,
+                comm: "true".into()
+            }
+        );
+        let full = TeleEvent::decode(&raw_event(3, 1, 1, 1, b"0123456789abcdef")).expect("valid");
+        assert_eq!((full.kind, full.comm.len()), (TeleKind::Fork, 16));
+        assert_eq!(
+            TeleEvent::decode(&raw_event(2, 1, 1, 1, b"")).map(|e| e.kind),
+            Some(TeleKind::Exit)
+        );
+        assert_eq!(TeleEvent::decode(&raw_event(0, 1, 1, 1, b"x")), None);
+        assert_eq!(TeleEvent::decode(&raw_event(4, 1, 1, 1, b"x")), None);
+        assert_eq!(TeleEvent::decode(&raw_event(1, 1, 1, 1, b"x")[..39]), None);
+    }
+
+    #[test]
+    fn events_and_counters_serialize_for_the_daemon() {
+        let e = TeleEvent::decode(&raw_event(2, 5, 6, 7, b"sh")).expect("valid");
+        let v = serde_json::to_value(&e).expect("serializes");
+        assert_eq!(v["kind"], "exit");
+        assert_eq!(v["comm"], "sh");
+        let c = serde_json::to_value(CallCounters {
+            execs: 3,
+            ..CallCounters::default()
+        })
+        .expect("serializes");
+        assert_eq!(c["execs"], 3);
+        assert_eq!(c["last_exit_ns"], 0);
+    }
+}

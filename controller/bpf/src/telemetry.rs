@@ -1,0 +1,322 @@
+//! Loads `ebpf/telemetry.bpf.c` and exposes its two maps: `watched` (which cgroups to
+//! count, and their counters) and the `events` ring buffer.
+//!
+//! Lifetimes: libbpf-rs 0.27 skeletons borrow a caller-provided `OpenObject` slot. We
+//! keep none of it: [`Telemetry::load`] opens, loads and attaches with the slot on its
+//! own stack, then keeps only what the kernel objects need to stay alive: the program
+//! links (a link holds its program, a program holds the maps it uses) and duplicated map
+//! file descriptors. Closing libbpf's object afterwards detaches nothing. No leaks, no
+//! self-referential struct, no `unsafe`.
+
+use std::collections::VecDeque;
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
+use libbpf_rs::{
+    ErrorKind, Link, MapCore as _, MapFlags, MapHandle, OpenObject, RingBuffer, RingBufferBuilder,
+};
+use serde::Serialize;
+
+use crate::abi::{CallCounters, MAX_WATCHED, TeleEvent};
+use crate::error::BpfError;
+use crate::libbpf_log::Capture;
+use crate::skel::TelemetrySkelBuilder;
+
+/// Name of the BPF object, for error messages.
+const OBJECT: &str = "telemetry.bpf.o";
+const WATCHED: &str = "watched";
+const EVENTS: &str = "events";
+const BSS: &str = ".bss";
+
+/// How long each phase of [`Telemetry::load`] took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LoadTimings {
+    /// Parsing the embedded ELF object (no syscalls).
+    pub open: Duration,
+    /// Creating the maps and verifying and loading the programs.
+    pub load: Duration,
+    /// Attaching the three tracepoint programs.
+    pub attach: Duration,
+}
+
+/// Decoded events waiting for [`Telemetry::poll_events`] to hand them out.
+#[derive(Debug, Default)]
+struct Pending {
+    events: VecDeque<TeleEvent>,
+    malformed: u64,
+}
+
+/// The ring buffer consumer and the map fd it was built from.
+#[derive(Debug)]
+struct EventPump {
+    ring: RingBuffer<'static>,
+    _map: MapHandle,
+}
+
+/// The loaded and attached telemetry programs.
+///
+/// Counts execs, forks and exits of the cgroups registered with [`Telemetry::watch`]
+/// and streams a [`TeleEvent`] for each. Dropping it detaches the programs and frees
+/// the maps.
+///
+/// `Telemetry` is `Send + Sync`: map operations go through the kernel (which
+/// serialises them per entry) on file descriptors owned by this struct, and the ring
+/// buffer consumer sits behind a mutex. So a daemon may keep it in an `Arc`, poll events
+/// from one dedicated (blocking) thread and watch/unwatch from others; concurrent
+/// `poll_events` calls simply take turns.
+pub struct Telemetry {
+    watched: MapHandle,
+    bss: MapHandle,
+    pump: Mutex<EventPump>,
+    pending: Arc<Mutex<Pending>>,
+    links: Vec<Link>,
+    timings: LoadTimings,
+}
+
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Telemetry>();
+};
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("links", &self.links.len())
+            .field("timings", &self.timings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Telemetry {
+    /// Opens, loads (verifier) and attaches the telemetry programs.
+    ///
+    /// Needs root (or `CAP_BPF` + `CAP_PERFMON`) and a kernel with BTF (`tp_btf`).
+    /// libbpf's output during the load, verifier log included, is captured into the
+    /// error on failure.
+    pub fn load() -> Result<Self, BpfError> {
+        let capture = Capture::start();
+        let t0 = Instant::now();
+        let mut slot = MaybeUninit::<OpenObject>::uninit();
+        let open = TelemetrySkelBuilder::default()
+            .open(&mut slot)
+            .map_err(|source| BpfError::Open {
+                object: OBJECT,
+                source,
+                log: capture.take(),
+            })?;
+        let t1 = Instant::now();
+        let skel = open.load().map_err(|source| BpfError::Load {
+            object: OBJECT,
+            source,
+            log: capture.take(),
+        })?;
+        let t2 = Instant::now();
+
+        let dup = |map: &libbpf_rs::MapMut<'_>, name: &'static str| {
+            MapHandle::try_from(map).map_err(|source| BpfError::Map {
+                op: "duplicating the fd of",
+                map: name,
+                cgid: 0,
+                source,
+            })
+        };
+        let watched = dup(&skel.maps.watched, WATCHED)?;
+        let bss = dup(&skel.maps.bss, BSS)?;
+        let events = dup(&skel.maps.events, EVENTS)?;
+
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let sink = Arc::clone(&pending);
+        let ring_err = |source| BpfError::RingBuffer {
+            op: "setting up",
+            map: EVENTS,
+            source,
+        };
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&events, move |data: &[u8]| {
+                let mut p = lock(&sink);
+                match TeleEvent::decode(data) {
+                    Some(e) => p.events.push_back(e),
+                    None => p.malformed += 1,
+                }
+                0
+            })
+            .map_err(ring_err)?;
+        let ring = builder.build().map_err(ring_err)?;
+
+        let t3 = Instant::now();
+        let mut links = Vec::with_capacity(3);
+        for prog in [
+            &skel.progs.tele_exec,
+            &skel.progs.tele_fork,
+            &skel.progs.tele_exit,
+        ] {
+            let link = prog.attach().map_err(|source| BpfError::Attach {
+                program: prog.name().to_string_lossy().into_owned(),
+                source,
+                log: capture.take(),
+            })?;
+            links.push(link);
+        }
+        let attach = t3.elapsed();
+        drop(skel);
+
+        Ok(Self {
+            watched,
+            bss,
+            pump: Mutex::new(EventPump { ring, _map: events }),
+            pending,
+            links,
+            timings: LoadTimings {
+                open: t1 - t0,
+                load: t2 - t1,
+                attach,
+            },
+        })
+    }
+
+    /// How long the phases of [`Telemetry::load`] took.
+    pub fn timings(&self) -> LoadTimings {
+        self.timings
+    }
+
+    /// Starts counting the cgroup `cgid` (the inode number of its cgroup v2 directory)
+    /// with zeroed counters. Call it before the first process enters the cgroup.
+    /// Watching a cgroup that is already watched resets its counters.
+    pub fn watch(&self, cgid: u64) -> Result<(), BpfError> {
+        let value = CallCounters::default().to_bytes();
+        self.watched
+            .update(&cgid.to_ne_bytes(), &value, MapFlags::ANY)
+            .map_err(|source| {
+                if source.kind() == ErrorKind::TooBig {
+                    BpfError::MapFull {
+                        map: WATCHED,
+                        cgid,
+                        capacity: MAX_WATCHED,
+                    }
+                } else {
+                    BpfError::Map {
+                        op: "insert",
+                        map: WATCHED,
+                        cgid,
+                        source,
+                    }
+                }
+            })
+    }
+
+    /// Stops counting `cgid` and returns its final counters, `None` if it was not watched.
+    /// The read and the removal are one atomic kernel operation.
+    pub fn unwatch(&self, cgid: u64) -> Result<Option<CallCounters>, BpfError> {
+        let value = self
+            .watched
+            .lookup_and_delete(&cgid.to_ne_bytes())
+            .map_err(|source| BpfError::Map {
+                op: "lookup-and-delete",
+                map: WATCHED,
+                cgid,
+                source,
+            })?;
+        value.map(|v| decode_counters(&v)).transpose()
+    }
+
+    /// The current counters of `cgid`, `None` if it is not watched.
+    pub fn counters(&self, cgid: u64) -> Result<Option<CallCounters>, BpfError> {
+        let value = self
+            .watched
+            .lookup(&cgid.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| BpfError::Map {
+                op: "lookup",
+                map: WATCHED,
+                cgid,
+                source,
+            })?;
+        value.map(|v| decode_counters(&v)).transpose()
+    }
+
+    /// How many cgroups are watched. Walks the map's keys, so it is O(n) and only
+    /// approximate while other threads watch or unwatch concurrently.
+    pub fn watched_len(&self) -> Result<usize, BpfError> {
+        Ok(self.watched.keys().count())
+    }
+
+    /// Events the BPF side could not deliver because the ring buffer was full
+    /// (cumulative since load). Drain with [`Telemetry::poll_events`] often enough.
+    pub fn ringbuf_drops(&self) -> Result<u64, BpfError> {
+        let value = self
+            .bss
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| BpfError::Map {
+                op: "lookup",
+                map: BSS,
+                cgid: 0,
+                source,
+            })?
+            .unwrap_or_default();
+        let bytes: [u8; 8] =
+            value
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(BpfError::ValueSize {
+                    map: BSS,
+                    expected: 8,
+                    got: value.len(),
+                })?;
+        Ok(u64::from_ne_bytes(bytes))
+    }
+
+    /// Ring-buffer records that did not decode (wrong size or unknown kind), cumulative.
+    pub fn malformed_events(&self) -> u64 {
+        lock(&self.pending).malformed
+    }
+
+    /// Waits up to `timeout` for ring-buffer events, then hands every event received so
+    /// far to `f`, in order, and returns how many it handed out. `Duration::ZERO` only
+    /// drains what is there; `Duration::MAX` blocks until something arrives. A signal
+    /// interrupting the wait is not an error (it returns what arrived until then).
+    ///
+    /// Blocking: call it from a dedicated thread (`spawn_blocking` or `std::thread`),
+    /// not from an async task. `f` runs without any internal lock held.
+    pub fn poll_events(
+        &self,
+        timeout: Duration,
+        mut f: impl FnMut(TeleEvent),
+    ) -> Result<usize, BpfError> {
+        // ring_buffer__poll takes an int of milliseconds; -1 (Duration::MAX) is forever.
+        let timeout = if timeout == Duration::MAX {
+            timeout
+        } else {
+            timeout.min(Duration::from_millis(i32::MAX as u64))
+        };
+        {
+            let pump = lock(&self.pump);
+            if let Err(source) = pump.ring.poll(timeout)
+                && source.kind() != ErrorKind::Interrupted
+            {
+                return Err(BpfError::RingBuffer {
+                    op: "polling",
+                    map: EVENTS,
+                    source,
+                });
+            }
+        }
+        let events = std::mem::take(&mut lock(&self.pending).events);
+        let n = events.len();
+        events.into_iter().for_each(&mut f);
+        Ok(n)
+    }
+}
+
+fn decode_counters(bytes: &[u8]) -> Result<CallCounters, BpfError> {
+    CallCounters::from_bytes(bytes).ok_or(BpfError::ValueSize {
+        map: WATCHED,
+        expected: CallCounters::SIZE,
+        got: bytes.len(),
+    })
+}

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * telemetry.bpf.c - per-tool-call process telemetry.
+ *
+ * Counts execs, forks and process exits per cgroup, for the cgroups that userspace
+ * registered in `watched` (one per tool call), and streams one struct tele_event per
+ * such event to the `events` ring buffer. Everything else is ignored after one hash
+ * lookup, so the cost for unwatched tasks is a cgroup-id read and a failed lookup.
+ *
+ * Keyed by bpf_get_current_cgroup_id(): the cgroup v2 cgroup of the running task. For
+ * fork that is the parent's cgroup (the tracepoint runs in the parent); a process that
+ * the daemon spawns straight into a call cgroup (clone3 CLONE_INTO_CGROUP) is therefore
+ * not counted as a fork of that call, but its exec and exit are.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "intf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AGENTCG_MAX_WATCHED);
+	__type(key, __u64);
+	__type(value, struct call_counters);
+} watched SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, AGENTCG_EVENTS_BYTES);
+} events SEC(".maps");
+
+/* Events lost because the ring buffer was full (userspace did not drain it in time). */
+__u64 ringbuf_drops = 0;
+
+static __always_inline void emit(__u32 kind, __u32 pid, __u64 cgid, __u64 now)
+{
+	struct tele_event *e;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		__sync_fetch_and_add(&ringbuf_drops, 1);
+		return;
+	}
+	e->kind = kind;
+	e->pid = pid;
+	e->cgid = cgid;
+	e->ts_ns = now;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(tele_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct call_counters *c;
+	__u64 now;
+
+	c = bpf_map_lookup_elem(&watched, &cgid);
+	if (!c)
+		return 0;
+	now = bpf_ktime_get_ns();
+	__sync_fetch_and_add(&c->execs, 1);
+	/* Only the first exec sets it; needs BPF atomics (-mcpu=v3). */
+	__sync_val_compare_and_swap(&c->first_exec_ns, 0, now);
+	emit(TELE_EXEC, p->tgid, cgid, now);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(tele_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u64 cgid;
+	struct call_counters *c;
+
+	/* The tracepoint also fires for new threads (CLONE_THREAD): count processes only. */
+	if (child->pid != child->tgid)
+		return 0;
+	cgid = bpf_get_current_cgroup_id();
+	c = bpf_map_lookup_elem(&watched, &cgid);
+	if (!c)
+		return 0;
+	__sync_fetch_and_add(&c->forks, 1);
+	emit(TELE_FORK, child->tgid, cgid, bpf_ktime_get_ns());
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(tele_exit, struct task_struct *p, bool group_dead)
+{
+	__u64 cgid, now;
+	struct call_counters *c;
+
+	/*
+	 * Count whole processes: group_dead is true for the last thread of a thread group
+	 * to exit, which is when the process is gone (the leader may exit earlier).
+	 */
+	if (!group_dead)
+		return 0;
+	cgid = bpf_get_current_cgroup_id();
+	c = bpf_map_lookup_elem(&watched, &cgid);
+	if (!c)
+		return 0;
+	now = bpf_ktime_get_ns();
+	__sync_fetch_and_add(&c->exits, 1);
+	/* Plain store: concurrent exits race for "latest", any of them is fine. */
+	c->last_exit_ns = now;
+	emit(TELE_EXIT, p->tgid, cgid, now);
+	return 0;
+}
