@@ -1,1 +1,52 @@
-fn main() {}
+//! agentcgd: owns agentcg's cgroup subtree and serves the HTTP+JSON API on a unix
+//! socket. The work is done by `agentcg_core::controller`; this binary adds the
+//! socket, timers (timeouts, the abandoned-call sweep) and kernel telemetry.
+
+mod api;
+mod args;
+mod status;
+mod supervisor;
+
+use std::sync::{Arc, Mutex};
+
+use agentcg_core::controller::Controller;
+use agentcg_core::policy::Policy;
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = args::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AGENTCG_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("agentcgd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: args::Args) -> Result<(), String> {
+    let policy = match &args.policy {
+        Some(path) => Policy::load(path).map_err(|e| e.to_string())?,
+        None => Policy::default_policy(),
+    };
+    let controller = Controller::start(policy, &args.root, &args.state_dir)
+        .map_err(|e| format!("cannot take over {}: {e}", args.root.display()))?;
+    let shared = Arc::new(Mutex::new(controller));
+    let status = status::Status::probe(&args);
+    tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
+    let listener = supervisor::bind(&args.socket)?;
+    supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
+    let state = api::AppState::new(shared.clone(), status);
+    tokio::spawn(supervisor::sweep_loop(shared.clone()));
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(supervisor::shutdown_signal());
+    let result = server.await.map_err(|e| format!("serving {}: {e}", args.socket.display()));
+    let _ = std::fs::remove_file(&args.socket);
+    tracing::info!("agentcgd stopped");
+    result
+}

@@ -1,0 +1,228 @@
+//! The HTTP+JSON API (documented in docs/API.md). Handlers parse, hand the work to
+//! the controller on a blocking thread, and map errors to `{"error": {code, message}}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use agentcg_core::controller::{CallRequest, ControlError, Controller};
+use agentcg_core::plan::SessionRequest;
+use agentcg_core::record::ExitInfo;
+
+use crate::status::Status;
+use crate::supervisor::{self, Shared};
+
+/// Shared by every handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    controller: Shared,
+    status: Arc<Status>,
+}
+
+impl AppState {
+    pub fn new(controller: Shared, status: Status) -> AppState {
+        AppState {
+            controller,
+            status: Arc::new(status),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/sessions/{name}", get(show_session).delete(close_session))
+        .route("/v1/sessions/{name}/runtime", post(attach_runtime))
+        .route("/v1/calls", post(declare_call).get(list_calls))
+        .route("/v1/calls/{id}", get(show_call))
+        .route("/v1/calls/{id}/finish", post(finish_call))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint (see docs/API.md)") })
+        .with_state(state)
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        let status = match &e {
+            ControlError::NoSession(_) | ControlError::NoCall(_) => StatusCode::NOT_FOUND,
+            ControlError::SessionExists(_) | ControlError::RuntimeAlive { .. } => StatusCode::CONFLICT,
+            ControlError::Plan(agentcg_core::plan::PlanError::NoRoom(_)) => StatusCode::TOO_MANY_REQUESTS,
+            _ if e.is_client_error() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Runs `f` on the controller on a blocking thread (cgroupfs I/O blocks).
+async fn with_controller<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&mut Controller) -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let shared = state.controller.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = shared
+            .lock()
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "controller lock poisoned"))?;
+        f(&mut guard).map_err(ApiError::from)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+fn to_json<T: serde::Serialize>(v: T) -> ApiResult {
+    serde_json::to_value(v)
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+async fn status(State(state): State<AppState>) -> ApiResult {
+    let running = with_controller(&state, |c| Ok(c.running_count())).await?;
+    let mut v = serde_json::to_value(&*state.status).unwrap_or_default();
+    v["running_calls"] = json!(running);
+    Ok(Json(v))
+}
+
+async fn create_session(State(state): State<AppState>, body: Result<Json<SessionRequest>, JsonRejection>) -> ApiResult {
+    let Json(req) = body?;
+    to_json(with_controller(&state, move |c| c.create_session(&req)).await?)
+}
+
+async fn list_sessions(State(state): State<AppState>) -> ApiResult {
+    to_json(with_controller(&state, |c| Ok(c.list_sessions())).await?)
+}
+
+async fn show_session(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    to_json(with_controller(&state, move |c| c.session_info(&name)).await?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloseQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn close_session(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<CloseQuery>,
+) -> ApiResult {
+    let records = with_controller(&state, move |c| c.close_session(&name, q.force)).await?;
+    to_json(json!({"closed": true, "killed_calls": records}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachRequest {
+    pid: u32,
+}
+
+async fn attach_runtime(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<AttachRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    with_controller(&state, move |c| c.attach_runtime(&name, req.pid)).await?;
+    Ok(Json(json!({"attached": req.pid})))
+}
+
+async fn declare_call(State(state): State<AppState>, body: Result<Json<CallRequest>, JsonRejection>) -> ApiResult {
+    let Json(req) = body?;
+    let grant = with_controller(&state, move |c| c.declare_call(&req)).await?;
+    supervisor::arm_timeout(state.controller.clone(), grant.call_id);
+    to_json(grant)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FinishRequest {
+    exit: ExitInfo,
+}
+
+async fn finish_call(
+    State(state): State<AppState>,
+    Path(id): Path<u64>,
+    body: Result<Json<FinishRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    to_json(with_controller(&state, move |c| c.finish_call(id, req.exit)).await?)
+}
+
+async fn show_call(State(state): State<AppState>, Path(id): Path<u64>) -> ApiResult {
+    let found = with_controller(&state, move |c| {
+        if c.is_running(id) {
+            return Ok(json!({"call_id": id, "running": true}));
+        }
+        c.record(id)
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .ok_or(ControlError::NoCall(id))
+    })
+    .await?;
+    Ok(Json(found))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListCalls {
+    session: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    50
+}
+
+async fn list_calls(State(state): State<AppState>, Query(q): Query<ListCalls>) -> ApiResult {
+    let limit = q.limit.min(10_000);
+    let records = with_controller(&state, move |c| {
+        Ok(c.recent_records(q.session.as_deref(), limit)
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    to_json(records)
+}
