@@ -1,0 +1,76 @@
+#!/bin/sh
+# Guest side of `cargo xtask bench calls` (DESIGN.md §8), run as root inside the VM from
+# the workspace root. Starts agentcgd, then lets callbench time three arms, interleaved in
+# rounds: (a) spawning /bin/true, (b) the reference approach (a fresh cgroup with
+# memory+pids limits, sh -c 'echo $$ > cgroup.procs && exec /bin/true', rmdir) and
+# (c) `agentcg run -- /bin/true`. Arm (c) is left out, with the reason printed, when the
+# agentcg binaries are missing or the daemon does not come up.
+#
+# Environment (set by xtask): AGENTCG_BIN_DIR, CALLBENCH (the callbench binary), BENCH_OUT
+# (a directory the host can read), ITERATIONS, WARMUP; AGENTCG_UNAVAILABLE (optional) says
+# why arm (c) cannot run.
+set -u
+: "${AGENTCG_BIN_DIR:?}" "${CALLBENCH:?}" "${BENCH_OUT:?}" "${ITERATIONS:?}" "${WARMUP:?}"
+
+SOCK=/tmp/agentcg.sock
+REF_PARENT=/sys/fs/cgroup/bench-reference
+DAEMON_PID=
+
+# Starts agentcgd and waits up to 30 s for its socket; on failure says why and returns 1.
+start_daemon() {
+  if [ -n "${AGENTCG_UNAVAILABLE:-}" ]; then
+    echo "calls.sh: arm (c) skipped: $AGENTCG_UNAVAILABLE"
+    return 1
+  fi
+  for bin in agentcgd agentcg; do
+    if [ ! -x "$AGENTCG_BIN_DIR/$bin" ]; then
+      echo "calls.sh: arm (c) skipped: $AGENTCG_BIN_DIR/$bin is missing" \
+        "(cargo build --release -p agentcg-daemon -p agentcg-cli)"
+      return 1
+    fi
+  done
+  "$AGENTCG_BIN_DIR/agentcgd" --root /sys/fs/cgroup/agentcg --socket "$SOCK" \
+    --state-dir /tmp/agentcg-state > "$BENCH_OUT/agentcgd.log" 2>&1 &
+  DAEMON_PID=$!
+  tries=0
+  while [ ! -S "$SOCK" ]; do
+    if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+      echo "calls.sh: arm (c) skipped: agentcgd exited early; its log:"
+      cat "$BENCH_OUT/agentcgd.log"
+      DAEMON_PID=
+      return 1
+    fi
+    tries=$((tries + 1))
+    if [ "$tries" -gt 300 ]; then
+      echo "calls.sh: arm (c) skipped: agentcgd did not create $SOCK within 30 s;" \
+        "see target/vm/bench/agentcgd.log"
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "calls.sh: agentcgd up after $((tries * 100)) ms (log: target/vm/bench/agentcgd.log)"
+}
+
+stop_daemon() {
+  [ -n "$DAEMON_PID" ] || return 0
+  kill -TERM "$DAEMON_PID" 2>/dev/null
+  wait "$DAEMON_PID"
+  echo "calls.sh: agentcgd stopped (status $?)"
+}
+
+mkdir -p "$BENCH_OUT"
+mkdir -p "$REF_PARENT" && echo '+memory +pids' > "$REF_PARENT/cgroup.subtree_control" || {
+  echo "calls.sh: cannot set up $REF_PARENT for the reference arm"
+  exit 1
+}
+
+set -- --iterations "$ITERATIONS" --warmup "$WARMUP" --out "$BENCH_OUT/calls-raw.json" \
+  --cgroup-parent "$REF_PARENT" --arm direct=/bin/true --reference-arm reference=/bin/true
+if start_daemon; then
+  set -- "$@" --arm "agentcg=$AGENTCG_BIN_DIR/agentcg --socket $SOCK run -- /bin/true"
+fi
+"$CALLBENCH" "$@"
+status=$?
+stop_daemon
+rmdir "$REF_PARENT"
+exit "$status"

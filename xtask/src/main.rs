@@ -1,0 +1,50 @@
+//! `cargo xtask`: provisioning, kernel tests in the sched_ext VM, the demo and benchmarks
+//! for agentcg (DESIGN.md §5 and §8). One module per subcommand; `vm` boots the VM.
+
+mod bench;
+mod demo;
+mod host;
+mod provision;
+mod test_all;
+mod vm;
+mod vm_run;
+mod vm_test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+#[command(about = "Provisioning, VM tests, demo and benchmarks for agentcg")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Provision(provision::Args),
+    VmRun(vm_run::Args),
+    VmTest(vm_test::Args),
+    Test(test_all::Args),
+    Demo(demo::Args),
+    #[command(subcommand)]
+    Bench(bench::Bench),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = host::Workspace::locate().and_then(|ws| match cli.command {
+        Command::Provision(args) => provision::main(&ws, &args),
+        Command::VmRun(args) => vm_run::main(&ws, &args),
+        Command::VmTest(args) => vm_test::main(&ws, &args),
+        Command::Test(args) => test_all::main(&ws, &args),
+        Command::Demo(args) => demo::main(&ws, &args),
+        Command::Bench(bench) => bench::main(&ws, &bench),
+    });
+    result.unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        ExitCode::FAILURE
+    })
+}

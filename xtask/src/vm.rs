@@ -1,0 +1,315 @@
+//! Boots the sched_ext VM once with virtme-ng and runs a shell snippet in it (DESIGN.md §5).
+//!
+//! The guest's stdout does not reliably reach the host, so everything goes through the
+//! `--rwdir` directory target/vm: the generated guest.sh enables the cpu, memory and pids
+//! controllers, runs the job with stdout and stderr in guest.log, saves `dmesg` to
+//! dmesg.log and the job's exit status to `status`. The host prints guest.log, scans
+//! dmesg.log for kernel errors and kills the VM when it overruns the timeout.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::host::{self, Workspace};
+
+/// The sched_ext kernel the VM boots (installed by `cargo xtask provision vm`).
+pub const KERNEL_IMAGE: &str = "/lib/modules/7.3.4+deb13-amd64/vmlinuz.unsigned";
+
+/// Dmesg markers that fail the run.
+const FATAL_MARKERS: [&str; 3] = ["BUG:", "WARNING:", "Oops"];
+
+/// How the VM is booted.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VmOptions {
+    /// Guest memory (vng --memory)
+    #[arg(long, default_value = "2G")]
+    pub memory: String,
+    /// Guest CPUs (vng --cpus)
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Kill the VM (vng and QEMU) after this many seconds
+    #[arg(long, value_name = "SECS", default_value_t = 40 * 60)]
+    pub timeout: u64,
+    /// Kernel image to boot
+    #[arg(long, value_name = "PATH", default_value = KERNEL_IMAGE)]
+    pub kernel: PathBuf,
+}
+
+/// What to run in the guest: a shell snippet (run in a subshell from the workspace root,
+/// stdin from /dev/null) and environment variables for it.
+#[derive(Debug)]
+pub struct Job {
+    pub script: String,
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// The end of a VM run whose job finished.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The job's exit status.
+    pub status: i32,
+    /// Everything the job printed.
+    pub log: String,
+    kernel_errors: usize,
+}
+
+impl Outcome {
+    /// Fails when the guest kernel logged a BUG, WARNING or Oops.
+    pub fn check_kernel(&self) -> Result<()> {
+        if self.kernel_errors > 0 {
+            bail!(
+                "the guest kernel logged {} BUG/WARNING/Oops line(s), listed above; the full \
+                 log is target/vm/dmesg.log",
+                self.kernel_errors
+            );
+        }
+        Ok(())
+    }
+
+    /// The job's status as xtask's exit code, unless the kernel logged errors.
+    pub fn exit_code(&self) -> Result<ExitCode> {
+        self.check_kernel()?;
+        Ok(ExitCode::from(u8::try_from(self.status).unwrap_or(1)))
+    }
+}
+
+/// The files in target/vm shared with the guest.
+#[derive(Debug)]
+struct GuestFiles {
+    dir: PathBuf,
+}
+
+impl GuestFiles {
+    fn script(&self) -> PathBuf {
+        self.dir.join("guest.sh")
+    }
+    fn log(&self) -> PathBuf {
+        self.dir.join("guest.log")
+    }
+    fn dmesg(&self) -> PathBuf {
+        self.dir.join("dmesg.log")
+    }
+    fn status(&self) -> PathBuf {
+        self.dir.join("status")
+    }
+    fn vng_log(&self) -> PathBuf {
+        self.dir.join("vng.log")
+    }
+
+    /// Creates the directory and removes the previous run's results.
+    fn reset(&self) -> Result<()> {
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        for file in [self.log(), self.dmesg(), self.status(), self.vng_log()] {
+            match fs::remove_file(&file) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(err).with_context(|| format!("cannot remove {}", file.display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Boots the VM, runs `job` in it and prints what it printed.
+pub fn run(ws: &Workspace, opts: &VmOptions, job: &Job) -> Result<Outcome> {
+    if !opts.kernel.is_file() {
+        bail!(
+            "kernel image {} is missing: run `cargo xtask provision vm`",
+            opts.kernel.display()
+        );
+    }
+    let files = GuestFiles { dir: ws.vm_dir() };
+    files.reset()?;
+    fs::write(files.script(), guest_script(ws, &files, job))
+        .with_context(|| format!("cannot write {}", files.script().display()))?;
+    let end = boot(ws, opts, &files)?;
+    let log = fs::read_to_string(files.log()).unwrap_or_default();
+    print!("{log}");
+    let kernel_errors = scan_dmesg(&files.dmesg());
+    let vng_status = match end {
+        BootEnd::Exited(status) => status,
+        BootEnd::TimedOut => bail!(
+            "the VM did not finish within {} s and was killed; raise --timeout or see why \
+             the job hung in target/vm/guest.log",
+            opts.timeout
+        ),
+    };
+    let status = read_status(&files, vng_status)?;
+    Ok(Outcome {
+        status,
+        log,
+        kernel_errors,
+    })
+}
+
+/// guest.sh: cgroup setup, the job with its output in guest.log, then dmesg and status.
+fn guest_script(ws: &Workspace, files: &GuestFiles, job: &Job) -> String {
+    let exports: String = std::iter::once(("AGENTCG_VM", "1".to_owned()))
+        .chain(job.env.iter().cloned())
+        .map(|(key, value)| format!("export {key}={}\n", sh_quote(&value)))
+        .collect();
+    format!(
+        "#!/bin/sh\n\
+         # Generated by `cargo xtask` (xtask/src/vm.rs); runs inside the VM.\n\
+         finish() {{ dmesg > {dmesg} 2>&1; echo \"$1\" > {status}; exit \"$1\"; }}\n\
+         exec > {log} 2>&1 < /dev/null\n\
+         cd {root} || finish 125\n\
+         echo '+cpu +memory +pids' > /sys/fs/cgroup/cgroup.subtree_control || {{\n\
+         \x20 echo 'xtask guest: cannot enable the cpu, memory and pids controllers'; finish 125; }}\n\
+         {exports}\
+         (\n{script}\n)\n\
+         finish $?\n",
+        dmesg = sh_quote_path(&files.dmesg()),
+        status = sh_quote_path(&files.status()),
+        log = sh_quote_path(&files.log()),
+        root = sh_quote_path(&ws.root),
+        script = job.script.trim_end(),
+    )
+}
+
+enum BootEnd {
+    Exited(ExitStatus),
+    TimedOut,
+}
+
+/// Runs vng until it exits or the timeout expires; reports the boot time.
+fn boot(ws: &Workspace, opts: &VmOptions, files: &GuestFiles) -> Result<BootEnd> {
+    let vng_log = fs::File::create(files.vng_log())
+        .with_context(|| format!("cannot create {}", files.vng_log().display()))?;
+    let mut cmd = Command::new("vng");
+    cmd.arg("--disable-kvm")
+        .arg("--rwdir")
+        .arg(&files.dir)
+        .arg("-r")
+        .arg(&opts.kernel)
+        .args([
+            "--memory",
+            &opts.memory,
+            "--cpus",
+            &opts.cpus.to_string(),
+            "--exec",
+        ])
+        .arg(format!("sh {}", sh_quote_path(&files.script())))
+        .current_dir(&ws.root)
+        .stdin(Stdio::null())
+        .stdout(vng_log.try_clone()?)
+        .stderr(vng_log);
+    eprintln!("[xtask] $ {}", host::display(&cmd));
+    let mut child = cmd
+        .spawn()
+        .context("cannot start vng: run `cargo xtask provision vm` (installs virtme-ng)")?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(opts.timeout);
+    let mut up = false;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            eprintln!(
+                "[xtask] VM exited after {:.1} s ({status})",
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(BootEnd::Exited(status));
+        }
+        if !up && files.log().exists() {
+            up = true;
+            eprintln!(
+                "[xtask] guest up after {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
+        }
+        if Instant::now() >= deadline {
+            kill_tree(&mut child)?;
+            return Ok(BootEnd::TimedOut);
+        }
+        sleep(Duration::from_millis(200));
+    }
+}
+
+/// Kills vng and its descendants (virtme-run, QEMU, virtiofsd) and reaps vng.
+fn kill_tree(child: &mut Child) -> Result<()> {
+    let mut pids = vec![child.id()];
+    let mut next = 0;
+    while let Some(&pid) = pids.get(next) {
+        pids.extend(children_of(pid));
+        next += 1;
+    }
+    for pid in pids {
+        if let Ok(pid) = libc::pid_t::try_from(pid) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    child.wait().context("cannot reap vng after killing it")?;
+    Ok(())
+}
+
+/// The child process ids of `pid`, from /proc/PID/task/*/children.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Prints the dmesg lines that point at kernel trouble; returns how many are fatal.
+fn scan_dmesg(path: &Path) -> usize {
+    let Ok(dmesg) = fs::read_to_string(path) else {
+        eprintln!(
+            "[xtask] no {} from the guest: cannot check the kernel log",
+            path.display()
+        );
+        return 0;
+    };
+    let mut fatal = 0;
+    for line in dmesg.lines() {
+        let is_fatal = FATAL_MARKERS.iter().any(|marker| line.contains(marker));
+        let sched_ext = line
+            .split_once("sched_ext: ")
+            .is_some_and(|(_, rest)| rest.contains("disabled") || rest.contains("error"));
+        if is_fatal || sched_ext {
+            eprintln!("[xtask] guest kernel: {line}");
+        }
+        fatal += usize::from(is_fatal);
+    }
+    fatal
+}
+
+/// The job's exit status as the guest recorded it.
+fn read_status(files: &GuestFiles, vng_status: ExitStatus) -> Result<i32> {
+    let recorded = fs::read_to_string(files.status()).ok();
+    let Some(status) = recorded.and_then(|s| s.trim().parse().ok()) else {
+        let vng_log = fs::read_to_string(files.vng_log()).unwrap_or_default();
+        let tail: Vec<&str> = vng_log.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "the guest did not finish its job (vng: {vng_status}); the kernel may have \
+             panicked or QEMU failed to start. Last lines of {}:\n{}",
+            files.vng_log().display(),
+            tail.join("\n")
+        );
+    };
+    Ok(status)
+}
+
+/// `s` quoted for sh.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A path quoted for sh.
+pub fn sh_quote_path(path: &Path) -> String {
+    sh_quote(&path.to_string_lossy())
+}

@@ -1,0 +1,334 @@
+//! `cargo xtask vm-test [FILTER]`: builds the daemon, the CLI and the kernel integration
+//! tests (crate agentcg-vmtests) on the host, runs every test executable in ONE VM boot with
+//! `--include-ignored --test-threads=1` (the kernel tests are `#[ignore]` on the host),
+//! continuing after failures, and reports per-executable results from the libtest
+//! summaries in the guest's log.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::host::{self, Workspace};
+use crate::provision::{self, Which};
+use crate::vm::{self, Job, VmOptions, sh_quote, sh_quote_path};
+
+/// Build the kernel integration tests and run them all in one VM boot
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub vm: VmOptions,
+    /// Run only the tests whose names contain FILTER (libtest filter)
+    pub filter: Option<String>,
+}
+
+pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
+    provision::ensure(ws, Which::All)?;
+    run(ws, args)
+}
+
+/// vm-test without provisioning (`cargo xtask test` provisions once for everything).
+pub fn run(ws: &Workspace, args: &Args) -> Result<ExitCode> {
+    let bin_dir = ws.build_agentcg(false)?;
+    let exes = build_tests(ws)?;
+    let job = Job {
+        script: guest_script(&exes, args.filter.as_deref()),
+        env: vec![("AGENTCG_BIN_DIR", bin_dir.to_string_lossy().into_owned())],
+    };
+    let outcome = vm::run(ws, &args.vm, &job)?;
+    let results: Vec<ExeResult<'_>> = exes
+        .iter()
+        .map(|exe| ExeResult::from_log(exe, &outcome.log, args.filter.is_some()))
+        .collect();
+    report(&results);
+    outcome.check_kernel()?;
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Failed(_)))
+        .count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} test executable(s) failed in the VM",
+            results.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A test executable cargo built.
+#[derive(Debug)]
+struct TestExe {
+    /// File name, unique per build (`<target>-<hash>`).
+    name: String,
+    path: PathBuf,
+    /// The package directory, the working directory `cargo test` would use.
+    dir: PathBuf,
+}
+
+impl TestExe {
+    /// A test executable from a `compiler-artifact` message, if it is one.
+    fn from_artifact(msg: &serde_json::Value) -> Option<Self> {
+        if msg["profile"]["test"].as_bool() != Some(true) {
+            return None;
+        }
+        let path = PathBuf::from(msg["executable"].as_str()?);
+        let dir = Path::new(msg["manifest_path"].as_str()?)
+            .parent()?
+            .to_path_buf();
+        let name = path.file_name()?.to_string_lossy().into_owned();
+        Some(Self { name, path, dir })
+    }
+}
+
+/// `cargo test -p agentcg-vmtests --no-run`; returns the test executables.
+fn build_tests(ws: &Workspace) -> Result<Vec<TestExe>> {
+    const HINT: &str = "the kernel tests must build on the host; fix the errors above";
+    let mut cmd = ws.cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "agentcg-vmtests",
+        "--no-run",
+        "--message-format=json",
+    ])
+    .stdout(Stdio::piped());
+    let shown = host::display(&cmd);
+    eprintln!("[xtask] $ {shown}");
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    let stdout = child.stdout.take().context("cargo's stdout is not piped")?;
+    let mut exes = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line?) else {
+            continue;
+        };
+        match msg["reason"].as_str() {
+            Some("compiler-message") => {
+                eprint!("{}", msg["message"]["rendered"].as_str().unwrap_or(""))
+            }
+            Some("compiler-artifact") => exes.extend(TestExe::from_artifact(&msg)),
+            _ => {}
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status}): {HINT}");
+    }
+    if exes.is_empty() {
+        bail!("`{shown}` built no test executables: {HINT}");
+    }
+    Ok(exes)
+}
+
+const BEGIN: &str = "=== vm-test: running ";
+const END: &str = "=== vm-test: exit status ";
+
+/// The guest side: every executable in turn, between markers the host parses.
+fn guest_script(exes: &[TestExe], filter: Option<&str>) -> String {
+    let mut script = format!(
+        "failed=0\n\
+         run_exe() {{\n\
+         \x20 name=$1; dir=$2; shift 2\n\
+         \x20 echo \"{BEGIN}$name\"\n\
+         \x20 (cd \"$dir\" && CARGO_MANIFEST_DIR=\"$dir\" \"$@\")\n\
+         \x20 rc=$?\n\
+         \x20 echo \"{END}$rc of $name\"\n\
+         \x20 [ \"$rc\" -eq 0 ] || failed=1\n\
+         }}\n"
+    );
+    let filter = filter
+        .map(|f| format!(" {}", sh_quote(f)))
+        .unwrap_or_default();
+    for exe in exes {
+        script += &format!(
+            "run_exe {} {} {} --include-ignored --test-threads=1{filter}\n",
+            sh_quote(&exe.name),
+            sh_quote_path(&exe.dir),
+            sh_quote_path(&exe.path),
+        );
+    }
+    script + "exit $failed\n"
+}
+
+/// The counts of a libtest summary line.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    passed: u32,
+    failed: u32,
+    filtered_out: u32,
+}
+
+impl Summary {
+    /// Parses `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out; …`.
+    fn parse(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("test result: ")?;
+        let count = |label: &str| {
+            rest.split(';').find_map(|part| {
+                part.trim()
+                    .strip_suffix(label)?
+                    .rsplit(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        };
+        Some(Self {
+            passed: count(" passed")?,
+            failed: count(" failed")?,
+            filtered_out: count(" filtered out")?,
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Verdict {
+    Passed,
+    /// The executable has no tests: reported, not a failure.
+    NoTests,
+    /// FILTER matched none of its tests: reported, not a failure.
+    FilteredOut,
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct ExeResult<'a> {
+    exe: &'a TestExe,
+    summary: Option<Summary>,
+    verdict: Verdict,
+}
+
+impl<'a> ExeResult<'a> {
+    /// Judges `exe` by its section of the guest log.
+    fn from_log(exe: &'a TestExe, log: &str, filtered: bool) -> Self {
+        let begin = format!("{BEGIN}{}\n", exe.name);
+        let Some((_, section)) = log.split_once(&begin) else {
+            return Self {
+                exe,
+                summary: None,
+                verdict: Verdict::Failed("did not run".into()),
+            };
+        };
+        let end = format!(" of {}", exe.name);
+        let exit = section
+            .lines()
+            .find_map(|line| line.strip_prefix(END)?.strip_suffix(&end));
+        let summary = section
+            .lines()
+            .take_while(|line| !line.starts_with(END))
+            .find_map(Summary::parse);
+        let verdict = judge(exit, summary, filtered);
+        Self {
+            exe,
+            summary,
+            verdict,
+        }
+    }
+}
+
+fn judge(exit: Option<&str>, summary: Option<Summary>, filtered: bool) -> Verdict {
+    match (exit, summary) {
+        (None, _) => Verdict::Failed("did not finish (the VM stopped)".into()),
+        (Some(code), _) if code != "0" => Verdict::Failed(format!("exit status {code}")),
+        (Some(_), None) => Verdict::Failed("printed no libtest summary".into()),
+        (Some(_), Some(s)) if s.passed + s.failed > 0 => Verdict::Passed,
+        (Some(_), Some(s)) if s.filtered_out == 0 => Verdict::NoTests,
+        (Some(_), Some(_)) if filtered => Verdict::FilteredOut,
+        (Some(_), Some(s)) => Verdict::Failed(format!("ran none of its {} tests", s.filtered_out)),
+    }
+}
+
+/// Prints one line per executable and the `vm-test: N passed, M failed` total.
+fn report(results: &[ExeResult<'_>]) {
+    println!("\nvm-test results:");
+    for result in results {
+        let counts = result
+            .summary
+            .map(|s| {
+                format!(
+                    " ({} passed, {} failed, {} filtered out)",
+                    s.passed, s.failed, s.filtered_out
+                )
+            })
+            .unwrap_or_default();
+        let verdict = match &result.verdict {
+            Verdict::Passed => "ok".to_owned(),
+            Verdict::NoTests => "no tests".to_owned(),
+            Verdict::FilteredOut => "no test matched the filter".to_owned(),
+            Verdict::Failed(why) => format!("FAILED: {why}"),
+        };
+        println!("  {}: {verdict}{counts}", result.exe.name);
+    }
+    let sum = |count: fn(&Summary) -> u32| {
+        results
+            .iter()
+            .filter_map(|r| r.summary.as_ref())
+            .map(count)
+            .sum::<u32>()
+    };
+    println!(
+        "vm-test: {} passed, {} failed",
+        sum(|s| s.passed),
+        sum(|s| s.failed)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exe(name: &str) -> TestExe {
+        TestExe {
+            name: name.into(),
+            path: PathBuf::from("/t").join(name),
+            dir: "/t".into(),
+        }
+    }
+
+    fn verdict(log: &str, filtered: bool) -> String {
+        format!(
+            "{:?}",
+            ExeResult::from_log(&exe("kernel-1"), log, filtered).verdict
+        )
+    }
+
+    #[test]
+    fn parses_libtest_summaries() {
+        let line = "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 2 filtered out; \
+                    finished in 0.52s";
+        let s = Summary::parse(line).expect("summary");
+        assert_eq!((s.passed, s.failed, s.filtered_out), (3, 1, 2));
+        assert!(Summary::parse("running 4 tests").is_none());
+    }
+
+    #[test]
+    fn judges_each_executable_by_its_own_section() {
+        let ok = "test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out";
+        let none = "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out";
+        let filtered = "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 5 filtered out";
+        let section = |summary: &str, rc: u8| {
+            format!("{BEGIN}kernel-1\n{summary}\n{END}{rc} of kernel-1\n{BEGIN}other\n{ok}\n")
+        };
+        assert_eq!(verdict(&section(ok, 0), false), "Passed");
+        assert_eq!(verdict(&section(none, 0), false), "NoTests");
+        assert_eq!(verdict(&section(filtered, 0), true), "FilteredOut");
+        assert_eq!(
+            verdict(&section(filtered, 0), false),
+            r#"Failed("ran none of its 5 tests")"#
+        );
+        assert_eq!(
+            verdict(&section(ok, 101), false),
+            r#"Failed("exit status 101")"#
+        );
+        assert_eq!(
+            verdict(&section("", 0), false),
+            r#"Failed("printed no libtest summary")"#
+        );
+        assert_eq!(
+            verdict(&format!("{BEGIN}kernel-1\n{ok}\n"), false),
+            r#"Failed("did not finish (the VM stopped)")"#
+        );
+        assert_eq!(verdict("", false), r#"Failed("did not run")"#);
+    }
+}
