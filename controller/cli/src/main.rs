@@ -1,1 +1,77 @@
-fn main() {}
+//! agentcg: the command-line front-end of agentcgd. One module per subcommand.
+
+mod call;
+mod client;
+mod run;
+mod session;
+mod shell;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status when agentcg itself fails (as `env` and `timeout` do).
+pub const EXIT_AGENTCG: u8 = 125;
+/// Exit status for a rejected intent or request (usage error).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Run AI-agent tool calls inside per-call cgroups sized from declared intents.
+#[derive(Debug, Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// agentcgd's socket.
+    #[arg(long, global = true, env = "AGENTCG_SOCKET", default_value = client::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one tool call inside its own cgroup.
+    Run(run::RunArgs),
+    /// Create, list, show and close sessions.
+    #[command(subcommand)]
+    Session(session::SessionCmd),
+    /// A drop-in SHELL: `agentcg shell -c 'CMD'` runs CMD as a call.
+    Shell(shell::ShellArgs),
+    /// Kernel features and the mode each part of agentcg runs in.
+    Status(status::StatusArgs),
+    /// Show finished calls.
+    #[command(subcommand)]
+    Call(call::CallCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let client = match client::Client::new(&cli.socket) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agentcg: {e}");
+            return ExitCode::from(EXIT_AGENTCG);
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run::main(&client, args),
+        Command::Session(cmd) => session::main(&client, cmd),
+        Command::Shell(args) => shell::main(&client, args),
+        Command::Status(args) => status::main(&client, args),
+        Command::Call(cmd) => call::main(&client, cmd),
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Reports a failure of agentcg itself and picks the exit code.
+pub fn fail(e: &client::ClientError) -> ExitCode {
+    eprintln!("agentcg: {e}");
+    match e {
+        client::ClientError::Api { status, .. } if *status < 500 => ExitCode::from(EXIT_USAGE),
+        _ => ExitCode::from(EXIT_AGENTCG),
+    }
+}

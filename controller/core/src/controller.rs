@@ -418,7 +418,7 @@ impl Controller {
             })?;
         }
         let plan = &self.sessions[&name].plan;
-        let admitted = plan::admit(&self.policy, plan, self.session_load(&name), &intent, &req.command.join(" "))?;
+        let admitted = plan::admit(&self.policy, plan, self.session_load(&name), &intent, &crate::policy::command_text(&req.command))?;
         let id = self.next_id;
         let cg = self.layout.call(&name, id);
         cg.create(false)?;

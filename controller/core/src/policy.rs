@@ -248,6 +248,27 @@ impl Policy {
     }
 }
 
+/// The text a call is classified by: the command string of `sh -c CMD` (any shell, any
+/// option cluster holding `c`), else the arguments joined by spaces.
+pub fn command_text(argv: &[String]) -> String {
+    let is_shell = argv.first().is_some_and(|a| {
+        let base = a.rsplit('/').next().unwrap_or("");
+        matches!(base, "sh" | "bash" | "dash" | "zsh" | "ksh")
+    });
+    if is_shell {
+        let mut rest = argv[1..].iter();
+        while let Some(arg) = rest.next() {
+            if !arg.starts_with('-') {
+                break;
+            }
+            if !arg.starts_with("--") && arg.contains('c') {
+                return rest.next().cloned().unwrap_or_default();
+            }
+        }
+    }
+    argv.join(" ")
+}
+
 /// Splits a shell command into segments at `&&`, `||`, `;`, `|` and newlines, and each
 /// segment into words, dropping leading `VAR=value` assignments and wrappers such as
 /// `timeout 60`, `env`, `sudo`, `nice`. Only used for classification: nothing runs it.
@@ -320,6 +341,16 @@ mod tests {
         assert_eq!(class("python script.py"), None);
         assert_eq!(class("pytestx"), None);
         assert_eq!(class(""), None);
+    }
+
+    #[test]
+    fn shell_commands_are_classified_by_their_command_string() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(command_text(&v(&["/bin/bash", "-c", "pytest -x"])), "pytest -x");
+        assert_eq!(command_text(&v(&["bash", "-l", "-c", "git log"])), "git log");
+        assert_eq!(command_text(&v(&["sh", "-lc", "make"])), "make");
+        assert_eq!(command_text(&v(&["sh", "script.sh"])), "sh script.sh");
+        assert_eq!(command_text(&v(&["python", "-c", "print(1)"])), "python -c print(1)");
     }
 
     #[test]

@@ -1,0 +1,127 @@
+//! `agentcg run`: declare a call, start the tool inside its cgroup with
+//! clone3(CLONE_INTO_CGROUP), wait, report the end, and tell the agent what happened.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agentcg_core::controller::CallGrant;
+use agentcg_core::intent::Intent;
+use agentcg_core::record::{CallRecord, ExitInfo};
+use agentcg_core::spawn;
+use serde_json::json;
+
+use crate::client::Client;
+use crate::{EXIT_AGENTCG, EXIT_USAGE, fail};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Session to run in (default: the session `default`, created on demand).
+    #[arg(long, env = "AGENTCG_SESSION")]
+    pub session: Option<String>,
+    /// What the call needs, e.g. `mem=512M,mem.max=2G,cpu=1,timeout=10m`; also JSON
+    /// or `memory:high`. Defaults to $AGENTCG_INTENT, then $AGENT_RESOURCE_HINT, then
+    /// the policy's default for the command's class.
+    #[arg(long)]
+    pub intent: Option<String>,
+    /// Write the final accounting record here as JSON.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// Print the cgroup grant (limits, clamps) on stderr before running.
+    #[arg(long)]
+    pub verbose: bool,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+    pub command: Vec<OsString>,
+}
+
+/// The intent text: the flag, else the environment.
+pub fn intent_text(flag: Option<String>) -> Option<String> {
+    flag.or_else(|| std::env::var("AGENTCG_INTENT").ok().filter(|s| !s.is_empty()))
+        .or_else(|| std::env::var("AGENT_RESOURCE_HINT").ok().filter(|s| !s.is_empty()))
+}
+
+pub fn main(client: &Client, args: RunArgs) -> ExitCode {
+    let intent = intent_text(args.intent);
+    run_call(client, args.session, intent, args.command, args.record, args.verbose)
+}
+
+/// Declares, runs and finishes one call; shared with `agentcg shell`.
+pub fn run_call(
+    client: &Client,
+    session: Option<String>,
+    intent: Option<String>,
+    command: Vec<OsString>,
+    record_path: Option<PathBuf>,
+    verbose: bool,
+) -> ExitCode {
+    // Validate locally first: a bad intent never reaches the daemon, nothing runs.
+    if let Some(text) = &intent
+        && let Err(e) = Intent::parse_any(text)
+    {
+        eprintln!("agentcg: invalid intent: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let req = json!({"session": session, "command": argv, "intent": intent});
+    let grant: CallGrant = match client.post("/v1/calls", &req).map(serde_json::from_value) {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => {
+            eprintln!("agentcg: unexpected reply from agentcgd: {e}");
+            return ExitCode::from(EXIT_AGENTCG);
+        }
+        Err(e) => return fail(&e),
+    };
+    if verbose {
+        eprintln!("agentcg: call {} in {}", grant.call_id, grant.cgroup);
+    }
+    for c in &grant.clamps {
+        eprintln!("agentcg: {} clamped from {} to {}: {}", c.field, c.requested, c.granted, c.reason);
+    }
+    // While the tool runs, Ctrl-C and Ctrl-\ are the tool's business; we must stay to
+    // report its end (the child restores the default handlers before exec).
+    // SAFETY: setting signal dispositions of our own process.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let (exit, spawn_error) = match spawn::spawn_in_cgroup(grant.cgroup.as_ref(), &command)
+        .and_then(spawn::wait)
+    {
+        Ok(exit) => (exit, None),
+        Err(e) => {
+            let code = if matches!(e, spawn::SpawnError::NotFound(_)) { 127 } else { 126 };
+            (ExitInfo { code: Some(code), signal: None }, Some(e))
+        }
+    };
+    if let Some(e) = &spawn_error {
+        eprintln!("agentcg: {e}");
+    }
+    let finished = client.post(&format!("/v1/calls/{}/finish", grant.call_id), &json!({"exit": exit}));
+    let record: CallRecord = match finished.map(serde_json::from_value) {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            eprintln!("agentcg: unexpected record from agentcgd: {e}");
+            return ExitCode::from(EXIT_AGENTCG);
+        }
+        Err(e) => {
+            eprintln!("agentcg: reporting the end of call {}: {e}", grant.call_id);
+            return ExitCode::from(exit_byte(exit.shell_status()));
+        }
+    };
+    if let Some(f) = &record.feedback {
+        eprintln!("{}", f.message);
+    }
+    if let Some(path) = record_path {
+        let text = serde_json::to_string_pretty(&record).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, text + "\n") {
+            eprintln!("agentcg: writing record {}: {e}", path.display());
+            return ExitCode::from(EXIT_AGENTCG);
+        }
+    }
+    ExitCode::from(exit_byte(exit.shell_status()))
+}
+
+fn exit_byte(status: i32) -> u8 {
+    u8::try_from(status).unwrap_or(255)
+}
