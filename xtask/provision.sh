@@ -50,7 +50,7 @@ need_pkgs() {
 build_deps() {
   apt_sources
   need_pkgs clang-19 libclang-19-dev llvm-19 libelf-dev zlib1g-dev pkg-config make gcc
-  # xtask/gen-vmlinux.sh dumps the target kernel's BTF; bookworm's bpftool is too old.
+  # xtask/gen-vmlinux.sh dumps the target kernel's BTF with bpftool (the backports build: newer libbpf).
   if ! dpkg-query -W -f='${Version}' bpftool 2>/dev/null | grep -q bpo12; then
     say "apt-get install bpftool from bookworm-backports"
     $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports bpftool >/dev/null

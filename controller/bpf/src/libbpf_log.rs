@@ -72,3 +72,19 @@ impl Drop for Capture {
             .clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opening garbage makes libbpf complain (no bpf() call needed); the complaint must
+    /// land in the capture, not on stderr.
+    #[test]
+    fn captures_what_libbpf_prints() {
+        let capture = Capture::start();
+        let result = libbpf_rs::ObjectBuilder::default().open_memory(b"definitely not an ELF");
+        assert!(result.is_err());
+        let log = capture.take();
+        assert!(log.contains("libbpf"), "captured: {log:?}");
+    }
+}

@@ -1,0 +1,218 @@
+//! Kernel tests of `agentcg-bpf` in the 7.3.4 sched_ext VM (`cargo xtask vm-test`): the
+//! BTF probe against the real kernel, and the telemetry programs counting and streaming
+//! the execs, forks and exits of a real cgroup. Need root; ignored elsewhere.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agentcg_bpf::probe::MEMCG_KFUNCS;
+use agentcg_bpf::{CallCounters, MAX_WATCHED, TeleEvent, TeleKind, Telemetry, probe_btf};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// A cgroup directory created for one test, removed on drop (even when the test fails).
+struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    fn create(name: &str) -> Self {
+        let root = Path::new(CGROUP_ROOT);
+        // DESIGN.md §4 pitfall 8: the guest's root subtree_control starts empty. The
+        // telemetry does not need controllers, but tool-call cgroups have them.
+        let control = root.join("cgroup.subtree_control");
+        if let Err(e) = fs::write(&control, "+cpu +memory +pids") {
+            eprintln!("note: enabling controllers in {}: {e}", control.display());
+        }
+        let path = root.join(format!("agentcg-bpftest-{}-{name}", std::process::id()));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+
+    /// The cgroup id: the inode number of the cgroup v2 directory.
+    fn id(&self) -> u64 {
+        fs::metadata(&self.path)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", self.path.display()))
+            .ino()
+    }
+
+    /// Runs `script` with `sh -c` after the shell moved itself into this cgroup.
+    fn run_sh(&self, script: &str) {
+        let procs = self.path.join("cgroup.procs");
+        let full = format!("echo $$ > {} && {script}", procs.display());
+        let status = Command::new("/bin/sh")
+            .args(["-c", &full])
+            .status()
+            .unwrap_or_else(|e| panic!("spawn sh -c {full:?}: {e}"));
+        assert!(status.success(), "sh -c {full:?}: {status}");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The last process left with its exit; the cgroup may report populated a bit longer.
+        for _ in 0..50 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        eprintln!("warning: could not rmdir {}", self.path.display());
+    }
+}
+
+fn load() -> Telemetry {
+    let started = Instant::now();
+    let t = Telemetry::load().unwrap_or_else(|e| panic!("Telemetry::load: {e}"));
+    eprintln!(
+        "Telemetry::load took {:?} (phases: {:?})",
+        started.elapsed(),
+        t.timings()
+    );
+    t
+}
+
+/// Polls until `want` events for `cgid` arrived or `within` passed. Events are in the
+/// ring buffer before the process that caused them is reaped, so a short `within`
+/// suffices to show that none came.
+fn collect_events(t: &Telemetry, cgid: u64, want: usize, within: Duration) -> Vec<TeleEvent> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + within;
+    while got.len() < want && Instant::now() < deadline {
+        t.poll_events(Duration::from_millis(100), |e| {
+            if e.cgid == cgid {
+                got.push(e);
+            }
+        })
+        .unwrap_or_else(|e| panic!("poll_events: {e}"));
+    }
+    got
+}
+
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn probe_reports_the_7_3_kernel_features() {
+    let f =
+        probe_btf(Path::new(agentcg_bpf::VMLINUX_BTF)).unwrap_or_else(|e| panic!("probe_btf: {e}"));
+    eprintln!("{f:?}");
+    assert!(f.sched_ext_ops, "{f:?}");
+    assert!(f.cgroup_set_bandwidth, "{f:?}");
+    assert_eq!(f.memcg_kfuncs, MEMCG_KFUNCS, "{f:?}");
+    assert!(f.has_all_memcg_kfuncs());
+    assert!(!f.memcg_bpf_ops, "{f:?}");
+    assert!(!f.bpf_oom_ops, "{f:?}");
+}
+
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn telemetry_counts_and_streams_a_watched_cgroup() {
+    let t = load();
+    let baseline = t.watched_len().expect("watched_len");
+    let cg = TestCgroup::create("watched");
+    let cgid = cg.id();
+    assert_eq!(t.counters(cgid).expect("counters"), None);
+    t.watch(cgid).expect("watch");
+    assert_eq!(
+        t.counters(cgid).expect("counters"),
+        Some(CallCounters::default())
+    );
+    assert_eq!(t.watched_len().expect("watched_len"), baseline + 1);
+
+    // Three fork+exec+exit of /bin/true; `exit 0` (a builtin) keeps the shell from
+    // exec'ing the last command in place, so the shell's own exit is the fourth.
+    let started = Instant::now();
+    cg.run_sh("/bin/true; /bin/true; /bin/true; exit 0");
+    eprintln!("sh with three /bin/true took {:?}", started.elapsed());
+
+    let c = t.counters(cgid).expect("counters").expect("still watched");
+    eprintln!("{c:?}");
+    assert_eq!((c.execs, c.forks, c.exits), (3, 3, 4), "{c:?}");
+    assert!(c.first_exec_ns > 0, "{c:?}");
+    assert!(c.last_exit_ns >= c.first_exec_ns, "{c:?}");
+
+    let events = collect_events(&t, cgid, 10, Duration::from_secs(10));
+    let count = |k: TeleKind| events.iter().filter(|e| e.kind == k).count();
+    assert_eq!(
+        (
+            count(TeleKind::Exec),
+            count(TeleKind::Fork),
+            count(TeleKind::Exit)
+        ),
+        (3, 3, 4),
+        "{events:#?}"
+    );
+    let exec = events
+        .iter()
+        .find(|e| e.kind == TeleKind::Exec)
+        .expect("an exec event");
+    assert_eq!(exec.comm, "true", "{exec:?}");
+    assert!(exec.pid > 0 && exec.ts_ns >= c.first_exec_ns, "{exec:?}");
+    assert!(
+        events.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns),
+        "events out of order: {events:#?}"
+    );
+    assert_eq!(t.ringbuf_drops().expect("ringbuf_drops"), 0);
+    assert_eq!(t.malformed_events(), 0);
+
+    assert_eq!(t.unwatch(cgid).expect("unwatch"), Some(c));
+    assert_eq!(t.unwatch(cgid).expect("unwatch again"), None);
+    assert_eq!(t.watched_len().expect("watched_len"), baseline);
+
+    // Unwatched: the BPF side never inserts, so nothing is counted or streamed.
+    cg.run_sh("/bin/true; exit 0");
+    assert_eq!(t.counters(cgid).expect("counters"), None);
+    assert!(collect_events(&t, cgid, 1, Duration::from_millis(500)).is_empty());
+}
+
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn other_cgroups_are_not_counted() {
+    let t = load();
+    let watched = TestCgroup::create("quiet");
+    let busy = TestCgroup::create("busy");
+    t.watch(watched.id()).expect("watch");
+    busy.run_sh("/bin/true; /bin/true; exit 0");
+    assert_eq!(
+        t.counters(watched.id()).expect("counters"),
+        Some(CallCounters::default())
+    );
+    assert_eq!(t.counters(busy.id()).expect("counters"), None);
+    assert!(collect_events(&t, busy.id(), 1, Duration::from_millis(500)).is_empty());
+    assert_eq!(
+        t.unwatch(watched.id()).expect("unwatch"),
+        Some(CallCounters::default())
+    );
+}
+
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn a_full_watch_map_is_a_typed_error() {
+    let t = load();
+    let base = 1u64 << 62; // far from real cgroup ids
+    let started = Instant::now();
+    for i in 0..u64::from(MAX_WATCHED) {
+        t.watch(base + i)
+            .unwrap_or_else(|e| panic!("watch #{i}: {e}"));
+    }
+    eprintln!("{MAX_WATCHED} watch() calls took {:?}", started.elapsed());
+    let err = t
+        .watch(base + u64::from(MAX_WATCHED))
+        .expect_err("map is full");
+    assert!(
+        matches!(err, agentcg_bpf::BpfError::MapFull { capacity, .. } if capacity == MAX_WATCHED),
+        "{err}"
+    );
+    assert!(err.to_string().contains("unwatch"), "{err}");
+    // Re-watching an existing id still works when full (it resets the counters).
+    t.watch(base).expect("re-watch when full");
+    assert_eq!(t.watched_len().expect("watched_len"), MAX_WATCHED as usize);
+    assert_eq!(
+        t.unwatch(base).expect("unwatch"),
+        Some(CallCounters::default())
+    );
+    t.watch(base + u64::from(MAX_WATCHED))
+        .expect("room after an unwatch");
+}
