@@ -2,9 +2,12 @@
 //! exec, fork and exit counts per watched cgroup, plus a ring buffer of events) and the
 //! BTF capability probes the daemon reports at start.
 //!
-//! The BPF C sources live in `ebpf/`, share one ABI header (`ebpf/intf.h`, mirrored in
-//! [`abi`](CallCounters)) and are compiled with clang-19 by `build.rs` into a libbpf-rs
-//! skeleton (DESIGN.md §4).
+//! The BPF C sources live in `ebpf/`, share one ABI header (`ebpf/intf.h`, mirrored by
+//! [`CallCounters`] and [`TeleEvent`]) and are compiled with clang-19 by `build.rs` into a
+//! libbpf-rs skeleton (DESIGN.md §4). `xtask/gen-vmlinux.sh` regenerates `ebpf/vmlinux.h`.
+//!
+//! Entry points: [`Telemetry::load`] (needs root) and [`probe_btf`] (needs only read
+//! access to the BTF file).
 
 mod abi;
 mod error;
