@@ -298,3 +298,49 @@ fn to_json(report: &Report, args: &Args) -> Value {
         "verdict": report.verdict(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(agentcg: Option<Value>) -> Value {
+        let ms = |v: u64| json!([v * 1_000_000, v * 1_000_000]);
+        let mut arms = vec![
+            json!({"name": "direct", "error": null, "samples_ns": ms(40)}),
+            json!({"name": "reference", "error": null, "samples_ns": ms(100)}),
+        ];
+        arms.extend(agentcg);
+        json!({ "arms": arms })
+    }
+
+    #[test]
+    fn ratio_of_added_overheads() {
+        let report = Report::new(&raw(Some(
+            json!({"name": "agentcg", "samples_ns": [70_000_000]}),
+        )));
+        assert_eq!(report.reference_overhead, Some(60.0));
+        assert_eq!(report.agentcg_overhead, Some(30.0));
+        assert_eq!((report.ratio, report.verdict()), (Some(0.5), "PASS"));
+        assert!(report.arms.iter().all(|arm| arm.error.is_none()));
+    }
+
+    #[test]
+    fn a_missing_or_failed_arm_is_an_error_and_a_miss() {
+        let missing = Report::new(&raw(None));
+        assert_eq!((missing.ratio, missing.verdict()), (None, "MISS"));
+        assert!(
+            missing.arms[2]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("did not run"))
+        );
+        let failed = json!({"name": "agentcg", "error": "round 0: boom", "samples_ns": []});
+        let failed = Report::new(&raw(Some(failed)));
+        assert!(
+            failed.arms[2]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.ends_with("failed: round 0: boom"))
+        );
+    }
+}
