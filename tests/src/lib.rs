@@ -1,1 +1,203 @@
-//! Helpers shared by the kernel integration tests.
+//! Helpers shared by the kernel integration tests, which run as root inside the
+//! sched_ext VM (`cargo xtask vm-test`): start an agentcgd on a private cgroup root,
+//! run the CLI against it, speak raw HTTP to its socket, inspect cgroups.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Directory of the agentcg binaries (set by xtask in the VM).
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("AGENTCG_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug"))
+}
+
+/// Fails loudly unless we are root on a cgroup v2 host with the controllers we need.
+pub fn require_kernel() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "kernel tests must run as root (cargo xtask vm-test)");
+    let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .expect("cgroup v2 must be mounted at /sys/fs/cgroup (cargo xtask vm-test)");
+    for c in ["cpu", "memory", "pids"] {
+        assert!(controllers.contains(c), "cgroup v2 controller {c} missing: {controllers}");
+    }
+}
+
+/// An agentcgd running on a private root for one test.
+#[derive(Debug)]
+pub struct Daemon {
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    extra: Vec<String>,
+    child: Child,
+}
+
+fn spawn_daemon(root: &Path, socket: &Path, state_dir: &Path, extra: &[String]) -> Child {
+    let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("agentcg");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("/tmp/{name}.log"))
+        .expect("daemon log");
+    Command::new(bin_dir().join("agentcgd"))
+        .arg("--root")
+        .arg(root)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(extra)
+        .stderr(log)
+        .spawn()
+        .expect("starting agentcgd")
+}
+
+impl Daemon {
+    /// Starts agentcgd with root `/sys/fs/cgroup/agentcg-<name>` and waits for its socket.
+    pub fn start(name: &str) -> Daemon {
+        Daemon::start_with(name, &[])
+    }
+
+    pub fn start_with(name: &str, extra: &[&str]) -> Daemon {
+        require_kernel();
+        let root = PathBuf::from(format!("/sys/fs/cgroup/agentcg-{name}"));
+        let socket = PathBuf::from(format!("/tmp/agentcg-{name}.sock"));
+        let state_dir = PathBuf::from(format!("/tmp/agentcg-{name}-state"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn_daemon(&root, &socket, &state_dir, &extra);
+        let d = Daemon {
+            root,
+            socket,
+            state_dir,
+            extra,
+            child,
+        };
+        d.wait_ready();
+        d
+    }
+
+    /// Stops the daemon (SIGTERM) and starts it again on the same root and state.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_daemon(&self.root, &self.socket, &self.state_dir, &self.extra);
+        self.wait_ready();
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        while UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "agentcgd did not open {} within 60 s",
+                self.socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A CLI command against this daemon.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(bin_dir().join("agentcg"));
+        c.arg("--socket").arg(&self.socket);
+        c
+    }
+
+    /// Runs the CLI with `args`, capturing output.
+    pub fn agentcg(&self, args: &[&str]) -> Output {
+        self.cli().args(args).stdin(Stdio::null()).output().expect("running agentcg")
+    }
+
+    /// A raw HTTP request to the API; returns (status, JSON body).
+    pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let mut s = UnixStream::connect(&self.socket).expect("connect");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).expect("write");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("read");
+        let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        // Tolerate chunked encoding: the JSON is the part between the first `{`/`[` and the last `}`/`]`.
+        let start = body.find(['{', '[']).unwrap_or(0);
+        let end = body.rfind(['}', ']']).map_or(body.len(), |e| e + 1);
+        (status, serde_json::from_str(&body[start..end]).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The calls/ cgroup of a session.
+    pub fn calls_dir(&self, session: &str) -> PathBuf {
+        self.root.join(format!("session-{session}")).join("calls")
+    }
+
+    /// Child cgroups (directories) under `dir`.
+    pub fn child_cgroups(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = agentcg_core::cgroup::Cgroup::new(&self.root).destroy(Duration::from_secs(5));
+    }
+}
+
+/// A long-lived process standing in for an agent runtime.
+#[derive(Debug)]
+pub struct FakeRuntime {
+    pub child: Child,
+}
+
+impl FakeRuntime {
+    pub fn start() -> FakeRuntime {
+        FakeRuntime {
+            child: Command::new("sleep").arg("1000").spawn().expect("sleep"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Alive and not a zombie.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for FakeRuntime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The memhog helper binary (built next to the agentcg binaries).
+pub fn memhog() -> String {
+    bin_dir().join("memhog").display().to_string()
+}
+
+/// Parses a record file written by `agentcg run --record`.
+pub fn read_record(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("record {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("record JSON")
+}

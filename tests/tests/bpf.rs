@@ -216,3 +216,41 @@ fn a_full_watch_map_is_a_typed_error() {
     t.watch(base + u64::from(MAX_WATCHED))
         .expect("room after an unwatch");
 }
+
+/// Set in the child process of [`an_unprivileged_load_error_carries_the_libbpf_log`].
+const UNPRIVILEGED_CHILD: &str = "AGENTCG_BPFTEST_UNPRIVILEGED_CHILD";
+
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn an_unprivileged_load_error_carries_the_libbpf_log() {
+    use std::os::unix::process::CommandExt as _;
+
+    if std::env::var_os(UNPRIVILEGED_CHILD).is_some() {
+        // Running as `nobody`: the kernel refuses, libbpf explains; both must be in the error.
+        let err = Telemetry::load().expect_err("unprivileged load must fail");
+        let msg = err.to_string();
+        println!("unprivileged load error: {msg}");
+        assert!(matches!(err, agentcg_bpf::BpfError::Load { .. }), "{msg}");
+        assert!(msg.contains("Operation not permitted"), "{msg}");
+        assert!(msg.contains("--- libbpf log ---"), "{msg}");
+        assert!(msg.contains("libbpf: "), "{msg}");
+        return;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = Command::new(&exe)
+        .args([
+            "--exact",
+            "an_unprivileged_load_error_carries_the_libbpf_log",
+            "--include-ignored",
+            "--nocapture",
+        ])
+        .env(UNPRIVILEGED_CHILD, "1")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {} as nobody: {e}", exe.display()));
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    eprintln!("{text}");
+    assert!(out.status.success(), "child failed: {}\n{text}", out.status);
+    assert!(text.contains("1 passed"), "{text}");
+}

@@ -1,0 +1,309 @@
+//! Core acceptance on the real kernel: per-call cgroups from intents, clone3 into
+//! the cgroup, OOM kills that spare the runtime, no leaked cgroups, session clamps,
+//! strict rejection of malformed intents.
+
+use std::path::Path;
+use std::time::Duration;
+
+use agentcg_vmtests::{Daemon, FakeRuntime, memhog, read_record};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// 1. A call with mem.max=64M allocating 256 MiB is OOM-killed alone; the runtime of
+/// the same session keeps running; the record says why and what to do.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn oom_kills_the_call_alone_and_explains() {
+    let d = Daemon::start("oom");
+    let mut rt = FakeRuntime::start();
+    let out = d.agentcg(&["session", "create", "s1", "--memory", "1G", "--runtime-pid", &rt.pid().to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec_path = Path::new("/tmp/oom-record.json");
+    let hog = memhog();
+    let out = d.agentcg(&[
+        "run", "--session", "s1", "--intent", "mem.max=64M", "--record", "/tmp/oom-record.json", "--", &hog, "256",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("ran out of memory") && err.contains("mem.max 64 MiB"), "{err}");
+    let rec = read_record(rec_path);
+    assert_eq!(rec["outcome"], "oom_killed");
+    let peak = rec["accounting"]["memory_peak"].as_u64().unwrap();
+    assert!(peak >= 60 << 20, "peak {peak} should reach the 64 MiB limit");
+    assert!(rec["accounting"]["memory_events"]["oom_kill"].as_u64().unwrap() >= 1);
+    assert!(!rec["feedback"]["suggestion"].as_str().unwrap().is_empty());
+    assert_eq!(rec["feedback"]["limit"], "mem.max");
+    assert!(rt.alive(), "the runtime must survive its tool's OOM kill");
+    let procs = std::fs::read_to_string(d.root.join("session-s1/runtime/cgroup.procs")).unwrap();
+    assert!(procs.contains(&rt.pid().to_string()), "runtime still in runtime/: {procs}");
+}
+
+/// 2. The tool's very first instruction already runs inside its call cgroup.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn tool_is_born_inside_its_cgroup() {
+    let d = Daemon::start("born");
+    let out = d.agentcg(&["run", "--record", "/tmp/born.json", "--", "cat", "/proc/self/cgroup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = read_record(Path::new("/tmp/born.json"));
+    let cgroup = rec["cgroup"].as_str().unwrap();
+    let rel = cgroup.strip_prefix("/sys/fs/cgroup").unwrap();
+    assert_eq!(stdout(&out).trim(), format!("0::{rel}"));
+    assert!(rel.contains("/calls/call-"), "{rel}");
+}
+
+/// 3. 500 sequential calls (ok, failing, OOM-killed, one leaving a background process
+/// behind) leave zero cgroups under calls/.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn five_hundred_calls_leave_no_cgroup_behind() {
+    let d = Daemon::start("many");
+    let hog = memhog();
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..500 {
+        let rec = format!("/tmp/many-{}.json", i % 7);
+        let args: Vec<&str> = match i % 100 {
+            7 => vec!["run", "--intent", "mem.max=16M", "--record", &rec, "--", &hog, "64"],
+            13 => vec!["run", "--record", &rec, "--", "sh", "-c", "sleep 1000 & echo started"],
+            n if n % 3 == 0 => vec!["run", "--record", &rec, "--", "false"],
+            _ => vec!["run", "--record", &rec, "--", "true"],
+        };
+        let out = d.agentcg(&args);
+        let r = read_record(Path::new(&rec));
+        *outcomes.entry(r["outcome"].as_str().unwrap().to_string()).or_default() += 1;
+        if i % 100 == 13 {
+            assert!(r["leftover_killed"].as_u64().unwrap() >= 1, "background sleep must be killed: {r}");
+            assert!(out.status.success());
+        }
+    }
+    let left = Daemon::child_cgroups(&d.calls_dir("default"));
+    assert!(left.is_empty(), "leaked call cgroups: {left:?}");
+    assert_eq!(outcomes.get("oom_killed"), Some(&5), "{outcomes:?}");
+    assert!(outcomes.get("failed").copied().unwrap_or(0) >= 150, "{outcomes:?}");
+    assert_eq!(outcomes.values().sum::<u32>(), 500);
+    let (status, list) = d.http("GET", "/v1/calls?limit=1000", "");
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 500, "all 500 records in the history");
+}
+
+/// 4. A 400 MiB session with two calls wanting 300 MiB: the runtime is never killed;
+/// the calls are clamped (and one is killed at the shared ceiling), a third is refused.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn session_budget_clamps_and_protects_the_runtime() {
+    let d = Daemon::start("budget");
+    let mut rt = FakeRuntime::start();
+    let out = d.agentcg(&["session", "create", "s", "--memory", "400M", "--runtime-pid", &rt.pid().to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hog = memhog();
+    let spawn = |n: u32| {
+        d.cli()
+            .args(["run", "--session", "s", "--intent", "mem=150M,mem.max=300M", "--record"])
+            .arg(format!("/tmp/budget-{n}.json"))
+            .args(["--", &hog, "200", "6000", "8"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn(1);
+    std::thread::sleep(Duration::from_millis(300));
+    let b = spawn(2);
+    std::thread::sleep(Duration::from_millis(300));
+    // A third call that expects 300 MiB finds no room: refused, nothing runs.
+    let third = d.agentcg(&["run", "--session", "s", "--intent", "mem=300M", "--", "touch", "/tmp/budget-third"]);
+    assert_eq!(third.status.code(), Some(2), "{}", stderr(&third));
+    assert!(stderr(&third).contains("left for tool calls"), "{}", stderr(&third));
+    assert!(!Path::new("/tmp/budget-third").exists());
+    let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let recs = [read_record(Path::new("/tmp/budget-1.json")), read_record(Path::new("/tmp/budget-2.json"))];
+    for r in &recs {
+        let clamps = r["clamps"].as_array().unwrap();
+        assert!(clamps.iter().any(|c| c["field"] == "mem.max"), "mem.max clamped to the session: {r}");
+        assert_eq!(r["limits"]["memory_max"].as_u64(), Some(272 << 20));
+    }
+    assert!(recs[1]["clamps"].as_array().unwrap().iter().any(|c| c["field"] == "mem"), "second call's mem clamped");
+    let killed: Vec<&serde_json::Value> = recs.iter().filter(|r| r["outcome"] == "oom_killed").collect();
+    assert_eq!(killed.len(), 1, "exactly one call dies at the 272 MiB shared ceiling: {recs:?}\n{}\n{}", stderr(&oa), stderr(&ob));
+    assert_eq!(killed[0]["feedback"]["limit"], "session calls ceiling");
+    assert!(recs.iter().any(|r| r["outcome"] == "ok"));
+    assert!(rt.alive(), "runtime must never be killed");
+}
+
+/// 5. Malformed intents are rejected with a message naming the problem; nothing is
+/// spawned and no cgroup is created — through the CLI and through the raw API.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn malformed_intents_spawn_nothing() {
+    let d = Daemon::start("bad");
+    let ok = d.agentcg(&["run", "--", "true"]);
+    assert!(ok.status.success());
+    let calls = d.calls_dir("default");
+    let huge = format!("mem={}", "9".repeat(5000));
+    let cases: Vec<(&str, &str)> = vec![
+        ("", "empty"),
+        ("mem", "key=value"),
+        ("mem=", "empty value"),
+        ("mem=5X", "unknown unit"),
+        ("mem=-1G", "not a number"),
+        ("mem=1e9", "unknown unit"),
+        ("mem=0", "below the minimum"),
+        ("mem=999999T", "above the maximum"),
+        ("mem=18446744073709551616", "too large"),
+        ("mem=1G,mem=2G", "twice"),
+        ("mem=2G,mem.max=1G", "larger than mem.max"),
+        ("memory=1G", "unknown key"),
+        ("mem=1G,foo=bar", "unknown key `foo`"),
+        ("cpu=0", "out of range"),
+        ("cpu=-1", "expected CPUs"),
+        ("cpu=1.2345", "at most 3 places"),
+        ("cpu.weight=0", "out of range"),
+        ("cpu.weight=10001", "out of range"),
+        ("pids=0", "out of range"),
+        ("pids=99999999999", "out of range"),
+        ("timeout=0", "out of range"),
+        ("timeout=30y", "unknown unit"),
+        ("priority=urgent", "not a priority"),
+        ("class=a;rm -rf /", "[a-z]"),
+        ("mem=$(touch /tmp/pwned)", "not a number"),
+        ("mem=1G;touch /tmp/pwned", "unknown unit"),
+        ("mem=1G`touch /tmp/pwned`", "unknown unit"),
+        ("memory:a[$(touch /tmp/pwned)]g", "resource hint"),
+        ("memory:huge", "resource hint"),
+        (r#"{"mem": "1G", "bogus": 1}"#, "unknown key `bogus`"),
+        (r#"{"mem": [1]}"#, "string or a number"),
+        (huge.as_str(), "at most 1024"),
+    ];
+    assert!(cases.len() >= 30);
+    for (spec, needle) in &cases {
+        let out = d.agentcg(&["run", "--intent", spec, "--", "touch", "/tmp/pwned-spawned"]);
+        assert_eq!(out.status.code(), Some(2), "`{spec}` must be rejected: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "`{spec}` → {} (wanted {needle})", stderr(&out));
+        // The daemon validates too: send the same intent over the raw API.
+        let body = serde_json::json!({"command": ["touch", "/tmp/pwned-spawned"], "intent": spec}).to_string();
+        let (status, reply) = d.http("POST", "/v1/calls", &body);
+        assert_eq!(status, 400, "`{spec}` via API: {reply}");
+        assert_eq!(reply["error"]["code"], "bad_intent", "{reply}");
+    }
+    // Bad requests beyond intents.
+    for body in [r#"{"command": []}"#, r#"{"command": ["x"], "bogus": 1}"#, r#"{"command": "ls"}"#, "not json"] {
+        let (status, reply) = d.http("POST", "/v1/calls", body);
+        assert_eq!(status, 400, "{body} → {reply}");
+        assert!(reply["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (status, reply) = d.http("POST", "/v1/sessions", r#"{"name": "../../etc"}"#);
+    assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("bad_session")), "{reply}");
+    assert!(!Path::new("/tmp/pwned").exists() && !Path::new("/tmp/pwned-spawned").exists());
+    assert!(Daemon::child_cgroups(&calls).is_empty(), "no call cgroup may be left or created");
+    let (_, list) = d.http("GET", "/v1/calls", "");
+    assert_eq!(list.as_array().unwrap().len(), 1, "only the one good call was recorded");
+}
+
+/// Timeouts and pids limits end calls with their own outcomes and feedback.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn timeout_and_pids_limits() {
+    let d = Daemon::start("limits");
+    let out = d.agentcg(&["run", "--intent", "timeout=1s", "--record", "/tmp/t.json", "--", "sleep", "30"]);
+    assert_eq!(out.status.code(), Some(137));
+    let r = read_record(Path::new("/tmp/t.json"));
+    assert_eq!(r["outcome"], "timeout");
+    assert!(r["duration_ms"].as_u64().unwrap() < 10_000);
+    assert!(stderr(&out).contains("ran past its time limit"), "{}", stderr(&out));
+    let script = "for i in $(seq 20); do sleep 5 & done; wait";
+    let out = d.agentcg(&["run", "--intent", "pids=8", "--record", "/tmp/p.json", "--", "sh", "-c", script]);
+    let r = read_record(Path::new("/tmp/p.json"));
+    assert!(!out.status.success());
+    assert_eq!(r["outcome"], "pids_limited", "{r}");
+    assert!(r["accounting"]["pids_limit_hits"].as_u64().unwrap() > 0);
+    assert_eq!(r["limits"]["pids_max"], 8);
+}
+
+/// Limits from the intent are really written to the call's cgroup.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn intent_becomes_cgroup_knobs() {
+    let d = Daemon::start("knobs");
+    let script = "d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat $d/memory.high $d/memory.max $d/cpu.max $d/cpu.weight $d/pids.max $d/memory.oom.group";
+    let out = d.agentcg(&["run", "--intent", "mem=64M,mem.max=128M,cpu=0.5,cpu.weight=200,pids=77", "--", "sh", "-c", script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let vals: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(vals, ["67108864", "134217728", "50000 100000", "200", "77", "1"]);
+}
+
+/// `agentcg shell -c` makes a call per command, classified by the command string.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn shell_mode_runs_each_command_as_a_call() {
+    let d = Daemon::start("shell");
+    let out = d.cli().args(["shell", "-c", "git --version >/dev/null 2>&1; cat /proc/self/cgroup"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("/calls/call-"), "{}", stdout(&out));
+    let (_, list) = d.http("GET", "/v1/calls", "");
+    let rec = &list[0];
+    assert_eq!(rec["limits"]["class"], "vcs", "classified from the -c string: {rec}");
+    let out = d.cli().args(["shell", "-c", "exit 3"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let out = d.cli().args(["shell", "-c", "true"]).env("AGENTCG_INTENT", "mem=zz").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "bad AGENTCG_INTENT is rejected: {}", stderr(&out));
+}
+
+/// Sessions through the CLI; closing refuses while the runtime lives, unless forced.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn session_lifecycle_and_status() {
+    let d = Daemon::start("sess");
+    let mut rt = FakeRuntime::start();
+    let out = d.agentcg(&["session", "create", "hi", "--priority", "high", "--memory", "2G", "--cpu", "1.5", "--pids", "300", "--runtime-pid", &rt.pid().to_string(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = d.root.join("session-hi");
+    let read = |f: &str| std::fs::read_to_string(s.join(f)).unwrap().trim().to_string();
+    assert_eq!(read("memory.max"), (2u64 << 30).to_string());
+    assert_eq!(read("cpu.max"), "150000 100000");
+    assert_eq!(read("cpu.weight"), "400");
+    assert_eq!(read("pids.max"), "300");
+    assert_eq!(read("runtime/memory.min"), (128u64 << 20).to_string());
+    assert_eq!(read("calls/memory.max"), ((2048u64 - 128) << 20).to_string());
+    let dup = d.agentcg(&["session", "create", "hi"]);
+    assert_eq!(dup.status.code(), Some(2));
+    assert!(stderr(&dup).contains("already exists"));
+    let list = d.agentcg(&["session", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v[0]["runtime_pids"][0].as_u64(), Some(u64::from(rt.pid())));
+    let close = d.agentcg(&["session", "close", "hi"]);
+    assert_eq!(close.status.code(), Some(2), "refused while the runtime lives");
+    assert!(rt.alive());
+    let close = d.agentcg(&["session", "close", "hi", "--force"]);
+    assert!(close.status.success(), "{}", stderr(&close));
+    assert!(!s.exists());
+    let st = d.agentcg(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["kernel"]["clone_into_cgroup"], true);
+    assert!(v["kernel"]["sched_ext_state"].is_string(), "the 7.3 kernel has sched_ext: {v}");
+    assert_eq!(v["kernel"]["memory_peak"], true);
+}
+
+/// A restarted daemon keeps its sessions and history, and removes calls it lost.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn restart_keeps_state_and_cleans_orphans() {
+    let mut d = Daemon::start("restart");
+    assert!(d.agentcg(&["session", "create", "keep"]).status.success());
+    assert!(d.agentcg(&["run", "--session", "keep", "--", "true"]).status.success());
+    let orphan = d.calls_dir("keep").join("call-999999");
+    std::fs::create_dir(&orphan).unwrap();
+    d.restart();
+    assert!(!orphan.exists(), "orphaned call cgroup removed at start");
+    let out = d.agentcg(&["session", "show", "keep", "--json"]);
+    assert!(out.status.success(), "session survives a restart: {}", stderr(&out));
+    let out = d.agentcg(&["run", "--session", "keep", "--record", "/tmp/restart.json", "--", "true"]);
+    assert!(out.status.success());
+    assert_eq!(read_record(Path::new("/tmp/restart.json"))["call_id"], 2, "ids continue after a restart");
+    let (_, list) = d.http("GET", "/v1/calls", "");
+    assert_eq!(list.as_array().unwrap().len(), 2);
+}
