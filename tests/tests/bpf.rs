@@ -247,8 +247,20 @@ fn an_unprivileged_load_error_carries_the_libbpf_log() {
         .env(UNPRIVILEGED_CHILD, "1")
         .uid(65534)
         .gid(65534)
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {} as nobody: {e}", exe.display()));
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        // The test binary sits below a directory `nobody` cannot enter (a private
+        // checkout): nothing to learn about BPF here.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!(
+                "skipped: {} is not executable by nobody: {e}",
+                exe.display()
+            );
+            return;
+        }
+        Err(e) => panic!("spawn {} as nobody: {e}", exe.display()),
+    };
     let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     eprintln!("{text}");
     assert!(out.status.success(), "child failed: {}\n{text}", out.status);
