@@ -58,7 +58,7 @@ stop_daemon() {
   echo "calls.sh: agentcgd stopped (status $?)"
 }
 
-mkdir -p "$BENCH_OUT"
+mkdir -p "$BENCH_OUT" && rm -f "$BENCH_OUT/calls-raw.json"
 mkdir -p "$REF_PARENT" && echo '+memory +pids' > "$REF_PARENT/cgroup.subtree_control" || {
   echo "calls.sh: cannot set up $REF_PARENT for the reference arm"
   exit 1

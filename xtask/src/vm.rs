@@ -3,10 +3,12 @@
 //! The guest's stdout does not reliably reach the host, so everything goes through the
 //! `--rwdir` directory target/vm: the generated guest.sh enables the cpu, memory and pids
 //! controllers, runs the job with stdout and stderr in guest.log, saves `dmesg` to
-//! dmesg.log and the job's exit status to `status`. The host prints guest.log, scans
-//! dmesg.log for kernel errors and kills the VM when it overruns the timeout.
+//! dmesg.log and the job's exit status to `status`. The host prints guest.log as it
+//! grows, scans dmesg.log for kernel errors and kills the VM when it overruns the timeout.
+//! A lock on target/vm/lock makes concurrent runs in the same tree take turns.
 
-use std::fs;
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::thread::sleep;
@@ -47,19 +49,20 @@ pub struct Job {
     pub env: Vec<(&'static str, String)>,
 }
 
-/// The end of a VM run whose job finished.
+/// The end of a VM run.
 #[derive(Debug)]
 pub struct Outcome {
-    /// The job's exit status.
-    pub status: i32,
     /// Everything the job printed.
     pub log: String,
+    /// The job's exit status, or why the guest did not finish the job.
+    end: std::result::Result<i32, String>,
     kernel_errors: usize,
 }
 
 impl Outcome {
-    /// Fails when the guest kernel logged a BUG, WARNING or Oops.
-    pub fn check_kernel(&self) -> Result<()> {
+    /// The job's exit status; fails when the guest did not finish the job or its kernel
+    /// logged a BUG, WARNING or Oops.
+    pub fn check(&self) -> Result<i32> {
         if self.kernel_errors > 0 {
             bail!(
                 "the guest kernel logged {} BUG/WARNING/Oops line(s), listed above; the full \
@@ -67,13 +70,12 @@ impl Outcome {
                 self.kernel_errors
             );
         }
-        Ok(())
+        self.end.clone().map_err(anyhow::Error::msg)
     }
 
-    /// The job's status as xtask's exit code, unless the kernel logged errors.
+    /// The job's status as xtask's exit code (see `check`).
     pub fn exit_code(&self) -> Result<ExitCode> {
-        self.check_kernel()?;
-        Ok(ExitCode::from(u8::try_from(self.status).unwrap_or(1)))
+        Ok(ExitCode::from(u8::try_from(self.check()?).unwrap_or(1)))
     }
 }
 
@@ -100,10 +102,24 @@ impl GuestFiles {
         self.dir.join("vng.log")
     }
 
-    /// Creates the directory and removes the previous run's results.
+    /// Takes target/vm/lock, waiting while another xtask run holds it.
+    fn lock(&self) -> Result<File> {
+        let path = self.dir.join("lock");
+        let lock =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        if lock.try_lock().is_err() {
+            eprintln!(
+                "[xtask] waiting for another VM run in this tree ({} is taken)",
+                path.display()
+            );
+            lock.lock()
+                .with_context(|| format!("cannot lock {}", path.display()))?;
+        }
+        Ok(lock)
+    }
+
+    /// Removes the previous run's results.
     fn reset(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
         for file in [self.log(), self.dmesg(), self.status(), self.vng_log()] {
             match fs::remove_file(&file) {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -116,7 +132,7 @@ impl GuestFiles {
     }
 }
 
-/// Boots the VM, runs `job` in it and prints what it printed.
+/// Boots the VM, runs `job` in it and prints what it prints.
 pub fn run(ws: &Workspace, opts: &VmOptions, job: &Job) -> Result<Outcome> {
     if !opts.kernel.is_file() {
         bail!(
@@ -125,25 +141,25 @@ pub fn run(ws: &Workspace, opts: &VmOptions, job: &Job) -> Result<Outcome> {
         );
     }
     let files = GuestFiles { dir: ws.vm_dir() };
+    fs::create_dir_all(&files.dir)
+        .with_context(|| format!("cannot create {}", files.dir.display()))?;
+    let _lock = files.lock()?;
     files.reset()?;
     fs::write(files.script(), guest_script(ws, &files, job))
         .with_context(|| format!("cannot write {}", files.script().display()))?;
-    let end = boot(ws, opts, &files)?;
-    let log = fs::read_to_string(files.log()).unwrap_or_default();
-    print!("{log}");
-    let kernel_errors = scan_dmesg(&files.dmesg());
-    let vng_status = match end {
-        BootEnd::Exited(status) => status,
-        BootEnd::TimedOut => bail!(
+    let end = match boot(ws, opts, &files)? {
+        BootEnd::Exited(vng_status) => read_status(&files, vng_status),
+        BootEnd::TimedOut => Err(format!(
             "the VM did not finish within {} s and was killed; raise --timeout or see why \
              the job hung in target/vm/guest.log",
             opts.timeout
-        ),
+        )),
     };
-    let status = read_status(&files, vng_status)?;
+    let kernel_errors = scan_dmesg(&files.dmesg());
+    let log = fs::read_to_string(files.log()).unwrap_or_default();
     Ok(Outcome {
-        status,
         log,
+        end,
         kernel_errors,
     })
 }
@@ -178,7 +194,8 @@ enum BootEnd {
     TimedOut,
 }
 
-/// Runs vng until it exits or the timeout expires; reports the boot time.
+/// Runs vng until it exits or the timeout expires, printing guest.log as it grows;
+/// reports the boot time.
 fn boot(ws: &Workspace, opts: &VmOptions, files: &GuestFiles) -> Result<BootEnd> {
     let vng_log = fs::File::create(files.vng_log())
         .with_context(|| format!("cannot create {}", files.vng_log().display()))?;
@@ -206,21 +223,27 @@ fn boot(ws: &Workspace, opts: &VmOptions, files: &GuestFiles) -> Result<BootEnd>
         .context("cannot start vng: run `cargo xtask provision vm` (installs virtme-ng)")?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(opts.timeout);
-    let mut up = false;
+    let mut log: Option<File> = None;
     loop {
-        if let Some(status) = child.try_wait()? {
+        let exited = child.try_wait()?;
+        if log.is_none() {
+            log = File::open(files.log()).ok();
+            if log.is_some() {
+                eprintln!(
+                    "[xtask] guest up after {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        }
+        if let Some(log) = &mut log {
+            io::copy(log, &mut io::stdout().lock()).context("cannot copy guest.log to stdout")?;
+        }
+        if let Some(status) = exited {
             eprintln!(
                 "[xtask] VM exited after {:.1} s ({status})",
                 start.elapsed().as_secs_f64()
             );
             return Ok(BootEnd::Exited(status));
-        }
-        if !up && files.log().exists() {
-            up = true;
-            eprintln!(
-                "[xtask] guest up after {:.1} s",
-                start.elapsed().as_secs_f64()
-            );
         }
         if Instant::now() >= deadline {
             kill_tree(&mut child)?;
@@ -287,19 +310,19 @@ fn scan_dmesg(path: &Path) -> usize {
     fatal
 }
 
-/// The job's exit status as the guest recorded it.
-fn read_status(files: &GuestFiles, vng_status: ExitStatus) -> Result<i32> {
+/// The job's exit status as the guest recorded it, or why there is none.
+fn read_status(files: &GuestFiles, vng_status: ExitStatus) -> std::result::Result<i32, String> {
     let recorded = fs::read_to_string(files.status()).ok();
     let Some(status) = recorded.and_then(|s| s.trim().parse().ok()) else {
         let vng_log = fs::read_to_string(files.vng_log()).unwrap_or_default();
         let tail: Vec<&str> = vng_log.lines().rev().take(30).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!(
+        return Err(format!(
             "the guest did not finish its job (vng: {vng_status}); the kernel may have \
-             panicked or QEMU failed to start. Last lines of {}:\n{}",
+             panicked, QEMU failed or was killed. Last lines of {}:\n{}",
             files.vng_log().display(),
             tail.join("\n")
-        );
+        ));
     };
     Ok(status)
 }

@@ -42,7 +42,7 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<ExitCode> {
         .map(|exe| ExeResult::from_log(exe, &outcome.log, args.filter.is_some()))
         .collect();
     report(&results);
-    outcome.check_kernel()?;
+    outcome.check()?;
     let failed = results
         .iter()
         .filter(|r| matches!(r.verdict, Verdict::Failed(_)))

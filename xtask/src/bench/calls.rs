@@ -53,32 +53,34 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     if let Err(err) = &agentcg {
         eprintln!("[xtask] arm (c) will be skipped: {err:#}");
     }
-    let raw_path = ws.vm_dir().join("bench/calls-raw.json");
-    remove_stale(&raw_path)?;
     let job = guest_job(ws, args, &callbench, agentcg.is_ok());
-    let outcome = vm::run(ws, &args.vm, &job)?;
-    let raw = fs::read_to_string(&raw_path).with_context(|| {
-        format!(
-            "callbench wrote no {}: see the guest log above",
-            raw_path.display()
-        )
-    })?;
-    let raw: Value = serde_json::from_str(&raw)
-        .with_context(|| format!("{} is not JSON", raw_path.display()))?;
+    let status = vm::run(ws, &args.vm, &job)?.check();
+    let raw = match read_raw(&ws.vm_dir().join("bench/calls-raw.json")) {
+        Ok(raw) => raw,
+        Err(err) => return Err(status.err().unwrap_or(err)),
+    };
     let report = Report::new(&raw);
     let out = args.out.clone().unwrap_or_else(|| ws.target.join("bench"));
     write_report(&out, &report, args)?;
-    outcome.check_kernel()?;
+    let status = status?;
     if let Some(missing) = report.arms.iter().find_map(|arm| arm.error.as_ref()) {
         bail!("not every arm ran: {missing}");
     }
-    if outcome.status != 0 {
-        bail!(
-            "the guest benchmark script failed (status {}); see the guest log above",
-            outcome.status
-        );
+    if status != 0 {
+        bail!("the guest benchmark script failed (status {status}); see the guest log above");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The samples callbench wrote in the guest (calls.sh removes the previous run's first).
+fn read_raw(path: &Path) -> Result<Value> {
+    let raw = fs::read_to_string(path).with_context(|| {
+        format!(
+            "callbench wrote no {}: see the guest log above",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&raw).with_context(|| format!("{} is not JSON", path.display()))
 }
 
 /// Builds callbench (release) and returns its path.
@@ -89,15 +91,6 @@ fn build_callbench(ws: &Workspace) -> Result<PathBuf> {
         "the callbench helper in xtask/src/bin must build; fix the errors above",
     )?;
     Ok(ws.profile_dir(true).join("callbench"))
-}
-
-fn remove_stale(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(err).with_context(|| format!("cannot remove the stale {}", path.display()))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Runs xtask/bench/calls.sh with the release binaries.
