@@ -68,6 +68,7 @@ vm_deps() {
   if ! command -v vng >/dev/null 2>&1; then
     say "pip install virtme-ng"
     pip3 install -q virtme-ng 2>&1 | grep -v 'running pip as the' || true
+    command -v vng >/dev/null 2>&1 || { say "pip3 install virtme-ng did not provide vng on PATH"; exit 1; }
   fi
   if [ ! -f "$KDIR/vmlinuz.unsigned" ]; then
     say "fetching kernel $KVER from trixie-backports"

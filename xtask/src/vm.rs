@@ -122,7 +122,7 @@ impl GuestFiles {
     fn reset(&self) -> Result<()> {
         for file in [self.log(), self.dmesg(), self.status(), self.vng_log()] {
             match fs::remove_file(&file) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => {
                     return Err(err).with_context(|| format!("cannot remove {}", file.display()));
                 }
                 _ => {}
@@ -197,7 +197,7 @@ enum BootEnd {
 /// Runs vng until it exits or the timeout expires, printing guest.log as it grows;
 /// reports the boot time.
 fn boot(ws: &Workspace, opts: &VmOptions, files: &GuestFiles) -> Result<BootEnd> {
-    let vng_log = fs::File::create(files.vng_log())
+    let vng_log = File::create(files.vng_log())
         .with_context(|| format!("cannot create {}", files.vng_log().display()))?;
     let mut cmd = Command::new("vng");
     cmd.arg("--disable-kvm")
