@@ -6,6 +6,7 @@ mod api;
 mod args;
 mod status;
 mod supervisor;
+mod telemetry;
 
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +20,7 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AGENTCG_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -35,10 +37,21 @@ async fn run(args: args::Args) -> Result<(), String> {
         Some(path) => Policy::load(path).map_err(|e| e.to_string())?,
         None => Policy::default_policy(),
     };
-    let controller = Controller::start(policy, &args.root, &args.state_dir)
+    let mut controller = Controller::start(policy, &args.root, &args.state_dir)
         .map_err(|e| format!("cannot take over {}: {e}", args.root.display()))?;
+    let telemetry = match telemetry::load() {
+        Ok((observer, t)) => {
+            controller.set_observer(Box::new(observer));
+            telemetry::spawn_event_thread(t);
+            Ok(())
+        }
+        Err(why) => {
+            tracing::warn!("telemetry BPF programs not loaded ({why}); calls run without process counts");
+            Err(why)
+        }
+    };
     let shared = Arc::new(Mutex::new(controller));
-    let status = status::Status::probe(&args);
+    let status = status::Status::probe(&args, telemetry);
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use agentcg_bpf::probe::{BtfFeatures, VMLINUX_BTF, probe_btf};
 use agentcg_core::probe::{self, KernelFeatures, PSI_MEMORY, SCHED_EXT_STATE};
 
 use crate::args::Args;
@@ -19,17 +20,42 @@ pub struct Status {
     pub version: &'static str,
     pub root: String,
     pub kernel: KernelFeatures,
+    /// BTF-level features (kfuncs, struct_ops); `None` when the BTF is unreadable.
+    pub btf: Option<BtfFeatures>,
     pub modes: Vec<Mode>,
 }
 
 impl Status {
-    pub fn probe(args: &Args) -> Status {
+    /// `telemetry` is whether the BPF telemetry programs loaded (or why not).
+    pub fn probe(args: &Args, telemetry: Result<(), String>) -> Status {
         let kernel = probe::probe(&args.root, SCHED_EXT_STATE.as_ref(), PSI_MEMORY.as_ref());
-        let modes = modes(&kernel);
+        let btf = probe_btf(VMLINUX_BTF.as_ref())
+            .map_err(|e| tracing::warn!("BTF probe: {e}"))
+            .ok();
+        let mut modes = modes(&kernel);
+        modes.push(Mode {
+            part: "telemetry",
+            mode: match telemetry {
+                Ok(()) => "BPF tracepoints (exec/fork/exit per call, ring buffer)".into(),
+                Err(why) => format!("off: {why}"),
+            },
+        });
+        modes.push(Mode {
+            part: "memcg-bpf",
+            mode: match &btf {
+                Some(b) if b.memcg_bpf_ops => "memcg_bpf_ops present (not used yet)".into(),
+                Some(b) => format!(
+                    "memcg struct_ops absent; {} of 8 memcg kfuncs present",
+                    b.memcg_kfuncs.len()
+                ),
+                None => "unknown: kernel BTF unreadable".into(),
+            },
+        });
         Status {
             version: env!("CARGO_PKG_VERSION"),
             root: args.root.display().to_string(),
             kernel,
+            btf,
             modes,
         }
     }
