@@ -28,11 +28,11 @@ show "$B/agentcg" session show demo
 say "tool call 1: a git-sized call; where does it run?"
 show "$B/agentcg" run --session demo --verbose -- cat /proc/self/cgroup
 
-say "tool call 2: a test run that declares its burst (expected 128M, at most 256M) and stays inside"
-show "$B/agentcg" run --session demo --intent mem=128M,mem.max=256M,class=test -- "$B/memhog" 200
+say "tool call 2: a test run that declares its burst (at most 256M) and stays inside"
+show "$B/agentcg" run --session demo --intent mem.max=256M,class=test -- "$B/memhog" 200
 
 say "tool call 3: the same suite, but it needs 600 MiB: the call is OOM-killed alone"
-show "$B/agentcg" run --session demo --intent mem=128M,mem.max=256M,class=test \
+show "$B/agentcg" run --session demo --intent mem.max=256M,class=test \
   --record /tmp/demo-oom.json -- "$B/memhog" 600
 echo "structured feedback in the record:"
 sed -n '/"feedback"/,/}/p' /tmp/demo-oom.json
@@ -41,7 +41,7 @@ say "the agent runtime is untouched"
 if kill -0 "$AGENT" 2>/dev/null; then echo "runtime pid $AGENT alive"; else echo "RUNTIME DIED"; fi
 
 say "tool call 4: the agent follows the advice and runs a single test file"
-show "$B/agentcg" run --session demo --intent mem=128M,mem.max=256M,class=test -- "$B/memhog" 100
+show "$B/agentcg" run --session demo --intent mem.max=256M,class=test -- "$B/memhog" 100
 
 say "tool call 5: a command that hangs is stopped by its declared timeout"
 show "$B/agentcg" run --session demo --intent timeout=2s -- sleep 60
