@@ -8,7 +8,7 @@
 //! A lock on target/vm/lock makes concurrent runs in the same tree take turns.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::thread::sleep;
@@ -102,19 +102,30 @@ impl GuestFiles {
         self.dir.join("vng.log")
     }
 
-    /// Takes target/vm/lock, waiting while another xtask run holds it.
+    /// Takes target/vm/lock, waiting while another xtask run holds it; the lock file names
+    /// its holder.
     fn lock(&self) -> Result<File> {
         let path = self.dir.join("lock");
-        let lock =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut lock = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         if lock.try_lock().is_err() {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
             eprintln!(
-                "[xtask] waiting for another VM run in this tree ({} is taken)",
-                path.display()
+                "[xtask] waiting for the VM run that holds {}: {}",
+                path.display(),
+                holder.trim()
             );
             lock.lock()
                 .with_context(|| format!("cannot lock {}", path.display()))?;
         }
+        let me: Vec<String> = std::env::args().collect();
+        lock.set_len(0)?;
+        writeln!(lock, "pid {}: {}", std::process::id(), me.join(" "))?;
         Ok(lock)
     }
 
