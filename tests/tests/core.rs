@@ -15,7 +15,7 @@ fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// 1. A call with mem.max=64M allocating 256 MiB is OOM-killed alone; the runtime of
+/// Acceptance 1: A call with mem.max=64M allocating 256 MiB is OOM-killed alone; the runtime of
 /// the same session keeps running; the record says why and what to do.
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
@@ -44,7 +44,7 @@ fn oom_kills_the_call_alone_and_explains() {
     assert!(procs.contains(&rt.pid().to_string()), "runtime still in runtime/: {procs}");
 }
 
-/// 2. The tool's very first instruction already runs inside its call cgroup.
+/// Acceptance 2: The tool's very first instruction already runs inside its call cgroup.
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn tool_is_born_inside_its_cgroup() {
@@ -58,7 +58,7 @@ fn tool_is_born_inside_its_cgroup() {
     assert!(rel.contains("/calls/call-"), "{rel}");
 }
 
-/// 3. 500 sequential calls (ok, failing, OOM-killed, one leaving a background process
+/// Acceptance 3: 500 sequential calls (ok, failing, OOM-killed, one leaving a background process
 /// behind) leave zero cgroups under calls/.
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
@@ -92,7 +92,7 @@ fn five_hundred_calls_leave_no_cgroup_behind() {
     assert_eq!(list.as_array().unwrap().len(), 500, "all 500 records in the history");
 }
 
-/// 4. A 400 MiB session with two calls wanting 300 MiB: the runtime is never killed;
+/// Acceptance 4: A 400 MiB session with two calls wanting 300 MiB: the runtime is never killed;
 /// the calls are clamped (and one is killed at the shared ceiling), a third is refused.
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
@@ -135,7 +135,7 @@ fn session_budget_clamps_and_protects_the_runtime() {
     assert!(rt.alive(), "runtime must never be killed");
 }
 
-/// 5. Malformed intents are rejected with a message naming the problem; nothing is
+/// Acceptance 5: Malformed intents are rejected with a message naming the problem; nothing is
 /// spawned and no cgroup is created — through the CLI and through the raw API.
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]

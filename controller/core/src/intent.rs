@@ -274,7 +274,7 @@ impl Intent {
 
 /// `1500` → `1.5`, `2000` → `2`.
 pub fn format_millicpus(m: u32) -> String {
-    if m % 1000 == 0 {
+    if m.is_multiple_of(1000) {
         (m / 1000).to_string()
     } else {
         let s = format!("{}.{:03}", m / 1000, m % 1000);
