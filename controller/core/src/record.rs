@@ -134,7 +134,7 @@ pub fn feedback(
                     HumanSize(calls_ceiling).to_string(),
                     peak,
                     "the session's tool calls together ran out of memory".to_string(),
-                    format!("run fewer calls at once in this session; {suggestion}"),
+                    "run fewer calls at once in this session, or give the session a larger budget (agentcg session create NAME --memory SIZE)".to_string(),
                 )
             } else {
                 let bigger = compact_size(limits.memory_max.saturating_mul(2));
