@@ -292,6 +292,16 @@ pub fn admit(
         timeout = policy.caps.timeout;
     }
 
+    // Only what the agent asked for is reported as clamped; defaults fit silently.
+    clamps.retain(|c| match c.field.as_str() {
+        "mem" => declared.mem.is_some(),
+        "mem.max" => declared.mem_max.is_some(),
+        "pids" => declared.pids.is_some(),
+        "cpu" => declared.millicpus.is_some(),
+        "priority" => declared.priority.is_some(),
+        "timeout" => declared.timeout.is_some(),
+        _ => true,
+    });
     Ok(Admitted {
         limits: CallLimits {
             memory_expected: mem,
@@ -464,6 +474,14 @@ mod tests {
             running: 1,
         };
         assert!(admit(&policy, &plan, load, &intent("mem=100M"), "a").is_err());
+    }
+
+    #[test]
+    fn defaults_are_fitted_silently() {
+        let (policy, plan) = session(400 << 20);
+        let a = admit(&policy, &plan, SessionLoad::default(), &intent("timeout=2s"), "python x.py").unwrap();
+        assert_eq!(a.limits.memory_max, 272 << 20, "the default 1G ceiling still fits the session");
+        assert!(a.clamps.is_empty(), "{:?}", a.clamps);
     }
 
     #[test]

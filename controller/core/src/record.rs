@@ -152,7 +152,10 @@ pub fn feedback(
             crate::units::compact_duration(limits.timeout()),
             None,
             "it ran past its time limit".to_string(),
-            format!("{suggestion}; or declare a longer timeout (--intent timeout=...)"),
+            format!(
+                "if the work needs more time, declare it (--intent timeout={}); otherwise check that the command is not waiting for input",
+                crate::units::compact_duration(limits.timeout().saturating_mul(2))
+            ),
         ),
         Outcome::PidsLimited => (
             "pids".to_string(),
@@ -285,5 +288,6 @@ mod tests {
         assert!(feedback(1, Outcome::Failed, &limits(), &Accounting::default(), 0, "x").is_none());
         let t = feedback(1, Outcome::Timeout, &limits(), &Accounting::default(), 0, "x").unwrap();
         assert_eq!(t.limit_value, "10s");
+        assert!(t.suggestion.contains("timeout=20s"), "{}", t.suggestion);
     }
 }
