@@ -523,6 +523,22 @@ mod tests {
         }
     }
 
+    /// docs/intent.schema.json documents exactly the keys the parser accepts, and its
+    /// example parses.
+    #[test]
+    fn json_schema_matches_the_parser() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/intent.schema.json")).unwrap();
+        let mut documented: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        let mut accepted: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+        documented.sort_unstable();
+        accepted.sort_unstable();
+        assert_eq!(documented, accepted);
+        let example = schema["examples"][0].to_string();
+        let i = Intent::parse_json(&example).unwrap();
+        assert_eq!(i, Intent::parse_compact("mem=1.5G,mem.max=2G,cpu=2,cpu.weight=200,pids=256,timeout=10m,priority=low,class=test").unwrap());
+    }
+
     #[test]
     fn malformed_hints_and_json_are_rejected() {
         for hint in ["memory:a[$(touch /tmp/x)]g", "memory:", "mem:2g", "memory:huge", "memory:0"] {
