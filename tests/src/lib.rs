@@ -18,11 +18,18 @@ pub fn bin_dir() -> PathBuf {
 /// Fails loudly unless we are root on a cgroup v2 host with the controllers we need.
 pub fn require_kernel() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "kernel tests must run as root (cargo xtask vm-test)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "kernel tests must run as root (cargo xtask vm-test)"
+    );
     let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
         .expect("cgroup v2 must be mounted at /sys/fs/cgroup (cargo xtask vm-test)");
     for c in ["cpu", "memory", "pids"] {
-        assert!(controllers.contains(c), "cgroup v2 controller {c} missing: {controllers}");
+        assert!(
+            controllers.contains(c),
+            "cgroup v2 controller {c} missing: {controllers}"
+        );
     }
 }
 
@@ -37,7 +44,10 @@ pub struct Daemon {
 }
 
 fn spawn_daemon(root: &Path, socket: &Path, state_dir: &Path, extra: &[String]) -> Child {
-    let name = root.file_name().and_then(|n| n.to_str()).unwrap_or("agentcg");
+    let name = root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("agentcg");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -115,7 +125,11 @@ impl Daemon {
 
     /// Runs the CLI with `args`, capturing output.
     pub fn agentcg(&self, args: &[&str]) -> Output {
-        self.cli().args(args).stdin(Stdio::null()).output().expect("running agentcg")
+        self.cli()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running agentcg")
     }
 
     /// A raw HTTP request to the API; returns (status, JSON body).
@@ -128,12 +142,19 @@ impl Daemon {
         s.write_all(req.as_bytes()).expect("write");
         let mut resp = String::new();
         s.read_to_string(&mut resp).expect("read");
-        let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
         // Tolerate chunked encoding: the JSON is the part between the first `{`/`[` and the last `}`/`]`.
         let start = body.find(['{', '[']).unwrap_or(0);
         let end = body.rfind(['}', ']']).map_or(body.len(), |e| e + 1);
-        (status, serde_json::from_str(&body[start..end]).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_str(&body[start..end]).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// The calls/ cgroup of a session.
@@ -198,6 +219,7 @@ pub fn memhog() -> String {
 
 /// Parses a record file written by `agentcg run --record`.
 pub fn read_record(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("record {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("record {}: {e}", path.display()));
     serde_json::from_str(&text).expect("record JSON")
 }

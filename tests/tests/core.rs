@@ -22,26 +22,57 @@ fn stdout(o: &std::process::Output) -> String {
 fn oom_kills_the_call_alone_and_explains() {
     let d = Daemon::start("oom");
     let mut rt = FakeRuntime::start();
-    let out = d.agentcg(&["session", "create", "s1", "--memory", "1G", "--runtime-pid", &rt.pid().to_string()]);
+    let out = d.agentcg(&[
+        "session",
+        "create",
+        "s1",
+        "--memory",
+        "1G",
+        "--runtime-pid",
+        &rt.pid().to_string(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rec_path = Path::new("/tmp/oom-record.json");
     let hog = memhog();
     let out = d.agentcg(&[
-        "run", "--session", "s1", "--intent", "mem.max=64M", "--record", "/tmp/oom-record.json", "--", &hog, "256",
+        "run",
+        "--session",
+        "s1",
+        "--intent",
+        "mem.max=64M",
+        "--record",
+        "/tmp/oom-record.json",
+        "--",
+        &hog,
+        "256",
     ]);
     assert_eq!(out.status.code(), Some(137), "stderr: {}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("ran out of memory") && err.contains("mem.max 64 MiB"), "{err}");
+    assert!(
+        err.contains("ran out of memory") && err.contains("mem.max 64 MiB"),
+        "{err}"
+    );
     let rec = read_record(rec_path);
     assert_eq!(rec["outcome"], "oom_killed");
     let peak = rec["accounting"]["memory_peak"].as_u64().unwrap();
-    assert!(peak >= 60 << 20, "peak {peak} should reach the 64 MiB limit");
-    assert!(rec["accounting"]["memory_events"]["oom_kill"].as_u64().unwrap() >= 1);
+    assert!(
+        peak >= 60 << 20,
+        "peak {peak} should reach the 64 MiB limit"
+    );
+    assert!(
+        rec["accounting"]["memory_events"]["oom_kill"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     assert!(!rec["feedback"]["suggestion"].as_str().unwrap().is_empty());
     assert_eq!(rec["feedback"]["limit"], "mem.max");
     assert!(rt.alive(), "the runtime must survive its tool's OOM kill");
     let procs = std::fs::read_to_string(d.root.join("session-s1/runtime/cgroup.procs")).unwrap();
-    assert!(procs.contains(&rt.pid().to_string()), "runtime still in runtime/: {procs}");
+    assert!(
+        procs.contains(&rt.pid().to_string()),
+        "runtime still in runtime/: {procs}"
+    );
 }
 
 /// Acceptance 2: The tool's very first instruction already runs inside its call cgroup.
@@ -49,7 +80,14 @@ fn oom_kills_the_call_alone_and_explains() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn tool_is_born_inside_its_cgroup() {
     let d = Daemon::start("born");
-    let out = d.agentcg(&["run", "--record", "/tmp/born.json", "--", "cat", "/proc/self/cgroup"]);
+    let out = d.agentcg(&[
+        "run",
+        "--record",
+        "/tmp/born.json",
+        "--",
+        "cat",
+        "/proc/self/cgroup",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rec = read_record(Path::new("/tmp/born.json"));
     let cgroup = rec["cgroup"].as_str().unwrap();
@@ -69,27 +107,56 @@ fn five_hundred_calls_leave_no_cgroup_behind() {
     for i in 0..500 {
         let rec = format!("/tmp/many-{}.json", i % 7);
         let args: Vec<&str> = match i % 100 {
-            7 => vec!["run", "--intent", "mem.max=16M", "--record", &rec, "--", &hog, "64"],
-            13 => vec!["run", "--record", &rec, "--", "sh", "-c", "sleep 1000 & echo started"],
+            7 => vec![
+                "run",
+                "--intent",
+                "mem.max=16M",
+                "--record",
+                &rec,
+                "--",
+                &hog,
+                "64",
+            ],
+            13 => vec![
+                "run",
+                "--record",
+                &rec,
+                "--",
+                "sh",
+                "-c",
+                "sleep 1000 & echo started",
+            ],
             n if n % 3 == 0 => vec!["run", "--record", &rec, "--", "false"],
             _ => vec!["run", "--record", &rec, "--", "true"],
         };
         let out = d.agentcg(&args);
         let r = read_record(Path::new(&rec));
-        *outcomes.entry(r["outcome"].as_str().unwrap().to_string()).or_default() += 1;
+        *outcomes
+            .entry(r["outcome"].as_str().unwrap().to_string())
+            .or_default() += 1;
         if i % 100 == 13 {
-            assert!(r["leftover_killed"].as_u64().unwrap() >= 1, "background sleep must be killed: {r}");
+            assert!(
+                r["leftover_killed"].as_u64().unwrap() >= 1,
+                "background sleep must be killed: {r}"
+            );
             assert!(out.status.success());
         }
     }
     let left = Daemon::child_cgroups(&d.calls_dir("default"));
     assert!(left.is_empty(), "leaked call cgroups: {left:?}");
     assert_eq!(outcomes.get("oom_killed"), Some(&5), "{outcomes:?}");
-    assert!(outcomes.get("failed").copied().unwrap_or(0) >= 150, "{outcomes:?}");
+    assert!(
+        outcomes.get("failed").copied().unwrap_or(0) >= 150,
+        "{outcomes:?}"
+    );
     assert_eq!(outcomes.values().sum::<u32>(), 500);
     let (status, list) = d.http("GET", "/v1/calls?limit=1000", "");
     assert_eq!(status, 200);
-    assert_eq!(list.as_array().unwrap().len(), 500, "all 500 records in the history");
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        500,
+        "all 500 records in the history"
+    );
 }
 
 /// Acceptance 4: A 400 MiB session with two calls wanting 300 MiB: the runtime is never killed;
@@ -99,12 +166,27 @@ fn five_hundred_calls_leave_no_cgroup_behind() {
 fn session_budget_clamps_and_protects_the_runtime() {
     let d = Daemon::start("budget");
     let mut rt = FakeRuntime::start();
-    let out = d.agentcg(&["session", "create", "s", "--memory", "400M", "--runtime-pid", &rt.pid().to_string()]);
+    let out = d.agentcg(&[
+        "session",
+        "create",
+        "s",
+        "--memory",
+        "400M",
+        "--runtime-pid",
+        &rt.pid().to_string(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let hog = memhog();
     let spawn = |n: u32| {
         d.cli()
-            .args(["run", "--session", "s", "--intent", "mem=150M,mem.max=300M", "--record"])
+            .args([
+                "run",
+                "--session",
+                "s",
+                "--intent",
+                "mem=150M,mem.max=300M",
+                "--record",
+            ])
             .arg(format!("/tmp/budget-{n}.json"))
             .args(["--", &hog, "200", "6000", "8"])
             .stderr(std::process::Stdio::piped())
@@ -116,31 +198,75 @@ fn session_budget_clamps_and_protects_the_runtime() {
     let b = spawn(2);
     std::thread::sleep(Duration::from_millis(300));
     // A third call that expects 300 MiB finds no room: refused, nothing runs.
-    let third = d.agentcg(&["run", "--session", "s", "--intent", "mem=300M", "--", "touch", "/tmp/budget-third"]);
+    let third = d.agentcg(&[
+        "run",
+        "--session",
+        "s",
+        "--intent",
+        "mem=300M",
+        "--",
+        "touch",
+        "/tmp/budget-third",
+    ]);
     assert_eq!(third.status.code(), Some(2), "{}", stderr(&third));
-    assert!(stderr(&third).contains("left for tool calls"), "{}", stderr(&third));
+    assert!(
+        stderr(&third).contains("left for tool calls"),
+        "{}",
+        stderr(&third)
+    );
     assert!(!Path::new("/tmp/budget-third").exists());
     let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    let recs = [read_record(Path::new("/tmp/budget-1.json")), read_record(Path::new("/tmp/budget-2.json"))];
+    let recs = [
+        read_record(Path::new("/tmp/budget-1.json")),
+        read_record(Path::new("/tmp/budget-2.json")),
+    ];
     for r in &recs {
         let clamps = r["clamps"].as_array().unwrap();
-        assert!(clamps.iter().any(|c| c["field"] == "mem.max"), "mem.max clamped to the session: {r}");
+        assert!(
+            clamps.iter().any(|c| c["field"] == "mem.max"),
+            "mem.max clamped to the session: {r}"
+        );
         assert_eq!(r["limits"]["memory_max"].as_u64(), Some(272 << 20));
     }
-    assert!(recs[1]["clamps"].as_array().unwrap().iter().any(|c| c["field"] == "mem"), "second call's mem clamped");
+    assert!(
+        recs[1]["clamps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["field"] == "mem"),
+        "second call's mem clamped"
+    );
     // 400 MiB of demand against a 272 MiB ceiling: the kernel's OOM killer acts inside
     // calls/ only. It may take both calls (the OOM cascade of DESIGN.md §8: the first
     // victim frees its memory only after the killer strikes again); never the runtime.
-    let killed: Vec<&serde_json::Value> = recs.iter().filter(|r| r["outcome"] == "oom_killed").collect();
-    assert!(!killed.is_empty(), "400 MiB cannot fit under the 272 MiB shared ceiling: {recs:?}\n{}\n{}", stderr(&oa), stderr(&ob));
+    let killed: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r["outcome"] == "oom_killed")
+        .collect();
+    assert!(
+        !killed.is_empty(),
+        "400 MiB cannot fit under the 272 MiB shared ceiling: {recs:?}\n{}\n{}",
+        stderr(&oa),
+        stderr(&ob)
+    );
     for r in &killed {
         assert_eq!(r["feedback"]["limit"], "session calls ceiling", "{r}");
-        assert!(r["accounting"]["shared_ceiling_events"]["max"].as_u64().unwrap() > 0);
+        assert!(
+            r["accounting"]["shared_ceiling_events"]["max"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
     }
     for r in &recs {
         assert!(r["outcome"] == "oom_killed" || r["outcome"] == "ok", "{r}");
     }
-    println!("budget: outcomes {:?}", recs.iter().map(|r| r["outcome"].clone()).collect::<Vec<_>>());
+    println!(
+        "budget: outcomes {:?}",
+        recs.iter()
+            .map(|r| r["outcome"].clone())
+            .collect::<Vec<_>>()
+    );
     assert!(rt.alive(), "runtime must never be killed");
 }
 
@@ -191,26 +317,56 @@ fn malformed_intents_spawn_nothing() {
     assert!(cases.len() >= 30);
     for (spec, needle) in &cases {
         let out = d.agentcg(&["run", "--intent", spec, "--", "touch", "/tmp/pwned-spawned"]);
-        assert_eq!(out.status.code(), Some(2), "`{spec}` must be rejected: {}", stderr(&out));
-        assert!(stderr(&out).contains(needle), "`{spec}` → {} (wanted {needle})", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "`{spec}` must be rejected: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(needle),
+            "`{spec}` → {} (wanted {needle})",
+            stderr(&out)
+        );
         // The daemon validates too: send the same intent over the raw API.
-        let body = serde_json::json!({"command": ["touch", "/tmp/pwned-spawned"], "intent": spec}).to_string();
+        let body = serde_json::json!({"command": ["touch", "/tmp/pwned-spawned"], "intent": spec})
+            .to_string();
         let (status, reply) = d.http("POST", "/v1/calls", &body);
         assert_eq!(status, 400, "`{spec}` via API: {reply}");
         assert_eq!(reply["error"]["code"], "bad_intent", "{reply}");
     }
     // Bad requests beyond intents.
-    for body in [r#"{"command": []}"#, r#"{"command": ["x"], "bogus": 1}"#, r#"{"command": "ls"}"#, "not json"] {
+    for body in [
+        r#"{"command": []}"#,
+        r#"{"command": ["x"], "bogus": 1}"#,
+        r#"{"command": "ls"}"#,
+        "not json",
+    ] {
         let (status, reply) = d.http("POST", "/v1/calls", body);
         assert_eq!(status, 400, "{body} → {reply}");
-        assert!(reply["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
     let (status, reply) = d.http("POST", "/v1/sessions", r#"{"name": "../../etc"}"#);
-    assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("bad_session")), "{reply}");
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (400, Some("bad_session")),
+        "{reply}"
+    );
     assert!(!Path::new("/tmp/pwned").exists() && !Path::new("/tmp/pwned-spawned").exists());
-    assert!(Daemon::child_cgroups(&calls).is_empty(), "no call cgroup may be left or created");
+    assert!(
+        Daemon::child_cgroups(&calls).is_empty(),
+        "no call cgroup may be left or created"
+    );
     let (_, list) = d.http("GET", "/v1/calls", "");
-    assert_eq!(list.as_array().unwrap().len(), 1, "only the one good call was recorded");
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "only the one good call was recorded"
+    );
 }
 
 /// Timeouts and pids limits end calls with their own outcomes and feedback.
@@ -218,14 +374,37 @@ fn malformed_intents_spawn_nothing() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn timeout_and_pids_limits() {
     let d = Daemon::start("limits");
-    let out = d.agentcg(&["run", "--intent", "timeout=1s", "--record", "/tmp/t.json", "--", "sleep", "30"]);
+    let out = d.agentcg(&[
+        "run",
+        "--intent",
+        "timeout=1s",
+        "--record",
+        "/tmp/t.json",
+        "--",
+        "sleep",
+        "30",
+    ]);
     assert_eq!(out.status.code(), Some(137));
     let r = read_record(Path::new("/tmp/t.json"));
     assert_eq!(r["outcome"], "timeout");
     assert!(r["duration_ms"].as_u64().unwrap() < 10_000);
-    assert!(stderr(&out).contains("ran past its time limit"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ran past its time limit"),
+        "{}",
+        stderr(&out)
+    );
     let script = "for i in $(seq 20); do sleep 5 & done; wait";
-    let out = d.agentcg(&["run", "--intent", "pids=8", "--record", "/tmp/p.json", "--", "sh", "-c", script]);
+    let out = d.agentcg(&[
+        "run",
+        "--intent",
+        "pids=8",
+        "--record",
+        "/tmp/p.json",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
     let r = read_record(Path::new("/tmp/p.json"));
     assert!(!out.status.success());
     assert_eq!(r["outcome"], "pids_limited", "{r}");
@@ -239,10 +418,21 @@ fn timeout_and_pids_limits() {
 fn intent_becomes_cgroup_knobs() {
     let d = Daemon::start("knobs");
     let script = "d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat $d/memory.high $d/memory.max $d/cpu.max $d/cpu.weight $d/pids.max $d/memory.oom.group";
-    let out = d.agentcg(&["run", "--intent", "mem=64M,mem.max=128M,cpu=0.5,cpu.weight=200,pids=77", "--", "sh", "-c", script]);
+    let out = d.agentcg(&[
+        "run",
+        "--intent",
+        "mem=64M,mem.max=128M,cpu=0.5,cpu.weight=200,pids=77",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let vals: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
-    assert_eq!(vals, ["67108864", "134217728", "50000 100000", "200", "77", "1"]);
+    assert_eq!(
+        vals,
+        ["67108864", "134217728", "50000 100000", "200", "77", "1"]
+    );
 }
 
 /// `agentcg shell -c` makes a call per command, classified by the command string.
@@ -250,16 +440,37 @@ fn intent_becomes_cgroup_knobs() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn shell_mode_runs_each_command_as_a_call() {
     let d = Daemon::start("shell");
-    let out = d.cli().args(["shell", "-c", "git --version >/dev/null 2>&1; cat /proc/self/cgroup"]).output().unwrap();
+    let out = d
+        .cli()
+        .args([
+            "shell",
+            "-c",
+            "git --version >/dev/null 2>&1; cat /proc/self/cgroup",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("/calls/call-"), "{}", stdout(&out));
     let (_, list) = d.http("GET", "/v1/calls", "");
     let rec = &list[0];
-    assert_eq!(rec["limits"]["class"], "vcs", "classified from the -c string: {rec}");
+    assert_eq!(
+        rec["limits"]["class"], "vcs",
+        "classified from the -c string: {rec}"
+    );
     let out = d.cli().args(["shell", "-c", "exit 3"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
-    let out = d.cli().args(["shell", "-c", "true"]).env("AGENTCG_INTENT", "mem=zz").output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "bad AGENTCG_INTENT is rejected: {}", stderr(&out));
+    let out = d
+        .cli()
+        .args(["shell", "-c", "true"])
+        .env("AGENTCG_INTENT", "mem=zz")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bad AGENTCG_INTENT is rejected: {}",
+        stderr(&out)
+    );
 }
 
 /// Sessions through the CLI; closing refuses while the runtime lives, unless forced.
@@ -268,16 +479,39 @@ fn shell_mode_runs_each_command_as_a_call() {
 fn session_lifecycle_and_status() {
     let d = Daemon::start("sess");
     let mut rt = FakeRuntime::start();
-    let out = d.agentcg(&["session", "create", "hi", "--priority", "high", "--memory", "2G", "--cpu", "1.5", "--pids", "300", "--runtime-pid", &rt.pid().to_string(), "--json"]);
+    let out = d.agentcg(&[
+        "session",
+        "create",
+        "hi",
+        "--priority",
+        "high",
+        "--memory",
+        "2G",
+        "--cpu",
+        "1.5",
+        "--pids",
+        "300",
+        "--runtime-pid",
+        &rt.pid().to_string(),
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let s = d.root.join("session-hi");
-    let read = |f: &str| std::fs::read_to_string(s.join(f)).unwrap().trim().to_string();
+    let read = |f: &str| {
+        std::fs::read_to_string(s.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
     assert_eq!(read("memory.max"), (2u64 << 30).to_string());
     assert_eq!(read("cpu.max"), "150000 100000");
     assert_eq!(read("cpu.weight"), "400");
     assert_eq!(read("pids.max"), "300");
     assert_eq!(read("runtime/memory.min"), (128u64 << 20).to_string());
-    assert_eq!(read("calls/memory.max"), ((2048u64 - 128) << 20).to_string());
+    assert_eq!(
+        read("calls/memory.max"),
+        ((2048u64 - 128) << 20).to_string()
+    );
     let dup = d.agentcg(&["session", "create", "hi"]);
     assert_eq!(dup.status.code(), Some(2));
     assert!(stderr(&dup).contains("already exists"));
@@ -285,7 +519,11 @@ fn session_lifecycle_and_status() {
     let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(v[0]["runtime_pids"][0].as_u64(), Some(u64::from(rt.pid())));
     let close = d.agentcg(&["session", "close", "hi"]);
-    assert_eq!(close.status.code(), Some(2), "refused while the runtime lives");
+    assert_eq!(
+        close.status.code(),
+        Some(2),
+        "refused while the runtime lives"
+    );
     assert!(rt.alive());
     let close = d.agentcg(&["session", "close", "hi", "--force"]);
     assert!(close.status.success(), "{}", stderr(&close));
@@ -293,7 +531,10 @@ fn session_lifecycle_and_status() {
     let st = d.agentcg(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(v["kernel"]["clone_into_cgroup"], true);
-    assert!(v["kernel"]["sched_ext_state"].is_string(), "the 7.3 kernel has sched_ext: {v}");
+    assert!(
+        v["kernel"]["sched_ext_state"].is_string(),
+        "the 7.3 kernel has sched_ext: {v}"
+    );
     assert_eq!(v["kernel"]["memory_peak"], true);
 }
 
@@ -303,16 +544,36 @@ fn session_lifecycle_and_status() {
 fn restart_keeps_state_and_cleans_orphans() {
     let mut d = Daemon::start("restart");
     assert!(d.agentcg(&["session", "create", "keep"]).status.success());
-    assert!(d.agentcg(&["run", "--session", "keep", "--", "true"]).status.success());
+    assert!(
+        d.agentcg(&["run", "--session", "keep", "--", "true"])
+            .status
+            .success()
+    );
     let orphan = d.calls_dir("keep").join("call-999999");
     std::fs::create_dir(&orphan).unwrap();
     d.restart();
     assert!(!orphan.exists(), "orphaned call cgroup removed at start");
     let out = d.agentcg(&["session", "show", "keep", "--json"]);
-    assert!(out.status.success(), "session survives a restart: {}", stderr(&out));
-    let out = d.agentcg(&["run", "--session", "keep", "--record", "/tmp/restart.json", "--", "true"]);
+    assert!(
+        out.status.success(),
+        "session survives a restart: {}",
+        stderr(&out)
+    );
+    let out = d.agentcg(&[
+        "run",
+        "--session",
+        "keep",
+        "--record",
+        "/tmp/restart.json",
+        "--",
+        "true",
+    ]);
     assert!(out.status.success());
-    assert_eq!(read_record(Path::new("/tmp/restart.json"))["call_id"], 2, "ids continue after a restart");
+    assert_eq!(
+        read_record(Path::new("/tmp/restart.json"))["call_id"],
+        2,
+        "ids continue after a restart"
+    );
     let (_, list) = d.http("GET", "/v1/calls", "");
     assert_eq!(list.as_array().unwrap().len(), 2);
 }

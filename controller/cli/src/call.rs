@@ -32,7 +32,11 @@ pub fn main(client: &Client, cmd: CallCmd) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        CallCmd::List { session, limit, json } => {
+        CallCmd::List {
+            session,
+            limit,
+            json,
+        } => {
             let mut path = format!("/v1/calls?limit={limit}");
             if let Some(s) = session {
                 if agentcg_core::plan::check_session_name(&s).is_err() {
@@ -48,7 +52,10 @@ pub fn main(client: &Client, cmd: CallCmd) -> ExitCode {
                 }
                 Ok(v) => {
                     let records: Vec<CallRecord> = serde_json::from_value(v).unwrap_or_default();
-                    println!("{:>6} {:<12} {:<12} {:>9} {:>10}  COMMAND", "ID", "SESSION", "OUTCOME", "MS", "PEAK");
+                    println!(
+                        "{:>6} {:<12} {:<12} {:>9} {:>10}  COMMAND",
+                        "ID", "SESSION", "OUTCOME", "MS", "PEAK"
+                    );
                     for r in records {
                         println!(
                             "{:>6} {:<12} {:<12} {:>9} {:>10}  {}",
@@ -56,7 +63,9 @@ pub fn main(client: &Client, cmd: CallCmd) -> ExitCode {
                             r.session,
                             r.outcome.as_str(),
                             r.duration_ms,
-                            r.accounting.memory_peak.map_or("-".into(), |p| HumanSize(p).to_string()),
+                            r.accounting
+                                .memory_peak
+                                .map_or("-".into(), |p| HumanSize(p).to_string()),
                             r.command.join(" ")
                         );
                     }

@@ -14,7 +14,9 @@ pub const DEFAULT_SOCKET: &str = "/run/agentcg/agentcg.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach agentcgd at {socket}: {source} (is agentcgd running? pass --socket or set AGENTCG_SOCKET)")]
+    #[error(
+        "cannot reach agentcgd at {socket}: {source} (is agentcgd running? pass --socket or set AGENTCG_SOCKET)"
+    )]
     Connect {
         socket: PathBuf,
         source: std::io::Error,
@@ -71,16 +73,23 @@ impl Client {
     }
 
     /// One request on a fresh connection; a JSON error body becomes [`ClientError::Api`].
-    pub fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
         self.rt.block_on(async {
-            let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|source| {
-                ClientError::Connect {
+            let stream = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
                     socket: self.socket.clone(),
                     source,
-                }
-            })?;
+                })?;
             let proto = |e: hyper::Error| ClientError::Protocol(e.to_string());
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(proto)?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(proto)?;
             tokio::spawn(conn);
             let bytes = body.map(|b| b.to_string()).unwrap_or_default();
             let req = Request::builder()
@@ -100,8 +109,14 @@ impl Client {
             } else {
                 Err(ClientError::Api {
                     status: status.as_u16(),
-                    code: value["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-                    message: value["error"]["message"].as_str().unwrap_or("no message").to_string(),
+                    code: value["error"]["code"]
+                        .as_str()
+                        .unwrap_or("unknown")
+                        .to_string(),
+                    message: value["error"]["message"]
+                        .as_str()
+                        .unwrap_or("no message")
+                        .to_string(),
                 })
             }
         })

@@ -37,13 +37,28 @@ pub struct RunArgs {
 
 /// The intent text: the flag, else the environment.
 pub fn intent_text(flag: Option<String>) -> Option<String> {
-    flag.or_else(|| std::env::var("AGENTCG_INTENT").ok().filter(|s| !s.is_empty()))
-        .or_else(|| std::env::var("AGENT_RESOURCE_HINT").ok().filter(|s| !s.is_empty()))
+    flag.or_else(|| {
+        std::env::var("AGENTCG_INTENT")
+            .ok()
+            .filter(|s| !s.is_empty())
+    })
+    .or_else(|| {
+        std::env::var("AGENT_RESOURCE_HINT")
+            .ok()
+            .filter(|s| !s.is_empty())
+    })
 }
 
 pub fn main(client: &Client, args: RunArgs) -> ExitCode {
     let intent = intent_text(args.intent);
-    run_call(client, args.session, intent, args.command, args.record, args.verbose)
+    run_call(
+        client,
+        args.session,
+        intent,
+        args.command,
+        args.record,
+        args.verbose,
+    )
 }
 
 /// Declares, runs and finishes one call; shared with `agentcg shell`.
@@ -62,7 +77,10 @@ pub fn run_call(
         eprintln!("agentcg: invalid intent: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let argv: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let argv: Vec<String> = command
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let req = json!({"session": session, "command": argv, "intent": intent});
     let grant: CallGrant = match client.post("/v1/calls", &req).map(serde_json::from_value) {
         Ok(Ok(g)) => g,
@@ -76,7 +94,10 @@ pub fn run_call(
         eprintln!("agentcg: call {} in {}", grant.call_id, grant.cgroup);
     }
     for c in &grant.clamps {
-        eprintln!("agentcg: {} clamped from {} to {}: {}", c.field, c.requested, c.granted, c.reason);
+        eprintln!(
+            "agentcg: {} clamped from {} to {}: {}",
+            c.field, c.requested, c.granted, c.reason
+        );
     }
     // While the tool runs, Ctrl-C and Ctrl-\ are the tool's business; we must stay to
     // report its end (the child restores the default handlers before exec).
@@ -85,19 +106,31 @@ pub fn run_call(
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let (exit, spawn_error) = match spawn::spawn_in_cgroup(grant.cgroup.as_ref(), &command)
-        .and_then(spawn::wait)
-    {
-        Ok(exit) => (exit, None),
-        Err(e) => {
-            let code = if matches!(e, spawn::SpawnError::NotFound(_)) { 127 } else { 126 };
-            (ExitInfo { code: Some(code), signal: None }, Some(e))
-        }
-    };
+    let (exit, spawn_error) =
+        match spawn::spawn_in_cgroup(grant.cgroup.as_ref(), &command).and_then(spawn::wait) {
+            Ok(exit) => (exit, None),
+            Err(e) => {
+                let code = if matches!(e, spawn::SpawnError::NotFound(_)) {
+                    127
+                } else {
+                    126
+                };
+                (
+                    ExitInfo {
+                        code: Some(code),
+                        signal: None,
+                    },
+                    Some(e),
+                )
+            }
+        };
     if let Some(e) = &spawn_error {
         eprintln!("agentcg: {e}");
     }
-    let finished = client.post(&format!("/v1/calls/{}/finish", grant.call_id), &json!({"exit": exit}));
+    let finished = client.post(
+        &format!("/v1/calls/{}/finish", grant.call_id),
+        &json!({"exit": exit}),
+    );
     let record: CallRecord = match finished.map(serde_json::from_value) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {

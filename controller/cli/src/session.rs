@@ -56,7 +56,15 @@ pub enum SessionCmd {
 
 pub fn main(client: &Client, cmd: SessionCmd) -> ExitCode {
     match cmd {
-        SessionCmd::Create { name, priority, memory, cpu, pids, runtime_pid, json } => {
+        SessionCmd::Create {
+            name,
+            priority,
+            memory,
+            cpu,
+            pids,
+            runtime_pid,
+            json,
+        } => {
             let memory = match memory.as_deref().map(parse_size).transpose() {
                 Ok(m) => m,
                 Err(e) => {
@@ -74,14 +82,19 @@ pub fn main(client: &Client, cmd: SessionCmd) -> ExitCode {
             }
             Ok(v) => {
                 let list: Vec<SessionInfo> = serde_json::from_value(v).unwrap_or_default();
-                println!("{:<20} {:<8} {:>10} {:>10} {:>8} {:>8}", "NAME", "PRIORITY", "MEMORY", "IN USE", "RUNNING", "FINISHED");
+                println!(
+                    "{:<20} {:<8} {:>10} {:>10} {:>8} {:>8}",
+                    "NAME", "PRIORITY", "MEMORY", "IN USE", "RUNNING", "FINISHED"
+                );
                 for s in list {
                     println!(
                         "{:<20} {:<8} {:>10} {:>10} {:>8} {:>8}",
                         s.plan.name,
                         s.plan.priority,
                         HumanSize(s.plan.memory_max).to_string(),
-                        s.memory_current.map(|m| HumanSize(m).to_string()).unwrap_or_else(|| "-".into()),
+                        s.memory_current
+                            .map(|m| HumanSize(m).to_string())
+                            .unwrap_or_else(|| "-".into()),
                         s.running_calls.len(),
                         s.calls_finished
                     );
@@ -90,7 +103,10 @@ pub fn main(client: &Client, cmd: SessionCmd) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        SessionCmd::Show { name, json } => show(client.get(&format!("/v1/sessions/{}", path_segment(&name))), json),
+        SessionCmd::Show { name, json } => show(
+            client.get(&format!("/v1/sessions/{}", path_segment(&name))),
+            json,
+        ),
         SessionCmd::Close { name, force, json } => {
             let path = format!("/v1/sessions/{}?force={force}", path_segment(&name));
             match client.delete(&path) {
@@ -140,10 +156,19 @@ fn show(reply: Result<serde_json::Value, crate::client::ClientError>, json: bool
                     HumanSize(p.calls_memory_max),
                     HumanSize(p.runtime_reserve)
                 );
-                println!("cpu       weight {}, max {}", p.cpu_weight, p.millicpus.map_or("none".into(), format_millicpus));
+                println!(
+                    "cpu       weight {}, max {}",
+                    p.cpu_weight,
+                    p.millicpus.map_or("none".into(), format_millicpus)
+                );
                 println!("pids      {}", p.pids_max);
                 println!("runtime   {:?}", s.runtime_pids);
-                println!("calls     {} running {:?}, {} finished", s.running_calls.len(), s.running_calls, s.calls_finished);
+                println!(
+                    "calls     {} running {:?}, {} finished",
+                    s.running_calls.len(),
+                    s.running_calls,
+                    s.calls_finished
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

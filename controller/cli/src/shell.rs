@@ -37,7 +37,10 @@ fn real_shell() -> OsString {
 fn has_command(args: &[OsString]) -> bool {
     args.iter()
         .take_while(|a| a.to_str().is_some_and(|s| s.starts_with('-')))
-        .any(|a| a.to_str().is_some_and(|s| s.len() > 1 && !s.starts_with("--") && s.contains('c')))
+        .any(|a| {
+            a.to_str()
+                .is_some_and(|s| s.len() > 1 && !s.starts_with("--") && s.contains('c'))
+        })
 }
 
 pub fn main(client: &Client, args: ShellArgs) -> ExitCode {
@@ -45,7 +48,10 @@ pub fn main(client: &Client, args: ShellArgs) -> ExitCode {
     if !has_command(&args.args) {
         // Interactive or script use: not a tool call; behave as the real shell.
         let err = std::process::Command::new(&shell).args(&args.args).exec();
-        eprintln!("agentcg shell: executing {}: {err}", shell.to_string_lossy());
+        eprintln!(
+            "agentcg shell: executing {}: {err}",
+            shell.to_string_lossy()
+        );
         return ExitCode::from(EXIT_AGENTCG);
     }
     if args.args.iter().any(|a| a.to_str().is_none()) {
@@ -54,8 +60,17 @@ pub fn main(client: &Client, args: ShellArgs) -> ExitCode {
     }
     let mut argv = vec![shell];
     argv.extend(args.args);
-    let session = std::env::var("AGENTCG_SESSION").ok().filter(|s| !s.is_empty());
-    crate::run::run_call(client, session, crate::run::intent_text(None), argv, None, false)
+    let session = std::env::var("AGENTCG_SESSION")
+        .ok()
+        .filter(|s| !s.is_empty());
+    crate::run::run_call(
+        client,
+        session,
+        crate::run::intent_text(None),
+        argv,
+        None,
+        false,
+    )
 }
 
 #[cfg(test)]

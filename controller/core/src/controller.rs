@@ -53,7 +53,9 @@ pub enum ControlError {
     SessionExists(String),
     #[error("no call {0}")]
     NoCall(u64),
-    #[error("session `{name}` still has {count} runtime process(es); close with force to kill them")]
+    #[error(
+        "session `{name}` still has {count} runtime process(es); close with force to kill them"
+    )]
     RuntimeAlive { name: String, count: usize },
     #[error("{what}: {reason}")]
     BadRequest { what: String, reason: String },
@@ -169,14 +171,21 @@ impl std::fmt::Debug for Controller {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Controller {
     /// Prepares the subtree at `root` (creating it and enabling controllers), loads
     /// state and history from `state_dir`, re-adopts known sessions and removes calls
     /// left behind by a previous run.
-    pub fn start(policy: Policy, root: &Path, state_dir: &Path) -> Result<Controller, ControlError> {
+    pub fn start(
+        policy: Policy,
+        root: &Path,
+        state_dir: &Path,
+    ) -> Result<Controller, ControlError> {
         let layout = Layout::new(root);
         if let Some(parent) = root.parent() {
             Cgroup::new(parent).enable_controllers(&CONTROLLERS)?;
@@ -220,7 +229,12 @@ impl Controller {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(ControlError::State { path, reason: e.to_string() }),
+            Err(e) => {
+                return Err(ControlError::State {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
         };
         self.sessions = serde_json::from_str(&text).map_err(|e| ControlError::State {
             path: path.clone(),
@@ -235,7 +249,10 @@ impl Controller {
         let text = serde_json::to_string_pretty(&self.sessions).unwrap_or_default();
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| ControlError::State { path, reason: e.to_string() })
+            .map_err(|e| ControlError::State {
+                path,
+                reason: e.to_string(),
+            })
     }
 
     /// Removes call cgroups no running call owns, and sessions no state knows (when
@@ -269,7 +286,8 @@ impl Controller {
                 }
             }
         }
-        self.sessions.retain(|name, _| self.layout.session(name).exists());
+        self.sessions
+            .retain(|name, _| self.layout.session(name).exists());
         self.save_sessions()
     }
 
@@ -286,7 +304,13 @@ impl Controller {
             return Err(e);
         }
         let name = plan.name.clone();
-        self.sessions.insert(name.clone(), SessionState { plan, calls_finished: 0 });
+        self.sessions.insert(
+            name.clone(),
+            SessionState {
+                plan,
+                calls_finished: 0,
+            },
+        );
         self.save_sessions()?;
         if let Some(pid) = req.runtime_pid {
             self.attach_runtime(&name, pid)?;
@@ -333,7 +357,10 @@ impl Controller {
     }
 
     pub fn session_info(&self, name: &str) -> Result<SessionInfo, ControlError> {
-        let s = self.sessions.get(name).ok_or_else(|| ControlError::NoSession(name.to_string()))?;
+        let s = self
+            .sessions
+            .get(name)
+            .ok_or_else(|| ControlError::NoSession(name.to_string()))?;
         let cg = self.layout.session(name);
         Ok(SessionInfo {
             plan: s.plan.clone(),
@@ -351,12 +378,19 @@ impl Controller {
     }
 
     pub fn list_sessions(&self) -> Vec<SessionInfo> {
-        self.sessions.keys().filter_map(|n| self.session_info(n).ok()).collect()
+        self.sessions
+            .keys()
+            .filter_map(|n| self.session_info(n).ok())
+            .collect()
     }
 
     /// Closes a session: ends its running calls (recorded as killed) and removes its
     /// cgroups. Refuses while the runtime has processes, unless `force`.
-    pub fn close_session(&mut self, name: &str, force: bool) -> Result<Vec<CallRecord>, ControlError> {
+    pub fn close_session(
+        &mut self,
+        name: &str,
+        force: bool,
+    ) -> Result<Vec<CallRecord>, ControlError> {
         if !self.sessions.contains_key(name) {
             return Err(ControlError::NoSession(name.to_string()));
         }
@@ -367,10 +401,21 @@ impl Controller {
                 count: runtime.len(),
             });
         }
-        let ids: Vec<u64> = self.running.iter().filter(|(_, c)| c.session == name).map(|(i, _)| *i).collect();
+        let ids: Vec<u64> = self
+            .running
+            .iter()
+            .filter(|(_, c)| c.session == name)
+            .map(|(i, _)| *i)
+            .collect();
         let mut records = Vec::new();
         for id in ids {
-            records.push(self.finish_call(id, ExitInfo { code: None, signal: Some(libc::SIGKILL) })?);
+            records.push(self.finish_call(
+                id,
+                ExitInfo {
+                    code: None,
+                    signal: Some(libc::SIGKILL),
+                },
+            )?);
         }
         self.layout.session(name).destroy(DESTROY_WAIT)?;
         self.sessions.remove(name);
@@ -406,7 +451,10 @@ impl Controller {
                 });
             }
         };
-        let name = req.session.clone().unwrap_or_else(|| DEFAULT_SESSION.to_string());
+        let name = req
+            .session
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SESSION.to_string());
         plan::check_session_name(&name)?;
         if !self.sessions.contains_key(&name) {
             if name != DEFAULT_SESSION {
@@ -418,7 +466,13 @@ impl Controller {
             })?;
         }
         let plan = &self.sessions[&name].plan;
-        let admitted = plan::admit(&self.policy, plan, self.session_load(&name), &intent, &crate::policy::command_text(&req.command))?;
+        let admitted = plan::admit(
+            &self.policy,
+            plan,
+            self.session_load(&name),
+            &intent,
+            &crate::policy::command_text(&req.command),
+        )?;
         let id = self.next_id;
         let cg = self.layout.call(&name, id);
         cg.create(false)?;
@@ -433,7 +487,8 @@ impl Controller {
         if let Some(obs) = self.observer.as_mut() {
             obs.watch(cgroup_id);
         }
-        let ceiling_before = memory::events(&self.layout.calls(&name), memory::EVENTS_LOCAL).unwrap_or_default();
+        let ceiling_before =
+            memory::events(&self.layout.calls(&name), memory::EVENTS_LOCAL).unwrap_or_default();
         let grant = CallGrant {
             call_id: id,
             session: name.clone(),
@@ -476,7 +531,9 @@ impl Controller {
 
     /// When a running call's timeout expires, if it is still running.
     pub fn call_deadline(&self, id: u64) -> Option<Instant> {
-        self.running.get(&id).map(|c| c.started + c.limits.timeout())
+        self.running
+            .get(&id)
+            .map(|c| c.started + c.limits.timeout())
     }
 
     /// A call ended: reads its final accounting, removes its cgroup (killing what the
@@ -495,13 +552,20 @@ impl Controller {
             pids_limit_hits: pids::max_events(&call.cgroup).unwrap_or(0),
         };
         let leftover = call.cgroup.destroy(DESTROY_WAIT);
-        let processes = self.observer.as_mut().and_then(|o| o.unwatch(call.cgroup_id));
+        let processes = self
+            .observer
+            .as_mut()
+            .and_then(|o| o.unwatch(call.cgroup_id));
         let outcome = if exit == ABANDONED {
             Outcome::Abandoned
         } else {
             record::outcome(&exit, &acc, call.timed_out)
         };
-        let ceiling = self.sessions.get(&call.session).map(|s| s.plan.calls_memory_max).unwrap_or(0);
+        let ceiling = self
+            .sessions
+            .get(&call.session)
+            .map(|s| s.plan.calls_memory_max)
+            .unwrap_or(0);
         let rec = CallRecord {
             call_id: id,
             session: call.session.clone(),
@@ -541,7 +605,10 @@ impl Controller {
                 (true, Some(_)) => {}
             }
         }
-        stale.into_iter().filter_map(|id| self.finish_call(id, ABANDONED).ok()).collect()
+        stale
+            .into_iter()
+            .filter_map(|id| self.finish_call(id, ABANDONED).ok())
+            .collect()
     }
 
     /// A finished call's record, or `None` if unknown or still running.
@@ -563,7 +630,10 @@ impl Controller {
 }
 
 /// The exit of a call whose client never reported: no code, no signal.
-const ABANDONED: ExitInfo = ExitInfo { code: None, signal: None };
+const ABANDONED: ExitInfo = ExitInfo {
+    code: None,
+    signal: None,
+};
 
 /// Writes a call's limits into its fresh cgroup.
 fn apply_call_limits(cg: &Cgroup, l: &CallLimits) -> Result<(), CgroupError> {

@@ -40,7 +40,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("pids", "1..=4194304 (sets pids.max)"),
     ("timeout", "wall-clock limit, e.g. 30s, 10m"),
     ("priority", "high | normal | low"),
-    ("class", "command class label, [a-z][a-z0-9_-]{0,31}, e.g. test, build, install"),
+    (
+        "class",
+        "command class label, [a-z][a-z0-9_-]{0,31}, e.g. test, build, install",
+    ),
 ];
 
 /// Why an intent was rejected. Each variant names the key and the text that failed.
@@ -77,7 +80,9 @@ fn key_list() -> String {
 }
 
 /// A priority class, for sessions and for calls within a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Low,
@@ -109,7 +114,9 @@ impl FromStr for Priority {
             "low" => Ok(Priority::Low),
             "normal" => Ok(Priority::Normal),
             "high" => Ok(Priority::High),
-            _ => Err(format!("`{s}` is not a priority (accepted: high, normal, low)")),
+            _ => Err(format!(
+                "`{s}` is not a priority (accepted: high, normal, low)"
+            )),
         }
     }
 }
@@ -304,10 +311,18 @@ fn unit_err(key: &str, value: &str, e: UnitError) -> IntentError {
 
 fn check_mem(key: &str, value: &str, bytes: u64) -> Result<u64, IntentError> {
     if bytes < MIN_MEM {
-        return Err(bad(key, value, format!("below the minimum of {}", HumanSize(MIN_MEM))));
+        return Err(bad(
+            key,
+            value,
+            format!("below the minimum of {}", HumanSize(MIN_MEM)),
+        ));
     }
     if bytes > MAX_MEM {
-        return Err(bad(key, value, format!("above the maximum of {}", HumanSize(MAX_MEM))));
+        return Err(bad(
+            key,
+            value,
+            format!("above the maximum of {}", HumanSize(MAX_MEM)),
+        ));
     }
     Ok(bytes)
 }
@@ -319,7 +334,11 @@ fn parse_int<T: FromStr + PartialOrd + Copy + fmt::Display>(
     max: T,
 ) -> Result<T, IntentError> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad(key, value, format!("expected a whole number in {min}..={max}")));
+        return Err(bad(
+            key,
+            value,
+            format!("expected a whole number in {min}..={max}"),
+        ));
     }
     match value.parse::<T>() {
         Ok(v) if v >= min && v <= max => Ok(v),
@@ -342,7 +361,11 @@ fn parse_millicpus(key: &str, value: &str) -> Result<u32, IntentError> {
         return Err(bad(key, value, reason));
     }
     if milli < 10 || milli > u64::from(MAX_MILLICPUS) {
-        return Err(bad(key, value, format!("out of range 0.01..={}", MAX_MILLICPUS / 1000)));
+        return Err(bad(
+            key,
+            value,
+            format!("out of range 0.01..={}", MAX_MILLICPUS / 1000),
+        ));
     }
     Ok(milli as u32)
 }
@@ -371,7 +394,11 @@ fn parse_class(key: &str, value: &str) -> Result<String, IntentError> {
     if ok {
         Ok(value.to_string())
     } else {
-        Err(bad(key, value, "expected a label matching [a-z][a-z0-9_-]{0,31}"))
+        Err(bad(
+            key,
+            value,
+            "expected a label matching [a-z][a-z0-9_-]{0,31}",
+        ))
     }
 }
 
@@ -400,7 +427,9 @@ fn from_pairs(pairs: Vec<(String, String)>) -> Result<Intent, IntentError> {
                 intent.cpu_budget = Some(parse_bounded_duration(k, v, Duration::from_millis(10))?)
             }
             "pids" => intent.pids = Some(parse_int(k, v, 1u32, MAX_PIDS)?),
-            "timeout" => intent.timeout = Some(parse_bounded_duration(k, v, Duration::from_millis(1))?),
+            "timeout" => {
+                intent.timeout = Some(parse_bounded_duration(k, v, Duration::from_millis(1))?)
+            }
             "priority" => intent.priority = Some(v.parse().map_err(|e: String| bad(k, v, e))?),
             "class" => intent.class = Some(parse_class(k, v)?),
             _ if k.is_empty() => return Err(IntentError::NotKeyValue(format!("{k}={v}"))),
@@ -440,26 +469,42 @@ mod tests {
 
     #[test]
     fn fractional_cpus() {
-        assert_eq!(Intent::parse_compact("cpu=0.5").unwrap().millicpus, Some(500));
-        assert_eq!(Intent::parse_compact("cpu=1.25").unwrap().millicpus, Some(1250));
+        assert_eq!(
+            Intent::parse_compact("cpu=0.5").unwrap().millicpus,
+            Some(500)
+        );
+        assert_eq!(
+            Intent::parse_compact("cpu=1.25").unwrap().millicpus,
+            Some(1250)
+        );
         assert_eq!(format_millicpus(1250), "1.25");
         assert_eq!(format_millicpus(3000), "3");
     }
 
     #[test]
     fn json_form_matches_compact_form() {
-        let j = Intent::parse_json(r#"{"mem":"512M","mem.max":1073741824,"cpu":1.5,"pids":64}"#).unwrap();
+        let j = Intent::parse_json(r#"{"mem":"512M","mem.max":1073741824,"cpu":1.5,"pids":64}"#)
+            .unwrap();
         let c = Intent::parse_compact("mem=512M,mem.max=1G,cpu=1.5,pids=64").unwrap();
         assert_eq!(j, c);
     }
 
     #[test]
     fn hints_from_the_reference() {
-        assert_eq!(Intent::parse_hint("memory:high").unwrap().mem_max, Some(4 << 30));
-        assert_eq!(Intent::parse_hint("memory:low").unwrap().mem_max, Some(256 << 20));
+        assert_eq!(
+            Intent::parse_hint("memory:high").unwrap().mem_max,
+            Some(4 << 30)
+        );
+        assert_eq!(
+            Intent::parse_hint("memory:low").unwrap().mem_max,
+            Some(256 << 20)
+        );
         let i = Intent::parse_hint("memory:512m").unwrap();
         assert_eq!((i.mem, i.mem_max), (Some(256 << 20), Some(512 << 20)));
-        assert_eq!(Intent::parse_any("memory:2g").unwrap().mem_max, Some(2 << 30));
+        assert_eq!(
+            Intent::parse_any("memory:2g").unwrap().mem_max,
+            Some(2 << 30)
+        );
     }
 
     #[test]
@@ -519,7 +564,10 @@ mod tests {
         assert!(cases.len() >= 30);
         for (spec, needle) in cases {
             let err = Intent::parse_compact(spec).expect_err(spec).to_string();
-            assert!(err.contains(needle), "`{spec}` → `{err}` (wanted `{needle}`)");
+            assert!(
+                err.contains(needle),
+                "`{spec}` → `{err}` (wanted `{needle}`)"
+            );
         }
     }
 
@@ -529,7 +577,12 @@ mod tests {
     fn json_schema_matches_the_parser() {
         let schema: serde_json::Value =
             serde_json::from_str(include_str!("../../../docs/intent.schema.json")).unwrap();
-        let mut documented: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        let mut documented: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         let mut accepted: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
         documented.sort_unstable();
         accepted.sort_unstable();
@@ -541,7 +594,13 @@ mod tests {
 
     #[test]
     fn malformed_hints_and_json_are_rejected() {
-        for hint in ["memory:a[$(touch /tmp/x)]g", "memory:", "mem:2g", "memory:huge", "memory:0"] {
+        for hint in [
+            "memory:a[$(touch /tmp/x)]g",
+            "memory:",
+            "mem:2g",
+            "memory:huge",
+            "memory:0",
+        ] {
             assert!(Intent::parse_any(hint).is_err(), "{hint}");
         }
         let cases = [

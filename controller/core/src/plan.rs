@@ -75,7 +75,9 @@ pub fn check_session_name(name: &str) -> Result<(), PlanError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -89,7 +91,11 @@ pub fn plan_session(policy: &Policy, req: &SessionRequest) -> Result<SessionPlan
     let priority = req.priority.unwrap_or_default();
     let memory = req.memory.unwrap_or(policy.session.memory);
     let reserve = policy.session.runtime_reserve;
-    let bad = |field, value: String, reason: String| PlanError::BadSessionLimit { field, value, reason };
+    let bad = |field, value: String, reason: String| PlanError::BadSessionLimit {
+        field,
+        value,
+        reason,
+    };
     if memory < reserve + MIN_CALL_MEM {
         return Err(bad(
             "memory",
@@ -102,7 +108,11 @@ pub fn plan_session(policy: &Policy, req: &SessionRequest) -> Result<SessionPlan
         ));
     }
     if memory > crate::intent::MAX_MEM {
-        return Err(bad("memory", HumanSize(memory).to_string(), "absurdly large".into()));
+        return Err(bad(
+            "memory",
+            HumanSize(memory).to_string(),
+            "absurdly large".into(),
+        ));
     }
     let millicpus = match req.cpus {
         None if policy.session.millicpus == 0 => None,
@@ -112,13 +122,21 @@ pub fn plan_session(policy: &Policy, req: &SessionRequest) -> Result<SessionPlan
     };
     let pids_max = req.pids.unwrap_or(policy.session.pids);
     if pids_max == 0 || pids_max > crate::intent::MAX_PIDS {
-        return Err(bad("pids", pids_max.to_string(), "expected 1..=4194304".into()));
+        return Err(bad(
+            "pids",
+            pids_max.to_string(),
+            "expected 1..=4194304".into(),
+        ));
     }
     Ok(SessionPlan {
         name: req.name.clone(),
         priority,
         memory_max: memory,
-        memory_low: if priority == Priority::High { memory } else { 0 },
+        memory_low: if priority == Priority::High {
+            memory
+        } else {
+            0
+        },
         cpu_weight: policy.weight(priority),
         millicpus,
         pids_max,
@@ -176,7 +194,13 @@ pub struct SessionLoad {
     pub running: usize,
 }
 
-fn clamp_note(clamps: &mut Vec<Clamp>, field: &str, requested: String, granted: String, reason: String) {
+fn clamp_note(
+    clamps: &mut Vec<Clamp>,
+    field: &str,
+    requested: String,
+    granted: String,
+    reason: String,
+) {
     clamps.push(Clamp {
         field: field.to_string(),
         requested,
@@ -215,7 +239,13 @@ pub fn admit(
     let ceiling = session.calls_memory_max;
     let mut mem_max = eff.mem_max.unwrap_or(ceiling);
     if mem_max > policy.caps.mem_max {
-        clamp_note(&mut clamps, "mem.max", size(mem_max), size(policy.caps.mem_max), "policy cap".into());
+        clamp_note(
+            &mut clamps,
+            "mem.max",
+            size(mem_max),
+            size(policy.caps.mem_max),
+            "policy cap".into(),
+        );
         mem_max = policy.caps.mem_max;
     }
     if mem_max > ceiling {
@@ -251,19 +281,37 @@ pub fn admit(
     }
 
     let mut pids = eff.pids.unwrap_or(policy.caps.pids);
-    for (cap, why) in [(policy.caps.pids, "policy cap"), (session.pids_max, "session pids budget")] {
+    for (cap, why) in [
+        (policy.caps.pids, "policy cap"),
+        (session.pids_max, "session pids budget"),
+    ] {
         if pids > cap {
-            clamp_note(&mut clamps, "pids", pids.to_string(), cap.to_string(), why.into());
+            clamp_note(
+                &mut clamps,
+                "pids",
+                pids.to_string(),
+                cap.to_string(),
+                why.into(),
+            );
             pids = cap;
         }
     }
 
     let mut millicpus = eff.millicpus;
-    for (cap, why) in [(Some(policy.caps.millicpus), "policy cap"), (session.millicpus, "session CPU budget")] {
+    for (cap, why) in [
+        (Some(policy.caps.millicpus), "policy cap"),
+        (session.millicpus, "session CPU budget"),
+    ] {
         if let (Some(m), Some(c)) = (millicpus, cap)
             && m > c
         {
-            clamp_note(&mut clamps, "cpu", format_millicpus(m), format_millicpus(c), why.into());
+            clamp_note(
+                &mut clamps,
+                "cpu",
+                format_millicpus(m),
+                format_millicpus(c),
+                why.into(),
+            );
             millicpus = Some(c);
         }
     }
@@ -383,7 +431,17 @@ mod tests {
         for ok in ["a", "agent-1", "A_b.c"] {
             assert!(check_session_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "-x", "a/b", "a b", "x$(id)", &"a".repeat(65), "é"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-x",
+            "a/b",
+            "a b",
+            "x$(id)",
+            &"a".repeat(65),
+            "é",
+        ] {
             assert!(check_session_name(bad).is_err(), "{bad}");
         }
     }
@@ -409,13 +467,23 @@ mod tests {
             ..Default::default()
         };
         let p = plan_session(&policy, &high).unwrap();
-        assert_eq!((p.cpu_weight, p.memory_low, p.runtime_hard_protect), (400, 4 << 30, true));
+        assert_eq!(
+            (p.cpu_weight, p.memory_low, p.runtime_hard_protect),
+            (400, 4 << 30, true)
+        );
     }
 
     #[test]
     fn declared_intent_becomes_limits() {
         let (policy, plan) = session(4 << 30);
-        let a = admit(&policy, &plan, SessionLoad::default(), &intent("mem=512M,mem.max=1G,cpu=1.5,pids=64"), "x").unwrap();
+        let a = admit(
+            &policy,
+            &plan,
+            SessionLoad::default(),
+            &intent("mem=512M,mem.max=1G,cpu=1.5,pids=64"),
+            "x",
+        )
+        .unwrap();
         assert_eq!(a.limits.memory_high, Some(512 << 20));
         assert_eq!(a.limits.memory_max, 1 << 30);
         assert_eq!(a.limits.millicpus, Some(1500));
@@ -427,26 +495,57 @@ mod tests {
     #[test]
     fn only_a_max_means_no_memory_high() {
         let (policy, plan) = session(4 << 30);
-        let a = admit(&policy, &plan, SessionLoad::default(), &intent("mem.max=64M"), "python bomb.py").unwrap();
-        assert_eq!((a.limits.memory_high, a.limits.memory_max), (None, 64 << 20));
+        let a = admit(
+            &policy,
+            &plan,
+            SessionLoad::default(),
+            &intent("mem.max=64M"),
+            "python bomb.py",
+        )
+        .unwrap();
+        assert_eq!(
+            (a.limits.memory_high, a.limits.memory_max),
+            (None, 64 << 20)
+        );
         assert!(a.clamps.is_empty());
     }
 
     #[test]
     fn class_defaults_apply_and_explicit_class_wins() {
         let (policy, plan) = session(4 << 30);
-        let a = admit(&policy, &plan, SessionLoad::default(), &Intent::default(), "cd /x && pytest -q").unwrap();
+        let a = admit(
+            &policy,
+            &plan,
+            SessionLoad::default(),
+            &Intent::default(),
+            "cd /x && pytest -q",
+        )
+        .unwrap();
         assert_eq!(a.limits.class.as_deref(), Some("test"));
         assert_eq!(a.limits.memory_max, 2 << 30);
         assert!(a.suggestion.contains("single test"));
-        let b = admit(&policy, &plan, SessionLoad::default(), &intent("class=vcs"), "pytest").unwrap();
+        let b = admit(
+            &policy,
+            &plan,
+            SessionLoad::default(),
+            &intent("class=vcs"),
+            "pytest",
+        )
+        .unwrap();
         assert_eq!(b.limits.memory_max, 512 << 20);
     }
 
     #[test]
     fn clamps_to_the_session_and_says_so() {
         let (policy, plan) = session(400 << 20);
-        let first = admit(&policy, &plan, SessionLoad::default(), &intent("mem=150M,mem.max=300M"), "a").unwrap();
+        let first = admit(
+            &policy,
+            &plan,
+            SessionLoad::default(),
+            &intent("mem=150M,mem.max=300M"),
+            "a",
+        )
+        .unwrap();
         assert_eq!(first.limits.memory_max, 272 << 20);
         assert_eq!(first.clamps[0].field, "mem.max");
         let load = SessionLoad {
@@ -461,7 +560,9 @@ mod tests {
             expected_mem: 270 << 20,
             running: 1,
         };
-        let err = admit(&policy, &plan, full, &intent("mem=100M"), "a").unwrap_err().to_string();
+        let err = admit(&policy, &plan, full, &intent("mem=100M"), "a")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("retry when a call finishes"), "{err}");
     }
 
@@ -479,17 +580,38 @@ mod tests {
     #[test]
     fn defaults_are_fitted_silently() {
         let (policy, plan) = session(400 << 20);
-        let a = admit(&policy, &plan, SessionLoad::default(), &intent("timeout=2s"), "python x.py").unwrap();
-        assert_eq!(a.limits.memory_max, 272 << 20, "the default 1G ceiling still fits the session");
+        let a = admit(
+            &policy,
+            &plan,
+            SessionLoad::default(),
+            &intent("timeout=2s"),
+            "python x.py",
+        )
+        .unwrap();
+        assert_eq!(
+            a.limits.memory_max,
+            272 << 20,
+            "the default 1G ceiling still fits the session"
+        );
         assert!(a.clamps.is_empty(), "{:?}", a.clamps);
     }
 
     #[test]
     fn caps_and_priority_are_clamped() {
         let (policy, plan) = session(4 << 30);
-        let a = admit(&policy, &plan, SessionLoad::default(), &intent("mem.max=64G,pids=100000,timeout=5d,priority=high"), "a").unwrap();
+        let a = admit(
+            &policy,
+            &plan,
+            SessionLoad::default(),
+            &intent("mem.max=64G,pids=100000,timeout=5d,priority=high"),
+            "a",
+        )
+        .unwrap();
         let fields: Vec<&str> = a.clamps.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(fields, ["mem.max", "mem.max", "pids", "pids", "priority", "timeout"]);
+        assert_eq!(
+            fields,
+            ["mem.max", "mem.max", "pids", "pids", "priority", "timeout"]
+        );
         assert_eq!(a.limits.priority, Priority::Normal);
         assert_eq!(a.limits.pids_max, 4096);
         assert_eq!(a.limits.timeout(), Duration::from_secs(7200));

@@ -170,7 +170,9 @@ impl Policy {
             if (1..=10_000).contains(&w) {
                 Ok(w)
             } else {
-                Err(invalid(format!("priority.{key}.cpu_weight = {w}: expected 1..=10000")))
+                Err(invalid(format!(
+                    "priority.{key}.cpu_weight = {w}: expected 1..=10000"
+                )))
             }
         };
         let intent = |key: &str, v: &str| {
@@ -184,7 +186,9 @@ impl Policy {
             admission: raw.session.admission,
         };
         if session.runtime_reserve >= session.memory {
-            return Err(invalid("session.runtime_reserve must be smaller than session.memory".into()));
+            return Err(invalid(
+                "session.runtime_reserve must be smaller than session.memory".into(),
+            ));
         }
         let caps = Caps {
             mem_max: size("caps.mem_max", &raw.caps.mem_max)?,
@@ -278,7 +282,10 @@ fn segments(command: &str) -> impl Iterator<Item = Vec<String>> + '_ {
         .map(|seg| {
             let mut words: Vec<String> = seg
                 .split_whitespace()
-                .map(|w| w.trim_matches(|c| c == '(' || c == ')' || c == '"' || c == '\'').to_string())
+                .map(|w| {
+                    w.trim_matches(|c| c == '(' || c == ')' || c == '"' || c == '\'')
+                        .to_string()
+                })
                 .filter(|w| !w.is_empty())
                 .collect();
             loop {
@@ -324,7 +331,10 @@ mod tests {
         assert_eq!(p.weight(Priority::High), 400);
         assert_eq!(p.weight(Priority::Low), 25);
         assert!(p.classes.iter().any(|c| c.name == "test"));
-        assert_eq!(p.class_named("vcs").unwrap().intent.class.as_deref(), Some("vcs"));
+        assert_eq!(
+            p.class_named("vcs").unwrap().intent.class.as_deref(),
+            Some("vcs")
+        );
     }
 
     #[test]
@@ -346,24 +356,54 @@ mod tests {
     #[test]
     fn shell_commands_are_classified_by_their_command_string() {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(command_text(&v(&["/bin/bash", "-c", "pytest -x"])), "pytest -x");
-        assert_eq!(command_text(&v(&["bash", "-l", "-c", "git log"])), "git log");
+        assert_eq!(
+            command_text(&v(&["/bin/bash", "-c", "pytest -x"])),
+            "pytest -x"
+        );
+        assert_eq!(
+            command_text(&v(&["bash", "-l", "-c", "git log"])),
+            "git log"
+        );
         assert_eq!(command_text(&v(&["sh", "-lc", "make"])), "make");
         assert_eq!(command_text(&v(&["sh", "script.sh"])), "sh script.sh");
-        assert_eq!(command_text(&v(&["python", "-c", "print(1)"])), "python -c print(1)");
+        assert_eq!(
+            command_text(&v(&["python", "-c", "print(1)"])),
+            "python -c print(1)"
+        );
     }
 
     #[test]
     fn bad_policies_name_the_problem() {
         let good = DEFAULT_POLICY;
         let cases = [
-            (good.replace("admission = \"clamp\"", "admission = \"maybe\""), "maybe"),
-            (good.replace("memory = \"4G\"", "memory = \"4Q\""), "session.memory"),
+            (
+                good.replace("admission = \"clamp\"", "admission = \"maybe\""),
+                "maybe",
+            ),
+            (
+                good.replace("memory = \"4G\"", "memory = \"4Q\""),
+                "session.memory",
+            ),
             (good.replace("[caps]", "[caps]\nbogus = 1"), "bogus"),
-            (good.replace("cpu_weight = 400", "cpu_weight = 0"), "cpu_weight"),
-            (good.replace("runtime_reserve = \"128M\"", "runtime_reserve = \"8G\""), "runtime_reserve"),
-            (good.replace("intent = \"mem=64M,mem.max=512M,pids=256,timeout=10m\"", "intent = \"mem=zz\""), "class vcs intent"),
-            (good.replace("name = \"vcs\"", "name = \"Bad Name\""), "class name"),
+            (
+                good.replace("cpu_weight = 400", "cpu_weight = 0"),
+                "cpu_weight",
+            ),
+            (
+                good.replace("runtime_reserve = \"128M\"", "runtime_reserve = \"8G\""),
+                "runtime_reserve",
+            ),
+            (
+                good.replace(
+                    "intent = \"mem=64M,mem.max=512M,pids=256,timeout=10m\"",
+                    "intent = \"mem=zz\"",
+                ),
+                "class vcs intent",
+            ),
+            (
+                good.replace("name = \"vcs\"", "name = \"Bad Name\""),
+                "class name",
+            ),
             (good.replace("cpus = 64", "cpus = -1"), "caps.cpus"),
         ];
         for (text, needle) in cases {

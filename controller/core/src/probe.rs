@@ -38,7 +38,9 @@ pub fn probe(root: &Path, sched_ext_state: &Path, psi: &Path) -> KernelFeatures 
         controllers: std::fs::read_to_string(root.join(crate::cgroup::CONTROLLERS))
             .map(|s| s.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default(),
-        sched_ext_state: std::fs::read_to_string(sched_ext_state).ok().map(|s| s.trim().to_string()),
+        sched_ext_state: std::fs::read_to_string(sched_ext_state)
+            .ok()
+            .map(|s| s.trim().to_string()),
         psi: std::fs::read_to_string(psi).is_ok(),
         memory_reclaim: root.join(crate::cgroup::memory::RECLAIM).exists(),
         memory_peak: root.join(crate::cgroup::memory::PEAK).exists(),
@@ -48,7 +50,9 @@ pub fn probe(root: &Path, sched_ext_state: &Path, psi: &Path) -> KernelFeatures 
 
 /// Whether a release string such as `7.3.4+deb13-amd64` is at least `(major, minor)`.
 pub fn version_at_least(release: &str, want: (u32, u32)) -> bool {
-    let mut it = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
     match (it.next(), it.next()) {
         (Some(major), Some(minor)) => (major, minor) >= want,
         _ => false,
@@ -73,7 +77,11 @@ mod tests {
         std::fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         std::fs::write(dir.path().join("memory.peak"), "0\n").unwrap();
         std::fs::write(dir.path().join("state"), "enabled\n").unwrap();
-        let f = probe(dir.path(), &dir.path().join("state"), &dir.path().join("nopsi"));
+        let f = probe(
+            dir.path(),
+            &dir.path().join("state"),
+            &dir.path().join("nopsi"),
+        );
         assert_eq!(f.controllers, ["cpu", "memory", "pids"]);
         assert_eq!(f.sched_ext_state.as_deref(), Some("enabled"));
         assert!(f.memory_peak && !f.memory_reclaim && !f.psi);

@@ -44,7 +44,10 @@ impl Outcome {
 
     /// Whether a budget ended the call (the agent gets feedback).
     pub fn is_budget(self) -> bool {
-        matches!(self, Outcome::OomKilled | Outcome::Timeout | Outcome::PidsLimited)
+        matches!(
+            self,
+            Outcome::OomKilled | Outcome::Timeout | Outcome::PidsLimited
+        )
     }
 }
 
@@ -123,7 +126,11 @@ pub fn feedback(
     calls_ceiling: u64,
     suggestion: &str,
 ) -> Option<Feedback> {
-    let class = limits.class.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
+    let class = limits
+        .class
+        .as_deref()
+        .map(|c| format!(" ({c})"))
+        .unwrap_or_default();
     let (limit, value, peak, what, advice) = match outcome {
         Outcome::OomKilled => {
             let peak = acc.memory_peak.map(|p| HumanSize(p).to_string());
@@ -143,7 +150,9 @@ pub fn feedback(
                     HumanSize(limits.memory_max).to_string(),
                     peak,
                     "it ran out of memory".to_string(),
-                    format!("{suggestion}; or declare more memory (--intent mem.max={bigger}) if the host can afford it"),
+                    format!(
+                        "{suggestion}; or declare more memory (--intent mem.max={bigger}) if the host can afford it"
+                    ),
                 )
             }
         }
@@ -166,7 +175,10 @@ pub fn feedback(
         ),
         _ => return None,
     };
-    let peak_text = peak.as_deref().map(|p| format!(", peak {p}")).unwrap_or_default();
+    let peak_text = peak
+        .as_deref()
+        .map(|p| format!(", peak {p}"))
+        .unwrap_or_default();
     let message = format!(
         "agentcg: call {call_id}{class} was stopped: {what} ({limit} {value}{peak_text}). Try: {advice}."
     );
@@ -250,16 +262,28 @@ mod tests {
 
     #[test]
     fn outcomes() {
-        let ok = ExitInfo { code: Some(0), signal: None };
-        let fail = ExitInfo { code: Some(1), signal: None };
-        let killed = ExitInfo { code: None, signal: Some(9) };
+        let ok = ExitInfo {
+            code: Some(0),
+            signal: None,
+        };
+        let fail = ExitInfo {
+            code: Some(1),
+            signal: None,
+        };
+        let killed = ExitInfo {
+            code: None,
+            signal: Some(9),
+        };
         let quiet = Accounting::default();
         assert_eq!(outcome(&ok, &quiet, false), Outcome::Ok);
         assert_eq!(outcome(&fail, &quiet, false), Outcome::Failed);
         assert_eq!(outcome(&killed, &quiet, false), Outcome::Killed);
         assert_eq!(outcome(&killed, &quiet, true), Outcome::Timeout);
         assert_eq!(outcome(&killed, &oom_acc(3, 0), false), Outcome::OomKilled);
-        let forkfail = Accounting { pids_limit_hits: 2, ..quiet };
+        let forkfail = Accounting {
+            pids_limit_hits: 2,
+            ..quiet
+        };
         assert_eq!(outcome(&fail, &forkfail, false), Outcome::PidsLimited);
         assert_eq!(outcome(&ok, &forkfail, false), Outcome::Ok);
         assert_eq!(killed.shell_status(), 137);
@@ -268,7 +292,15 @@ mod tests {
 
     #[test]
     fn oom_feedback_names_limit_peak_and_suggestion() {
-        let f = feedback(7, Outcome::OomKilled, &limits(), &oom_acc(3, 0), 1 << 30, "run a single test file").unwrap();
+        let f = feedback(
+            7,
+            Outcome::OomKilled,
+            &limits(),
+            &oom_acc(3, 0),
+            1 << 30,
+            "run a single test file",
+        )
+        .unwrap();
         assert_eq!(f.limit, "mem.max");
         assert_eq!(f.peak.as_deref(), Some("64 MiB"));
         assert!(f.message.contains("call 7 (test)"), "{}", f.message);
@@ -278,15 +310,41 @@ mod tests {
 
     #[test]
     fn shared_ceiling_is_told_apart() {
-        let f = feedback(1, Outcome::OomKilled, &limits(), &oom_acc(0, 2), 272 << 20, "x").unwrap();
+        let f = feedback(
+            1,
+            Outcome::OomKilled,
+            &limits(),
+            &oom_acc(0, 2),
+            272 << 20,
+            "x",
+        )
+        .unwrap();
         assert_eq!(f.limit, "session calls ceiling");
         assert_eq!(f.limit_value, "272 MiB");
     }
 
     #[test]
     fn no_feedback_for_plain_failures() {
-        assert!(feedback(1, Outcome::Failed, &limits(), &Accounting::default(), 0, "x").is_none());
-        let t = feedback(1, Outcome::Timeout, &limits(), &Accounting::default(), 0, "x").unwrap();
+        assert!(
+            feedback(
+                1,
+                Outcome::Failed,
+                &limits(),
+                &Accounting::default(),
+                0,
+                "x"
+            )
+            .is_none()
+        );
+        let t = feedback(
+            1,
+            Outcome::Timeout,
+            &limits(),
+            &Accounting::default(),
+            0,
+            "x",
+        )
+        .unwrap();
         assert_eq!(t.limit_value, "10s");
         assert!(t.suggestion.contains("timeout=20s"), "{}", t.suggestion);
     }

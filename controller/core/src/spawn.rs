@@ -115,7 +115,12 @@ pub fn spawn_in_cgroup(cgroup: &Path, argv: &[OsString]) -> Result<libc::pid_t, 
 
     let c_dir = cstring(cgroup.as_os_str())?;
     // SAFETY: plain open(2) of a NUL-terminated path.
-    let dirfd = unsafe { libc::open(c_dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let dirfd = unsafe {
+        libc::open(
+            c_dir.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if dirfd < 0 {
         return Err(SpawnError::OpenCgroup {
             path: cgroup.to_path_buf(),
@@ -226,14 +231,23 @@ mod tests {
         let path = OsStr::new("/nonexistent:/bin:/usr/bin");
         let sh = resolve_program(OsStr::new("sh"), Some(path)).unwrap();
         assert!(sh.ends_with("sh") && sh.is_absolute());
-        assert_eq!(resolve_program(OsStr::new("./x"), None), Some(PathBuf::from("./x")));
-        assert_eq!(resolve_program(OsStr::new("no-such-tool-xyz"), Some(path)), None);
+        assert_eq!(
+            resolve_program(OsStr::new("./x"), None),
+            Some(PathBuf::from("./x"))
+        );
+        assert_eq!(
+            resolve_program(OsStr::new("no-such-tool-xyz"), Some(path)),
+            None
+        );
     }
 
     #[test]
     fn errors_before_any_clone() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(spawn_in_cgroup(dir.path(), &[]), Err(SpawnError::EmptyCommand)));
+        assert!(matches!(
+            spawn_in_cgroup(dir.path(), &[]),
+            Err(SpawnError::EmptyCommand)
+        ));
         let err = spawn_in_cgroup(dir.path(), &["no-such-tool-xyz".into()]).unwrap_err();
         assert!(err.to_string().contains("not found"), "{err}");
         let err = spawn_in_cgroup(&dir.path().join("missing"), &["true".into()]).unwrap_err();

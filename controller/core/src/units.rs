@@ -190,16 +190,34 @@ mod tests {
         assert!(matches!(parse_size(" 1G"), Err(UnitError::NotANumber(_))));
         assert!(matches!(parse_size("1.G"), Err(UnitError::NotANumber(_))));
         assert!(matches!(parse_size(".5G"), Err(UnitError::NotANumber(_))));
-        assert!(matches!(parse_size("1.2.3G"), Err(UnitError::NotANumber(_))));
-        assert!(matches!(parse_size("1e9"), Err(UnitError::UnknownUnit { .. })));
-        assert!(matches!(parse_size("1 G"), Err(UnitError::UnknownUnit { .. })));
-        assert!(matches!(parse_size("12X"), Err(UnitError::UnknownUnit { .. })));
-        assert!(matches!(parse_size("99999999999T"), Err(UnitError::Overflow(_))));
+        assert!(matches!(
+            parse_size("1.2.3G"),
+            Err(UnitError::NotANumber(_))
+        ));
+        assert!(matches!(
+            parse_size("1e9"),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_size("1 G"),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_size("12X"),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_size("99999999999T"),
+            Err(UnitError::Overflow(_))
+        ));
         assert!(matches!(
             parse_size("340282366920938463463374607431768211456"),
             Err(UnitError::Overflow(_))
         ));
-        assert!(matches!(parse_size("1.0000000001G"), Err(UnitError::TooPrecise(_))));
+        assert!(matches!(
+            parse_size("1.0000000001G"),
+            Err(UnitError::TooPrecise(_))
+        ));
         let msg = parse_size("3Q").unwrap_err().to_string();
         assert!(msg.contains("`Q`") && msg.contains("K, M, G"), "{msg}");
     }
@@ -211,8 +229,14 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert!(matches!(parse_duration("10y"), Err(UnitError::UnknownUnit { .. })));
-        assert!(matches!(parse_duration("-5s"), Err(UnitError::NotANumber(_))));
+        assert!(matches!(
+            parse_duration("10y"),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("-5s"),
+            Err(UnitError::NotANumber(_))
+        ));
     }
 
     #[test]

@@ -39,12 +39,21 @@ pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .route("/v1/status", get(status))
         .route("/v1/sessions", post(create_session).get(list_sessions))
-        .route("/v1/sessions/{name}", get(show_session).delete(close_session))
+        .route(
+            "/v1/sessions/{name}",
+            get(show_session).delete(close_session),
+        )
         .route("/v1/sessions/{name}/runtime", post(attach_runtime))
         .route("/v1/calls", post(declare_call).get(list_calls))
         .route("/v1/calls/{id}", get(show_call))
         .route("/v1/calls/{id}/finish", post(finish_call))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint (see docs/API.md)") })
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint (see docs/API.md)",
+            )
+        })
         .with_state(state)
 }
 
@@ -77,8 +86,12 @@ impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> ApiError {
         let status = match &e {
             ControlError::NoSession(_) | ControlError::NoCall(_) => StatusCode::NOT_FOUND,
-            ControlError::SessionExists(_) | ControlError::RuntimeAlive { .. } => StatusCode::CONFLICT,
-            ControlError::Plan(agentcg_core::plan::PlanError::NoRoom(_)) => StatusCode::TOO_MANY_REQUESTS,
+            ControlError::SessionExists(_) | ControlError::RuntimeAlive { .. } => {
+                StatusCode::CONFLICT
+            }
+            ControlError::Plan(agentcg_core::plan::PlanError::NoRoom(_)) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             _ if e.is_client_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -101,9 +114,13 @@ async fn with_controller<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     let shared = state.controller.clone();
     tokio::task::spawn_blocking(move || {
-        let mut guard = shared
-            .lock()
-            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "controller lock poisoned"))?;
+        let mut guard = shared.lock().map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "controller lock poisoned",
+            )
+        })?;
         f(&mut guard).map_err(ApiError::from)
     })
     .await
@@ -123,7 +140,10 @@ async fn status(State(state): State<AppState>) -> ApiResult {
     Ok(Json(v))
 }
 
-async fn create_session(State(state): State<AppState>, body: Result<Json<SessionRequest>, JsonRejection>) -> ApiResult {
+async fn create_session(
+    State(state): State<AppState>,
+    body: Result<Json<SessionRequest>, JsonRejection>,
+) -> ApiResult {
     let Json(req) = body?;
     to_json(with_controller(&state, move |c| c.create_session(&req)).await?)
 }
@@ -168,7 +188,10 @@ async fn attach_runtime(
     Ok(Json(json!({"attached": req.pid})))
 }
 
-async fn declare_call(State(state): State<AppState>, body: Result<Json<CallRequest>, JsonRejection>) -> ApiResult {
+async fn declare_call(
+    State(state): State<AppState>,
+    body: Result<Json<CallRequest>, JsonRejection>,
+) -> ApiResult {
     let Json(req) = body?;
     let grant = with_controller(&state, move |c| c.declare_call(&req)).await?;
     supervisor::arm_timeout(state.controller.clone(), grant.call_id);

@@ -11,7 +11,11 @@ pub struct Args {
     #[arg(long, default_value = "/sys/fs/cgroup/agentcg", env = "AGENTCG_ROOT")]
     pub root: PathBuf,
     /// Unix socket of the API.
-    #[arg(long, default_value = "/run/agentcg/agentcg.sock", env = "AGENTCG_SOCKET")]
+    #[arg(
+        long,
+        default_value = "/run/agentcg/agentcg.sock",
+        env = "AGENTCG_SOCKET"
+    )]
     pub socket: PathBuf,
     /// Where sessions and the call history are kept.
     #[arg(long, default_value = "/var/lib/agentcg", env = "AGENTCG_STATE_DIR")]

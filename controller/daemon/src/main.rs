@@ -18,7 +18,10 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     let args = args::Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AGENTCG_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AGENTCG_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -46,7 +49,9 @@ async fn run(args: args::Args) -> Result<(), String> {
             Ok(())
         }
         Err(why) => {
-            tracing::warn!("telemetry BPF programs not loaded ({why}); calls run without process counts");
+            tracing::warn!(
+                "telemetry BPF programs not loaded ({why}); calls run without process counts"
+            );
             Err(why)
         }
     };
@@ -57,8 +62,11 @@ async fn run(args: args::Args) -> Result<(), String> {
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
     let state = api::AppState::new(shared.clone(), status);
     tokio::spawn(supervisor::sweep_loop(shared.clone()));
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(supervisor::shutdown_signal());
-    let result = server.await.map_err(|e| format!("serving {}: {e}", args.socket.display()));
+    let server = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(supervisor::shutdown_signal());
+    let result = server
+        .await
+        .map_err(|e| format!("serving {}: {e}", args.socket.display()));
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!("agentcgd stopped");
     result

@@ -91,7 +91,11 @@ pub fn modes(k: &KernelFeatures) -> Vec<Mode> {
         },
         Mode {
             part: "pids",
-            mode: if has("pids") { "pids.max".into() } else { "none: pids controller missing".into() },
+            mode: if has("pids") {
+                "pids.max".into()
+            } else {
+                "none: pids controller missing".into()
+            },
         },
     ];
     modes.push(Mode {

@@ -20,11 +20,16 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, String> {
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("another agentcgd is listening on {}", path.display()));
+            return Err(format!(
+                "another agentcgd is listening on {}",
+                path.display()
+            ));
         }
-        std::fs::remove_file(path).map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| format!("binding {}: {e}", path.display()))?;
     Ok(listener)
 }
 
@@ -56,7 +61,10 @@ pub async fn sweep_loop(shared: Shared) {
     loop {
         tick.tick().await;
         let shared = shared.clone();
-        let swept = tokio::task::spawn_blocking(move || shared.lock().map(|mut c| c.sweep()).unwrap_or_default()).await;
+        let swept = tokio::task::spawn_blocking(move || {
+            shared.lock().map(|mut c| c.sweep()).unwrap_or_default()
+        })
+        .await;
         for rec in swept.unwrap_or_default() {
             tracing::warn!(call_id = rec.call_id, session = %rec.session, "call abandoned by its client; cleaned up");
         }
@@ -66,7 +74,10 @@ pub async fn sweep_loop(shared: Shared) {
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

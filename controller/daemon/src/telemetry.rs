@@ -41,8 +41,18 @@ impl CallObserver for BpfObserver {
 pub fn load() -> Result<(BpfObserver, Arc<Telemetry>), String> {
     let telemetry = Arc::new(Telemetry::load().map_err(|e| e.to_string())?);
     let t = telemetry.timings();
-    tracing::info!(open_ms = t.open.as_millis(), load_ms = t.load.as_millis(), attach_ms = t.attach.as_millis(), "telemetry BPF programs attached");
-    Ok((BpfObserver { telemetry: telemetry.clone() }, telemetry))
+    tracing::info!(
+        open_ms = t.open.as_millis(),
+        load_ms = t.load.as_millis(),
+        attach_ms = t.attach.as_millis(),
+        "telemetry BPF programs attached"
+    );
+    Ok((
+        BpfObserver {
+            telemetry: telemetry.clone(),
+        },
+        telemetry,
+    ))
 }
 
 /// Drains the ring buffer on a dedicated thread, logging each process event.

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().unwrap_or(0)).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap_or(0))
+        .collect();
     let total_mib = args.first().copied().unwrap_or(64);
     let hold = Duration::from_millis(args.get(1).copied().unwrap_or(0));
     let chunk_mib = args.get(2).copied().unwrap_or(16).max(1);

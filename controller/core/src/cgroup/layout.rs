@@ -67,8 +67,14 @@ mod tests {
     #[test]
     fn paths() {
         let l = Layout::new("/cg/agentcg");
-        assert_eq!(l.call("s", 42).path(), Path::new("/cg/agentcg/session-s/calls/call-000042"));
-        assert_eq!(l.runtime("s").path(), Path::new("/cg/agentcg/session-s/runtime"));
+        assert_eq!(
+            l.call("s", 42).path(),
+            Path::new("/cg/agentcg/session-s/calls/call-000042")
+        );
+        assert_eq!(
+            l.runtime("s").path(),
+            Path::new("/cg/agentcg/session-s/runtime")
+        );
         assert_eq!(parse_call_dir(&call_dir_name(1234567)), Some(1234567));
         assert_eq!(parse_call_dir("call-x"), None);
     }

@@ -83,7 +83,13 @@ impl Cgroup {
         }
     }
 
-    fn io(&self, op: &'static str, path: &Path, value: Option<&str>, source: std::io::Error) -> CgroupError {
+    fn io(
+        &self,
+        op: &'static str,
+        path: &Path,
+        value: Option<&str>,
+        source: std::io::Error,
+    ) -> CgroupError {
         CgroupError::Io {
             op,
             path: path.to_path_buf(),
@@ -140,7 +146,11 @@ impl Cgroup {
 
     /// Pids of the processes directly in this cgroup.
     pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
-        Ok(self.read(PROCS)?.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        Ok(self
+            .read(PROCS)?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
     }
 
     /// Moves a process into this cgroup.
@@ -202,7 +212,11 @@ impl Cgroup {
 
     fn count_procs_recursive(&self) -> usize {
         let own = self.procs().map(|p| p.len()).unwrap_or(0);
-        own + self.children().iter().map(Cgroup::count_procs_recursive).sum::<usize>()
+        own + self
+            .children()
+            .iter()
+            .map(Cgroup::count_procs_recursive)
+            .sum::<usize>()
     }
 
     /// Child cgroups.
@@ -227,7 +241,10 @@ impl Cgroup {
             match std::fs::remove_dir(&self.path) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < Duration::from_secs(2) => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && start.elapsed() < Duration::from_secs(2) =>
+                {
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Err(source) => return Err(self.io("rmdir", &self.path, None, source)),
@@ -238,7 +255,11 @@ impl Cgroup {
 
 /// `"123"` → 123, `"max"` → `u64::MAX`.
 pub fn parse_u64_or_max(text: &str) -> Option<u64> {
-    if text == "max" { Some(u64::MAX) } else { text.parse().ok() }
+    if text == "max" {
+        Some(u64::MAX)
+    } else {
+        text.parse().ok()
+    }
 }
 
 /// Parses `key value` lines.
@@ -257,7 +278,11 @@ pub fn parse_flat_keyed(text: &str) -> Result<Vec<(String, u64)>, String> {
 
 /// The value of `key` in flat-keyed pairs, 0 when absent.
 pub fn flat_get(pairs: &[(String, u64)], key: &str) -> u64 {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| *v).unwrap_or(0)
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| *v)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -280,7 +305,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cg = Cgroup::new(dir.path().join("nope"));
         let err = cg.write("memory.max", "64M").unwrap_err().to_string();
-        assert!(err.contains("nope/memory.max") && err.contains("`64M`"), "{err}");
+        assert!(
+            err.contains("nope/memory.max") && err.contains("`64M`"),
+            "{err}"
+        );
     }
 
     #[test]
