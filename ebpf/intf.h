@@ -57,4 +57,86 @@ _Static_assert(__builtin_offsetof(struct tele_event, cgid) == 8, "tele_event.cgi
 _Static_assert(__builtin_offsetof(struct tele_event, ts_ns) == 16, "tele_event.ts_ns");
 _Static_assert(__builtin_offsetof(struct tele_event, comm) == 24, "tele_event.comm");
 
+/* ---- agentcg_sched (sched.bpf.c): the sched_ext scheduler's maps ---- */
+
+/*
+ * Scheduling classes of struct sched_policy (its `class` field). Classes are latency
+ * tiers; CPU shares come from weights (see sched.bpf.c):
+ *  RUNTIME: agent runtimes; a waking task preempts tool-call tasks (bounded by its share).
+ *  HIGH/NORMAL/LOW: tool calls; how much wake-up credit a task that slept gets.
+ */
+#define SCHED_CLASS_NORMAL  0
+#define SCHED_CLASS_RUNTIME 1
+#define SCHED_CLASS_HIGH    2
+#define SCHED_CLASS_LOW     3
+
+/* Bits of struct sched_policy.flags. */
+#define SCHED_FLAG_MEM_PRESSURE (1ULL << 0) /* over memory.high / under pressure: deprioritize */
+
+/* Largest weight a policy may carry (cgroup v2 cpu.weight range is 1..10000). */
+#define SCHED_WEIGHT_MAX 10000
+
+/* Capacity of the `policies` and `usage` maps: agentcg cgroups scheduled at once. */
+#define AGENTCG_SCHED_MAX_POLICIES 16384
+
+/* Capacity of the internal `cgrps` map: every cgroup of the host with the cpu controller. */
+#define AGENTCG_SCHED_MAX_CGROUPS 65536
+
+/* Size of the `budget_events` ring buffer in bytes. */
+#define AGENTCG_SCHED_EVENTS_BYTES (64 * 1024)
+
+/* Values of the `ctrl` map's single u32 (test-only: makes the scheduler exit). */
+#define SCHED_CTRL_NONE  0
+#define SCHED_CTRL_EXIT  1 /* scx_bpf_exit(): a clean, requested unregistration */
+#define SCHED_CTRL_ERROR 2 /* scx_bpf_error(): an error exit, as a bug would cause */
+
+/* Exit code passed to scx_bpf_exit() for SCHED_CTRL_EXIT. */
+#define SCHED_EXIT_CODE_REQUESTED 64
+
+/*
+ * Value of the `policies` hash map, keyed by cgroup id (__u64). Userspace writes it
+ * when it creates a session or call cgroup, before the first task runs there.
+ */
+struct sched_policy {
+	__u32 class;     /* SCHED_CLASS_* */
+	__u32 weight;    /* 1..SCHED_WEIGHT_MAX overrides the cgroup's cpu.weight; 0 follows it */
+	__u64 budget_ns; /* cumulative CPU budget in ns; 0 = none */
+	__u64 flags;     /* SCHED_FLAG_* */
+};
+
+/*
+ * Value of the `usage` hash map, keyed by cgroup id. Userspace inserts it zeroed with
+ * the policy; the scheduler accumulates the CPU time of the cgroup's own tasks.
+ */
+struct sched_usage {
+	__u64 runtime_ns;   /* cumulative CPU time charged to the cgroup */
+	__u64 exhausted;    /* 1 once runtime_ns reached the policy's budget_ns */
+	__u64 exhausted_ns; /* bpf_ktime_get_ns() when it did, 0 if not */
+};
+
+/* One record of the `budget_events` ring buffer: a cgroup used up its CPU budget. */
+struct sched_budget_event {
+	__u64 cgid;      /* the cgroup */
+	__u64 used_ns;   /* its runtime_ns when the budget was found exhausted */
+	__u64 budget_ns; /* the budget it exceeded */
+	__u64 ts_ns;     /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the detection */
+};
+
+_Static_assert(sizeof(struct sched_policy) == 24, "sched_policy ABI size");
+_Static_assert(__builtin_offsetof(struct sched_policy, class) == 0, "sched_policy.class");
+_Static_assert(__builtin_offsetof(struct sched_policy, weight) == 4, "sched_policy.weight");
+_Static_assert(__builtin_offsetof(struct sched_policy, budget_ns) == 8, "sched_policy.budget_ns");
+_Static_assert(__builtin_offsetof(struct sched_policy, flags) == 16, "sched_policy.flags");
+
+_Static_assert(sizeof(struct sched_usage) == 24, "sched_usage ABI size");
+_Static_assert(__builtin_offsetof(struct sched_usage, runtime_ns) == 0, "sched_usage.runtime_ns");
+_Static_assert(__builtin_offsetof(struct sched_usage, exhausted) == 8, "sched_usage.exhausted");
+_Static_assert(__builtin_offsetof(struct sched_usage, exhausted_ns) == 16, "sched_usage.exhausted_ns");
+
+_Static_assert(sizeof(struct sched_budget_event) == 32, "sched_budget_event ABI size");
+_Static_assert(__builtin_offsetof(struct sched_budget_event, cgid) == 0, "sched_budget_event.cgid");
+_Static_assert(__builtin_offsetof(struct sched_budget_event, used_ns) == 8, "sched_budget_event.used_ns");
+_Static_assert(__builtin_offsetof(struct sched_budget_event, budget_ns) == 16, "sched_budget_event.budget_ns");
+_Static_assert(__builtin_offsetof(struct sched_budget_event, ts_ns) == 24, "sched_budget_event.ts_ns");
+
 #endif /* __AGENTCG_INTF_H */

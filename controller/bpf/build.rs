@@ -1,5 +1,7 @@
 //! Compiles `ebpf/telemetry.bpf.c` with clang (env `BPF_CLANG`, default `clang-19`, see
-//! DESIGN.md §4) and generates its libbpf-rs skeleton into `OUT_DIR`.
+//! DESIGN.md §4) and generates its libbpf-rs skeleton into `OUT_DIR`; does the same for
+//! the sched_ext scheduler `ebpf/sched.bpf.c` through scx_cargo's `BpfBuilder`, which
+//! supplies the sched_ext headers (`scx/common.bpf.h`, UEI) and the base flags.
 
 use std::env;
 use std::path::PathBuf;
@@ -12,7 +14,7 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let clang = env::var("BPF_CLANG").unwrap_or_else(|_| "clang-19".to_owned());
 
-    for file in ["telemetry.bpf.c", "intf.h", "vmlinux.h"] {
+    for file in ["telemetry.bpf.c", "sched.bpf.c", "intf.h", "vmlinux.h"] {
         println!("cargo:rerun-if-changed={}", ebpf.join(file).display());
     }
     println!("cargo:rerun-if-env-changed=BPF_CLANG");
@@ -40,5 +42,23 @@ fn main() {
         .build_and_generate(out.join("telemetry.skel.rs"));
     if let Err(err) = result {
         panic!("building {} with {clang}: {err:#}", src.display());
+    }
+    build_sched(&ebpf);
+}
+
+/// The scheduler: scx headers from scx_cargo, our `ebpf/` first on the include path so
+/// that `vmlinux.h` is the one generated from the 7.3.4 kernel (DESIGN.md §4 pitfall 4).
+fn build_sched(ebpf: &std::path::Path) {
+    let src = ebpf.join("sched.bpf.c");
+    let result = scx_cargo::BpfBuilder::new().and_then(|mut b| {
+        b.add_include_path(&ebpf.display().to_string())
+            .add_cflag("-fms-extensions")
+            .add_cflag("-Wno-microsoft-anon-tag")
+            .add_cflag("-Werror")
+            .enable_skel(&src.display().to_string(), "sched")
+            .build()
+    });
+    if let Err(err) = result {
+        panic!("building {} with scx_cargo: {err:#}", src.display());
     }
 }

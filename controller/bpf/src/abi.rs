@@ -1,4 +1,5 @@
-//! Rust mirrors of `ebpf/intf.h`, the ABI shared with the BPF programs.
+//! Rust mirrors of `ebpf/intf.h`, the ABI shared with the BPF programs (the telemetry
+//! programs and the `agentcg_sched` scheduler).
 //!
 //! Written by hand rather than with bindgen (libbpf-cargo does not pull bindgen in, and
 //! two plain structs do not justify it): every size and field offset is asserted here at
@@ -7,6 +8,7 @@
 //! object's BTF. Decoding goes through byte offsets, so no `unsafe` is needed.
 
 use std::mem::{offset_of, size_of};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -156,6 +158,233 @@ impl TeleEvent {
     }
 }
 
+// ---- agentcg_sched (ebpf/sched.bpf.c) ----
+
+/// `AGENTCG_SCHED_MAX_POLICIES` in `intf.h`: capacity of the `policies` and `usage` maps.
+pub const SCHED_MAX_POLICIES: u32 = 16384;
+/// `AGENTCG_SCHED_MAX_CGROUPS` in `intf.h`: capacity of the scheduler's per-cgroup nodes.
+pub const SCHED_MAX_CGROUPS: u32 = 65536;
+/// `AGENTCG_SCHED_EVENTS_BYTES` in `intf.h`: size of the `budget_events` ring buffer.
+pub const SCHED_EVENTS_BYTES: u32 = 64 * 1024;
+/// `SCHED_WEIGHT_MAX` in `intf.h`: the largest policy weight (cgroup v2 `cpu.weight` range).
+pub const SCHED_WEIGHT_MAX: u32 = 10000;
+/// `SCHED_CTRL_EXIT` in `intf.h`.
+pub(crate) const SCHED_CTRL_EXIT: u32 = 1;
+/// `SCHED_CTRL_ERROR` in `intf.h`.
+pub(crate) const SCHED_CTRL_ERROR: u32 = 2;
+/// `SCHED_EXIT_CODE_REQUESTED` in `intf.h`: exit code of a requested exit.
+pub const SCHED_EXIT_CODE_REQUESTED: i64 = 64;
+
+/// The scheduling class of a cgroup (`SCHED_CLASS_*` in `intf.h`). Classes are latency
+/// tiers; CPU shares come from weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedClass {
+    /// A tool call of a normal-priority session: the default wake-up credit.
+    #[default]
+    Normal,
+    /// An agent runtime: a waking task preempts tool-call tasks (while its cgroup has
+    /// not used much more than its share).
+    Runtime,
+    /// A tool call of a high-priority session: twice the wake-up credit.
+    High,
+    /// A tool call of a low-priority session: no wake-up credit.
+    Low,
+}
+
+impl SchedClass {
+    fn to_raw(self) -> u32 {
+        match self {
+            Self::Normal => 0,
+            Self::Runtime => 1,
+            Self::High => 2,
+            Self::Low => 3,
+        }
+    }
+
+    fn from_raw(raw: u32) -> Option<Self> {
+        Some(match raw {
+            0 => Self::Normal,
+            1 => Self::Runtime,
+            2 => Self::High,
+            3 => Self::Low,
+            _ => return None,
+        })
+    }
+}
+
+/// Flags of a cgroup's policy (`SCHED_FLAG_*` in `intf.h`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct SchedFlags(pub u64);
+
+impl SchedFlags {
+    /// No flag.
+    pub const NONE: Self = Self(0);
+    /// The memory side saw the cgroup over `memory.high` or under pressure: its weight
+    /// is divided (default by 4) and it gets no wake-up credit, so it allocates slower.
+    pub const MEM_PRESSURE: Self = Self(1);
+
+    /// Whether every bit of `other` is set.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// These flags with `other`'s bits set.
+    #[must_use]
+    pub fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// These flags with `other`'s bits cleared.
+    #[must_use]
+    pub fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+}
+
+/// What the scheduler applies to one cgroup (`struct sched_policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CgroupPolicy {
+    /// The latency class.
+    pub class: SchedClass,
+    /// 1..=10000 overrides the cgroup's `cpu.weight` among its siblings; 0 follows it.
+    pub weight: u32,
+    /// Cumulative CPU budget; when used up the cgroup is capped at a floor share and
+    /// one [`BudgetEvent`] is emitted. `None`: no budget.
+    pub budget: Option<Duration>,
+    /// Flags such as [`SchedFlags::MEM_PRESSURE`].
+    pub flags: SchedFlags,
+}
+
+/// Layout mirror of `struct sched_policy`.
+#[repr(C)]
+#[allow(dead_code)]
+struct RawSchedPolicy {
+    class: u32,
+    weight: u32,
+    budget_ns: u64,
+    flags: u64,
+}
+
+const _: () = assert!(size_of::<RawSchedPolicy>() == 24);
+const _: () = assert!(offset_of!(RawSchedPolicy, class) == 0);
+const _: () = assert!(offset_of!(RawSchedPolicy, weight) == 4);
+const _: () = assert!(offset_of!(RawSchedPolicy, budget_ns) == 8);
+const _: () = assert!(offset_of!(RawSchedPolicy, flags) == 16);
+
+impl CgroupPolicy {
+    /// Size of the C struct in bytes.
+    pub const SIZE: usize = size_of::<RawSchedPolicy>();
+
+    /// Encodes as map value bytes. A zero budget becomes 1 ns (exhausted at once).
+    pub(crate) fn to_bytes(self) -> [u8; Self::SIZE] {
+        let budget_ns = self
+            .budget
+            .map_or(0, |b| u64::try_from(b.as_nanos()).unwrap_or(u64::MAX).max(1));
+        let mut out = [0u8; Self::SIZE];
+        out[0..4].copy_from_slice(&self.class.to_raw().to_ne_bytes());
+        out[4..8].copy_from_slice(&self.weight.to_ne_bytes());
+        out[8..16].copy_from_slice(&budget_ns.to_ne_bytes());
+        out[16..24].copy_from_slice(&self.flags.0.to_ne_bytes());
+        out
+    }
+
+    /// Decodes map value bytes; `None` if the size or the class is wrong.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        let budget_ns = u64_at(bytes, offset_of!(RawSchedPolicy, budget_ns))?;
+        Some(Self {
+            class: SchedClass::from_raw(u32_at(bytes, offset_of!(RawSchedPolicy, class))?)?,
+            weight: u32_at(bytes, offset_of!(RawSchedPolicy, weight))?,
+            budget: (budget_ns != 0).then(|| Duration::from_nanos(budget_ns)),
+            flags: SchedFlags(u64_at(bytes, offset_of!(RawSchedPolicy, flags))?),
+        })
+    }
+}
+
+/// The CPU time the scheduler charged to one agentcg cgroup (`struct sched_usage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[repr(C)]
+pub struct CgroupUsage {
+    /// Cumulative CPU time of the cgroup's own tasks, in ns.
+    pub runtime_ns: u64,
+    /// 1 once `runtime_ns` reached the policy's budget.
+    pub exhausted: u64,
+    /// `CLOCK_MONOTONIC` ns when it did, 0 if not.
+    pub exhausted_ns: u64,
+}
+
+const _: () = assert!(size_of::<CgroupUsage>() == 24);
+const _: () = assert!(offset_of!(CgroupUsage, runtime_ns) == 0);
+const _: () = assert!(offset_of!(CgroupUsage, exhausted) == 8);
+const _: () = assert!(offset_of!(CgroupUsage, exhausted_ns) == 16);
+
+impl CgroupUsage {
+    /// Size of the C struct in bytes.
+    pub const SIZE: usize = size_of::<Self>();
+
+    /// Decodes map value bytes; `None` if the length is wrong.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        Some(Self {
+            runtime_ns: u64_at(bytes, 0)?,
+            exhausted: u64_at(bytes, 8)?,
+            exhausted_ns: u64_at(bytes, 16)?,
+        })
+    }
+
+    /// Encodes as map value bytes.
+    pub(crate) fn to_bytes(self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[0..8].copy_from_slice(&self.runtime_ns.to_ne_bytes());
+        out[8..16].copy_from_slice(&self.exhausted.to_ne_bytes());
+        out[16..24].copy_from_slice(&self.exhausted_ns.to_ne_bytes());
+        out
+    }
+}
+
+/// A cgroup used up its CPU budget (`struct sched_budget_event`), emitted once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[repr(C)]
+pub struct BudgetEvent {
+    /// The cgroup id.
+    pub cgid: u64,
+    /// Its cumulative CPU time when the scheduler found the budget exhausted, in ns.
+    pub used_ns: u64,
+    /// The budget, in ns.
+    pub budget_ns: u64,
+    /// `CLOCK_MONOTONIC` ns of the detection.
+    pub ts_ns: u64,
+}
+
+const _: () = assert!(size_of::<BudgetEvent>() == 32);
+const _: () = assert!(offset_of!(BudgetEvent, cgid) == 0);
+const _: () = assert!(offset_of!(BudgetEvent, used_ns) == 8);
+const _: () = assert!(offset_of!(BudgetEvent, budget_ns) == 16);
+const _: () = assert!(offset_of!(BudgetEvent, ts_ns) == 24);
+
+impl BudgetEvent {
+    /// Size of the C record in bytes.
+    pub const SIZE: usize = size_of::<Self>();
+
+    /// Decodes a ring-buffer record; `None` if the size is wrong.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        Some(Self {
+            cgid: u64_at(bytes, 0)?,
+            used_ns: u64_at(bytes, 8)?,
+            budget_ns: u64_at(bytes, 16)?,
+            ts_ns: u64_at(bytes, 24)?,
+        })
+    }
+}
+
 fn u64_at(bytes: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(
         bytes.get(off..off + 8)?.try_into().ok()?,
@@ -257,5 +486,64 @@ mod tests {
         .expect("serializes");
         assert_eq!(c["execs"], 3);
         assert_eq!(c["last_exit_ns"], 0);
+    }
+
+    #[test]
+    fn policies_round_trip_through_bytes() {
+        let p = CgroupPolicy {
+            class: SchedClass::Low,
+            weight: 250,
+            budget: Some(Duration::from_secs(2)),
+            flags: SchedFlags::MEM_PRESSURE,
+        };
+        let b = p.to_bytes();
+        assert_eq!(&b[0..4], &3u32.to_ne_bytes());
+        assert_eq!(&b[8..16], &2_000_000_000u64.to_ne_bytes());
+        assert_eq!(CgroupPolicy::from_bytes(&b), Some(p));
+        assert_eq!(CgroupPolicy::from_bytes(&b[..23]), None);
+        let none = CgroupPolicy::default();
+        assert_eq!(CgroupPolicy::from_bytes(&none.to_bytes()), Some(none));
+        let zero = CgroupPolicy {
+            budget: Some(Duration::ZERO),
+            ..none
+        };
+        assert_eq!(&zero.to_bytes()[8..16], &1u64.to_ne_bytes(), "a zero budget is exhausted at once");
+        let mut bad = b;
+        bad[0] = 9;
+        assert_eq!(CgroupPolicy::from_bytes(&bad), None, "unknown class");
+    }
+
+    #[test]
+    fn flags_compose() {
+        let f = SchedFlags::NONE.with(SchedFlags::MEM_PRESSURE);
+        assert!(f.contains(SchedFlags::MEM_PRESSURE));
+        assert_eq!(f.without(SchedFlags::MEM_PRESSURE), SchedFlags::NONE);
+    }
+
+    #[test]
+    fn usage_and_budget_events_decode() {
+        let u = CgroupUsage {
+            runtime_ns: 5,
+            exhausted: 1,
+            exhausted_ns: 7,
+        };
+        assert_eq!(CgroupUsage::from_bytes(&u.to_bytes()), Some(u));
+        assert_eq!(CgroupUsage::from_bytes(&[0u8; 16]), None);
+        let mut raw = Vec::new();
+        for v in [11u64, 22, 33, 44] {
+            raw.extend_from_slice(&v.to_ne_bytes());
+        }
+        assert_eq!(
+            BudgetEvent::decode(&raw),
+            Some(BudgetEvent {
+                cgid: 11,
+                used_ns: 22,
+                budget_ns: 33,
+                ts_ns: 44
+            })
+        );
+        assert_eq!(BudgetEvent::decode(&raw[..31]), None);
+        let v = serde_json::to_value(SchedClass::Runtime).expect("serializes");
+        assert_eq!(v, "runtime");
     }
 }
