@@ -6,6 +6,11 @@
 # (c) `agentcg run -- /bin/true`. Arm (c) is left out, with the reason printed, when the
 # agentcg binaries are missing or the daemon does not come up.
 #
+# Every executable the arms start (true, sh, agentcg) runs from the guest's tmpfs, as from
+# the page cache on a real machine: under emulation an exec from the 9p-shared host tree
+# costs 10-20 ms more (measured: /bin/true p50 63 ms from 9p, 42 ms from tmpfs), which
+# would tilt the comparison. xtask's guest script stages agentcg the same way.
+#
 # Environment (set by xtask): AGENTCG_BIN_DIR, CALLBENCH (the callbench binary), BENCH_OUT
 # (a directory the host can read), ITERATIONS, WARMUP; AGENTCG_UNAVAILABLE (optional) says
 # why arm (c) cannot run.
@@ -13,6 +18,8 @@ set -u
 : "${AGENTCG_BIN_DIR:?}" "${CALLBENCH:?}" "${BENCH_OUT:?}" "${ITERATIONS:?}" "${WARMUP:?}"
 
 SOCK=/tmp/agentcg.sock
+BIN=/tmp/bench-bin
+TRUE=$BIN/true
 REF_PARENT=/sys/fs/cgroup/bench-reference
 DAEMON_PID=
 
@@ -59,15 +66,20 @@ stop_daemon() {
 }
 
 mkdir -p "$BENCH_OUT" && rm -f "$BENCH_OUT/calls-raw.json"
+mkdir -p "$BIN" && cp /bin/true /bin/sh "$BIN/" || {
+  echo "calls.sh: cannot copy /bin/true and /bin/sh into $BIN"
+  exit 1
+}
 mkdir -p "$REF_PARENT" && echo '+memory +pids' > "$REF_PARENT/cgroup.subtree_control" || {
   echo "calls.sh: cannot set up $REF_PARENT for the reference arm"
   exit 1
 }
 
 set -- --iterations "$ITERATIONS" --warmup "$WARMUP" --out "$BENCH_OUT/calls-raw.json" \
-  --cgroup-parent "$REF_PARENT" --arm direct=/bin/true --reference-arm reference=/bin/true
+  --cgroup-parent "$REF_PARENT" --shell "$BIN/sh" \
+  --arm "direct=$TRUE" --reference-arm "reference=$TRUE"
 if start_daemon; then
-  set -- "$@" --arm "agentcg=$AGENTCG_BIN_DIR/agentcg --socket $SOCK run -- /bin/true"
+  set -- "$@" --arm "agentcg=$AGENTCG_BIN_DIR/agentcg --socket $SOCK run -- $TRUE"
 fi
 "$CALLBENCH" "$@"
 status=$?

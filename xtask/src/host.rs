@@ -61,7 +61,15 @@ impl Workspace {
     /// Builds the daemon `agentcgd` and the CLI `agentcg`; returns the directory holding them.
     pub fn build_agentcg(&self, release: bool) -> Result<PathBuf> {
         let mut cmd = self.cargo();
-        cmd.args(["build", "-p", "agentcg-daemon", "-p", "agentcg-cli", "-p", "agentcg-vmtests"]);
+        cmd.args([
+            "build",
+            "-p",
+            "agentcg-daemon",
+            "-p",
+            "agentcg-cli",
+            "-p",
+            "agentcg-vmtests",
+        ]);
         if release {
             cmd.arg("--release");
         }

@@ -1,7 +1,7 @@
 //! `cargo xtask bench calls`: per-call wall-clock cost in the VM (DESIGN.md §8) of
-//! (a) spawning /bin/true, (b) the reference approach (mkdir a cgroup, write limits,
-//! `sh -c 'echo $$ > cgroup.procs && exec /bin/true'`, rmdir) and (c) `agentcg run --
-//! /bin/true` against a running agentcgd. In one VM boot xtask/bench/calls.sh runs the
+//! (a) spawning `true`, (b) the reference approach (mkdir a cgroup, write limits,
+//! `sh -c 'echo $$ > cgroup.procs && exec true'`, rmdir) and (c) `agentcg run --
+//! true` against a running agentcgd. In one VM boot xtask/bench/calls.sh runs the
 //! callbench helper (src/bin/callbench.rs); the host turns its samples into DIR/calls.md
 //! (also printed) and DIR/calls.json. Release builds throughout.
 
@@ -19,12 +19,12 @@ use crate::vm::{self, Job, VmOptions, sh_quote_path};
 
 /// The arms in table order: callbench name and label.
 const ARMS: [(&str, &str); 3] = [
-    ("direct", "(a) spawn `/bin/true`"),
+    ("direct", "(a) spawn `true`"),
     (
         "reference",
-        "(b) reference: mkdir + limits + `sh -c 'echo $$ > cgroup.procs && exec /bin/true'` + rmdir",
+        "(b) reference: mkdir + limits + `sh -c 'echo $$ > cgroup.procs && exec true'` + rmdir",
     ),
-    ("agentcg", "(c) `agentcg run -- /bin/true`"),
+    ("agentcg", "(c) `agentcg run -- true`"),
 ];
 
 /// Target for (c−a)/(b−a): agentcg adds at most half the reference's overhead.
@@ -226,8 +226,8 @@ fn markdown(report: &Report, args: &Args) -> String {
     let mut md = format!(
         "# Per-call overhead (`cargo xtask bench calls`)\n\n\
          sched_ext VM (software-emulated, {} CPUs, {} memory, kernel {}): {} rounds after {} \
-         warm-up rounds, arm order rotated per round. Compare only within this setup \
-         (DESIGN.md §8).\n\n\
+         warm-up rounds, arm order rotated per round; `true`, `sh` and `agentcg` run from \
+         the guest's tmpfs. Compare only within this setup (DESIGN.md §8).\n\n\
          | arm | n | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---:|---:|---:|---:|---:|\n",
         args.vm.cpus,
         args.vm.memory,

@@ -11,12 +11,13 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: callbench --iterations N [--warmup N] --out FILE [--cgroup-parent DIR] ARM...
+usage: callbench --iterations N [--warmup N] --out FILE [--cgroup-parent DIR] [--shell SH] ARM...
   --arm NAME=CMD            each call spawns CMD (words split on whitespace) and waits
   --reference-arm NAME=CMD  each call does what DESIGN.md §8 calls the reference approach:
                             mkdir DIR/NAME-<round>, write its memory.max and pids.max,
-                            spawn sh -c 'echo $$ > DIR/NAME-<round>/cgroup.procs && exec CMD',
-                            wait, rmdir (needs --cgroup-parent DIR before it)";
+                            spawn SH -c 'echo $$ > DIR/NAME-<round>/cgroup.procs && exec CMD',
+                            wait, rmdir (needs --cgroup-parent DIR and --shell SH, default sh,
+                            before it)";
 
 /// Limits the reference arm writes into each per-call cgroup.
 const REFERENCE_LIMITS: [(&str, &str); 2] = [("memory.max", "536870912"), ("pids.max", "64")];
@@ -24,7 +25,7 @@ const REFERENCE_LIMITS: [(&str, &str); 2] = [("memory.max", "536870912"), ("pids
 #[derive(Debug)]
 enum Kind {
     Spawn,
-    Reference { parent: PathBuf },
+    Reference { parent: PathBuf, shell: String },
 }
 
 #[derive(Debug)]
@@ -70,6 +71,7 @@ fn main() -> ExitCode {
 
 fn parse_args(args: Vec<String>) -> Result<Config, String> {
     let (mut iterations, mut warmup, mut out, mut parent) = (None, 0, None, None);
+    let mut shell = "sh".to_owned();
     let mut arms = Vec::new();
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
@@ -79,12 +81,14 @@ fn parse_args(args: Vec<String>) -> Result<Config, String> {
             "--warmup" => warmup = parse_count(&flag, &value)?,
             "--out" => out = Some(PathBuf::from(value)),
             "--cgroup-parent" => parent = Some(PathBuf::from(value)),
+            "--shell" => shell = value,
             "--arm" => arms.push(parse_arm(&value, Kind::Spawn)?),
             "--reference-arm" => {
                 let parent = parent
                     .clone()
                     .ok_or("--reference-arm needs --cgroup-parent before it")?;
-                arms.push(parse_arm(&value, Kind::Reference { parent })?);
+                let shell = shell.clone();
+                arms.push(parse_arm(&value, Kind::Reference { parent, shell })?);
             }
             _ => return Err(format!("unknown option {flag}")),
         }
@@ -155,13 +159,13 @@ impl Arm {
         let start = Instant::now();
         match &self.kind {
             Kind::Spawn => spawn(&self.command)?,
-            Kind::Reference { parent } => self.reference_call(parent, round)?,
+            Kind::Reference { parent, shell } => self.reference_call(parent, shell, round)?,
         }
         Ok(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
-    /// mkdir, limits, `sh -c 'echo $$ > cgroup.procs && exec CMD'`, rmdir.
-    fn reference_call(&self, parent: &Path, round: usize) -> Result<(), String> {
+    /// mkdir, limits, `SH -c 'echo $$ > cgroup.procs && exec CMD'`, rmdir.
+    fn reference_call(&self, parent: &Path, shell: &str, round: usize) -> Result<(), String> {
         let cgroup = parent.join(format!("{}-{round}", self.name));
         fs::create_dir(&cgroup).map_err(|err| format!("mkdir {}: {err}", cgroup.display()))?;
         let result = REFERENCE_LIMITS
@@ -177,7 +181,7 @@ impl Arm {
                     procs.display(),
                     self.command.join(" ")
                 );
-                spawn(&["sh".to_owned(), "-c".to_owned(), script])
+                spawn(&[shell.to_owned(), "-c".to_owned(), script])
             });
         let removed =
             fs::remove_dir(&cgroup).map_err(|err| format!("rmdir {}: {err}", cgroup.display()));
