@@ -278,9 +278,9 @@ impl CgroupPolicy {
 
     /// Encodes as map value bytes. A zero budget becomes 1 ns (exhausted at once).
     pub(crate) fn to_bytes(self) -> [u8; Self::SIZE] {
-        let budget_ns = self
-            .budget
-            .map_or(0, |b| u64::try_from(b.as_nanos()).unwrap_or(u64::MAX).max(1));
+        let budget_ns = self.budget.map_or(0, |b| {
+            u64::try_from(b.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
         let mut out = [0u8; Self::SIZE];
         out[0..4].copy_from_slice(&self.class.to_raw().to_ne_bytes());
         out[4..8].copy_from_slice(&self.weight.to_ne_bytes());
@@ -507,7 +507,11 @@ mod tests {
             budget: Some(Duration::ZERO),
             ..none
         };
-        assert_eq!(&zero.to_bytes()[8..16], &1u64.to_ne_bytes(), "a zero budget is exhausted at once");
+        assert_eq!(
+            &zero.to_bytes()[8..16],
+            &1u64.to_ne_bytes(),
+            "a zero budget is exhausted at once"
+        );
         let mut bad = b;
         bad[0] = 9;
         assert_eq!(CgroupPolicy::from_bytes(&bad), None, "unknown class");

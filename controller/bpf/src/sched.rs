@@ -28,8 +28,8 @@ use scx_utils::scx_ops_attach;
 use serde::Serialize;
 
 use crate::abi::{
-    BudgetEvent, CgroupPolicy, CgroupUsage, SCHED_CTRL_ERROR, SCHED_CTRL_EXIT,
-    SCHED_MAX_POLICIES, SCHED_WEIGHT_MAX, SchedFlags,
+    BudgetEvent, CgroupPolicy, CgroupUsage, SCHED_CTRL_ERROR, SCHED_CTRL_EXIT, SCHED_MAX_POLICIES,
+    SCHED_WEIGHT_MAX, SchedFlags,
 };
 use crate::error::BpfError;
 use crate::libbpf_log::Capture;
@@ -131,7 +131,10 @@ impl ExitKind {
 
     /// Whether the exit is an error (as opposed to an unregistration).
     pub fn is_error(self) -> bool {
-        matches!(self, Self::Error | Self::ErrorBpf | Self::Stall | Self::Other(_))
+        matches!(
+            self,
+            Self::Error | Self::ErrorBpf | Self::Stall | Self::Other(_)
+        )
     }
 }
 
@@ -245,7 +248,11 @@ fn scx_error(err: &anyhow::Error) -> libbpf_rs::Error {
     libbpf_rs::Error::from(std::io::Error::other(format!("{err:#}")))
 }
 
-fn map_err(op: &'static str, map: &'static str, cgid: u64) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
+fn map_err(
+    op: &'static str,
+    map: &'static str,
+    cgid: u64,
+) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
     move |source| BpfError::Map {
         op,
         map,
@@ -445,7 +452,13 @@ impl Scheduler {
                 .maps
                 .usage
                 .update(&key, &CgroupUsage::default().to_bytes(), MapFlags::NO_EXIST)
-                .or_else(|e| if e.kind() == ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .or_else(|e| {
+                    if e.kind() == ErrorKind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(|source| self.insert_error(USAGE, cgid, source)),
             Some(u) if u.exhausted != 0 && policy.budget.is_none_or(|b| ns(b) > u.runtime_ns) => {
                 let rearmed = CgroupUsage {
@@ -528,11 +541,11 @@ impl Scheduler {
     /// the kernel destroys it (`ops.cgroup_exit`).
     pub fn remove_cgroup(&self, cgid: u64) -> Result<Option<CgroupUsage>, BpfError> {
         let key = cgid.to_ne_bytes();
-        let usage = self
-            .maps
-            .usage
-            .lookup_and_delete(&key)
-            .map_err(map_err("lookup-and-delete", USAGE, cgid))?;
+        let usage = self.maps.usage.lookup_and_delete(&key).map_err(map_err(
+            "lookup-and-delete",
+            USAGE,
+            cgid,
+        ))?;
         if let Err(source) = self.maps.policies.delete(&key)
             && source.kind() != ErrorKind::NotFound
         {
@@ -678,7 +691,11 @@ impl Scheduler {
     /// (`error == false`, `scx_bpf_exit`) or as an error (`scx_bpf_error`). Has no effect
     /// unless it was loaded with [`SchedOptions::allow_forced_exit`].
     pub fn force_exit(&self, error: bool) -> Result<(), BpfError> {
-        let cmd = if error { SCHED_CTRL_ERROR } else { SCHED_CTRL_EXIT };
+        let cmd = if error {
+            SCHED_CTRL_ERROR
+        } else {
+            SCHED_CTRL_EXIT
+        };
         self.maps
             .ctrl
             .update(&0u32.to_ne_bytes(), &cmd.to_ne_bytes(), MapFlags::ANY)
@@ -732,7 +749,10 @@ mod tests {
         assert_eq!(m.budget_events.max_entries(), SCHED_EVENTS_BYTES);
         assert_eq!(m.ctrl.value_size(), 4);
         assert_eq!(ops_name(&open), SCHED_NAME);
-        assert_eq!(open.struct_ops.agentcg_ops().flags & SCX_OPS_SWITCH_PARTIAL, 0);
+        assert_eq!(
+            open.struct_ops.agentcg_ops().flags & SCX_OPS_SWITCH_PARTIAL,
+            0
+        );
     }
 
     #[test]
@@ -754,7 +774,10 @@ mod tests {
         assert_eq!(ro.budget_floor_pct, 1, "clamped to at least 1 %");
         assert_eq!(ro.mem_pressure_div, 4);
         assert!(ro.allow_forced_exit);
-        assert_ne!(open.struct_ops.agentcg_ops().flags & SCX_OPS_SWITCH_PARTIAL, 0);
+        assert_ne!(
+            open.struct_ops.agentcg_ops().flags & SCX_OPS_SWITCH_PARTIAL,
+            0
+        );
     }
 
     #[test]
