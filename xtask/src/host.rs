@@ -58,27 +58,59 @@ impl Workspace {
         cmd
     }
 
-    /// Builds the daemon `agentcgd` and the CLI `agentcg`; returns the directory holding them.
+    /// Builds the daemon `agentcgd`, the test tools and the CLI `agentcg`, and gathers
+    /// them in target/agentcg-bin/<profile>, which it returns.
+    ///
+    /// The CLI is linked statically (`+crt-static`, built for the explicit host target
+    /// so build scripts and proc macros stay dynamic): it is exec'd once per tool call,
+    /// and under emulation the dynamic loader dominates that exec (measured in the VM:
+    /// `agentcg --version` 82-137 ms dynamic, 9-25 ms static).
     pub fn build_agentcg(&self, release: bool) -> Result<PathBuf> {
         let mut cmd = self.cargo();
-        cmd.args([
-            "build",
-            "-p",
-            "agentcg-daemon",
-            "-p",
-            "agentcg-cli",
-            "-p",
-            "agentcg-vmtests",
-        ]);
+        cmd.args(["build", "-p", "agentcg-daemon", "-p", "agentcg-vmtests"]);
         if release {
             cmd.arg("--release");
         }
-        run(
-            &mut cmd,
-            "the daemon and the CLI must build on the host; fix the errors above",
-        )?;
-        Ok(self.profile_dir(release))
+        run(&mut cmd, "the daemon must build on the host; fix the errors above")?;
+        let mut cli = self.cargo();
+        cli.args(["build", "-p", "agentcg-cli", "--target", HOST_TARGET])
+            .env(STATIC_RUSTFLAGS_VAR, "-C target-feature=+crt-static");
+        if release {
+            cli.arg("--release");
+        }
+        run(&mut cli, "the static CLI must build on the host; fix the errors above")?;
+        let profile = if release { "release" } else { "debug" };
+        let dir = self.target.join("agentcg-bin").join(profile);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for entry in std::fs::read_dir(self.profile_dir(release))? {
+            let path = entry?.path();
+            if is_executable_file(&path) {
+                copy_into(&path, &dir)?;
+            }
+        }
+        copy_into(&self.target.join(HOST_TARGET).join(profile).join("agentcg"), &dir)?;
+        Ok(dir)
     }
+}
+
+/// The target the static CLI is built for (this project's machines are x86_64 Debian).
+const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// Rust flags for [`HOST_TARGET`] only (not for build scripts and proc macros).
+const STATIC_RUSTFLAGS_VAR: &str = "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS";
+
+fn is_executable_file(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Copies `file` into `dir` (replacing what is there), keeping its mode.
+fn copy_into(file: &std::path::Path, dir: &std::path::Path) -> Result<()> {
+    let name = file.file_name().with_context(|| format!("{} has no file name", file.display()))?;
+    let dest = dir.join(name);
+    let _ = std::fs::remove_file(&dest);
+    std::fs::copy(file, &dest)
+        .with_context(|| format!("cannot copy {} to {}", file.display(), dest.display()))?;
+    Ok(())
 }
 
 /// The cargo that runs xtask (`$CARGO`), else `cargo` from PATH.

@@ -202,14 +202,14 @@ fn guest_script(ws: &Workspace, files: &GuestFiles, job: &Job) -> String {
     )
 }
 
-/// Copies the agentcg binaries into the guest's tmpfs and points AGENTCG_BIN_DIR there:
-/// executables paged in over 9p under emulation start 4-5x slower (measured: `agentcg
-/// --version` 979 ms from the shared host tree, 253 ms from tmpfs), which would swamp
-/// every per-call figure.
+/// Copies the executables of AGENTCG_BIN_DIR into the guest's tmpfs and points
+/// AGENTCG_BIN_DIR there: executables paged in over 9p under emulation start 4-5x
+/// slower (measured: `agentcg --version` 979 ms from the shared host tree, 253 ms from
+/// tmpfs), which would swamp every per-call figure.
 const STAGE_BINARIES: &str = "if [ -n \"${AGENTCG_BIN_DIR:-}\" ]; then\n\
   mkdir -p /tmp/agentcg-bin\n\
-  for b in agentcg agentcgd memhog callbench; do\n\
-    [ -x \"$AGENTCG_BIN_DIR/$b\" ] && cp \"$AGENTCG_BIN_DIR/$b\" /tmp/agentcg-bin/\n\
+  for f in \"$AGENTCG_BIN_DIR\"/*; do\n\
+    [ -f \"$f\" ] && [ -x \"$f\" ] && cp \"$f\" /tmp/agentcg-bin/\n\
   done\n\
   export AGENTCG_BIN_DIR=/tmp/agentcg-bin\n\
 fi\n";

@@ -53,7 +53,7 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     if let Err(err) = &agentcg {
         eprintln!("[xtask] arm (c) will be skipped: {err:#}");
     }
-    let job = guest_job(ws, args, &callbench, agentcg.is_ok());
+    let job = guest_job(ws, args, &callbench, agentcg.as_deref().ok());
     let status = vm::run(ws, &args.vm, &job)?.check();
     let raw = match read_raw(&ws.vm_dir().join("bench/calls-raw.json")) {
         Ok(raw) => raw,
@@ -94,10 +94,11 @@ fn build_callbench(ws: &Workspace) -> Result<PathBuf> {
 }
 
 /// Runs xtask/bench/calls.sh with the release binaries.
-fn guest_job(ws: &Workspace, args: &Args, callbench: &Path, agentcg_built: bool) -> Job {
+fn guest_job(ws: &Workspace, args: &Args, callbench: &Path, bin_dir: Option<&Path>) -> Job {
     let path = |p: &Path| p.to_string_lossy().into_owned();
+    let agentcg_built = bin_dir.is_some();
     let mut env = vec![
-        ("AGENTCG_BIN_DIR", path(&ws.profile_dir(true))),
+        ("AGENTCG_BIN_DIR", path(bin_dir.unwrap_or(&ws.profile_dir(true)))),
         ("CALLBENCH", path(callbench)),
         ("BENCH_OUT", path(&ws.vm_dir().join("bench"))),
         ("ITERATIONS", args.iterations.to_string()),
