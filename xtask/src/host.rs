@@ -2,7 +2,9 @@
 //! directory are, and running programs so that a failure says what failed and what to do.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -71,24 +73,33 @@ impl Workspace {
         if release {
             cmd.arg("--release");
         }
-        run(&mut cmd, "the daemon must build on the host; fix the errors above")?;
+        run(
+            &mut cmd,
+            "the daemon must build on the host; fix the errors above",
+        )?;
         let mut cli = self.cargo();
         cli.args(["build", "-p", "agentcg-cli", "--target", HOST_TARGET])
             .env(STATIC_RUSTFLAGS_VAR, "-C target-feature=+crt-static");
         if release {
             cli.arg("--release");
         }
-        run(&mut cli, "the static CLI must build on the host; fix the errors above")?;
+        run(
+            &mut cli,
+            "the static CLI must build on the host; fix the errors above",
+        )?;
         let profile = if release { "release" } else { "debug" };
         let dir = self.target.join("agentcg-bin").join(profile);
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        for entry in std::fs::read_dir(self.profile_dir(release))? {
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for entry in fs::read_dir(self.profile_dir(release))? {
             let path = entry?.path();
             if is_executable_file(&path) {
                 copy_into(&path, &dir)?;
             }
         }
-        copy_into(&self.target.join(HOST_TARGET).join(profile).join("agentcg"), &dir)?;
+        copy_into(
+            &self.target.join(HOST_TARGET).join(profile).join("agentcg"),
+            &dir,
+        )?;
         Ok(dir)
     }
 }
@@ -98,17 +109,18 @@ const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Rust flags for [`HOST_TARGET`] only (not for build scripts and proc macros).
 const STATIC_RUSTFLAGS_VAR: &str = "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS";
 
-fn is_executable_file(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+fn is_executable_file(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Copies `file` into `dir` (replacing what is there), keeping its mode.
-fn copy_into(file: &std::path::Path, dir: &std::path::Path) -> Result<()> {
-    let name = file.file_name().with_context(|| format!("{} has no file name", file.display()))?;
+fn copy_into(file: &Path, dir: &Path) -> Result<()> {
+    let name = file
+        .file_name()
+        .with_context(|| format!("{} has no file name", file.display()))?;
     let dest = dir.join(name);
-    let _ = std::fs::remove_file(&dest);
-    std::fs::copy(file, &dest)
+    let _ = fs::remove_file(&dest);
+    fs::copy(file, &dest)
         .with_context(|| format!("cannot copy {} to {}", file.display(), dest.display()))?;
     Ok(())
 }

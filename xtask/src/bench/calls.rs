@@ -98,7 +98,10 @@ fn guest_job(ws: &Workspace, args: &Args, callbench: &Path, bin_dir: Option<&Pat
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let agentcg_built = bin_dir.is_some();
     let mut env = vec![
-        ("AGENTCG_BIN_DIR", path(bin_dir.unwrap_or(&ws.profile_dir(true)))),
+        (
+            "AGENTCG_BIN_DIR",
+            path(bin_dir.unwrap_or(&ws.profile_dir(true))),
+        ),
         ("CALLBENCH", path(callbench)),
         ("BENCH_OUT", path(&ws.vm_dir().join("bench"))),
         ("ITERATIONS", args.iterations.to_string()),
