@@ -53,6 +53,11 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<ExitCode> {
             results.len()
         );
     }
+    if let Some(filter) = &args.filter
+        && !results.iter().any(|r| matches!(r.verdict, Verdict::Passed))
+    {
+        bail!("no kernel test matches the filter {filter:?}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
