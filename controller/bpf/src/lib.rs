@@ -1,13 +1,24 @@
 //! agentcg's BPF side: the per-tool-call telemetry programs (`ebpf/telemetry.bpf.c`:
-//! exec, fork and exit counts per watched cgroup, plus a ring buffer of events) and the
-//! BTF capability probes the daemon reports at start.
+//! exec, fork and exit counts per watched cgroup, plus a ring buffer of events), the
+//! `agentcg_sched` sched_ext scheduler (`ebpf/sched.bpf.c`: CPU classes, hierarchical
+//! `cpu.weight`, `cpu.max`, per-call CPU budgets, see [`sched`]) and the BTF capability
+//! probes the daemon reports at start.
 //!
 //! The BPF C sources live in `ebpf/`, share one ABI header (`ebpf/intf.h`, mirrored by
 //! [`CallCounters`] and [`TeleEvent`]) and are compiled with clang-19 by `build.rs` into a
 //! libbpf-rs skeleton (DESIGN.md §4). `xtask/gen-vmlinux.sh` regenerates `ebpf/vmlinux.h`.
 //!
-//! Entry points: [`Telemetry::load`] (needs root) and [`probe_btf`] (needs only read
-//! access to the BTF file).
+//! Entry points: [`Telemetry::load`] and [`Scheduler::load`] (need root) and
+//! [`probe_btf`] (needs only read access to the BTF file).
+//!
+//! The scheduler runs in full mode (every fair-class task of the host), not partial mode
+//! (`SCX_OPS_SWITCH_PARTIAL`, only `SCHED_EXT` tasks, below the fair class), by
+//! measurement: in the 7.3.4 VM, two `SCHED_EXT` busy tasks of a tool call next to two
+//! busy fair-class tasks in a sibling cgroup of equal `cpu.weight` got 5.3 % of the CPU
+//! in partial mode (ideal 50 %); the watchdog would eject the scheduler after 30 s of
+//! that. In full mode every cgroup of the host, agentcg's or not, gets its hierarchical
+//! `cpu.weight` share (test `partial_mode_lets_the_fair_class_starve_sched_ext_tasks`
+//! in `tests/tests/sched.rs`).
 
 mod abi;
 mod error;

@@ -69,7 +69,8 @@ pub struct SchedOptions {
     /// Divisor of the weight of a cgroup flagged MEM_PRESSURE.
     pub mem_pressure_div: u32,
     /// `SCX_OPS_SWITCH_PARTIAL`: schedule only tasks whose policy is `SCHED_EXT`, below
-    /// the fair class. Off by default: see `docs` in the crate root for the measurement.
+    /// the fair class. Off by default: the crate docs give the measurement (fair-class
+    /// tasks starve the scheduler's tasks).
     pub switch_partial: bool,
     /// Test-only: let [`Scheduler::force_exit`] make the scheduler exit.
     pub allow_forced_exit: bool,
@@ -177,6 +178,10 @@ pub struct SchedStats {
     pub parked: u64,
     /// Cgroups or tasks the scheduler found without a node (full map).
     pub missing_nodes: u64,
+    /// Boosted wake-ups enqueued from another CPU than the one they preempt.
+    pub boost_remote: u64,
+    /// Boosted wake-up to running, in µs: <50, <200, <1000, <3000, <10000, more.
+    pub boost_latency_hist: [u64; 6],
 }
 
 /// Decoded budget events waiting for [`Scheduler::poll_budget_events`].
@@ -591,6 +596,10 @@ impl Scheduler {
             boosted_wakeups: at(offset_of!(types::bss, nr_boosted_wakeups)),
             parked: at(offset_of!(types::bss, nr_parked)),
             missing_nodes: at(offset_of!(types::bss, nr_missing_nodes)),
+            boost_remote: at(offset_of!(types::bss, nr_boost_remote)),
+            boost_latency_hist: std::array::from_fn(|i| {
+                at(offset_of!(types::bss, boost_lat_hist) + 8 * i)
+            }),
         })
     }
 

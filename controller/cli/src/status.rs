@@ -72,6 +72,15 @@ pub fn main(client: &Client, args: StatusArgs) -> ExitCode {
             present(btf["memcg_bpf_ops"].as_bool())
         );
     }
+    if let Some(exit) = v["scheduler"].get("last_exit").filter(|e| !e.is_null()) {
+        println!(
+            "  {:<22} {} ({}), reloads {}",
+            "sched_ext last exit",
+            exit["kind"].as_str().unwrap_or("?"),
+            exit["reason"].as_str().unwrap_or(""),
+            v["scheduler"]["reloads"]
+        );
+    }
     println!("modes:");
     for m in v["modes"].as_array().into_iter().flatten() {
         println!(

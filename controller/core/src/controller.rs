@@ -1,6 +1,6 @@
 //! The engine behind agentcgd: owns the cgroup subtree, its sessions and running
 //! calls, and the history. Synchronous; the daemon serializes access with a mutex and
-//! supplies time (timeouts) and kernel telemetry (through [`CallObserver`]).
+//! supplies time (timeouts) and the kernel-side machinery (through [`KernelHooks`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use crate::cgroup::{Cgroup, CgroupError, cpu, memory, pids};
 use crate::history::{History, HistoryError};
 use crate::intent::{Intent, IntentError};
 use crate::plan::{self, CallLimits, Clamp, PlanError, SessionLoad, SessionPlan, SessionRequest};
-use crate::policy::Policy;
+use crate::policy::{BudgetAction, Policy};
 use crate::record::{self, Accounting, CallRecord, ExitInfo, Outcome, ProcessCounts};
 
 /// Name of the session used when a call names none.
@@ -28,12 +28,24 @@ const DESTROY_WAIT: Duration = Duration::from_secs(5);
 /// A call whose cgroup has been empty this long without a finish report is abandoned.
 pub const ABANDON_AFTER: Duration = Duration::from_secs(30);
 
-/// Kernel-side observation of calls (the BPF telemetry programs in the daemon).
-pub trait CallObserver: Send {
-    /// Called after a call's cgroup is created, before its first process runs.
-    fn watch(&mut self, cgroup_id: u64);
-    /// Called before the cgroup is removed; returns what was seen.
-    fn unwatch(&mut self, cgroup_id: u64) -> Option<ProcessCounts>;
+/// What a cgroup of the subtree is, for the kernel-side hooks.
+#[derive(Debug, Clone, Copy)]
+pub enum CgroupRole<'a> {
+    Session(&'a SessionPlan),
+    Runtime(&'a SessionPlan),
+    Calls(&'a SessionPlan),
+    Call(&'a CallLimits),
+}
+
+/// Kernel-side machinery that must know the subtree's cgroups: the BPF telemetry and
+/// the sched_ext scheduler (their per-cgroup map entries), provided by the daemon.
+pub trait KernelHooks: Send {
+    /// A stable name, to remove these hooks later.
+    fn name(&self) -> &'static str;
+    /// A cgroup was created and configured; nothing runs in it yet.
+    fn created(&mut self, cgroup_id: u64, role: CgroupRole<'_>);
+    /// The cgroup is about to be removed; returns the process counts it saw, if any.
+    fn removing(&mut self, cgroup_id: u64) -> Option<ProcessCounts>;
 }
 
 /// Everything that can go wrong, with a stable machine code for the API.
@@ -138,6 +150,7 @@ struct RunningCall {
     started_unix_ms: u64,
     ceiling_before: MemoryEvents,
     timed_out: bool,
+    budget_exceeded: bool,
     empty_since: Option<Instant>,
 }
 
@@ -157,7 +170,7 @@ pub struct Controller {
     running: BTreeMap<u64, RunningCall>,
     history: History,
     next_id: u64,
-    observer: Option<Box<dyn CallObserver>>,
+    hooks: Vec<Box<dyn KernelHooks>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -201,15 +214,50 @@ impl Controller {
             running: BTreeMap::new(),
             next_id: history.max_id() + 1,
             history,
-            observer: None,
+            hooks: Vec::new(),
         };
         c.load_sessions()?;
         c.reconcile()?;
         Ok(c)
     }
 
-    pub fn set_observer(&mut self, observer: Box<dyn CallObserver>) {
-        self.observer = Some(observer);
+    /// Adds kernel hooks and tells them about every cgroup that exists already (a
+    /// reloaded scheduler learns the whole subtree this way).
+    pub fn add_hooks(&mut self, mut hooks: Box<dyn KernelHooks>) {
+        for (name, s) in &self.sessions {
+            let cgs = [
+                (self.layout.session(name), CgroupRole::Session(&s.plan)),
+                (self.layout.runtime(name), CgroupRole::Runtime(&s.plan)),
+                (self.layout.calls(name), CgroupRole::Calls(&s.plan)),
+            ];
+            for (cg, role) in cgs {
+                if let Ok(id) = cg.id() {
+                    hooks.created(id, role);
+                }
+            }
+        }
+        for call in self.running.values() {
+            hooks.created(call.cgroup_id, CgroupRole::Call(&call.limits));
+        }
+        self.hooks.push(hooks);
+    }
+
+    /// Removes the hooks named `name` (e.g. the scheduler's after it exited).
+    pub fn remove_hooks(&mut self, name: &str) {
+        self.hooks.retain(|h| h.name() != name);
+    }
+
+    fn hooks_created(&mut self, cgroup_id: u64, role: CgroupRole<'_>) {
+        for h in &mut self.hooks {
+            h.created(cgroup_id, role);
+        }
+    }
+
+    fn hooks_removing(&mut self, cgroup_id: u64) -> Option<ProcessCounts> {
+        self.hooks
+            .iter_mut()
+            .filter_map(|h| h.removing(cgroup_id))
+            .reduce(|a, _| a)
     }
 
     pub fn policy(&self) -> &Policy {
@@ -304,6 +352,14 @@ impl Controller {
             return Err(e);
         }
         let name = plan.name.clone();
+        let ids = [
+            self.layout.session(&name).id()?,
+            self.layout.runtime(&name).id()?,
+            self.layout.calls(&name).id()?,
+        ];
+        self.hooks_created(ids[0], CgroupRole::Session(&plan));
+        self.hooks_created(ids[1], CgroupRole::Runtime(&plan));
+        self.hooks_created(ids[2], CgroupRole::Calls(&plan));
         self.sessions.insert(
             name.clone(),
             SessionState {
@@ -417,6 +473,15 @@ impl Controller {
                 },
             )?);
         }
+        for cg in [
+            self.layout.calls(name),
+            self.layout.runtime(name),
+            self.layout.session(name),
+        ] {
+            if let Ok(id) = cg.id() {
+                self.hooks_removing(id);
+            }
+        }
         self.layout.session(name).destroy(DESTROY_WAIT)?;
         self.sessions.remove(name);
         self.save_sessions()?;
@@ -484,9 +549,7 @@ impl Controller {
             }
         };
         self.next_id += 1;
-        if let Some(obs) = self.observer.as_mut() {
-            obs.watch(cgroup_id);
-        }
+        self.hooks_created(cgroup_id, CgroupRole::Call(&admitted.limits));
         let ceiling_before =
             memory::events(&self.layout.calls(&name), memory::EVENTS_LOCAL).unwrap_or_default();
         let grant = CallGrant {
@@ -512,6 +575,7 @@ impl Controller {
                 started_unix_ms: unix_ms(),
                 ceiling_before,
                 timed_out: false,
+                budget_exceeded: false,
                 empty_since: None,
             },
         );
@@ -526,6 +590,33 @@ impl Controller {
         };
         call.timed_out = true;
         call.cgroup.kill()?;
+        Ok(true)
+    }
+
+    /// The running call whose cgroup has this id.
+    pub fn call_by_cgroup(&self, cgroup_id: u64) -> Option<u64> {
+        self.running
+            .iter()
+            .find(|(_, c)| c.cgroup_id == cgroup_id)
+            .map(|(id, _)| *id)
+    }
+
+    /// The scheduler reported that a call used up its CPU budget: apply `action`. The
+    /// call's record will say `cpu_budget_exceeded` if it ends by a signal.
+    pub fn cpu_budget_exceeded(
+        &mut self,
+        id: u64,
+        action: BudgetAction,
+    ) -> Result<bool, ControlError> {
+        let Some(call) = self.running.get_mut(&id) else {
+            return Ok(false);
+        };
+        call.budget_exceeded = true;
+        match action {
+            BudgetAction::Throttle => {}
+            BudgetAction::Freeze => call.cgroup.freeze(true)?,
+            BudgetAction::Kill => call.cgroup.kill()?,
+        }
         Ok(true)
     }
 
@@ -552,14 +643,11 @@ impl Controller {
             pids_limit_hits: pids::max_events(&call.cgroup).unwrap_or(0),
         };
         let leftover = call.cgroup.destroy(DESTROY_WAIT);
-        let processes = self
-            .observer
-            .as_mut()
-            .and_then(|o| o.unwatch(call.cgroup_id));
+        let processes = self.hooks_removing(call.cgroup_id);
         let outcome = if exit == ABANDONED {
             Outcome::Abandoned
         } else {
-            record::outcome(&exit, &acc, call.timed_out)
+            record::outcome(&exit, &acc, call.timed_out, call.budget_exceeded)
         };
         let ceiling = self
             .sessions

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::intent::{Intent, IntentError, Priority};
 use crate::units;
@@ -31,6 +31,49 @@ pub enum PolicyError {
 pub enum Admission {
     Clamp,
     Reject,
+}
+
+/// What agentcgd does to a call that used up its CPU budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetAction {
+    /// Leave it at the scheduler's floor share.
+    Throttle,
+    /// Freeze it (`cgroup.freeze`) until its timeout ends it.
+    Freeze,
+    /// Kill it (`cgroup.kill`).
+    Kill,
+}
+
+/// Which mechanism enforces CPU classes and weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerChoice {
+    /// agentcg's sched_ext scheduler when the kernel has sched_ext, else the kernel's.
+    SchedExt,
+    /// Only the kernel cpu controller (cpu.weight, cpu.max).
+    Kernel,
+}
+
+/// What to do when the sched_ext scheduler exits (error, watchdog, unload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerExit {
+    /// Load it again (at most `reload_limit` times, then fall back).
+    Reload,
+    /// Stay on the kernel cpu controller.
+    Fallback,
+}
+
+/// CPU enforcement settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuPolicy {
+    pub scheduler: SchedulerChoice,
+    pub on_budget_exceeded: BudgetAction,
+    pub on_scheduler_exit: SchedulerExit,
+    /// Reloads allowed after exits before agentcgd falls back for good.
+    pub reload_limit: u32,
 }
 
 /// Session defaults.
@@ -72,6 +115,7 @@ pub struct Policy {
     pub call_intent: Intent,
     pub call_suggestion: String,
     pub classes: Vec<CommandClass>,
+    pub cpu: CpuPolicy,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +125,7 @@ struct RawPolicy {
     priority: RawPriorities,
     caps: RawCaps,
     call: RawCall,
+    cpu: CpuPolicy,
     #[serde(default, rename = "class")]
     classes: Vec<RawClass>,
 }
@@ -228,6 +273,7 @@ impl Policy {
             call_intent: intent("call.intent", &raw.call.intent)?,
             call_suggestion: raw.call.suggestion,
             classes,
+            cpu: raw.cpu,
         })
     }
 
@@ -405,6 +451,13 @@ mod tests {
                 "class name",
             ),
             (good.replace("cpus = 64", "cpus = -1"), "caps.cpus"),
+            (
+                good.replace(
+                    "on_budget_exceeded = \"kill\"",
+                    "on_budget_exceeded = \"explode\"",
+                ),
+                "explode",
+            ),
         ];
         for (text, needle) in cases {
             let err = Policy::parse(&text, "test").expect_err(needle).to_string();

@@ -1,6 +1,8 @@
 //! What happened to a call: its final accounting, its outcome, and the structured
 //! feedback the agent gets instead of a bare exit status. All pure.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::cpu::CpuUsage;
@@ -23,6 +25,8 @@ pub enum Outcome {
     Timeout,
     /// It failed after forks were refused by pids.max.
     PidsLimited,
+    /// It used up its declared CPU budget and agentcgd ended it.
+    CpuBudgetExceeded,
     /// Ended by a signal nobody in agentcg sent.
     Killed,
     /// The client never reported the end; agentcgd cleaned it up.
@@ -37,6 +41,7 @@ impl Outcome {
             Outcome::OomKilled => "oom_killed",
             Outcome::Timeout => "timeout",
             Outcome::PidsLimited => "pids_limited",
+            Outcome::CpuBudgetExceeded => "cpu_budget_exceeded",
             Outcome::Killed => "killed",
             Outcome::Abandoned => "abandoned",
         }
@@ -84,11 +89,19 @@ pub struct Accounting {
     pub pids_limit_hits: u64,
 }
 
-/// Decides the outcome from the exit, the accounting and whether the timeout fired.
-pub fn outcome(exit: &ExitInfo, acc: &Accounting, timed_out: bool) -> Outcome {
+/// Decides the outcome from the exit, the accounting, whether the timeout fired and
+/// whether the CPU budget ran out.
+pub fn outcome(
+    exit: &ExitInfo,
+    acc: &Accounting,
+    timed_out: bool,
+    budget_exceeded: bool,
+) -> Outcome {
     let ev = &acc.memory_events;
     if timed_out {
         Outcome::Timeout
+    } else if budget_exceeded && exit.signal.is_some() {
+        Outcome::CpuBudgetExceeded
     } else if ev.oom_kill > 0 || ev.oom_group_kill > 0 {
         Outcome::OomKilled
     } else if exit.code == Some(0) {
@@ -166,6 +179,19 @@ pub fn feedback(
                 crate::units::compact_duration(limits.timeout().saturating_mul(2))
             ),
         ),
+        Outcome::CpuBudgetExceeded => {
+            let budget = Duration::from_millis(limits.cpu_budget_ms.unwrap_or(0));
+            (
+                "cpu.budget".to_string(),
+                crate::units::compact_duration(budget),
+                Some(format!("{:.1} s of CPU", acc.cpu.usage_usec as f64 / 1e6)),
+                "it used up its CPU budget".to_string(),
+                format!(
+                    "split the work into smaller calls ({suggestion}), or declare a larger budget (--intent cpu.budget={})",
+                    crate::units::compact_duration(budget.saturating_mul(2))
+                ),
+            )
+        }
         Outcome::PidsLimited => (
             "pids".to_string(),
             limits.pids_max.to_string(),
@@ -275,17 +301,32 @@ mod tests {
             signal: Some(9),
         };
         let quiet = Accounting::default();
-        assert_eq!(outcome(&ok, &quiet, false), Outcome::Ok);
-        assert_eq!(outcome(&fail, &quiet, false), Outcome::Failed);
-        assert_eq!(outcome(&killed, &quiet, false), Outcome::Killed);
-        assert_eq!(outcome(&killed, &quiet, true), Outcome::Timeout);
-        assert_eq!(outcome(&killed, &oom_acc(3, 0), false), Outcome::OomKilled);
+        assert_eq!(outcome(&ok, &quiet, false, false), Outcome::Ok);
+        assert_eq!(outcome(&fail, &quiet, false, false), Outcome::Failed);
+        assert_eq!(outcome(&killed, &quiet, false, false), Outcome::Killed);
+        assert_eq!(outcome(&killed, &quiet, true, false), Outcome::Timeout);
+        assert_eq!(
+            outcome(&killed, &oom_acc(3, 0), false, false),
+            Outcome::OomKilled
+        );
         let forkfail = Accounting {
             pids_limit_hits: 2,
             ..quiet
         };
-        assert_eq!(outcome(&fail, &forkfail, false), Outcome::PidsLimited);
-        assert_eq!(outcome(&ok, &forkfail, false), Outcome::Ok);
+        assert_eq!(
+            outcome(&fail, &forkfail, false, false),
+            Outcome::PidsLimited
+        );
+        assert_eq!(outcome(&ok, &forkfail, false, false), Outcome::Ok);
+        assert_eq!(
+            outcome(&killed, &quiet, false, true),
+            Outcome::CpuBudgetExceeded
+        );
+        assert_eq!(
+            outcome(&ok, &quiet, false, true),
+            Outcome::Ok,
+            "throttled but finished"
+        );
         assert_eq!(killed.shell_status(), 137);
         assert_eq!(fail.shell_status(), 1);
     }

@@ -137,6 +137,23 @@ async fn status(State(state): State<AppState>) -> ApiResult {
     let running = with_controller(&state, |c| Ok(c.running_count())).await?;
     let mut v = serde_json::to_value(&*state.status).unwrap_or_default();
     v["running_calls"] = json!(running);
+    let sched = state
+        .status
+        .sched
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let cpu_mode = match sched.active.as_str() {
+        "sched_ext" => format!("sched_ext: {}", sched.detail),
+        _ => format!(
+            "kernel cpu controller (cpu.weight, cpu.max): {}",
+            sched.detail
+        ),
+    };
+    if let Some(modes) = v["modes"].as_array_mut() {
+        modes.insert(1, json!({"part": "cpu", "mode": cpu_mode}));
+    }
+    v["scheduler"] = serde_json::to_value(&sched).unwrap_or_default();
     Ok(Json(v))
 }
 

@@ -4,6 +4,7 @@
 
 mod api;
 mod args;
+mod sched;
 mod status;
 mod supervisor;
 mod telemetry;
@@ -42,10 +43,10 @@ async fn run(args: args::Args) -> Result<(), String> {
     };
     let mut controller = Controller::start(policy, &args.root, &args.state_dir)
         .map_err(|e| format!("cannot take over {}: {e}", args.root.display()))?;
-    let telemetry = match telemetry::load() {
-        Ok((observer, t)) => {
-            controller.set_observer(Box::new(observer));
-            telemetry::spawn_event_thread(t);
+    let cpu_policy = controller.policy().cpu;
+    let telemetry = match telemetry::start() {
+        Ok(hooks) => {
+            controller.add_hooks(Box::new(hooks));
             Ok(())
         }
         Err(why) => {
@@ -56,7 +57,9 @@ async fn run(args: args::Args) -> Result<(), String> {
         }
     };
     let shared = Arc::new(Mutex::new(controller));
-    let status = status::Status::probe(&args, telemetry);
+    let mut status = status::Status::probe(&args, telemetry);
+    let sched_ext_present = status.kernel.sched_ext_state.is_some();
+    status.sched = sched::start(shared.clone(), cpu_policy, sched_ext_present);
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;

@@ -6,6 +6,7 @@ use agentcg_bpf::probe::{BtfFeatures, VMLINUX_BTF, probe_btf};
 use agentcg_core::probe::{self, KernelFeatures, PSI_MEMORY, SCHED_EXT_STATE};
 
 use crate::args::Args;
+use crate::sched::SharedStatus;
 
 /// The mode of one part of agentcg and why.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +24,9 @@ pub struct Status {
     /// BTF-level features (kfuncs, struct_ops); `None` when the BTF is unreadable.
     pub btf: Option<BtfFeatures>,
     pub modes: Vec<Mode>,
+    /// The CPU scheduler's live state (changes when it exits or reloads).
+    #[serde(skip)]
+    pub sched: SharedStatus,
 }
 
 impl Status {
@@ -57,6 +61,7 @@ impl Status {
             kernel,
             btf,
             modes,
+            sched: SharedStatus::default(),
         }
     }
 }
@@ -71,14 +76,6 @@ pub fn modes(k: &KernelFeatures) -> Vec<Mode> {
                 "clone3(CLONE_INTO_CGROUP): tools start inside their cgroup".into()
             } else {
                 "unavailable: kernel older than 5.7; agentcg run cannot start tools".into()
-            },
-        },
-        Mode {
-            part: "cpu",
-            mode: if has("cpu") {
-                "kernel cpu controller (cpu.weight, cpu.max)".into()
-            } else {
-                "none: the cpu controller is not enabled for agentcg's subtree".into()
             },
         },
         Mode {

@@ -6,23 +6,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentcg_bpf::Telemetry;
-use agentcg_core::controller::CallObserver;
+use agentcg_core::controller::{CgroupRole, KernelHooks};
 use agentcg_core::record::ProcessCounts;
 
-/// Feeds the controller's watch/unwatch into the BPF maps.
+/// Feeds call cgroups into the telemetry maps.
 #[derive(Debug)]
-pub struct BpfObserver {
+pub struct TelemetryHooks {
     telemetry: Arc<Telemetry>,
 }
 
-impl CallObserver for BpfObserver {
-    fn watch(&mut self, cgroup_id: u64) {
-        if let Err(e) = self.telemetry.watch(cgroup_id) {
+impl KernelHooks for TelemetryHooks {
+    fn name(&self) -> &'static str {
+        "telemetry"
+    }
+
+    fn created(&mut self, cgroup_id: u64, role: CgroupRole<'_>) {
+        if let CgroupRole::Call(_) = role
+            && let Err(e) = self.telemetry.watch(cgroup_id)
+        {
             tracing::warn!(cgroup_id, "telemetry watch: {e}");
         }
     }
 
-    fn unwatch(&mut self, cgroup_id: u64) -> Option<ProcessCounts> {
+    fn removing(&mut self, cgroup_id: u64) -> Option<ProcessCounts> {
         match self.telemetry.unwatch(cgroup_id) {
             Ok(c) => c.map(|c| ProcessCounts {
                 execs: c.execs,
@@ -37,8 +43,8 @@ impl CallObserver for BpfObserver {
     }
 }
 
-/// Loads the programs; on failure says why and returns the reason for `agentcg status`.
-pub fn load() -> Result<(BpfObserver, Arc<Telemetry>), String> {
+/// Loads the programs and starts draining their ring buffer; the error says why not.
+pub fn start() -> Result<TelemetryHooks, String> {
     let telemetry = Arc::new(Telemetry::load().map_err(|e| e.to_string())?);
     let t = telemetry.timings();
     tracing::info!(
@@ -47,27 +53,25 @@ pub fn load() -> Result<(BpfObserver, Arc<Telemetry>), String> {
         attach_ms = t.attach.as_millis(),
         "telemetry BPF programs attached"
     );
-    Ok((
-        BpfObserver {
-            telemetry: telemetry.clone(),
-        },
-        telemetry,
-    ))
+    spawn_event_thread(telemetry.clone());
+    Ok(TelemetryHooks { telemetry })
 }
 
 /// Drains the ring buffer on a dedicated thread, logging each process event.
-pub fn spawn_event_thread(telemetry: Arc<Telemetry>) {
-    let spawned = std::thread::Builder::new().name("bpf-events".into()).spawn(move || {
-        loop {
-            let res = telemetry.poll_events(Duration::from_millis(500), |ev| {
-                tracing::debug!(kind = ?ev.kind, pid = ev.pid, cgid = ev.cgid, comm = %ev.comm, "process event");
-            });
-            if let Err(e) = res {
-                tracing::error!("telemetry ring buffer: {e}; event thread stops");
-                return;
+fn spawn_event_thread(telemetry: Arc<Telemetry>) {
+    let spawned = std::thread::Builder::new()
+        .name("bpf-events".into())
+        .spawn(move || {
+            loop {
+                let res = telemetry.poll_events(Duration::from_millis(500), |ev| {
+                    tracing::debug!(kind = ?ev.kind, pid = ev.pid, cgid = ev.cgid, comm = %ev.comm, "process event");
+                });
+                if let Err(e) = res {
+                    tracing::error!("telemetry ring buffer: {e}; event thread stops");
+                    return;
+                }
             }
-        }
-    });
+        });
     if let Err(e) = spawned {
         tracing::error!("starting the telemetry event thread: {e}");
     }
