@@ -61,7 +61,8 @@ UEI_DEFINE(uei);
 #define MAX_SCAN 64        /* DSQ entries looked at per dispatch */
 #define HW_ONE (1ULL << 20) /* hierarchical weight 1.0 in fixed point */
 #define SELF_WEIGHT 100    /* weight of a cgroup's own tasks next to its children */
-#define TIMER_NS (5ULL * 1000 * 1000)
+#define TIMER_NS (5ULL * 1000 * 1000)       /* while tasks are parked */
+#define SLOW_TIMER_NS (100ULL * 1000 * 1000) /* otherwise: a safety net only */
 #define UNPARK_EVERY_NS (1000ULL * 1000)
 #define DFL_PERIOD_NS (100ULL * 1000 * 1000)
 
@@ -76,12 +77,16 @@ const volatile bool allow_forced_exit = false;
 /* The global virtual clock: the key of the last task taken from the shared DSQ. */
 u64 global_vtime = 0;
 u64 last_unpark_ns = 0;
+u32 timer_fast = 0;
 /* Diagnostics, read by userspace. */
 u64 nr_budget_events = 0;
 u64 nr_budget_event_drops = 0;
 u64 nr_boosted_wakeups = 0;
 u64 nr_parked = 0;
 u64 nr_missing_nodes = 0;
+u64 nr_boost_remote = 0;
+/* Boosted wake-up to running, in us: <50, <200, <1000, <3000, <10000, more. */
+u64 boost_lat_hist[6];
 
 struct cg_node {
 	u64 parent;          /* parent cgroup id, 0 for the root */
@@ -148,6 +153,7 @@ struct task_ctx {
 	u64 cgid;         /* the task's cpu cgroup */
 	u64 counted_cgid; /* the cgroup its runnable state is counted in, 0 if none */
 	u64 last_exec;    /* se.sum_exec_runtime at the last charge */
+	u64 boosted_at;   /* bpf_ktime_get_ns() of a pending boosted wake-up, 0 if none */
 };
 
 struct {
@@ -435,6 +441,19 @@ static void maybe_forced_exit(void)
 		scx_bpf_error("agentcg_sched: error exit forced through the ctrl map (test trigger)");
 }
 
+/* A task was parked: make sure the kick timer runs at its fast period. */
+static void kick_timer_fast(void)
+{
+	struct bpf_timer *timer;
+	u32 zero = 0;
+
+	if (READ_ONCE(timer_fast) || __sync_lock_test_and_set(&timer_fast, 1))
+		return;
+	timer = bpf_map_lookup_elem(&timers, &zero);
+	if (timer)
+		bpf_timer_start(timer, TIMER_NS, 0);
+}
+
 static bool is_runtime_class(u64 cgid)
 {
 	struct sched_policy *pol = bpf_map_lookup_elem(&policies, &cgid);
@@ -447,11 +466,24 @@ s32 BPF_STRUCT_OPS(agentcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 
 {
 	struct task_ctx *tctx = ctx_of(p);
 	bool is_idle = false;
-	s32 cpu;
+	s32 cpu, this;
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
-	if (is_idle && tctx && !cg_throttled(tctx->cgid, bpf_ktime_get_ns()))
-		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
+	if (!tctx)
+		return cpu;
+	if (is_idle) {
+		if (!cg_throttled(tctx->cgid, bpf_ktime_get_ns()))
+			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
+		return cpu;
+	}
+	/*
+	 * No idle CPU: a RUNTIME task will preempt (ops.enqueue). Preempt the CPU that
+	 * handles the wake-up: it is running now, while a resched IPI to another CPU waits
+	 * until that CPU takes it (milliseconds for a busy vCPU on a loaded host).
+	 */
+	this = bpf_get_smp_processor_id();
+	if (is_runtime_class(tctx->cgid) && bpf_cpumask_test_cpu(this, p->cpus_ptr))
+		return this;
 	return cpu;
 }
 
@@ -485,6 +517,9 @@ void BPF_STRUCT_OPS(agentcg_enqueue, struct task_struct *p, u64 enq_flags)
 		if ((enq_flags & SCX_ENQ_WAKEUP) && is_runtime_class(tctx->cgid) &&
 		    key <= READ_ONCE(global_vtime) + runtime_boost_lag_ns) {
 			__sync_fetch_and_add(&nr_boosted_wakeups, 1);
+			if (scx_bpf_task_cpu(p) != bpf_get_smp_processor_id())
+				__sync_fetch_and_add(&nr_boost_remote, 1);
+			tctx->boosted_at = now;
 			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
 			return;
 		}
@@ -493,6 +528,7 @@ void BPF_STRUCT_OPS(agentcg_enqueue, struct task_struct *p, u64 enq_flags)
 	if (throttled) {
 		__sync_fetch_and_add(&nr_parked, 1);
 		scx_bpf_dsq_insert_vtime(p, PARKED_DSQ, slice_ns, key, enq_flags);
+		kick_timer_fast();
 		return;
 	}
 	scx_bpf_dsq_insert_vtime(p, SHARED_DSQ, slice_ns, key, enq_flags);
@@ -557,6 +593,7 @@ static bool take_shared(s32 cpu, u64 now)
 		if (tctx && cg_throttled(tctx->cgid, now)) {
 			__sync_fetch_and_add(&nr_parked, 1);
 			scx_bpf_dsq_move_vtime(BPF_FOR_EACH_ITER, p, PARKED_DSQ, 0);
+			kick_timer_fast();
 			continue;
 		}
 		key = p->scx.dsq_vtime;
@@ -610,8 +647,19 @@ void BPF_STRUCT_OPS(agentcg_running, struct task_struct *p)
 {
 	struct task_ctx *tctx = ctx_of(p);
 
-	if (tctx)
-		tctx->last_exec = p->se.sum_exec_runtime;
+	u64 us;
+	u32 b;
+
+	if (!tctx)
+		return;
+	tctx->last_exec = p->se.sum_exec_runtime;
+	if (tctx->boosted_at) {
+		us = (bpf_ktime_get_ns() - tctx->boosted_at) / 1000;
+		tctx->boosted_at = 0;
+		b = us < 50 ? 0 : us < 200 ? 1 : us < 1000 ? 2 : us < 3000 ? 3 : us < 10000 ? 4 : 5;
+		if (b < 6)
+			__sync_fetch_and_add(&boost_lat_hist[b], 1);
+	}
 }
 
 void BPF_STRUCT_OPS(agentcg_stopping, struct task_struct *p, bool runnable)
@@ -729,15 +777,23 @@ void BPF_STRUCT_OPS(agentcg_cgroup_set_bandwidth, struct cgroup *cgrp, u64 perio
 	n->bw_period_start = bpf_ktime_get_ns();
 }
 
+/*
+ * Kicks idle CPUs while tasks wait: every TIMER_NS while some are parked (their
+ * cgroups get a new period at some point and nobody else would notice on an idle CPU),
+ * every SLOW_TIMER_NS otherwise. Each expiry is a timer interrupt, which costs a busy
+ * vCPU dearly under emulation, hence no fast period without need.
+ */
 static int kick_timer_fn(void *map, int *key, struct bpf_timer *timer)
 {
 	u32 nr = scx_bpf_nr_cpu_ids(), cpu;
+	bool parked = scx_bpf_dsq_nr_queued(PARKED_DSQ) > 0;
 
-	if (scx_bpf_dsq_nr_queued(SHARED_DSQ) > 0 || scx_bpf_dsq_nr_queued(PARKED_DSQ) > 0) {
+	if (parked || scx_bpf_dsq_nr_queued(SHARED_DSQ) > 0) {
 		bpf_for(cpu, 0, nr)
 			scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 	}
-	bpf_timer_start(timer, TIMER_NS, 0);
+	WRITE_ONCE(timer_fast, parked ? 1 : 0);
+	bpf_timer_start(timer, parked ? TIMER_NS : SLOW_TIMER_NS, 0);
 	return 0;
 }
 

@@ -330,9 +330,143 @@ fn cpu_max_half_a_cpu_is_honoured() {
         (used - 0.5).abs() <= SHARE_TOLERANCE,
         "cpu.max 50 %: used {used:.3} CPUs"
     );
+    // The sibling's one task can use one CPU at most; while the limited call is within
+    // its quota, its lagging clock puts it first, so the sibling gets ~0.75 CPUs.
     assert!(
-        other >= 0.8,
+        other >= 0.6,
         "the unlimited sibling is starved: {other:.3} CPUs"
+    );
+}
+
+/// Per wake-up samples (µs) of a task sleeping 2 ms `n` times in `rt` while 4 busy tasks
+/// run in `low`: (how late the sleep ended, how long the task waited on a run queue).
+fn wake_latency(rt: &TestCgroup, low: &TestCgroup, n: usize) -> Vec<(u64, u64)> {
+    let out = Path::new("/tmp/agentcg-schedtest-wakelat.txt");
+    low.spin(4);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = rt.spawn(&[
+        &tool("wakelat"),
+        &n.to_string(),
+        "2000",
+        &out.display().to_string(),
+    ]);
+    let status = wait(pid).expect("wait wakelat");
+    low.kill();
+    assert!(status.code == Some(0), "wakelat failed: {status:?}");
+    let text = fs::read_to_string(out).expect("wakelat output");
+    let v: Vec<(u64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|x| x.parse().ok());
+            Some((f.next()??, f.next()??))
+        })
+        .collect();
+    assert_eq!(v.len(), n, "wakelat wrote {} samples", v.len());
+    v
+}
+
+/// The `p`-th percentile of `v` (sorted in place).
+fn percentile(v: &mut [u64], p: usize) -> u64 {
+    v.sort_unstable();
+    v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn summary(v: &mut [u64]) -> String {
+    format!(
+        "p50 {} us, p90 {} us, p99 {} us, max {} us",
+        percentile(v, 50),
+        percentile(v, 90),
+        percentile(v, 99),
+        v.iter().max().copied().unwrap_or(0),
+    )
+}
+
+/// (run-queue wait, sleep lateness) summaries of `samples`.
+fn latency_summary(samples: &[(u64, u64)]) -> String {
+    let mut late: Vec<u64> = samples.iter().map(|s| s.0).collect();
+    let mut runq: Vec<u64> = samples.iter().map(|s| s.1).collect();
+    format!(
+        "run-queue wait {}; sleep lateness {} (n={})",
+        summary(&mut runq),
+        summary(&mut late),
+        samples.len()
+    )
+}
+
+/// A helper binary: the copy in the guest's /tmp (9p page-in is slow) or the build's.
+fn tool(name: &str) -> String {
+    let local = Path::new("/tmp").join(name);
+    if local.exists() {
+        return local.display().to_string();
+    }
+    agentcg_vmtests::bin_dir().join(name).display().to_string()
+}
+
+/// Wake-up latency is the time from the wake-up to running: the growth of the task's
+/// `run_delay` (`/proc/thread-self/schedstat`) across each 2 ms sleep. The sleep's own
+/// lateness is reported too; under software emulation it also holds the time the host
+/// took to deliver the timer interrupt to a busy vCPU, which no guest scheduler controls
+/// and which, with other VMs on the host, dominates its tail in both arms.
+///
+/// The two arms alternate in short rounds and their samples are pooled, so that load on
+/// the emulating host falls on both arms alike.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn runtime_wakeups_beat_busy_low_priority_calls() {
+    const ROUNDS: usize = 5;
+    const PER_ROUND: usize = 300;
+    let root = TestCgroup::root("latency");
+    let rt = root.child("runtime");
+    let low = root.child("call-low");
+    let (mut kernel, mut sched) = (Vec::new(), Vec::new());
+    let mut boosted = 0;
+    for round in 0..ROUNDS {
+        let k = wake_latency(&rt, &low, PER_ROUND);
+        println!("round {round} kernel scheduler: {}", latency_summary(&k));
+        kernel.extend(k);
+
+        let s = load(&SchedOptions::default());
+        s.set_cgroup(rt.id(), policy(SchedClass::Runtime))
+            .expect("set_cgroup runtime");
+        s.set_cgroup(low.id(), policy(SchedClass::Low))
+            .expect("set_cgroup low");
+        let a = wake_latency(&rt, &low, PER_ROUND);
+        println!("round {round} agentcg_sched: {}", latency_summary(&a));
+        sched.extend(a);
+        boosted += s.stats().expect("stats").boosted_wakeups;
+        assert_still_attached(&s);
+    }
+    println!(
+        "kernel scheduler (EEVDF, equal cpu.weight): {}",
+        latency_summary(&kernel)
+    );
+    println!(
+        "agentcg_sched (runtime class vs 4 low-class busy tasks): {}",
+        latency_summary(&sched)
+    );
+    let p99 = |v: &[(u64, u64)], f: fn(&(u64, u64)) -> u64| {
+        percentile(&mut v.iter().map(f).collect::<Vec<_>>(), 99)
+    };
+    let (k_runq, s_runq) = (p99(&kernel, |s| s.1), p99(&sched, |s| s.1));
+    let (k_late, s_late) = (p99(&kernel, |s| s.0), p99(&sched, |s| s.0));
+    println!(
+        "p99 ratio agentcg_sched/kernel: run-queue wait {:.3} ({s_runq} / {k_runq} us), sleep lateness {:.3} ({s_late} / {k_late} us); boosted wake-ups {boosted}",
+        s_runq as f64 / k_runq.max(1) as f64,
+        s_late as f64 / k_late.max(1) as f64,
+    );
+    assert!(
+        boosted as usize >= ROUNDS * PER_ROUND,
+        "runtime wake-ups were not boosted: {boosted}"
+    );
+    assert!(
+        k_runq > 0,
+        "no run-queue wait measured: CONFIG_SCHED_INFO off?"
+    );
+    assert!(
+        s_runq * 2 <= k_runq,
+        "p99 wake-up latency {s_runq} us with agentcg_sched is not at most half of {k_runq} us"
     );
 }
 
@@ -570,9 +704,25 @@ fn forced_exits_are_reported_and_a_reload_works() {
     assert_still_attached(&again);
 }
 
+fn pin(pid: i32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only touch it
+    // and our own child.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let r = libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            r,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Why full mode: in partial mode (`SCX_OPS_SWITCH_PARTIAL`) the fair class runs ahead
-/// of every SCHED_EXT task, so a busy task outside agentcg starves the tool calls (and
-/// the watchdog would eject the scheduler after 30 s).
+/// of every SCHED_EXT task, so busy tasks outside agentcg starve the tool calls down to
+/// the kernel's reservation for SCHED_EXT tasks, whatever the weights say.
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn partial_mode_lets_the_fair_class_starve_sched_ext_tasks() {
@@ -598,7 +748,12 @@ fn partial_mode_lets_the_fair_class_starve_sched_ext_tasks() {
             std::io::Error::last_os_error()
         );
     }
-    fair.spin(2);
+    // One busy fair-class task pinned on each CPU: the fair class's own placement
+    // otherwise decides the outcome (two on one CPU leave the other to SCHED_EXT).
+    for cpu in 0..2 {
+        let pid = fair.spawn(&["/bin/sh", "-c", "while :; do :; done"]);
+        pin(pid, cpu);
+    }
     let (shares, cpus) = measure_shares(
         &[&ext, &fair],
         Duration::from_secs(1),

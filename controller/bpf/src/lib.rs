@@ -13,12 +13,14 @@
 //!
 //! The scheduler runs in full mode (every fair-class task of the host), not partial mode
 //! (`SCX_OPS_SWITCH_PARTIAL`, only `SCHED_EXT` tasks, below the fair class), by
-//! measurement: in the 7.3.4 VM, two `SCHED_EXT` busy tasks of a tool call next to two
-//! busy fair-class tasks in a sibling cgroup of equal `cpu.weight` got 5.3 % of the CPU
-//! in partial mode (ideal 50 %); the watchdog would eject the scheduler after 30 s of
-//! that. In full mode every cgroup of the host, agentcg's or not, gets its hierarchical
-//! `cpu.weight` share (test `partial_mode_lets_the_fair_class_starve_sched_ext_tasks`
-//! in `tests/tests/sched.rs`).
+//! measurement in the 7.3.4 VM: two busy `SCHED_EXT` tasks of a tool call next to one
+//! busy fair-class task per CPU in a sibling cgroup of equal `cpu.weight` got 5.3-5.6 %
+//! of the CPU in partial mode (ideal 50 %: only the kernel's reservation for
+//! `SCHED_EXT` tasks let them run); with the fair tasks left to the fair class's own
+//! placement, one run gave 53 % (both fair tasks on one CPU) and another 5 %. In full
+//! mode every cgroup of the host, agentcg's or not, gets its hierarchical `cpu.weight`
+//! share (test `partial_mode_lets_the_fair_class_starve_sched_ext_tasks` in
+//! `tests/tests/sched.rs`).
 
 mod abi;
 mod error;
