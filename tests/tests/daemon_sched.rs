@@ -102,7 +102,8 @@ fn scheduler_exit_is_reported_and_reloaded() {
         !status(&d)["scheduler"]["last_exit"].is_null()
     });
     wait_for("the reload", Duration::from_secs(60), || {
-        status(&d)["scheduler"]["active"] == "sched_ext"
+        let v = status(&d);
+        v["scheduler"]["reloads"] == 1 && v["scheduler"]["active"] == "sched_ext"
     });
     let v = status(&d);
     println!("scheduler exit: {}", v["scheduler"]);

@@ -187,8 +187,8 @@ fn supervise(shared: Shared, cpu: CpuPolicy, mut sched: Arc<Scheduler>, status: 
         let reason = format!("{:?}: {} {}", exit.kind, exit.reason, exit.message);
         if let Ok(mut s) = status.lock() {
             s.last_exit = Some(exit);
-            s.reloads = reloads;
         }
+        kernel_mode(&status, format!("the scheduler exited ({reason})"));
         drop(sched);
         if cpu.on_scheduler_exit == SchedulerExit::Fallback || reloads >= cpu.reload_limit {
             kernel_mode(
