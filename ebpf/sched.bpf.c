@@ -105,8 +105,10 @@ struct cg_node {
 	u32 floored;         /* CPU budget exhausted: capped at budget_floor_pct */
 };
 
+/* Not preallocated: sized for big hosts, most of it never used. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, AGENTCG_SCHED_MAX_CGROUPS);
 	__type(key, u64);
 	__type(value, struct cg_node);

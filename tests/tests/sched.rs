@@ -338,6 +338,85 @@ fn cpu_max_half_a_cpu_is_honoured() {
     );
 }
 
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn a_session_cpu_max_caps_its_calls_together() {
+    let s = load(&SchedOptions::default());
+    let root = TestCgroup::root("sessionmax");
+    let session = root.child("session-capped");
+    session.write("cpu.max", "100000 100000");
+    let a = session.child("call-a");
+    a.write("cpu.weight", "100");
+    let b = session.child("call-b");
+    b.write("cpu.weight", "300");
+    for cg in [&session, &a, &b] {
+        s.set_cgroup(cg.id(), policy(SchedClass::Normal))
+            .expect("set_cgroup");
+    }
+    a.spin(2);
+    b.spin(2);
+    std::thread::sleep(Duration::from_secs(2));
+    let (a0, b0, t0) = (a.usage_usec(), b.usage_usec(), Instant::now());
+    std::thread::sleep(Duration::from_secs(15));
+    let secs = t0.elapsed().as_secs_f64();
+    let ua = (a.usage_usec() - a0) as f64 / 1e6 / secs;
+    let ub = (b.usage_usec() - b0) as f64 / 1e6 / secs;
+    println!(
+        "session cpu.max 1 CPU, calls of weight 100 and 300 with 2 busy tasks each: {:.3} + {:.3} = {:.3} CPUs (target 1.000, split 0.250/0.750)",
+        ua,
+        ub,
+        ua + ub
+    );
+    assert_still_attached(&s);
+    assert!(
+        (ua + ub - 1.0).abs() <= 2.0 * SHARE_TOLERANCE,
+        "session cpu.max 1 CPU: {:.3} CPUs",
+        ua + ub
+    );
+    assert_shares(
+        "calls inside the capped session",
+        &[ua / (ua + ub), ub / (ua + ub)],
+        &[0.25, 0.75],
+    );
+}
+
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn classes_and_outsiders_keep_weight_shares_when_busy() {
+    let s = load(&SchedOptions::default());
+    let root = TestCgroup::root("classes");
+    // All of weight 100: a busy agent runtime, a HIGH call, and a cgroup agentcg does
+    // not manage (no policy). Classes shape wake-ups, not the shares of busy cgroups,
+    // and the outsider keeps its fair share.
+    let runtime = root.child("runtime");
+    let high = root.child("call-high");
+    let outsider = root.child("not-agentcg");
+    s.set_cgroup(runtime.id(), policy(SchedClass::Runtime))
+        .expect("set_cgroup");
+    s.set_cgroup(high.id(), policy(SchedClass::High))
+        .expect("set_cgroup");
+    for cg in [&runtime, &high, &outsider] {
+        cg.spin(2);
+    }
+    // The runtime also wakes up every 2 ms (and preempts each time).
+    let out = Path::new("/tmp/agentcg-schedtest-classes-wakelat.txt");
+    let pid = runtime.spawn(&[&tool("wakelat"), "4000", "2000", &out.display().to_string()]);
+    let (shares, cpus) = measure_shares(
+        &[&runtime, &high, &outsider],
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+    );
+    println!("classes: {cpus:.2} CPUs busy");
+    assert_still_attached(&s);
+    runtime.kill();
+    let _ = wait(pid);
+    assert_shares(
+        "busy runtime/HIGH call/outsider at equal weight",
+        &shares,
+        &[1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0],
+    );
+}
+
 /// Per wake-up samples (µs) of a task sleeping 2 ms `n` times in `rt` while 4 busy tasks
 /// run in `low`: (how late the sleep ended, how long the task waited on a run queue).
 fn wake_latency(rt: &TestCgroup, low: &TestCgroup, n: usize) -> Vec<(u64, u64)> {
