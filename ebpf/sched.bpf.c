@@ -84,6 +84,8 @@ u64 nr_budget_event_drops = 0;
 u64 nr_boosted_wakeups = 0;
 u64 nr_parked = 0;
 u64 nr_missing_nodes = 0;
+/* Nodes with a quota; while 0, no throttle check walks the hierarchy. */
+s64 nr_limited = 0;
 u64 nr_boost_remote = 0;
 /* Boosted wake-up to running, in us: <50, <200, <1000, <3000, <10000, more. */
 u64 boost_lat_hist[6];
@@ -103,6 +105,8 @@ struct cg_node {
 	s32 nr_self;         /* own runnable tasks */
 	u32 level;
 	u32 floored;         /* CPU budget exhausted: capped at budget_floor_pct */
+	u32 limited;         /* has a quota (cpu.max or floored): counted in nr_limited */
+	u32 _pad;
 };
 
 /* Not preallocated: sized for big hosts, most of it never used. */
@@ -175,10 +179,9 @@ static __always_inline struct task_ctx *ctx_of(struct task_struct *p)
 	return bpf_task_storage_get(&task_ctxs, p, 0, 0);
 }
 
-/* The weight a node carries among its siblings. */
-static u32 eff_weight_of(struct cg_node *n, u64 cgid)
+/* The weight a node carries among its siblings, given its policy (or NULL). */
+static u32 eff_weight_of(struct cg_node *n, struct sched_policy *pol)
 {
-	struct sched_policy *pol = bpf_map_lookup_elem(&policies, &cgid);
 	u32 w = n->weight ? n->weight : 100;
 
 	if (pol) {
@@ -208,7 +211,7 @@ static void refresh_weight(struct cg_node *n, u64 cgid)
 {
 	struct cg_node *parent;
 
-	n->eff_weight = eff_weight_of(n, cgid);
+	n->eff_weight = eff_weight_of(n, bpf_map_lookup_elem(&policies, &cgid));
 	if (!n->parent)
 		return;
 	parent = node_of(n->parent);
@@ -216,10 +219,8 @@ static void refresh_weight(struct cg_node *n, u64 cgid)
 		sync_contrib(n, parent);
 }
 
-static u64 wake_credit(u64 cgid)
+static u64 wake_credit(struct sched_policy *pol)
 {
-	struct sched_policy *pol = bpf_map_lookup_elem(&policies, &cgid);
-
 	if (!pol)
 		return wake_lag_ns;
 	if (pol->flags & SCHED_FLAG_MEM_PRESSURE)
@@ -255,49 +256,24 @@ static void account_runnable(u64 cgid, s32 delta)
 		old = __sync_fetch_and_add(&n->nr_active, delta);
 		if (delta > 0 && old == 0 && i == 0) {
 			/* Wake-up of an idle cgroup: bounded credit, clamp only here. */
+			struct sched_policy *pol = bpf_map_lookup_elem(&policies, &cgid);
 			u64 floor = READ_ONCE(global_vtime);
-			u64 credit = wake_credit(cgid);
+			u64 credit = wake_credit(pol);
 
 			floor = floor > credit ? floor - credit : 0;
 			if (n->cvtime < floor)
 				n->cvtime = floor;
-			n->eff_weight = eff_weight_of(n, cgid);
+			n->eff_weight = eff_weight_of(n, pol);
 		}
-		if (!n->parent)
+		/* Ancestors change only when this node flips between idle and active. */
+		if (!((delta > 0 && old == 0) || (delta < 0 && old == 1)) || !n->parent)
 			break;
 		parent = node_of(n->parent);
 		if (!parent)
 			break;
 		sync_contrib(n, parent);
-		if (!((delta > 0 && old == 0) || (delta < 0 && old == 1)))
-			break;
 		n = parent;
 	}
-}
-
-/* Hierarchical weight of the tasks of `n`, HW_ONE being the whole machine. */
-static u64 hweight(struct cg_node *n)
-{
-	struct cg_node *parent;
-	u64 hw = HW_ONE, sum, w;
-	u32 i;
-
-	sum = n->child_sum + (n->nr_self > 0 ? SELF_WEIGHT : 0);
-	if (sum > SELF_WEIGHT)
-		hw = hw * SELF_WEIGHT / sum;
-	bpf_for(i, 0, MAX_DEPTH) {
-		if (!n->parent)
-			break;
-		parent = node_of(n->parent);
-		if (!parent)
-			break;
-		w = n->eff_weight ? n->eff_weight : 1;
-		sum = parent->child_sum + (parent->nr_self > 0 ? SELF_WEIGHT : 0);
-		if (sum > w)
-			hw = hw * w / sum;
-		n = parent;
-	}
-	return hw ? hw : 1;
 }
 
 /* The period and quota in force for `n`, quota 0 meaning unlimited. */
@@ -315,6 +291,16 @@ static u64 bw_quota(struct cg_node *n, u64 *period)
 	}
 	*period = per;
 	return q;
+}
+
+/* Keeps nr_limited in step with whether `n` has a quota. */
+static void update_limited(struct cg_node *n)
+{
+	u32 want = (n->bw_quota_ns || n->floored) ? 1 : 0;
+	u32 old = __sync_lock_test_and_set(&n->limited, want);
+
+	if (old != want)
+		__sync_fetch_and_add(&nr_limited, want ? 1 : -1);
 }
 
 /* Starts new periods that have begun, crediting one quota each; debts carry over. */
@@ -335,10 +321,13 @@ static void bw_refresh(struct cg_node *n, u64 per, u64 q, u64 now)
 
 static bool cg_throttled(u64 cgid, u64 now)
 {
-	struct cg_node *n = node_of(cgid);
+	struct cg_node *n;
 	u64 per, q;
 	u32 i;
 
+	if (READ_ONCE(nr_limited) <= 0)
+		return false;
+	n = node_of(cgid);
 	bpf_for(i, 0, MAX_DEPTH) {
 		if (!n)
 			break;
@@ -373,31 +362,41 @@ static void emit_budget_event(u64 cgid, u64 used, u64 budget, u64 now)
 }
 
 /* Adds `delta` to the cgroup's usage; the first charge past the budget reports it. */
-static void charge_budget(u64 cgid, struct cg_node *n, u64 delta, u64 now)
+static void charge_budget(u64 cgid, struct cg_node *n, struct sched_policy *pol, u64 delta,
+			  u64 now)
 {
 	struct sched_usage *u = bpf_map_lookup_elem(&usage, &cgid);
-	struct sched_policy *pol;
+	u32 floored = 0;
 	u64 used;
 
-	if (!u) {
-		n->floored = 0;
-		return;
-	}
+	if (!u)
+		goto out;
 	used = __sync_fetch_and_add(&u->runtime_ns, delta) + delta;
-	pol = bpf_map_lookup_elem(&policies, &cgid);
 	if (pol && pol->budget_ns && used >= pol->budget_ns &&
 	    __sync_val_compare_and_swap(&u->exhausted, 0, 1) == 0) {
 		u->exhausted_ns = now;
 		emit_budget_event(cgid, used, pol->budget_ns, now);
 	}
-	n->floored = u->exhausted ? 1 : 0;
+	floored = u->exhausted ? 1 : 0;
+out:
+	if (n->floored != floored) {
+		n->floored = floored;
+		update_limited(n);
+	}
 }
 
-/* Charges the CPU time `p` used since its last charge to its cgroup and ancestors. */
+/*
+ * Charges the CPU time `p` used since its last charge: to its cgroup's usage and clock
+ * (divided by the cgroup's hierarchical weight, the product from it up to the root of
+ * weight / active weight of its level) and to the quota periods of the cgroup and its
+ * ancestors. One walk up the hierarchy does it all.
+ */
 static void charge(struct task_struct *p, struct task_ctx *tctx, u64 now)
 {
-	u64 exec = p->se.sum_exec_runtime, delta, per, q;
-	struct cg_node *n;
+	u64 exec = p->se.sum_exec_runtime, delta, per, q, hw = HW_ONE, sum, w;
+	struct cg_node *leaf, *n, *parent;
+	struct sched_policy *pol;
+	bool limited;
 	u32 i;
 
 	if (exec <= tctx->last_exec)
@@ -405,25 +404,41 @@ static void charge(struct task_struct *p, struct task_ctx *tctx, u64 now)
 	delta = exec - tctx->last_exec;
 	tctx->last_exec = exec;
 
-	n = node_of(tctx->cgid);
-	if (!n)
+	leaf = node_of(tctx->cgid);
+	if (!leaf)
 		return;
-	charge_budget(tctx->cgid, n, delta, now);
-	refresh_weight(n, tctx->cgid);
-	__sync_fetch_and_add(&n->cvtime, delta * HW_ONE / hweight(n));
+	pol = bpf_map_lookup_elem(&policies, &tctx->cgid);
+	charge_budget(tctx->cgid, leaf, pol, delta, now);
+	leaf->eff_weight = eff_weight_of(leaf, pol);
+	limited = READ_ONCE(nr_limited) > 0;
 
+	/* The cgroup's own tasks next to its active children (only the root has both). */
+	sum = leaf->child_sum + (leaf->nr_self > 0 ? SELF_WEIGHT : 0);
+	if (sum > SELF_WEIGHT)
+		hw = hw * SELF_WEIGHT / sum;
+	n = leaf;
 	bpf_for(i, 0, MAX_DEPTH) {
-		q = bw_quota(n, &per);
-		if (q) {
-			bw_refresh(n, per, q, now);
-			__sync_fetch_and_add(&n->bw_used_ns, (s64)delta);
+		if (limited) {
+			q = bw_quota(n, &per);
+			if (q) {
+				bw_refresh(n, per, q, now);
+				__sync_fetch_and_add(&n->bw_used_ns, (s64)delta);
+			}
 		}
 		if (!n->parent)
 			break;
-		n = node_of(n->parent);
-		if (!n)
+		parent = node_of(n->parent);
+		if (!parent)
 			break;
+		if (i == 0)
+			sync_contrib(n, parent);
+		w = n->eff_weight ? n->eff_weight : 1;
+		sum = parent->child_sum + (parent->nr_self > 0 ? SELF_WEIGHT : 0);
+		if (sum > w)
+			hw = hw * w / sum;
+		n = parent;
 	}
+	__sync_fetch_and_add(&leaf->cvtime, delta * HW_ONE / (hw ? hw : 1));
 }
 
 static void maybe_forced_exit(void)
@@ -726,6 +741,7 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agentcg_cgroup_init, struct cgroup *cgrp,
 	if (args->bw_quota_us != (u64)-1)
 		node.bw_quota_ns = args->bw_quota_us * 1000;
 	node.bw_period_start = bpf_ktime_get_ns();
+	node.limited = node.bw_quota_ns ? 1 : 0;
 	if (cgrp->level > 0) {
 		parent = bpf_cgroup_ancestor(cgrp, cgrp->level - 1);
 		if (parent) {
@@ -736,6 +752,8 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(agentcg_cgroup_init, struct cgroup *cgrp,
 	/* A full map must not fail the mkdir: the cgroup is then scheduled as unknown. */
 	if (bpf_map_update_elem(&cgrps, &cgid, &node, BPF_ANY))
 		__sync_fetch_and_add(&nr_missing_nodes, 1);
+	else if (node.limited)
+		__sync_fetch_and_add(&nr_limited, 1);
 	return 0;
 }
 
@@ -744,6 +762,8 @@ void BPF_STRUCT_OPS(agentcg_cgroup_exit, struct cgroup *cgrp)
 	u64 cgid = cgrp->kn->id, old;
 	struct cg_node *n = node_of(cgid), *parent;
 
+	if (n && __sync_lock_test_and_set(&n->limited, 0))
+		__sync_fetch_and_add(&nr_limited, -1);
 	if (n && n->parent) {
 		parent = node_of(n->parent);
 		old = __sync_lock_test_and_set(&n->contrib, 0);
@@ -777,6 +797,7 @@ void BPF_STRUCT_OPS(agentcg_cgroup_set_bandwidth, struct cgroup *cgrp, u64 perio
 	n->bw_quota_ns = quota_us == (u64)-1 ? 0 : quota_us * 1000;
 	n->bw_used_ns = 0;
 	n->bw_period_start = bpf_ktime_get_ns();
+	update_limited(n);
 }
 
 /*
