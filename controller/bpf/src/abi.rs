@@ -249,8 +249,9 @@ pub struct CgroupPolicy {
     pub class: SchedClass,
     /// 1..=10000 overrides the cgroup's `cpu.weight` among its siblings; 0 follows it.
     pub weight: u32,
-    /// Cumulative CPU budget; when used up the cgroup is capped at a floor share and
-    /// one [`BudgetEvent`] is emitted. `None`: no budget.
+    /// Cumulative CPU budget of the cgroup's own tasks (a call's; descendants' time is
+    /// not included); when used up the cgroup is capped at a floor share (default 5 %
+    /// of one CPU) and one [`BudgetEvent`] is emitted. `None`: no budget.
     pub budget: Option<Duration>,
     /// Flags such as [`SchedFlags::MEM_PRESSURE`].
     pub flags: SchedFlags,

@@ -180,6 +180,8 @@ pub struct SchedStats {
     pub missing_nodes: u64,
     /// Boosted wake-ups enqueued from another CPU than the one they preempt.
     pub boost_remote: u64,
+    /// Synchronous wake-ups run next on the waker's CPU, bypassing the shared queue.
+    pub sync_local: u64,
     /// Boosted wake-up to running, in µs: <50, <200, <1000, <3000, <10000, more.
     pub boost_latency_hist: [u64; 6],
 }
@@ -597,6 +599,7 @@ impl Scheduler {
             parked: at(offset_of!(types::bss, nr_parked)),
             missing_nodes: at(offset_of!(types::bss, nr_missing_nodes)),
             boost_remote: at(offset_of!(types::bss, nr_boost_remote)),
+            sync_local: at(offset_of!(types::bss, nr_sync_local)),
             boost_latency_hist: std::array::from_fn(|i| {
                 at(offset_of!(types::bss, boost_lat_hist) + 8 * i)
             }),

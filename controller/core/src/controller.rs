@@ -724,13 +724,22 @@ const ABANDONED: ExitInfo = ExitInfo {
 };
 
 /// Writes a call's limits into its fresh cgroup.
+/// A new cgroup starts with `memory.high` = max, `cpu.weight` = 100 and `cpu.max` = max
+/// (cgroup-v2.rst); writes that would set those defaults are skipped, as every write is
+/// on the per-call path.
 fn apply_call_limits(cg: &Cgroup, l: &CallLimits) -> Result<(), CgroupError> {
     memory::set_oom_group(cg)?;
     memory::set_max(cg, Some(l.memory_max))?;
-    memory::set_high(cg, l.memory_high)?;
+    if l.memory_high.is_some() {
+        memory::set_high(cg, l.memory_high)?;
+    }
     memory::disable_swap(cg)?;
-    cpu::set_weight(cg, l.cpu_weight)?;
-    cpu::set_max(cg, l.millicpus)?;
+    if l.cpu_weight != cpu::DEFAULT_WEIGHT {
+        cpu::set_weight(cg, l.cpu_weight)?;
+    }
+    if l.millicpus.is_some() {
+        cpu::set_max(cg, l.millicpus)?;
+    }
     pids::set_max(cg, l.pids_max)?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use agentcg_core::controller::Controller;
 use agentcg_core::policy::Policy;
 use clap::Parser;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args = args::Args::parse();
     tracing_subscriber::fmt()

@@ -60,12 +60,8 @@ pub async fn sweep_loop(shared: Shared) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tick.tick().await;
-        let shared = shared.clone();
-        let swept = tokio::task::spawn_blocking(move || {
-            shared.lock().map(|mut c| c.sweep()).unwrap_or_default()
-        })
-        .await;
-        for rec in swept.unwrap_or_default() {
+        let swept = shared.lock().map(|mut c| c.sweep()).unwrap_or_default();
+        for rec in swept {
             tracing::warn!(call_id = rec.call_id, session = %rec.session, "call abandoned by its client; cleaned up");
         }
     }

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 pub const WEIGHT: &str = "cpu.weight";
 pub const MAX: &str = "cpu.max";
 pub const STAT: &str = "cpu.stat";
+/// `cpu.weight` of a new cgroup.
+pub const DEFAULT_WEIGHT: u16 = 100;
 
 pub fn set_weight(cg: &Cgroup, weight: u16) -> Result<(), CgroupError> {
     cg.write(WEIGHT, &weight.to_string())
