@@ -25,6 +25,10 @@
  * while it runs. Pitfall 5: the task's cgroup is cached in task storage
  * (ops.init_task, ops.cgroup_move); scx_bpf_task_cgroup() is never called.
  *
+ * Synchronous wake-ups (pipes, sockets: the waker is about to sleep) run next on the
+ * waker's CPU, skipping the shared queue, if the wakee's clock is at most one slice past
+ * the queue head: cache-hot ping-pong without unfairness beyond a slice.
+ *
  * Classes (agentcg policy). RUNTIME: a waking agent-runtime task is inserted at the
  * head of its CPU and preempts the running task, as long as its cgroup's clock is not
  * far ahead of the global one (so a busy runtime cannot starve anybody). HIGH, NORMAL,
@@ -87,6 +91,7 @@ u64 nr_missing_nodes = 0;
 /* Nodes with a quota; while 0, no throttle check walks the hierarchy. */
 s64 nr_limited = 0;
 u64 nr_boost_remote = 0;
+u64 nr_sync_local = 0;
 /* Boosted wake-up to running, in us: <50, <200, <1000, <3000, <10000, more. */
 u64 boost_lat_hist[6];
 
@@ -160,6 +165,7 @@ struct task_ctx {
 	u64 counted_cgid; /* the cgroup its runnable state is counted in, 0 if none */
 	u64 last_exec;    /* se.sum_exec_runtime at the last charge */
 	u64 boosted_at;   /* bpf_ktime_get_ns() of a pending boosted wake-up, 0 if none */
+	u64 sync_wake;    /* ops.select_cpu saw a synchronous wake-up onto the waker's CPU */
 };
 
 struct {
@@ -168,6 +174,12 @@ struct {
 	__type(key, int);
 	__type(value, struct task_ctx);
 } task_ctxs SEC(".maps");
+
+/* Virtual times compare by signed difference, like the kernel's DSQ order: wrap-safe. */
+static __always_inline bool vtime_before(u64 a, u64 b)
+{
+	return (s64)(a - b) < 0;
+}
 
 static __always_inline struct cg_node *node_of(u64 cgid)
 {
@@ -260,8 +272,8 @@ static void account_runnable(u64 cgid, s32 delta)
 			u64 floor = READ_ONCE(global_vtime);
 			u64 credit = wake_credit(pol);
 
-			floor = floor > credit ? floor - credit : 0;
-			if (n->cvtime < floor)
+			floor -= credit;
+			if (vtime_before(n->cvtime, floor))
 				n->cvtime = floor;
 			n->eff_weight = eff_weight_of(n, pol);
 		}
@@ -479,6 +491,25 @@ static bool is_runtime_class(u64 cgid)
 	       !(pol->flags & SCHED_FLAG_MEM_PRESSURE);
 }
 
+/*
+ * Whether a synchronously woken task with clock `key` may run next on this CPU without
+ * going through the shared queue: it must be on this CPU and at most one slice (of
+ * virtual time) behind the queue head, so a ping-ponging pair cannot keep the CPU
+ * from tasks that are due for more than a slice.
+ */
+static bool sync_wake_local(struct task_struct *p, u64 key)
+{
+	struct task_struct *head;
+
+	if (scx_bpf_task_cpu(p) != bpf_get_smp_processor_id())
+		return false;
+	head = __COMPAT_scx_bpf_dsq_peek(SHARED_DSQ);
+	if (head && vtime_before(head->scx.dsq_vtime + slice_ns, key))
+		return false;
+	__sync_fetch_and_add(&nr_sync_local, 1);
+	return true;
+}
+
 s32 BPF_STRUCT_OPS(agentcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	struct task_ctx *tctx = ctx_of(p);
@@ -499,8 +530,18 @@ s32 BPF_STRUCT_OPS(agentcg_select_cpu, struct task_struct *p, s32 prev_cpu, u64 
 	 * until that CPU takes it (milliseconds for a busy vCPU on a loaded host).
 	 */
 	this = bpf_get_smp_processor_id();
-	if (is_runtime_class(tctx->cgid) && bpf_cpumask_test_cpu(this, p->cpus_ptr))
+	if (!bpf_cpumask_test_cpu(this, p->cpus_ptr))
+		return cpu;
+	if (is_runtime_class(tctx->cgid))
 		return this;
+	/*
+	 * A synchronous wake-up (the waker is about to sleep: pipes, sockets): the wakee
+	 * may take the waker's CPU, cache-hot, if it is due anyway (ops.enqueue checks).
+	 */
+	if (wake_flags & SCX_WAKE_SYNC) {
+		tctx->sync_wake = 1;
+		return this;
+	}
 	return cpu;
 }
 
@@ -532,7 +573,7 @@ void BPF_STRUCT_OPS(agentcg_enqueue, struct task_struct *p, u64 enq_flags)
 			return;
 		}
 		if ((enq_flags & SCX_ENQ_WAKEUP) && is_runtime_class(tctx->cgid) &&
-		    key <= READ_ONCE(global_vtime) + runtime_boost_lag_ns) {
+		    !vtime_before(READ_ONCE(global_vtime) + runtime_boost_lag_ns, key)) {
 			__sync_fetch_and_add(&nr_boosted_wakeups, 1);
 			if (scx_bpf_task_cpu(p) != bpf_get_smp_processor_id())
 				__sync_fetch_and_add(&nr_boost_remote, 1);
@@ -542,6 +583,13 @@ void BPF_STRUCT_OPS(agentcg_enqueue, struct task_struct *p, u64 enq_flags)
 		}
 	}
 
+	if (tctx->sync_wake) {
+		tctx->sync_wake = 0;
+		if (!throttled && sync_wake_local(p, key)) {
+			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags);
+			return;
+		}
+	}
 	if (throttled) {
 		__sync_fetch_and_add(&nr_parked, 1);
 		scx_bpf_dsq_insert_vtime(p, PARKED_DSQ, slice_ns, key, enq_flags);
@@ -590,7 +638,7 @@ static bool keep_prev(struct task_struct *prev, u64 now)
 	if (!n)
 		return false;
 	head = __COMPAT_scx_bpf_dsq_peek(SHARED_DSQ);
-	return !head || n->cvtime <= head->scx.dsq_vtime;
+	return !head || !vtime_before(head->scx.dsq_vtime, n->cvtime);
 }
 
 /* Moves the first task of the shared DSQ that may run here and is not throttled. */
@@ -615,7 +663,7 @@ static bool take_shared(s32 cpu, u64 now)
 		}
 		key = p->scx.dsq_vtime;
 		if (scx_bpf_dsq_move(BPF_FOR_EACH_ITER, p, SCX_DSQ_LOCAL, 0)) {
-			if ((s64)(key - READ_ONCE(global_vtime)) > 0)
+			if (vtime_before(READ_ONCE(global_vtime), key))
 				WRITE_ONCE(global_vtime, key);
 			return true;
 		}

@@ -417,6 +417,40 @@ fn classes_and_outsiders_keep_weight_shares_when_busy() {
     );
 }
 
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn a_wakeup_heavy_call_gets_no_more_than_its_share() {
+    let s = load(&SchedOptions::default());
+    let root = TestCgroup::root("wakeheavy");
+    // Synchronous wake-ups may skip the shared queue (ops.enqueue); a messaging call
+    // must still not take more than its weight from a busy sibling.
+    let msg = root.child("call-messaging");
+    let busy = root.child("call-busy");
+    for cg in [&msg, &busy] {
+        s.set_cgroup(cg.id(), policy(SchedClass::Normal))
+            .expect("set_cgroup");
+    }
+    msg.spawn(&[&tool("msgbench"), "4", "100000000"]);
+    busy.spin(2);
+    let (shares, cpus) = measure_shares(
+        &[&msg, &busy],
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+    );
+    let stats = s.stats().expect("stats");
+    println!(
+        "messaging call vs busy call at equal weight: {} of {cpus:.2} CPUs; sync wake-ups kept local: {}",
+        fmt_list(&shares),
+        stats.sync_local
+    );
+    assert_still_attached(&s);
+    assert!(
+        shares[0] <= 0.5 + SHARE_TOLERANCE,
+        "the messaging call took {:.3} of the CPU",
+        shares[0]
+    );
+}
+
 /// Per wake-up samples (µs) of a task sleeping 2 ms `n` times in `rt` while 4 busy tasks
 /// run in `low`: (how late the sleep ended, how long the task waited on a run queue).
 fn wake_latency(rt: &TestCgroup, low: &TestCgroup, n: usize) -> Vec<(u64, u64)> {
