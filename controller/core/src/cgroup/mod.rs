@@ -192,8 +192,13 @@ impl Cgroup {
         if !self.path.exists() {
             return Ok(0);
         }
-        let leftover = self.count_procs_recursive();
+        // Fast path for a leaf (every call cgroup): its own cgroup.procs says it all, and
+        // a plain rmdir needs no directory walk. Subtrees take the walk.
+        let mut leftover = self.procs().map(|p| p.len()).unwrap_or(0);
         if leftover > 0 || self.populated().unwrap_or(false) {
+            if leftover == 0 {
+                leftover = self.count_procs_recursive();
+            }
             self.kill()?;
             let start = Instant::now();
             while self.populated()? {
@@ -206,8 +211,14 @@ impl Cgroup {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        self.remove_tree()?;
-        Ok(leftover)
+        match std::fs::remove_dir(&self.path) {
+            Ok(()) => Ok(leftover),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(leftover),
+            Err(_) => {
+                self.remove_tree()?;
+                Ok(leftover)
+            }
+        }
     }
 
     fn count_procs_recursive(&self) -> usize {
