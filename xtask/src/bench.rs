@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: benchmarks run in the sched_ext VM (DESIGN.md §8).
 
 mod calls;
+mod cpu;
 mod stats;
 
 use std::process::ExitCode;
@@ -14,10 +15,12 @@ use crate::host::Workspace;
 #[derive(Debug, Subcommand)]
 pub enum Bench {
     Calls(calls::Args),
+    Cpu(cpu::Args),
 }
 
 pub fn main(ws: &Workspace, bench: &Bench) -> Result<ExitCode> {
     match bench {
         Bench::Calls(args) => calls::main(ws, args),
+        Bench::Cpu(args) => cpu::main(ws, args),
     }
 }
