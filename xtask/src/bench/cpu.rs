@@ -216,6 +216,8 @@ struct Report {
     latency: Vec<Option<Latency>>,
     /// agentcg_sched / kernel mean messages/s.
     throughput_ratio: Option<f64>,
+    /// agentcg_sched / kernel messages/s within each round (paired: same host load).
+    round_ratios: Vec<f64>,
     /// agentcg_sched / kernel p99 run-queue wait.
     runq_ratio: Option<f64>,
     /// agentcg_sched / kernel p99 sleep lateness (reported, no target).
@@ -237,6 +239,7 @@ impl Report {
         };
         Self {
             throughput_ratio,
+            round_ratios: round_ratios(raw),
             runq_ratio: lat(|l| l.runq_p99),
             late_ratio: lat(|l| l.late_p99),
             throughput,
@@ -254,6 +257,28 @@ impl Report {
     fn latency_verdict(&self) -> &'static str {
         verdict(self.runq_ratio.is_some_and(|r| r <= TARGET_LATENCY))
     }
+}
+
+/// agentcg_sched / kernel messages/s of each round that has both arms, in round order.
+fn round_ratios(raw: &Raw) -> Vec<f64> {
+    let rate = |round: usize, arm: &str| {
+        raw.throughput
+            .iter()
+            .find(|(r, a, _)| *r == round && a == arm)
+            .map(|t| t.2)
+    };
+    let rounds = raw
+        .throughput
+        .iter()
+        .map(|t| t.0)
+        .max()
+        .map_or(0, |r| r + 1);
+    (0..rounds)
+        .filter_map(|round| match (rate(round, ARMS[0]), rate(round, ARMS[1])) {
+            (Some(k), Some(s)) if k > 0.0 => Some(s / k),
+            _ => None,
+        })
+        .collect()
 }
 
 fn verdict(pass: bool) -> &'static str {
@@ -306,14 +331,25 @@ fn markdown(report: &Report, args: &Args) -> String {
             arm.sd
         );
     }
+    let rounds: Vec<String> = report
+        .round_ratios
+        .iter()
+        .map(|r| format!("{r:.3}"))
+        .collect();
     md += &format!(
-        "\nThroughput ratio agentcg_sched / kernel = {} (target ≥ {TARGET_THROUGHPUT}): **{}**\n\n\
+        "\nThroughput ratio agentcg_sched / kernel = {} (target ≥ {TARGET_THROUGHPUT}): **{}**; \
+         per round (paired, same host load): {}\n\n\
          ## Wake-up latency: high-priority runtime (wakelat, 2 ms sleeps) vs 4 busy \
          low-priority calls\n\n\
          | arm | n | run-queue wait p50 µs | p99 µs | sleep lateness p50 µs | p99 µs |\n\
          |---|---:|---:|---:|---:|---:|\n",
         fmt(report.throughput_ratio, 3),
         report.throughput_verdict(),
+        if rounds.is_empty() {
+            "–".to_owned()
+        } else {
+            rounds.join(", ")
+        },
     );
     for (name, lat) in ARMS.iter().zip(&report.latency) {
         let v = |f: fn(&Latency) -> u64| lat.map_or_else(|| "–".to_owned(), |l| f(&l).to_string());
@@ -364,6 +400,7 @@ fn to_json(report: &Report, args: &Args) -> Value {
         "lat_samples_per_round": args.lat_samples,
         "throughput": throughput,
         "throughput_ratio": report.throughput_ratio,
+        "throughput_round_ratios": report.round_ratios,
         "throughput_target": TARGET_THROUGHPUT,
         "throughput_verdict": report.throughput_verdict(),
         "latency": latency,
@@ -398,6 +435,7 @@ mod tests {
             (98_000.0, 0.0)
         );
         assert_eq!(report.throughput_ratio, Some(0.98));
+        assert_eq!(report.round_ratios, [0.98, 0.98]);
         assert_eq!(report.throughput_verdict(), "PASS");
         let k = report.latency[0].expect("kernel samples");
         assert_eq!(
