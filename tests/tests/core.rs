@@ -525,9 +525,46 @@ fn session_lifecycle_and_status() {
         "refused while the runtime lives"
     );
     assert!(rt.alive());
+    // A call still running when its session is closed ends with the session; its
+    // client gets the record the daemon wrote, not an error.
+    let running = d
+        .cli()
+        .args([
+            "run",
+            "--session",
+            "hi",
+            "--record",
+            "/tmp/closed.json",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let calls = s.join("calls");
+    let start = std::time::Instant::now();
+    while Daemon::child_cgroups(&calls).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the call never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let close = d.agentcg(&["session", "close", "hi", "--force"]);
     assert!(close.status.success(), "{}", stderr(&close));
     assert!(!s.exists());
+    let out = running.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(137));
+    assert!(
+        !stderr(&out).contains("reporting the end"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        read_record(Path::new("/tmp/closed.json"))["outcome"],
+        "killed"
+    );
     let st = d.agentcg(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(v["kernel"]["clone_into_cgroup"], true);

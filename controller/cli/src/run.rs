@@ -127,10 +127,17 @@ pub fn run_call(
     if let Some(e) = &spawn_error {
         eprintln!("agentcg: {e}");
     }
-    let finished = client.post(
-        &format!("/v1/calls/{}/finish", grant.call_id),
-        &json!({"exit": exit}),
-    );
+    let finished = client
+        .post(
+            &format!("/v1/calls/{}/finish", grant.call_id),
+            &json!({"exit": exit}),
+        )
+        .or_else(|e| match e.code() {
+            // The daemon already ended the call (its session was closed): its record
+            // is there to fetch.
+            Some("no_such_call") => client.get(&format!("/v1/calls/{}", grant.call_id)),
+            _ => Err(e),
+        });
     let record: CallRecord = match finished.map(serde_json::from_value) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
