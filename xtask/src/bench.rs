@@ -4,9 +4,11 @@ mod calls;
 mod cpu;
 mod stats;
 
+use std::fs;
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use crate::host::Workspace;
@@ -23,4 +25,23 @@ pub fn main(ws: &Workspace, bench: &Bench) -> Result<ExitCode> {
         Bench::Calls(args) => calls::main(ws, args),
         Bench::Cpu(args) => cpu::main(ws, args),
     }
+}
+
+/// Writes `<name>.md` and `<name>.json` into `out` and prints the markdown.
+fn write_report(out: &Path, name: &str, md: &str, json: &serde_json::Value) -> Result<()> {
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let json = serde_json::to_string_pretty(json)?;
+    for (file, text) in [
+        (format!("{name}.md"), md),
+        (format!("{name}.json"), json.as_str()),
+    ] {
+        let path = out.join(file);
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("\n{md}");
+    eprintln!(
+        "[xtask] wrote {} and {name}.json",
+        out.join(format!("{name}.md")).display()
+    );
+    Ok(())
 }

@@ -210,19 +210,12 @@ impl Report {
 
 /// Writes calls.md and calls.json into `out` and prints the markdown.
 fn write_report(out: &Path, report: &Report, args: &Args) -> Result<()> {
-    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let md = markdown(report, args);
-    let json = serde_json::to_string_pretty(&to_json(report, args))?;
-    for (file, text) in [("calls.md", md.as_str()), ("calls.json", json.as_str())] {
-        let path = out.join(file);
-        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    println!("\n{md}");
-    eprintln!(
-        "[xtask] wrote {} and calls.json",
-        out.join("calls.md").display()
-    );
-    Ok(())
+    super::write_report(
+        out,
+        "calls",
+        &markdown(report, args),
+        &to_json(report, args),
+    )
 }
 
 fn markdown(report: &Report, args: &Args) -> String {

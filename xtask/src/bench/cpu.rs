@@ -287,19 +287,7 @@ fn verdict(pass: bool) -> &'static str {
 
 /// Writes cpu.md and cpu.json into `out` and prints the markdown.
 fn write_report(out: &Path, report: &Report, args: &Args) -> Result<()> {
-    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let md = markdown(report, args);
-    let json = serde_json::to_string_pretty(&to_json(report, args))?;
-    for (file, text) in [("cpu.md", md.as_str()), ("cpu.json", json.as_str())] {
-        let path = out.join(file);
-        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    println!("\n{md}");
-    eprintln!(
-        "[xtask] wrote {} and cpu.json",
-        out.join("cpu.md").display()
-    );
-    Ok(())
+    super::write_report(out, "cpu", &markdown(report, args), &to_json(report, args))
 }
 
 fn fmt(value: Option<f64>, digits: usize) -> String {
