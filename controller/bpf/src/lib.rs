@@ -24,6 +24,7 @@
 
 mod abi;
 mod error;
+mod events;
 mod libbpf_log;
 pub mod probe;
 pub mod sched;

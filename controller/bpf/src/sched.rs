@@ -18,12 +18,10 @@
 //! and nothing else in this process may call `scx_utils::uei_read!`.
 
 use std::mem::{MaybeUninit, offset_of};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use libbpf_rs::{
-    ErrorKind, Link, MapCore as _, MapFlags, MapHandle, OpenObject, RingBuffer, RingBufferBuilder,
-};
+use libbpf_rs::{ErrorKind, Link, MapCore as _, MapFlags, MapHandle, OpenObject};
 use scx_utils::scx_ops_attach;
 use serde::Serialize;
 
@@ -32,6 +30,7 @@ use crate::abi::{
     SCHED_WEIGHT_MAX, SchedFlags,
 };
 use crate::error::BpfError;
+use crate::events::{EventQueue, lock};
 use crate::libbpf_log::Capture;
 use crate::sched_skel::{SchedSkelBuilder, types};
 
@@ -186,20 +185,6 @@ pub struct SchedStats {
     pub boost_latency_hist: [u64; 6],
 }
 
-/// Decoded budget events waiting for [`Scheduler::poll_budget_events`].
-#[derive(Debug, Default)]
-struct Pending {
-    events: Vec<BudgetEvent>,
-    malformed: u64,
-}
-
-/// The ring buffer consumer and the map fd it was built from.
-#[derive(Debug)]
-struct EventPump {
-    ring: RingBuffer<'static>,
-    _map: MapHandle,
-}
-
 /// The map fds the scheduler keeps after [`Scheduler::load`].
 #[derive(Debug)]
 struct Maps {
@@ -225,8 +210,7 @@ struct Maps {
 /// [`Scheduler::exit_info`] from another and set policies from any.
 pub struct Scheduler {
     maps: Maps,
-    pump: Mutex<EventPump>,
-    pending: Arc<Mutex<Pending>>,
+    events: EventQueue<BudgetEvent>,
     link: Mutex<Option<Link>>,
     ops_name: String,
     timings: SchedLoadTimings,
@@ -244,10 +228,6 @@ impl std::fmt::Debug for Scheduler {
             .field("timings", &self.timings)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// scx_utils' macros report `anyhow` errors; keep their whole chain as the source.
@@ -352,29 +332,6 @@ fn keep_maps(skel: &LoadedSkel<'_>) -> Result<Maps, BpfError> {
     })
 }
 
-fn event_pump(skel: &LoadedSkel<'_>, pending: &Arc<Mutex<Pending>>) -> Result<EventPump, BpfError> {
-    let map = dup(&skel.maps.budget_events, EVENTS)?;
-    let sink = Arc::clone(pending);
-    let ring_err = |source| BpfError::RingBuffer {
-        op: "setting up",
-        map: EVENTS,
-        source,
-    };
-    let mut builder = RingBufferBuilder::new();
-    builder
-        .add(&map, move |data: &[u8]| {
-            let mut p = lock(&sink);
-            match BudgetEvent::decode(data) {
-                Some(e) => p.events.push(e),
-                None => p.malformed += 1,
-            }
-            0
-        })
-        .map_err(ring_err)?;
-    let ring = builder.build().map_err(ring_err)?;
-    Ok(EventPump { ring, _map: map })
-}
-
 impl Scheduler {
     /// Opens, loads (verifier) and attaches the scheduler: from the return on, every
     /// task of the host (or, with `switch_partial`, every `SCHED_EXT` task) is
@@ -398,8 +355,7 @@ impl Scheduler {
             })?;
         let t2 = Instant::now();
         let maps = keep_maps(&skel)?;
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let pump = event_pump(&skel, &pending)?;
+        let events = EventQueue::new(dup(&skel.maps.budget_events, EVENTS)?, EVENTS)?;
         let link = scx_ops_attach!(skel, agentcg_ops).map_err(|e| BpfError::Attach {
             program: format!("struct_ops {name}"),
             source: scx_error(&e),
@@ -409,8 +365,7 @@ impl Scheduler {
         drop(skel);
         Ok(Self {
             maps,
-            pump: Mutex::new(pump),
-            pending,
+            events,
             link: Mutex::new(Some(link)),
             ops_name: name,
             timings: SchedLoadTimings {
@@ -612,34 +567,14 @@ impl Scheduler {
     pub fn poll_budget_events(
         &self,
         timeout: Duration,
-        mut f: impl FnMut(BudgetEvent),
+        f: impl FnMut(BudgetEvent),
     ) -> Result<usize, BpfError> {
-        let timeout = if timeout == Duration::MAX {
-            timeout
-        } else {
-            timeout.min(Duration::from_millis(i32::MAX as u64))
-        };
-        {
-            let pump = lock(&self.pump);
-            if let Err(source) = pump.ring.poll(timeout)
-                && source.kind() != ErrorKind::Interrupted
-            {
-                return Err(BpfError::RingBuffer {
-                    op: "polling",
-                    map: EVENTS,
-                    source,
-                });
-            }
-        }
-        let events = std::mem::take(&mut lock(&self.pending).events);
-        let n = events.len();
-        events.into_iter().for_each(&mut f);
-        Ok(n)
+        self.events.poll(timeout, f)
     }
 
     /// Ring-buffer records that did not decode, cumulative.
     pub fn malformed_events(&self) -> u64 {
-        lock(&self.pending).malformed
+        self.events.malformed()
     }
 
     /// Why the scheduler stopped, `None` while it runs (or if the exit info cannot be

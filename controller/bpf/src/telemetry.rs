@@ -8,19 +8,16 @@
 //! file descriptors. Closing libbpf's object afterwards detaches nothing. No leaks, no
 //! self-referential struct, no `unsafe`.
 
-use std::collections::VecDeque;
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
-use libbpf_rs::{
-    ErrorKind, Link, MapCore as _, MapFlags, MapHandle, OpenObject, RingBuffer, RingBufferBuilder,
-};
+use libbpf_rs::{ErrorKind, Link, MapCore as _, MapFlags, MapHandle, OpenObject};
 use serde::Serialize;
 
 use crate::abi::{CallCounters, MAX_WATCHED, TeleEvent};
 use crate::error::BpfError;
+use crate::events::EventQueue;
 use crate::libbpf_log::Capture;
 use crate::skel::TelemetrySkelBuilder;
 
@@ -41,20 +38,6 @@ pub struct LoadTimings {
     pub attach: Duration,
 }
 
-/// Decoded events waiting for [`Telemetry::poll_events`] to hand them out.
-#[derive(Debug, Default)]
-struct Pending {
-    events: VecDeque<TeleEvent>,
-    malformed: u64,
-}
-
-/// The ring buffer consumer and the map fd it was built from.
-#[derive(Debug)]
-struct EventPump {
-    ring: RingBuffer<'static>,
-    _map: MapHandle,
-}
-
 /// The loaded and attached telemetry programs.
 ///
 /// Counts execs, forks and exits of the cgroups registered with [`Telemetry::watch`]
@@ -69,8 +52,7 @@ struct EventPump {
 pub struct Telemetry {
     watched: MapHandle,
     bss: MapHandle,
-    pump: Mutex<EventPump>,
-    pending: Arc<Mutex<Pending>>,
+    events: EventQueue<TeleEvent>,
     links: Vec<Link>,
     timings: LoadTimings,
 }
@@ -87,10 +69,6 @@ impl std::fmt::Debug for Telemetry {
             .field("timings", &self.timings)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Telemetry {
@@ -130,25 +108,7 @@ impl Telemetry {
         let bss = dup(&skel.maps.bss, BSS)?;
         let events = dup(&skel.maps.events, EVENTS)?;
 
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let sink = Arc::clone(&pending);
-        let ring_err = |source| BpfError::RingBuffer {
-            op: "setting up",
-            map: EVENTS,
-            source,
-        };
-        let mut builder = RingBufferBuilder::new();
-        builder
-            .add(&events, move |data: &[u8]| {
-                let mut p = lock(&sink);
-                match TeleEvent::decode(data) {
-                    Some(e) => p.events.push_back(e),
-                    None => p.malformed += 1,
-                }
-                0
-            })
-            .map_err(ring_err)?;
-        let ring = builder.build().map_err(ring_err)?;
+        let events = EventQueue::new(events, EVENTS)?;
 
         let t3 = Instant::now();
         let mut links = Vec::with_capacity(3);
@@ -170,8 +130,7 @@ impl Telemetry {
         Ok(Self {
             watched,
             bss,
-            pump: Mutex::new(EventPump { ring, _map: events }),
-            pending,
+            events,
             links,
             timings: LoadTimings {
                 open: t1 - t0,
@@ -273,7 +232,7 @@ impl Telemetry {
 
     /// Ring-buffer records that did not decode (wrong size or unknown kind), cumulative.
     pub fn malformed_events(&self) -> u64 {
-        lock(&self.pending).malformed
+        self.events.malformed()
     }
 
     /// Waits up to `timeout` for ring-buffer events, then hands every event received so
@@ -286,30 +245,9 @@ impl Telemetry {
     pub fn poll_events(
         &self,
         timeout: Duration,
-        mut f: impl FnMut(TeleEvent),
+        f: impl FnMut(TeleEvent),
     ) -> Result<usize, BpfError> {
-        // ring_buffer__poll takes an int of milliseconds; -1 (Duration::MAX) is forever.
-        let timeout = if timeout == Duration::MAX {
-            timeout
-        } else {
-            timeout.min(Duration::from_millis(i32::MAX as u64))
-        };
-        {
-            let pump = lock(&self.pump);
-            if let Err(source) = pump.ring.poll(timeout)
-                && source.kind() != ErrorKind::Interrupted
-            {
-                return Err(BpfError::RingBuffer {
-                    op: "polling",
-                    map: EVENTS,
-                    source,
-                });
-            }
-        }
-        let events = std::mem::take(&mut lock(&self.pending).events);
-        let n = events.len();
-        events.into_iter().for_each(&mut f);
-        Ok(n)
+        self.events.poll(timeout, f)
     }
 }
 
