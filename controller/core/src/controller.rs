@@ -15,7 +15,11 @@ use crate::history::{History, HistoryError};
 use crate::intent::{Intent, IntentError};
 use crate::plan::{self, CallLimits, Clamp, PlanError, SessionLoad, SessionPlan, SessionRequest};
 use crate::policy::{BudgetAction, Policy};
-use crate::record::{self, Accounting, CallRecord, ExitInfo, Outcome, ProcessCounts};
+use crate::pressure::{self, CallView, Step};
+use crate::record::{
+    self, Accounting, CallRecord, Ceilings, Enforced, ExitInfo, MemoryAction, Outcome,
+    ProcessCounts,
+};
 
 /// Name of the session used when a call names none.
 pub const DEFAULT_SESSION: &str = "default";
@@ -152,6 +156,34 @@ struct RunningCall {
     timed_out: bool,
     budget_exceeded: bool,
     empty_since: Option<Instant>,
+    /// The memory response's marks on the call.
+    memory: CallMemory,
+}
+
+/// What the memory response has done to a running call.
+#[derive(Debug, Default)]
+struct CallMemory {
+    /// memory.high as written now (a burst raises it, a throttle lowers it).
+    high: Option<u64>,
+    throttled: bool,
+    frozen: bool,
+    killed: bool,
+    actions: Vec<MemoryAction>,
+}
+
+/// What one step of the memory response did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// `throttle`, `reclaim`, `freeze`, `kill` or `relent`.
+    pub step: String,
+    pub reason: String,
+    /// The calls it touched.
+    pub calls: Vec<u64>,
+    /// Their cgroup ids (for the BPF side: the scheduler's deprioritize flag).
+    #[serde(skip)]
+    pub cgroup_ids: Vec<u64>,
+    /// What was written, per call or session.
+    pub details: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -560,6 +592,7 @@ impl Controller {
             limits: admitted.limits.clone(),
             clamps: admitted.clamps.clone(),
         };
+        let granted_high = admitted.limits.memory_high;
         self.running.insert(
             id,
             RunningCall {
@@ -577,6 +610,10 @@ impl Controller {
                 timed_out: false,
                 budget_exceeded: false,
                 empty_since: None,
+                memory: CallMemory {
+                    high: granted_high,
+                    ..CallMemory::default()
+                },
             },
         );
         Ok(grant)
@@ -647,19 +684,27 @@ impl Controller {
         let outcome = if exit == ABANDONED {
             Outcome::Abandoned
         } else {
-            record::outcome(&exit, &acc, call.timed_out, call.budget_exceeded)
+            let enforced = Enforced {
+                timed_out: call.timed_out,
+                cpu_budget_exceeded: call.budget_exceeded,
+                pressure_killed: call.memory.killed,
+            };
+            record::outcome(&exit, &acc, enforced)
         };
-        let ceiling = self
-            .sessions
-            .get(&call.session)
-            .map(|s| s.plan.calls_memory_max)
-            .unwrap_or(0);
+        let ceilings = Ceilings {
+            calls: self
+                .sessions
+                .get(&call.session)
+                .map(|s| s.plan.calls_memory_max)
+                .unwrap_or(0),
+            host: self.memory_reading().1,
+        };
         let rec = CallRecord {
             call_id: id,
             session: call.session.clone(),
             command: call.command,
             intent: call.intent,
-            feedback: record::feedback(id, outcome, &call.limits, &acc, ceiling, &call.suggestion),
+            feedback: record::feedback(id, outcome, &call.limits, &acc, ceilings, &call.suggestion),
             limits: call.limits,
             clamps: call.clamps,
             cgroup: call.cgroup.path().display().to_string(),
@@ -670,6 +715,7 @@ impl Controller {
             accounting: acc,
             leftover_killed: *leftover.as_ref().unwrap_or(&0),
             processes,
+            memory_actions: call.memory.actions,
         };
         self.history.append(&rec)?;
         if let Some(s) = self.sessions.get_mut(&call.session) {
@@ -714,6 +760,207 @@ impl Controller {
 
     pub fn running_count(&self) -> usize {
         self.running.len()
+    }
+
+    /// The memory the response defends: (usage, limit) of agentcg's root, the limit
+    /// being its memory.max or, when that is `max`, the host's MemTotal.
+    pub fn memory_reading(&self) -> (u64, u64) {
+        let root = self.layout.root();
+        let usage = root.read_u64(memory::CURRENT).unwrap_or(0);
+        let limit = root
+            .read(memory::MAX)
+            .ok()
+            .and_then(|t| crate::cgroup::parse_u64_or_max(&t))
+            .or_else(crate::probe::mem_total)
+            .unwrap_or(u64::MAX);
+        (usage, limit)
+    }
+
+    /// Running calls as the memory response sees them.
+    pub fn pressure_calls(&self) -> Vec<CallView> {
+        self.running
+            .iter()
+            .map(|(id, c)| CallView {
+                call_id: *id,
+                priority: c.limits.priority,
+                usage: c.cgroup.read_u64(memory::CURRENT).unwrap_or(0),
+                killed: c.memory.killed,
+            })
+            .collect()
+    }
+
+    /// The priority of a session, if it exists.
+    pub fn session_priority(&self, name: &str) -> Option<crate::intent::Priority> {
+        self.sessions.get(name).map(|s| s.plan.priority)
+    }
+
+    /// Takes one step of the memory response against its victims.
+    pub fn memory_step(&mut self, step: Step, reason: &str) -> StepReport {
+        let calls = self.pressure_calls();
+        let targets = match step {
+            Step::Kill => pressure::kill_target(&calls).into_iter().collect(),
+            _ => pressure::victims(&calls),
+        };
+        let mut report = StepReport {
+            step: step.as_str().to_string(),
+            reason: reason.to_string(),
+            ..StepReport::default()
+        };
+        if step == Step::Reclaim {
+            self.reclaim_sessions(&targets, reason, &mut report);
+            return report;
+        }
+        for id in targets {
+            let Some(call) = self.running.get_mut(&id) else {
+                continue;
+            };
+            let usage = call.cgroup.read_u64(memory::CURRENT).unwrap_or(0);
+            let (result, detail) = match step {
+                Step::Throttle => {
+                    let high = pressure::throttle_high(usage);
+                    call.memory.throttled = true;
+                    call.memory.high = Some(high);
+                    (
+                        memory::set_high(&call.cgroup, Some(high)),
+                        format!("memory.high {} (usage {})", high, usage),
+                    )
+                }
+                Step::Freeze => {
+                    call.memory.frozen = true;
+                    (call.cgroup.freeze(true), format!("cgroup.freeze 1 (usage {usage})"))
+                }
+                Step::Kill => {
+                    call.memory.killed = true;
+                    (call.cgroup.kill(), format!("cgroup.kill (usage {usage})"))
+                }
+                Step::Reclaim => unreachable!("handled above"),
+            };
+            let detail = match result {
+                Ok(()) => detail,
+                Err(e) => format!("{detail} failed: {e}"),
+            };
+            call.memory.actions.push(MemoryAction {
+                at_ms: call.started.elapsed().as_millis() as u64,
+                action: step.as_str().to_string(),
+                detail: format!("{detail}: {reason}"),
+            });
+            report.calls.push(id);
+            report.cgroup_ids.push(call.cgroup_id);
+            report.details.push(format!("call {id}: {detail}"));
+        }
+        report
+    }
+
+    /// The reclaim step: `memory.reclaim` on the sessions of the victims. The kernel
+    /// answers EAGAIN when it could not reclaim the whole amount (anonymous memory
+    /// without swap cannot be); what it did reclaim is reported either way.
+    fn reclaim_sessions(&mut self, targets: &[u64], reason: &str, report: &mut StepReport) {
+        let mut sessions: Vec<String> = targets
+            .iter()
+            .filter_map(|id| self.running.get(id).map(|c| c.session.clone()))
+            .collect();
+        sessions.sort();
+        sessions.dedup();
+        for name in sessions {
+            let cg = self.layout.session(&name);
+            let before = cg.read_u64(memory::CURRENT).unwrap_or(0);
+            let amount = pressure::reclaim_amount(&self.policy.memory, before);
+            let result = cg.write(memory::RECLAIM, &amount.to_string());
+            let after = cg.read_u64(memory::CURRENT).unwrap_or(0);
+            let detail = format!(
+                "session {name}: memory.reclaim {amount} -> {} reclaimed{}",
+                before.saturating_sub(after),
+                if result.is_err() { " (short)" } else { "" }
+            );
+            for (id, call) in self.running.iter_mut().filter(|(_, c)| c.session == name) {
+                if !targets.contains(id) {
+                    continue;
+                }
+                call.memory.actions.push(MemoryAction {
+                    at_ms: call.started.elapsed().as_millis() as u64,
+                    action: "reclaim".into(),
+                    detail: format!("{detail}: {reason}"),
+                });
+                report.calls.push(*id);
+                report.cgroup_ids.push(call.cgroup_id);
+            }
+            report.details.push(detail);
+        }
+    }
+
+    /// Pressure has subsided: thaws frozen calls and gives throttled ones their
+    /// granted memory.high back.
+    pub fn memory_relent(&mut self, reason: &str) -> StepReport {
+        let mut report = StepReport {
+            step: "relent".into(),
+            reason: reason.to_string(),
+            ..StepReport::default()
+        };
+        for (id, call) in &mut self.running {
+            let m = &mut call.memory;
+            if m.killed || !(m.frozen || m.throttled) {
+                continue;
+            }
+            let mut done = Vec::new();
+            if m.frozen {
+                m.frozen = false;
+                match call.cgroup.freeze(false) {
+                    Ok(()) => done.push(("thaw", "cgroup.freeze 0".to_string())),
+                    Err(e) => done.push(("thaw", format!("cgroup.freeze 0 failed: {e}"))),
+                }
+            }
+            if m.throttled {
+                m.throttled = false;
+                m.high = call.limits.memory_high;
+                let what = format!("memory.high {}", memory::limit_value(m.high));
+                match memory::set_high(&call.cgroup, m.high) {
+                    Ok(()) => done.push(("restore", what)),
+                    Err(e) => done.push(("restore", format!("{what} failed: {e}"))),
+                }
+            }
+            for (action, detail) in done {
+                m.actions.push(MemoryAction {
+                    at_ms: call.started.elapsed().as_millis() as u64,
+                    action: action.into(),
+                    detail: format!("{detail}: {reason}"),
+                });
+                report.details.push(format!("call {id}: {detail}"));
+            }
+            report.calls.push(*id);
+            report.cgroup_ids.push(call.cgroup_id);
+        }
+        report
+    }
+
+    /// A call crossed its memory.high: raise it by the policy's burst step when the
+    /// root has slack and no response is `in_force`. Returns the new memory.high.
+    pub fn memory_burst(&mut self, cgroup_id: u64, in_force: bool) -> Option<(u64, u64)> {
+        let (root_usage, root_limit) = self.memory_reading();
+        let policy = &self.policy.memory;
+        let (id, call) = self
+            .running
+            .iter_mut()
+            .find(|(_, c)| c.cgroup_id == cgroup_id)?;
+        if call.memory.throttled || call.memory.frozen {
+            return None;
+        }
+        let high = call.memory.high?;
+        let new = pressure::burst_high(
+            policy,
+            in_force,
+            high,
+            call.limits.memory_max,
+            root_usage,
+            root_limit,
+        )?;
+        memory::set_high(&call.cgroup, Some(new)).ok()?;
+        call.memory.high = Some(new);
+        call.memory.actions.push(MemoryAction {
+            at_ms: call.started.elapsed().as_millis() as u64,
+            action: "burst".into(),
+            detail: format!("memory.high {high} -> {new}: crossed it while the host had slack"),
+        });
+        Some((*id, new))
     }
 }
 

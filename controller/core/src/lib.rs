@@ -7,6 +7,7 @@ pub mod history;
 pub mod intent;
 pub mod plan;
 pub mod policy;
+pub mod pressure;
 pub mod probe;
 pub mod record;
 pub mod spawn;

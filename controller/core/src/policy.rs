@@ -76,6 +76,31 @@ pub struct CpuPolicy {
     pub reload_limit: u32,
 }
 
+/// The graduated memory response (see `pressure`): when it starts, how fast it
+/// escalates, when it relents, and how elastic per-call budgets are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryPolicy {
+    /// How much a call's memory.high is raised when it crosses it while the host has
+    /// slack (never above its memory.max); 0 keeps declared sizes rigid.
+    pub burst_step: u64,
+    /// Percent of the root's memory limit at which the response starts.
+    pub pressure_at: u8,
+    /// Percent at which it may kill (and a burst is never granted above `pressure_at`).
+    pub critical_at: u8,
+    /// Percent under which (with no PSI trigger for `calm_for`) everything is undone.
+    pub calm_below: u8,
+    /// PSI trigger on the root's and every session's memory.pressure: `some` stall
+    /// of `psi_stall` within `psi_window`.
+    pub psi_stall: Duration,
+    pub psi_window: Duration,
+    /// Least time between two escalation steps while pressure persists.
+    pub step_interval: Duration,
+    /// How long it must stay calm before frozen calls thaw.
+    pub calm_for: Duration,
+    /// memory.reclaim asks low-priority sessions for this percent of their usage.
+    pub reclaim_percent: u8,
+}
+
 /// Session defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionDefaults {
@@ -116,6 +141,7 @@ pub struct Policy {
     pub call_suggestion: String,
     pub classes: Vec<CommandClass>,
     pub cpu: CpuPolicy,
+    pub memory: MemoryPolicy,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +152,7 @@ struct RawPolicy {
     caps: RawCaps,
     call: RawCall,
     cpu: CpuPolicy,
+    memory: RawMemory,
     #[serde(default, rename = "class")]
     classes: Vec<RawClass>,
 }
@@ -161,6 +188,20 @@ struct RawCaps {
     cpus: f64,
     pids: u32,
     timeout: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemory {
+    burst_step: String,
+    pressure_at: u8,
+    critical_at: u8,
+    calm_below: u8,
+    psi_stall: String,
+    psi_window: String,
+    step_interval: String,
+    calm_for: String,
+    reclaim_percent: u8,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +303,7 @@ impl Policy {
                 suggestion: c.suggestion,
             });
         }
+        let memory = memory_policy(&raw.memory).map_err(invalid)?;
         Ok(Policy {
             session,
             weights: [
@@ -274,6 +316,7 @@ impl Policy {
             call_suggestion: raw.call.suggestion,
             classes,
             cpu: raw.cpu,
+            memory,
         })
     }
 
@@ -296,6 +339,52 @@ impl Policy {
     pub fn class_named(&self, name: &str) -> Option<&CommandClass> {
         self.classes.iter().find(|c| c.name == name)
     }
+}
+
+/// Validates `[memory]`: percents ordered calm < pressure < critical <= 100, PSI
+/// window 500 ms..10 s (the kernel's range) with the stall inside it.
+fn memory_policy(raw: &RawMemory) -> Result<MemoryPolicy, String> {
+    let duration = |key: &str, v: &str| {
+        units::parse_duration(v).map_err(|e| format!("memory.{key} = \"{v}\": {e}"))
+    };
+    let m = MemoryPolicy {
+        burst_step: units::parse_size(&raw.burst_step)
+            .map_err(|e| format!("memory.burst_step = \"{}\": {e}", raw.burst_step))?,
+        pressure_at: raw.pressure_at,
+        critical_at: raw.critical_at,
+        calm_below: raw.calm_below,
+        psi_stall: duration("psi_stall", &raw.psi_stall)?,
+        psi_window: duration("psi_window", &raw.psi_window)?,
+        step_interval: duration("step_interval", &raw.step_interval)?,
+        calm_for: duration("calm_for", &raw.calm_for)?,
+        reclaim_percent: raw.reclaim_percent,
+    };
+    if !(m.calm_below < m.pressure_at && m.pressure_at < m.critical_at && m.critical_at <= 100) {
+        return Err(format!(
+            "memory: expected calm_below < pressure_at < critical_at <= 100, got {} / {} / {}",
+            m.calm_below, m.pressure_at, m.critical_at
+        ));
+    }
+    let window = Duration::from_millis(500)..=Duration::from_secs(10);
+    if !window.contains(&m.psi_window) {
+        return Err(format!(
+            "memory.psi_window = {:?}: the kernel accepts 500ms..10s",
+            m.psi_window
+        ));
+    }
+    if m.psi_stall.is_zero() || m.psi_stall > m.psi_window {
+        return Err(format!(
+            "memory.psi_stall = {:?}: must be above 0 and at most psi_window",
+            m.psi_stall
+        ));
+    }
+    if !(1..=100).contains(&m.reclaim_percent) {
+        return Err(format!(
+            "memory.reclaim_percent = {}: expected 1..=100",
+            m.reclaim_percent
+        ));
+    }
+    Ok(m)
 }
 
 /// The text a call is classified by: the command string of `sh -c CMD` (any shell, any
@@ -458,6 +547,13 @@ mod tests {
                 ),
                 "explode",
             ),
+            (good.replace("pressure_at = 85", "pressure_at = 70"), "calm_below < pressure_at"),
+            (good.replace("critical_at = 95", "critical_at = 101"), "critical_at <= 100"),
+            (good.replace("psi_window = \"1s\"", "psi_window = \"20s\""), "psi_window"),
+            (good.replace("psi_stall = \"100ms\"", "psi_stall = \"2s\""), "psi_stall"),
+            (good.replace("burst_step = \"128M\"", "burst_step = \"lots\""), "memory.burst_step"),
+            (good.replace("reclaim_percent = 10", "reclaim_percent = 0"), "reclaim_percent"),
+            (good.replace("calm_for = \"1s\"", "calm_for = \"soon\""), "memory.calm_for"),
         ];
         for (text, needle) in cases {
             let err = Policy::parse(&text, "test").expect_err(needle).to_string();

@@ -27,6 +27,9 @@ pub enum Outcome {
     PidsLimited,
     /// It used up its declared CPU budget and agentcgd ended it.
     CpuBudgetExceeded,
+    /// agentcgd killed it to relieve host memory pressure (the last step of the
+    /// graduated response; only calls below the host's highest priority).
+    MemoryPressure,
     /// Ended by a signal nobody in agentcg sent.
     Killed,
     /// The client never reported the end; agentcgd cleaned it up.
@@ -42,6 +45,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::PidsLimited => "pids_limited",
             Outcome::CpuBudgetExceeded => "cpu_budget_exceeded",
+            Outcome::MemoryPressure => "memory_pressure",
             Outcome::Killed => "killed",
             Outcome::Abandoned => "abandoned",
         }
@@ -51,7 +55,7 @@ impl Outcome {
     pub fn is_budget(self) -> bool {
         matches!(
             self,
-            Outcome::OomKilled | Outcome::Timeout | Outcome::PidsLimited
+            Outcome::OomKilled | Outcome::Timeout | Outcome::PidsLimited | Outcome::MemoryPressure
         )
     }
 }
@@ -89,18 +93,22 @@ pub struct Accounting {
     pub pids_limit_hits: u64,
 }
 
-/// Decides the outcome from the exit, the accounting, whether the timeout fired and
-/// whether the CPU budget ran out.
-pub fn outcome(
-    exit: &ExitInfo,
-    acc: &Accounting,
-    timed_out: bool,
-    budget_exceeded: bool,
-) -> Outcome {
+/// What agentcgd itself did to a call that may explain how it ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enforced {
+    pub timed_out: bool,
+    pub cpu_budget_exceeded: bool,
+    pub pressure_killed: bool,
+}
+
+/// Decides the outcome from the exit, the accounting and what agentcgd enforced.
+pub fn outcome(exit: &ExitInfo, acc: &Accounting, enforced: Enforced) -> Outcome {
     let ev = &acc.memory_events;
-    if timed_out {
+    if enforced.timed_out {
         Outcome::Timeout
-    } else if budget_exceeded && exit.signal.is_some() {
+    } else if enforced.pressure_killed && exit.signal.is_some() {
+        Outcome::MemoryPressure
+    } else if enforced.cpu_budget_exceeded && exit.signal.is_some() {
         Outcome::CpuBudgetExceeded
     } else if ev.oom_kill > 0 || ev.oom_group_kill > 0 {
         Outcome::OomKilled
@@ -130,15 +138,25 @@ pub struct Feedback {
     pub message: String,
 }
 
+/// The shared ceilings above a call, for its feedback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ceilings {
+    /// memory.max of the session's calls/ cgroup.
+    pub calls: u64,
+    /// The memory limit the pressure response defends (agentcg's root or the host).
+    pub host: u64,
+}
+
 /// Feedback for a call a budget ended; `None` for other outcomes.
 pub fn feedback(
     call_id: u64,
     outcome: Outcome,
     limits: &CallLimits,
     acc: &Accounting,
-    calls_ceiling: u64,
+    ceilings: Ceilings,
     suggestion: &str,
 ) -> Option<Feedback> {
+    let calls_ceiling = ceilings.calls;
     let class = limits
         .class
         .as_deref()
@@ -192,6 +210,15 @@ pub fn feedback(
                 ),
             )
         }
+        Outcome::MemoryPressure => (
+            "host memory".to_string(),
+            HumanSize(ceilings.host).to_string(),
+            acc.memory_peak.map(|p| HumanSize(p).to_string()),
+            "agentcg ended it to relieve host memory pressure (higher-priority work needed the memory)".to_string(),
+            format!(
+                "run it again when the host is less busy, or make it smaller ({suggestion}); declaring its size (--intent mem=...) lets agentcg plan for it"
+            ),
+        ),
         Outcome::PidsLimited => (
             "pids".to_string(),
             limits.pids_max.to_string(),
@@ -215,6 +242,17 @@ pub fn feedback(
         suggestion: advice,
         message,
     })
+}
+
+/// One thing the memory response did to a call, for its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryAction {
+    /// Milliseconds since the call started.
+    pub at_ms: u64,
+    /// `burst`, `throttle`, `reclaim`, `freeze`, `kill`, `thaw` or `restore`.
+    pub action: String,
+    /// What was written and why.
+    pub detail: String,
 }
 
 /// Process activity of a call as seen by the telemetry BPF programs.
@@ -247,12 +285,23 @@ pub struct CallRecord {
     pub processes: Option<ProcessCounts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feedback: Option<Feedback>,
+    /// What the memory response did to the call, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_actions: Vec<MemoryAction>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::intent::Priority;
+
+    fn en(timed_out: bool, cpu_budget_exceeded: bool) -> Enforced {
+        Enforced {
+            timed_out,
+            cpu_budget_exceeded,
+            pressure_killed: false,
+        }
+    }
 
     fn limits() -> CallLimits {
         CallLimits {
@@ -301,12 +350,12 @@ mod tests {
             signal: Some(9),
         };
         let quiet = Accounting::default();
-        assert_eq!(outcome(&ok, &quiet, false, false), Outcome::Ok);
-        assert_eq!(outcome(&fail, &quiet, false, false), Outcome::Failed);
-        assert_eq!(outcome(&killed, &quiet, false, false), Outcome::Killed);
-        assert_eq!(outcome(&killed, &quiet, true, false), Outcome::Timeout);
+        assert_eq!(outcome(&ok, &quiet, en(false, false)), Outcome::Ok);
+        assert_eq!(outcome(&fail, &quiet, en(false, false)), Outcome::Failed);
+        assert_eq!(outcome(&killed, &quiet, en(false, false)), Outcome::Killed);
+        assert_eq!(outcome(&killed, &quiet, en(true, false)), Outcome::Timeout);
         assert_eq!(
-            outcome(&killed, &oom_acc(3, 0), false, false),
+            outcome(&killed, &oom_acc(3, 0), en(false, false)),
             Outcome::OomKilled
         );
         let forkfail = Accounting {
@@ -314,16 +363,16 @@ mod tests {
             ..quiet
         };
         assert_eq!(
-            outcome(&fail, &forkfail, false, false),
+            outcome(&fail, &forkfail, en(false, false)),
             Outcome::PidsLimited
         );
-        assert_eq!(outcome(&ok, &forkfail, false, false), Outcome::Ok);
+        assert_eq!(outcome(&ok, &forkfail, en(false, false)), Outcome::Ok);
         assert_eq!(
-            outcome(&killed, &quiet, false, true),
+            outcome(&killed, &quiet, en(false, true)),
             Outcome::CpuBudgetExceeded
         );
         assert_eq!(
-            outcome(&ok, &quiet, false, true),
+            outcome(&ok, &quiet, en(false, true)),
             Outcome::Ok,
             "throttled but finished"
         );
@@ -338,7 +387,7 @@ mod tests {
             Outcome::OomKilled,
             &limits(),
             &oom_acc(3, 0),
-            1 << 30,
+            ceil(1 << 30),
             "run a single test file",
         )
         .unwrap();
@@ -356,7 +405,7 @@ mod tests {
             Outcome::OomKilled,
             &limits(),
             &oom_acc(0, 2),
-            272 << 20,
+            ceil(272 << 20),
             "x",
         )
         .unwrap();
@@ -372,7 +421,7 @@ mod tests {
                 Outcome::Failed,
                 &limits(),
                 &Accounting::default(),
-                0,
+                ceil(0),
                 "x"
             )
             .is_none()
@@ -382,11 +431,46 @@ mod tests {
             Outcome::Timeout,
             &limits(),
             &Accounting::default(),
-            0,
+            ceil(0),
             "x",
         )
         .unwrap();
         assert_eq!(t.limit_value, "10s");
         assert!(t.suggestion.contains("timeout=20s"), "{}", t.suggestion);
+    }
+
+    fn ceil(calls: u64) -> Ceilings {
+        Ceilings {
+            calls,
+            host: 1100 << 20,
+        }
+    }
+
+    #[test]
+    fn a_pressure_kill_is_explained() {
+        let pressure = Enforced {
+            pressure_killed: true,
+            ..Enforced::default()
+        };
+        let killed = ExitInfo {
+            code: None,
+            signal: Some(9),
+        };
+        let acc = Accounting {
+            memory_peak: Some(300 << 20),
+            ..Accounting::default()
+        };
+        assert_eq!(outcome(&killed, &acc, pressure), Outcome::MemoryPressure);
+        let ok = ExitInfo {
+            code: Some(0),
+            signal: None,
+        };
+        assert_eq!(outcome(&ok, &acc, pressure), Outcome::Ok, "finished first");
+        let f = feedback(3, Outcome::MemoryPressure, &limits(), &acc, ceil(0), "run one file")
+            .unwrap();
+        assert_eq!((f.limit.as_str(), f.limit_value.as_str()), ("host memory", "1.1 GiB"));
+        assert_eq!(f.peak.as_deref(), Some("300 MiB"));
+        assert!(f.message.contains("relieve host memory pressure"), "{}", f.message);
+        assert!(f.suggestion.contains("run one file"), "{}", f.suggestion);
     }
 }

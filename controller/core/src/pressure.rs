@@ -1,0 +1,402 @@
+//! The graduated memory response, as pure decisions: from a reading of the root's
+//! memory (usage, limit, whether a PSI trigger or the kernel's `memory.max` fired) and
+//! the response so far, which step comes next; which calls are its victims; how far a
+//! bursting call may grow. The controller applies the steps, the daemon supplies the
+//! signals (BPF memcg events, PSI `poll` wake-ups) and the time.
+//!
+//! Steps, in order: throttle (lower `memory.high` of the victims to their usage) ->
+//! reclaim (`memory.reclaim` on their sessions) -> freeze (`cgroup.freeze`) -> kill (the
+//! most recent victim, one per step). Victims are the running calls of the lowest
+//! priority present, and never high-priority calls: while a low- or normal-priority call
+//! runs, it gives memory back first; high-priority sessions rely on their `memory.low`
+//! and their own limits. Agent runtimes are not calls, so they are never victims.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::intent::Priority;
+use crate::policy::MemoryPolicy;
+
+/// One step of the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Throttle,
+    Reclaim,
+    Freeze,
+    Kill,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Throttle => "throttle",
+            Step::Reclaim => "reclaim",
+            Step::Freeze => "freeze",
+            Step::Kill => "kill",
+        }
+    }
+
+    fn next(self) -> Step {
+        match self {
+            Step::Throttle => Step::Reclaim,
+            Step::Reclaim => Step::Freeze,
+            Step::Freeze | Step::Kill => Step::Kill,
+        }
+    }
+}
+
+/// Where the root's usage stands against its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Zone {
+    /// Below `calm_below`.
+    Calm,
+    /// Between `calm_below` and `pressure_at`: keep what was done, do no more.
+    Between,
+    /// At or above `pressure_at`.
+    Pressure,
+    /// At or above `critical_at`: kills are allowed.
+    Critical,
+}
+
+/// The root's memory at one moment, and what fired since the last reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    pub usage: u64,
+    pub limit: u64,
+    /// A PSI trigger (root or a session above the victims' priority) fired.
+    pub psi: bool,
+    /// The kernel hit `memory.max` at the root (BPF `MEMCG_MAX`/OOM events).
+    pub at_max: bool,
+}
+
+impl Reading {
+    pub fn zone(&self, p: &MemoryPolicy) -> Zone {
+        let pct = |x: u8| (self.limit as u128 * x as u128 / 100) as u64;
+        if self.usage >= pct(p.critical_at) {
+            Zone::Critical
+        } else if self.usage >= pct(p.pressure_at) {
+            Zone::Pressure
+        } else if self.usage < pct(p.calm_below) {
+            Zone::Calm
+        } else {
+            Zone::Between
+        }
+    }
+}
+
+/// The response so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct State {
+    /// The last step taken; `None` when nothing is in force.
+    pub step: Option<Step>,
+    pub last_step_at: Option<Instant>,
+    /// Since when it has been calm (below `calm_below`, no PSI), while a step is in force.
+    pub calm_since: Option<Instant>,
+}
+
+/// What to do after a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing new.
+    Hold,
+    /// Take this step now.
+    Escalate(Step),
+    /// Pressure has subsided: undo every step in force (thaw, restore memory.high).
+    Relent,
+}
+
+/// The next decision, and the state after it.
+pub fn decide(p: &MemoryPolicy, s: State, r: &Reading, now: Instant) -> (Decision, State) {
+    let zone = r.zone(p);
+    let pressured = zone >= Zone::Pressure || r.psi || r.at_max;
+    if pressured {
+        let due = s
+            .last_step_at
+            .is_none_or(|t| now.duration_since(t) >= p.step_interval);
+        let step = match s.step {
+            None => Some(Step::Throttle),
+            Some(_) if !due => None,
+            // Kill only when memory is really about to run out: above critical_at or
+            // at the kernel's limit. Otherwise frozen calls hold their ground.
+            Some(Step::Freeze | Step::Kill) if zone < Zone::Critical && !r.at_max => None,
+            Some(step) => Some(step.next()),
+        };
+        let s = State {
+            calm_since: None,
+            ..s
+        };
+        return match step {
+            Some(step) => (
+                Decision::Escalate(step),
+                State {
+                    step: Some(step),
+                    last_step_at: Some(now),
+                    calm_since: None,
+                },
+            ),
+            None => (Decision::Hold, s),
+        };
+    }
+    if s.step.is_none() {
+        return (Decision::Hold, s);
+    }
+    if zone != Zone::Calm {
+        return (
+            Decision::Hold,
+            State {
+                calm_since: None,
+                ..s
+            },
+        );
+    }
+    match s.calm_since {
+        Some(t) if now.duration_since(t) >= p.calm_for => (Decision::Relent, State::default()),
+        Some(_) => (Decision::Hold, s),
+        None => (
+            Decision::Hold,
+            State {
+                calm_since: Some(now),
+                ..s
+            },
+        ),
+    }
+}
+
+/// When the daemon should look again without a new signal: while a step is in force,
+/// pressure may persist (escalate) or subside (relent) without any event saying so.
+pub fn recheck_after(p: &MemoryPolicy, s: &State) -> Option<Duration> {
+    s.step?;
+    Some(if s.calm_since.is_some() {
+        p.calm_for.min(p.step_interval)
+    } else {
+        p.step_interval
+    })
+}
+
+/// A running call as the response sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallView {
+    pub call_id: u64,
+    pub priority: Priority,
+    pub usage: u64,
+    pub killed: bool,
+}
+
+/// The victims of a step: the calls of the lowest priority present among those not
+/// yet killed, unless that is `High`. In call-id order (oldest first).
+pub fn victims(calls: &[CallView]) -> Vec<u64> {
+    let alive = || calls.iter().filter(|c| !c.killed);
+    let Some(tier) = alive().map(|c| c.priority).min() else {
+        return Vec::new();
+    };
+    if tier == Priority::High {
+        return Vec::new();
+    }
+    let mut v: Vec<u64> = alive()
+        .filter(|c| c.priority == tier)
+        .map(|c| c.call_id)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The call a kill step ends: the most recent victim.
+pub fn kill_target(calls: &[CallView]) -> Option<u64> {
+    victims(calls).last().copied()
+}
+
+/// `memory.high` for a throttled call: its usage rounded up to a MiB, at least 16 MiB.
+pub fn throttle_high(usage: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    usage.div_ceil(MIB).saturating_mul(MIB).max(16 * MIB)
+}
+
+/// Bytes `memory.reclaim` asks of a session using `usage`.
+pub fn reclaim_amount(p: &MemoryPolicy, usage: u64) -> u64 {
+    (usage as u128 * p.reclaim_percent as u128 / 100) as u64
+}
+
+/// The raised `memory.high` of a call that crossed `high` at `usage`, when the root
+/// (at `root_usage` of `root_limit`) has slack for one more `burst_step` below
+/// `pressure_at` and no response is in force; `None` when it must stay.
+pub fn burst_high(
+    p: &MemoryPolicy,
+    in_force: bool,
+    high: u64,
+    max: u64,
+    root_usage: u64,
+    root_limit: u64,
+) -> Option<u64> {
+    if in_force || p.burst_step == 0 || high >= max {
+        return None;
+    }
+    let watermark = (root_limit as u128 * p.pressure_at as u128 / 100) as u64;
+    if root_usage.saturating_add(p.burst_step) > watermark {
+        return None;
+    }
+    Some(high.saturating_add(p.burst_step).min(max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    const MIB: u64 = 1 << 20;
+
+    fn policy() -> MemoryPolicy {
+        Policy::default_policy().memory
+    }
+
+    fn reading(usage_mib: u64) -> Reading {
+        Reading {
+            usage: usage_mib * MIB,
+            limit: 1000 * MIB,
+            psi: false,
+            at_max: false,
+        }
+    }
+
+    #[test]
+    fn zones_follow_the_percentages() {
+        let p = policy();
+        assert_eq!(reading(100).zone(&p), Zone::Calm);
+        assert_eq!(reading(800).zone(&p), Zone::Between);
+        assert_eq!(reading(850).zone(&p), Zone::Pressure);
+        assert_eq!(reading(950).zone(&p), Zone::Critical);
+    }
+
+    /// Persisting pressure walks throttle -> reclaim -> freeze, then waits for
+    /// critical before killing, one kill per interval.
+    #[test]
+    fn escalates_in_order_and_kills_only_when_critical() {
+        let p = policy();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = State::default();
+        let mut steps = Vec::new();
+        for (ms, mib) in [(0, 860), (50, 870), (200, 870), (400, 870), (600, 880), (800, 960)] {
+            let (d, next) = decide(&p, s, &reading(mib), at(ms));
+            s = next;
+            steps.push(d);
+        }
+        use Decision::*;
+        assert_eq!(
+            steps,
+            [
+                Escalate(Step::Throttle),
+                Hold, // within step_interval
+                Escalate(Step::Reclaim),
+                Escalate(Step::Freeze),
+                Hold, // frozen, not critical
+                Escalate(Step::Kill),
+            ]
+        );
+        let (d, _) = decide(&p, s, &reading(960), at(1000));
+        assert_eq!(d, Escalate(Step::Kill), "another kill while still critical");
+    }
+
+    #[test]
+    fn psi_and_the_kernel_limit_count_as_pressure() {
+        let p = policy();
+        let now = Instant::now();
+        let psi = Reading {
+            psi: true,
+            ..reading(100)
+        };
+        assert_eq!(
+            decide(&p, State::default(), &psi, now).0,
+            Decision::Escalate(Step::Throttle)
+        );
+        let frozen = State {
+            step: Some(Step::Freeze),
+            last_step_at: Some(now),
+            calm_since: None,
+        };
+        let at_max = Reading {
+            at_max: true,
+            ..reading(900)
+        };
+        let later = now + p.step_interval;
+        assert_eq!(decide(&p, frozen, &at_max, later).0, Decision::Escalate(Step::Kill));
+    }
+
+    /// Relenting needs calm for calm_for; a reading between the marks resets it.
+    #[test]
+    fn relents_after_a_calm_period() {
+        let p = policy();
+        let t0 = Instant::now();
+        let s = State {
+            step: Some(Step::Freeze),
+            last_step_at: Some(t0),
+            calm_since: None,
+        };
+        let (d, s) = decide(&p, s, &reading(500), t0);
+        assert_eq!(d, Decision::Hold);
+        assert_eq!(s.calm_since, Some(t0));
+        let (d, s2) = decide(&p, s, &reading(800), t0 + Duration::from_millis(500));
+        assert_eq!((d, s2.calm_since), (Decision::Hold, None), "between: calm resets");
+        let (d, s) = decide(&p, s, &reading(500), t0 + p.calm_for);
+        assert_eq!(d, Decision::Relent);
+        assert_eq!(s, State::default());
+        assert_eq!(recheck_after(&p, &s), None, "no timer when nothing is in force");
+    }
+
+    #[test]
+    fn calm_with_nothing_in_force_does_nothing() {
+        let p = policy();
+        let (d, s) = decide(&p, State::default(), &reading(100), Instant::now());
+        assert_eq!((d, s), (Decision::Hold, State::default()));
+    }
+
+    fn call(id: u64, priority: Priority, killed: bool) -> CallView {
+        CallView {
+            call_id: id,
+            priority,
+            usage: 0,
+            killed,
+        }
+    }
+
+    #[test]
+    fn victims_are_the_lowest_priority_and_never_high() {
+        use Priority::*;
+        let calls = [
+            call(4, High, false),
+            call(7, Low, false),
+            call(3, Low, false),
+            call(5, Normal, false),
+        ];
+        assert_eq!(victims(&calls), [3, 7]);
+        assert_eq!(kill_target(&calls), Some(7), "the most recent low call");
+        let lows_gone = [
+            call(4, High, false),
+            call(7, Low, true),
+            call(5, Normal, false),
+        ];
+        assert_eq!(victims(&lows_gone), [5], "then normal");
+        assert_eq!(victims(&[call(4, High, false), call(5, Low, true)]), Vec::<u64>::new());
+        assert_eq!(kill_target(&[]), None);
+    }
+
+    #[test]
+    fn throttle_and_reclaim_sizes() {
+        let p = policy();
+        assert_eq!(throttle_high(100 * MIB + 1), 101 * MIB);
+        assert_eq!(throttle_high(MIB), 16 * MIB);
+        assert_eq!(reclaim_amount(&p, 500 * MIB), 50 * MIB);
+    }
+
+    #[test]
+    fn bursts_only_with_slack_and_never_past_max() {
+        let p = policy();
+        let g = 1000 * MIB;
+        assert_eq!(burst_high(&p, false, 256 * MIB, g, 100 * MIB, g), Some(384 * MIB));
+        assert_eq!(burst_high(&p, false, 900 * MIB, g, 100 * MIB, g), Some(g));
+        assert_eq!(burst_high(&p, false, g, g, 0, g), None, "already at max");
+        assert_eq!(burst_high(&p, false, 256 * MIB, g, 800 * MIB, g), None, "no slack");
+        assert_eq!(burst_high(&p, true, 256 * MIB, g, 0, g), None, "response in force");
+    }
+}
