@@ -789,17 +789,22 @@ impl Controller {
             .collect()
     }
 
-    /// The priority of a session, if it exists.
-    pub fn session_priority(&self, name: &str) -> Option<crate::intent::Priority> {
-        self.sessions.get(name).map(|s| s.plan.priority)
+    /// The highest priority among the sessions: whom the memory response protects.
+    fn top_priority(&self) -> crate::intent::Priority {
+        self.sessions
+            .values()
+            .map(|s| s.plan.priority)
+            .max()
+            .unwrap_or_default()
     }
 
     /// Takes one step of the memory response against its victims.
     pub fn memory_step(&mut self, step: Step, reason: &str) -> StepReport {
         let calls = self.pressure_calls();
+        let top = self.top_priority();
         let targets = match step {
-            Step::Kill => pressure::kill_target(&calls).into_iter().collect(),
-            _ => pressure::victims(&calls),
+            Step::Kill => pressure::kill_target(&calls, top).into_iter().collect(),
+            _ => pressure::victims(&calls, top),
         };
         let mut report = StepReport {
             step: step.as_str().to_string(),
@@ -827,7 +832,10 @@ impl Controller {
                 }
                 Step::Freeze => {
                     call.memory.frozen = true;
-                    (call.cgroup.freeze(true), format!("cgroup.freeze 1 (usage {usage})"))
+                    (
+                        call.cgroup.freeze(true),
+                        format!("cgroup.freeze 1 (usage {usage})"),
+                    )
                 }
                 Step::Kill => {
                     call.memory.killed = true;

@@ -547,13 +547,34 @@ mod tests {
                 ),
                 "explode",
             ),
-            (good.replace("pressure_at = 85", "pressure_at = 70"), "calm_below < pressure_at"),
-            (good.replace("critical_at = 95", "critical_at = 101"), "critical_at <= 100"),
-            (good.replace("psi_window = \"1s\"", "psi_window = \"20s\""), "psi_window"),
-            (good.replace("psi_stall = \"100ms\"", "psi_stall = \"2s\""), "psi_stall"),
-            (good.replace("burst_step = \"128M\"", "burst_step = \"lots\""), "memory.burst_step"),
-            (good.replace("reclaim_percent = 10", "reclaim_percent = 0"), "reclaim_percent"),
-            (good.replace("calm_for = \"1s\"", "calm_for = \"soon\""), "memory.calm_for"),
+            (
+                good.replace("pressure_at = 85", "pressure_at = 70"),
+                "calm_below < pressure_at",
+            ),
+            (
+                good.replace("critical_at = 95", "critical_at = 101"),
+                "critical_at <= 100",
+            ),
+            (
+                good.replace("psi_window = \"1s\"", "psi_window = \"20s\""),
+                "psi_window",
+            ),
+            (
+                good.replace("psi_stall = \"100ms\"", "psi_stall = \"2s\""),
+                "psi_stall",
+            ),
+            (
+                good.replace("burst_step = \"128M\"", "burst_step = \"lots\""),
+                "memory.burst_step",
+            ),
+            (
+                good.replace("reclaim_percent = 10", "reclaim_percent = 0"),
+                "reclaim_percent",
+            ),
+            (
+                good.replace("calm_for = \"1s\"", "calm_for = \"soon\""),
+                "memory.calm_for",
+            ),
         ];
         for (text, needle) in cases {
             let err = Policy::parse(&text, "test").expect_err(needle).to_string();

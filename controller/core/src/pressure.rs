@@ -7,9 +7,11 @@
 //! Steps, in order: throttle (lower `memory.high` of the victims to their usage) ->
 //! reclaim (`memory.reclaim` on their sessions) -> freeze (`cgroup.freeze`) -> kill (the
 //! most recent victim, one per step). Victims are the running calls of the lowest
-//! priority present, and never high-priority calls: while a low- or normal-priority call
-//! runs, it gives memory back first; high-priority sessions rely on their `memory.low`
-//! and their own limits. Agent runtimes are not calls, so they are never victims.
+//! priority present, provided some session has a higher priority (there is someone to
+//! give memory back to), and never high-priority calls: while a low- or normal-priority
+//! call runs, it gives memory back first; high-priority sessions rely on their
+//! `memory.low` and their own limits. Agent runtimes are not calls, so they are never
+//! victims. Among equals nobody is sacrificed: the kernel's per-call limits decide.
 
 use std::time::{Duration, Instant};
 
@@ -185,13 +187,14 @@ pub struct CallView {
 }
 
 /// The victims of a step: the calls of the lowest priority present among those not
-/// yet killed, unless that is `High`. In call-id order (oldest first).
-pub fn victims(calls: &[CallView]) -> Vec<u64> {
+/// yet killed, unless that is `High` or not below `top`, the highest priority of the
+/// host's sessions. In call-id order (oldest first).
+pub fn victims(calls: &[CallView], top: Priority) -> Vec<u64> {
     let alive = || calls.iter().filter(|c| !c.killed);
     let Some(tier) = alive().map(|c| c.priority).min() else {
         return Vec::new();
     };
-    if tier == Priority::High {
+    if tier == Priority::High || tier >= top {
         return Vec::new();
     }
     let mut v: Vec<u64> = alive()
@@ -203,8 +206,8 @@ pub fn victims(calls: &[CallView]) -> Vec<u64> {
 }
 
 /// The call a kill step ends: the most recent victim.
-pub fn kill_target(calls: &[CallView]) -> Option<u64> {
-    victims(calls).last().copied()
+pub fn kill_target(calls: &[CallView], top: Priority) -> Option<u64> {
+    victims(calls, top).last().copied()
 }
 
 /// `memory.high` for a throttled call: its usage rounded up to a MiB, at least 16 MiB.
@@ -277,7 +280,14 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut s = State::default();
         let mut steps = Vec::new();
-        for (ms, mib) in [(0, 860), (50, 870), (200, 870), (400, 870), (600, 880), (800, 960)] {
+        for (ms, mib) in [
+            (0, 860),
+            (50, 870),
+            (200, 870),
+            (400, 870),
+            (600, 880),
+            (800, 960),
+        ] {
             let (d, next) = decide(&p, s, &reading(mib), at(ms));
             s = next;
             steps.push(d);
@@ -320,7 +330,10 @@ mod tests {
             ..reading(900)
         };
         let later = now + p.step_interval;
-        assert_eq!(decide(&p, frozen, &at_max, later).0, Decision::Escalate(Step::Kill));
+        assert_eq!(
+            decide(&p, frozen, &at_max, later).0,
+            Decision::Escalate(Step::Kill)
+        );
     }
 
     /// Relenting needs calm for calm_for; a reading between the marks resets it.
@@ -337,11 +350,19 @@ mod tests {
         assert_eq!(d, Decision::Hold);
         assert_eq!(s.calm_since, Some(t0));
         let (d, s2) = decide(&p, s, &reading(800), t0 + Duration::from_millis(500));
-        assert_eq!((d, s2.calm_since), (Decision::Hold, None), "between: calm resets");
+        assert_eq!(
+            (d, s2.calm_since),
+            (Decision::Hold, None),
+            "between: calm resets"
+        );
         let (d, s) = decide(&p, s, &reading(500), t0 + p.calm_for);
         assert_eq!(d, Decision::Relent);
         assert_eq!(s, State::default());
-        assert_eq!(recheck_after(&p, &s), None, "no timer when nothing is in force");
+        assert_eq!(
+            recheck_after(&p, &s),
+            None,
+            "no timer when nothing is in force"
+        );
     }
 
     #[test]
@@ -369,16 +390,30 @@ mod tests {
             call(3, Low, false),
             call(5, Normal, false),
         ];
-        assert_eq!(victims(&calls), [3, 7]);
-        assert_eq!(kill_target(&calls), Some(7), "the most recent low call");
+        assert_eq!(victims(&calls, High), [3, 7]);
+        assert_eq!(
+            kill_target(&calls, High),
+            Some(7),
+            "the most recent low call"
+        );
         let lows_gone = [
             call(4, High, false),
             call(7, Low, true),
             call(5, Normal, false),
         ];
-        assert_eq!(victims(&lows_gone), [5], "then normal");
-        assert_eq!(victims(&[call(4, High, false), call(5, Low, true)]), Vec::<u64>::new());
-        assert_eq!(kill_target(&[]), None);
+        assert_eq!(victims(&lows_gone, High), [5], "then normal");
+        assert_eq!(
+            victims(&[call(4, High, false), call(5, Low, true)], High),
+            Vec::<u64>::new()
+        );
+        assert_eq!(kill_target(&[], High), None);
+        let equals = [call(1, Normal, false), call(2, Normal, false)];
+        assert_eq!(
+            victims(&equals, Normal),
+            Vec::<u64>::new(),
+            "nobody to protect"
+        );
+        assert_eq!(victims(&[call(1, Low, false)], Normal), [1]);
     }
 
     #[test]
@@ -393,10 +428,21 @@ mod tests {
     fn bursts_only_with_slack_and_never_past_max() {
         let p = policy();
         let g = 1000 * MIB;
-        assert_eq!(burst_high(&p, false, 256 * MIB, g, 100 * MIB, g), Some(384 * MIB));
+        assert_eq!(
+            burst_high(&p, false, 256 * MIB, g, 100 * MIB, g),
+            Some(384 * MIB)
+        );
         assert_eq!(burst_high(&p, false, 900 * MIB, g, 100 * MIB, g), Some(g));
         assert_eq!(burst_high(&p, false, g, g, 0, g), None, "already at max");
-        assert_eq!(burst_high(&p, false, 256 * MIB, g, 800 * MIB, g), None, "no slack");
-        assert_eq!(burst_high(&p, true, 256 * MIB, g, 0, g), None, "response in force");
+        assert_eq!(
+            burst_high(&p, false, 256 * MIB, g, 800 * MIB, g),
+            None,
+            "no slack"
+        );
+        assert_eq!(
+            burst_high(&p, true, 256 * MIB, g, 0, g),
+            None,
+            "response in force"
+        );
     }
 }

@@ -466,11 +466,25 @@ mod tests {
             signal: None,
         };
         assert_eq!(outcome(&ok, &acc, pressure), Outcome::Ok, "finished first");
-        let f = feedback(3, Outcome::MemoryPressure, &limits(), &acc, ceil(0), "run one file")
-            .unwrap();
-        assert_eq!((f.limit.as_str(), f.limit_value.as_str()), ("host memory", "1.1 GiB"));
+        let f = feedback(
+            3,
+            Outcome::MemoryPressure,
+            &limits(),
+            &acc,
+            ceil(0),
+            "run one file",
+        )
+        .unwrap();
+        assert_eq!(
+            (f.limit.as_str(), f.limit_value.as_str()),
+            ("host memory", "1.1 GiB")
+        );
         assert_eq!(f.peak.as_deref(), Some("300 MiB"));
-        assert!(f.message.contains("relieve host memory pressure"), "{}", f.message);
+        assert!(
+            f.message.contains("relieve host memory pressure"),
+            "{}",
+            f.message
+        );
         assert!(f.suggestion.contains("run one file"), "{}", f.suggestion);
     }
 }

@@ -152,6 +152,20 @@ async fn status(State(state): State<AppState>) -> ApiResult {
         modes.insert(1, json!({"part": "cpu", "mode": cpu_mode}));
     }
     v["scheduler"] = serde_json::to_value(&sched).unwrap_or_default();
+    let memory = state
+        .status
+        .memory
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let response = format!(
+        "graduated response (throttle, reclaim, freeze, kill low-priority calls) on {}",
+        memory.signals.join(" + ")
+    );
+    if let Some(modes) = v["modes"].as_array_mut() {
+        modes.push(json!({"part": "memory-response", "mode": response}));
+    }
+    v["memory"] = serde_json::to_value(&memory).unwrap_or_default();
     Ok(Json(v))
 }
 

@@ -4,6 +4,7 @@
 
 mod api;
 mod args;
+mod memory;
 mod sched;
 mod status;
 mod supervisor;
@@ -57,9 +58,24 @@ async fn run(args: args::Args) -> Result<(), String> {
         }
     };
     let shared = Arc::new(Mutex::new(controller));
+    let memory_status = memory::SharedMemoryStatus::default();
+    let (sender, signals) = tokio::sync::mpsc::unbounded_channel();
+    let memory_hooks = memory::start(
+        shared.clone(),
+        memory::Sources {
+            signals,
+            sender,
+            bpf: false,
+        },
+        memory_status.clone(),
+    );
+    if let Ok(mut c) = shared.lock() {
+        c.add_hooks(Box::new(memory_hooks));
+    }
     let mut status = status::Status::probe(&args, telemetry);
     let sched_ext_present = status.kernel.sched_ext_state.is_some();
     status.sched = sched::start(shared.clone(), cpu_policy, sched_ext_present);
+    status.memory = memory_status;
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;

@@ -27,6 +27,9 @@ pub struct Status {
     /// The CPU scheduler's live state (changes when it exits or reloads).
     #[serde(skip)]
     pub sched: SharedStatus,
+    /// The memory response's live state.
+    #[serde(skip)]
+    pub memory: crate::memory::SharedMemoryStatus,
 }
 
 impl Status {
@@ -62,6 +65,7 @@ impl Status {
             btf,
             modes,
             sched: SharedStatus::default(),
+            memory: crate::memory::SharedMemoryStatus::default(),
         }
     }
 }

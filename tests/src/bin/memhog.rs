@@ -1,6 +1,6 @@
 //! memhog: allocates memory in touched chunks, for kernel tests and the demo.
-//! `memhog MIB [HOLD_MS] [CHUNK_MIB]`: grows to MIB mebibytes, touching every page,
-//! prints progress, holds for HOLD_MS, exits 0.
+//! `memhog MIB [HOLD_MS] [CHUNK_MIB] [PAUSE_MS]`: grows to MIB mebibytes in chunks,
+//! touching every page, pausing PAUSE_MS after each chunk, holds for HOLD_MS, exits 0.
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ fn main() {
     let total_mib = args.first().copied().unwrap_or(64);
     let hold = Duration::from_millis(args.get(1).copied().unwrap_or(0));
     let chunk_mib = args.get(2).copied().unwrap_or(16).max(1);
+    let pause = Duration::from_millis(args.get(3).copied().unwrap_or(0));
     let mut chunks: Vec<Vec<u8>> = Vec::new();
     let mut have = 0;
     while have < total_mib {
@@ -22,6 +23,9 @@ fn main() {
         }
         chunks.push(v);
         have += n;
+        if have < total_mib {
+            std::thread::sleep(pause);
+        }
     }
     println!("memhog: holding {have} MiB");
     std::thread::sleep(hold);

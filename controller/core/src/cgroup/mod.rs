@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod layout;
 pub mod memory;
 pub mod pids;
+pub mod psi;
 
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,410 @@
+//! The graduated memory response, driven by signals, not timers: PSI triggers
+//! (`poll` on `memory.pressure` of agentcg's root and of every session) and the BPF
+//! memory programs' events (a call crossing its `memory.high`, the root nearing or
+//! hitting its `memory.max`, OOM kills). Each signal re-reads the root's memory and
+//! asks `agentcg_core::pressure::decide` what to do; the controller applies the step
+//! and writes it into the affected calls' records. Only while a step is in force does
+//! a timer re-check (to escalate if pressure persists, or relent once it subsides).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use agentcg_core::cgroup::psi;
+use agentcg_core::controller::{CgroupRole, KernelHooks, StepReport};
+use agentcg_core::intent::Priority;
+use agentcg_core::policy::MemoryPolicy;
+use agentcg_core::pressure::{self, Decision, Reading, State};
+use agentcg_core::record::ProcessCounts;
+use agentcg_core::units::HumanSize;
+use serde::Serialize;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+use crate::supervisor::Shared;
+
+/// Steps kept for `agentcg status`.
+const KEEP_STEPS: usize = 64;
+
+/// What happened in the kernel, as the response uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// A PSI trigger fired on the root (`None`) or on a session.
+    Psi { session: Option<u64> },
+    /// A call's cgroup crossed its memory.high (BPF).
+    OverHigh { cgroup_id: u64 },
+    /// The root crossed its pressure watermark (BPF).
+    NearMax,
+    /// The kernel hit memory.max at the root (BPF `MEMCG_MAX`).
+    AtMax,
+    /// The kernel's OOM killer killed in a watched cgroup (BPF).
+    OomKill { cgroup_id: u64 },
+}
+
+/// Changes to the set of PSI triggers, from the controller's hooks.
+#[derive(Debug)]
+enum Change {
+    Session {
+        cgroup_id: u64,
+        name: String,
+        priority: Priority,
+    },
+    Removed {
+        cgroup_id: u64,
+    },
+}
+
+/// One step as `agentcg status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepEvent {
+    pub unix_ms: u64,
+    #[serde(flatten)]
+    pub report: StepReport,
+}
+
+/// The response's live state for `agentcg status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemoryStatus {
+    /// Signals that drive it: `psi` and, when the BPF programs loaded, `bpf`.
+    pub signals: Vec<String>,
+    /// The step in force (`throttle`, ...), or `none`.
+    pub step: String,
+    /// Armed PSI triggers (root + sessions).
+    pub psi_triggers: usize,
+    pub root_usage: u64,
+    pub root_limit: u64,
+    /// Calls whose memory.high was raised because the host had slack.
+    pub bursts: u64,
+    /// The latest steps, oldest first.
+    pub steps: VecDeque<StepEvent>,
+}
+
+pub type SharedMemoryStatus = Arc<Mutex<MemoryStatus>>;
+
+/// Tells the response about sessions (each gets a PSI trigger).
+#[derive(Debug)]
+pub struct MemoryHooks {
+    changes: mpsc::UnboundedSender<Change>,
+}
+
+impl KernelHooks for MemoryHooks {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn created(&mut self, cgroup_id: u64, role: CgroupRole<'_>) {
+        if let CgroupRole::Session(plan) = role {
+            let _ = self.changes.send(Change::Session {
+                cgroup_id,
+                name: plan.name.clone(),
+                priority: plan.priority,
+            });
+        }
+    }
+
+    fn removing(&mut self, cgroup_id: u64) -> Option<ProcessCounts> {
+        let _ = self.changes.send(Change::Removed { cgroup_id });
+        None
+    }
+}
+
+/// Where the response's signals come from.
+#[derive(Debug)]
+pub struct Sources {
+    pub signals: mpsc::UnboundedReceiver<Signal>,
+    pub sender: mpsc::UnboundedSender<Signal>,
+    /// Whether BPF events feed `signals` (else PSI alone).
+    pub bpf: bool,
+}
+
+/// Starts the response task; returns the hooks to add to the controller.
+pub fn start(shared: Shared, sources: Sources, status: SharedMemoryStatus) -> MemoryHooks {
+    let (tx, changes) = mpsc::unbounded_channel();
+    let policy = shared
+        .lock()
+        .map(|c| c.policy().memory.clone())
+        .unwrap_or_else(|_| agentcg_core::policy::Policy::default_policy().memory);
+    let mut signals = vec!["psi".to_string()];
+    if sources.bpf {
+        signals.insert(0, "bpf".into());
+    }
+    if let Ok(mut s) = status.lock() {
+        s.signals = signals;
+        s.step = "none".into();
+    }
+    let response = Response {
+        shared,
+        policy,
+        state: State::default(),
+        status,
+        sessions: BTreeMap::new(),
+        psi_pending: false,
+        at_max_pending: false,
+    };
+    tokio::spawn(response.run(sources, changes));
+    MemoryHooks { changes: tx }
+}
+
+/// A session's PSI trigger: the task waiting on it.
+#[derive(Debug)]
+struct SessionTrigger {
+    priority: Priority,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Response {
+    shared: Shared,
+    policy: MemoryPolicy,
+    state: State,
+    status: SharedMemoryStatus,
+    sessions: BTreeMap<u64, SessionTrigger>,
+    /// Signals seen since the last evaluation.
+    psi_pending: bool,
+    at_max_pending: bool,
+}
+
+impl Response {
+    async fn run(mut self, mut sources: Sources, mut changes: mpsc::UnboundedReceiver<Change>) {
+        let root = self.shared.lock().map(|c| c.layout().root().clone()).ok();
+        if let Some(root) = root {
+            match psi::memory_trigger(&root, self.policy.psi_stall, self.policy.psi_window) {
+                Ok(file) => {
+                    tokio::spawn(wait_trigger(file, sources.sender.clone(), None));
+                    self.set_triggers(1);
+                }
+                Err(e) => tracing::warn!("no PSI trigger on agentcg's root: {e}"),
+            }
+        }
+        let mut recheck: Option<Instant> = None;
+        loop {
+            let sleep = async {
+                match recheck {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Some(c) => self.change(c, &sources.sender),
+                    None => return,
+                },
+                signal = sources.signals.recv() => match signal {
+                    Some(s) => self.signal(s),
+                    None => return,
+                },
+                () = sleep => {}
+            }
+            self.evaluate();
+            recheck =
+                pressure::recheck_after(&self.policy, &self.state).map(|d| Instant::now() + d);
+        }
+    }
+
+    fn set_triggers(&self, delta: isize) {
+        if let Ok(mut s) = self.status.lock() {
+            s.psi_triggers = s.psi_triggers.saturating_add_signed(delta);
+        }
+    }
+
+    fn change(&mut self, change: Change, sender: &mpsc::UnboundedSender<Signal>) {
+        match change {
+            Change::Session {
+                cgroup_id,
+                name,
+                priority,
+            } => {
+                let cg = self.shared.lock().map(|c| c.layout().session(&name)).ok();
+                let Some(cg) = cg else { return };
+                match psi::memory_trigger(&cg, self.policy.psi_stall, self.policy.psi_window) {
+                    Ok(file) => {
+                        let task =
+                            tokio::spawn(wait_trigger(file, sender.clone(), Some(cgroup_id)));
+                        if let Some(old) = self
+                            .sessions
+                            .insert(cgroup_id, SessionTrigger { priority, task })
+                        {
+                            old.task.abort();
+                        } else {
+                            self.set_triggers(1);
+                        }
+                    }
+                    Err(e) => tracing::warn!(session = %name, "no PSI trigger: {e}"),
+                }
+            }
+            Change::Removed { cgroup_id } => {
+                if let Some(t) = self.sessions.remove(&cgroup_id) {
+                    t.task.abort();
+                    self.set_triggers(-1);
+                }
+            }
+        }
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        match signal {
+            Signal::Psi { session: None } => self.psi_pending = true,
+            Signal::Psi {
+                session: Some(cgid),
+            } => {
+                // A session's own stall counts when calls of lower priority than it
+                // run: they are what can give memory back. A low session stalling on
+                // its own limit is its calls' business (the kernel's memcg limits).
+                let Some(prio) = self.sessions.get(&cgid).map(|t| t.priority) else {
+                    return;
+                };
+                let lowest = self.shared.lock().ok().and_then(|c| {
+                    c.pressure_calls()
+                        .iter()
+                        .filter(|v| !v.killed)
+                        .map(|v| v.priority)
+                        .min()
+                });
+                if lowest.is_some_and(|l| l < prio) {
+                    self.psi_pending = true;
+                }
+            }
+            Signal::OverHigh { cgroup_id } => {
+                let in_force = self.state.step.is_some();
+                let burst = self
+                    .shared
+                    .lock()
+                    .ok()
+                    .and_then(|mut c| c.memory_burst(cgroup_id, in_force));
+                if let Some((call_id, high)) = burst {
+                    tracing::debug!(call_id, high, "burst: memory.high raised");
+                    if let Ok(mut s) = self.status.lock() {
+                        s.bursts += 1;
+                    }
+                }
+            }
+            Signal::NearMax => {}
+            Signal::AtMax => self.at_max_pending = true,
+            Signal::OomKill { cgroup_id } => {
+                tracing::warn!(
+                    cgroup_id,
+                    "the kernel's OOM killer struck in agentcg's subtree"
+                );
+            }
+        }
+    }
+
+    /// Reads the root, decides, applies.
+    fn evaluate(&mut self) {
+        let Ok(mut c) = self.shared.lock() else {
+            return;
+        };
+        let (usage, limit) = c.memory_reading();
+        let reading = Reading {
+            usage,
+            limit,
+            psi: std::mem::take(&mut self.psi_pending),
+            at_max: std::mem::take(&mut self.at_max_pending),
+        };
+        let (decision, state) =
+            pressure::decide(&self.policy, self.state, &reading, Instant::now());
+        self.state = state;
+        let report = match decision {
+            Decision::Hold => None,
+            Decision::Escalate(step) => Some(c.memory_step(step, &reason(&reading))),
+            Decision::Relent => Some(c.memory_relent(&format!(
+                "pressure subsided: agentcg root at {} of {}",
+                HumanSize(usage),
+                HumanSize(limit)
+            ))),
+        };
+        drop(c);
+        let Ok(mut s) = self.status.lock() else {
+            return;
+        };
+        s.root_usage = usage;
+        s.root_limit = limit;
+        s.step = self.state.step.map_or("none", |st| st.as_str()).to_string();
+        if let Some(report) = report {
+            tracing::info!(step = %report.step, calls = ?report.calls, details = ?report.details, "memory response: {}", report.reason);
+            if s.steps.len() == KEEP_STEPS {
+                s.steps.pop_front();
+            }
+            s.steps.push_back(StepEvent {
+                unix_ms: unix_ms(),
+                report,
+            });
+        }
+    }
+}
+
+/// Why a step is taken, in words.
+fn reason(r: &Reading) -> String {
+    let pct = if r.limit == 0 {
+        0
+    } else {
+        (r.usage as u128 * 100 / r.limit as u128) as u64
+    };
+    let mut why = format!(
+        "agentcg root at {} of {} ({pct}%)",
+        HumanSize(r.usage),
+        HumanSize(r.limit)
+    );
+    if r.psi {
+        why.push_str(", PSI memory stall trigger fired");
+    }
+    if r.at_max {
+        why.push_str(", the kernel hit memory.max");
+    }
+    why
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Waits on a PSI trigger (`POLLPRI`) and forwards each firing. No timer: the task
+/// sleeps in epoll until the kernel reports the stall.
+async fn wait_trigger(file: File, tx: mpsc::UnboundedSender<Signal>, session: Option<u64>) {
+    // SAFETY: a `File` owns its descriptor and returns the same one from as_raw_fd()
+    // until it is dropped, which only the AsyncFd does.
+    let fd = match unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("PSI trigger cannot be polled: {e}");
+            return;
+        }
+    };
+    loop {
+        match fd.ready(Interest::PRIORITY).await {
+            Ok(mut guard) => {
+                guard.clear_ready();
+                if tx.send(Signal::Psi { session }).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("PSI trigger poll failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_say_what_fired() {
+        let r = Reading {
+            usage: 935 << 20,
+            limit: 1100 << 20,
+            psi: true,
+            at_max: false,
+        };
+        let why = reason(&r);
+        assert!(why.contains("935 MiB of 1.1 GiB (85%)"), "{why}");
+        assert!(why.contains("PSI"), "{why}");
+        assert!(!why.contains("memory.max"), "{why}");
+    }
+}
