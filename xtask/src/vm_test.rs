@@ -1,6 +1,6 @@
 //! `cargo xtask vm-test [FILTER]`: builds the daemon, the CLI and the kernel integration
 //! tests (crate agentcg-vmtests) on the host, runs every test executable in ONE VM boot with
-//! `--include-ignored --test-threads=1` (the kernel tests are `#[ignore]` on the host),
+//! `--include-ignored --test-threads=1 --nocapture` (the kernel tests are `#[ignore]` on the host),
 //! continuing after failures, and reports per-executable results from the libtest
 //! summaries in the guest's log.
 
@@ -148,7 +148,7 @@ fn guest_script(exes: &[TestExe], filter: Option<&str>) -> String {
         .unwrap_or_default();
     for exe in exes {
         script += &format!(
-            "run_exe {} {} {} --include-ignored --test-threads=1{filter}\n",
+            "run_exe {} {} {} --include-ignored --test-threads=1 --nocapture{filter}\n",
             sh_quote(&exe.name),
             sh_quote_path(&exe.dir),
             sh_quote_path(&exe.path),
