@@ -139,4 +139,105 @@ _Static_assert(__builtin_offsetof(struct sched_budget_event, used_ns) == 8, "sch
 _Static_assert(__builtin_offsetof(struct sched_budget_event, budget_ns) == 16, "sched_budget_event.budget_ns");
 _Static_assert(__builtin_offsetof(struct sched_budget_event, ts_ns) == 24, "sched_budget_event.ts_ns");
 
+/* ---- memory programs (mem.bpf.c), `mem_state` shared with agentcg_sched ---- */
+
+/* Roles of struct mem_watch (informational for the BPF side, carried in events). */
+#define MEM_ROLE_CALL    1 /* a tool-call cgroup */
+#define MEM_ROLE_SESSION 2 /* a session cgroup (or its calls/ ceiling) */
+#define MEM_ROLE_ROOT    3 /* the agentcg root cgroup */
+
+/* Bits of struct mem_state.flags. */
+#define MEM_OVER_HIGH    (1ULL << 0) /* the kernel reported MEMCG_HIGH; cleared below 7/8 of memory.high */
+#define MEM_NEAR_MAX     (1ULL << 1) /* usage >= near_max_bp of memory.max */
+#define MEM_AT_MAX       (1ULL << 2) /* a charge hit memory.max (MEMCG_MAX); cleared below 7/8 of it */
+#define MEM_DEPRIORITIZE (1ULL << 3) /* set by userspace (the daemon's graduated response) */
+
+/* Kinds of struct mem_event. */
+#define MEM_EV_HIGH                1 /* MEMCG_HIGH: MEM_OVER_HIGH was set (once per transition) */
+#define MEM_EV_MAX                 2 /* MEMCG_MAX: a charge hit memory.max (at most one per ms) */
+#define MEM_EV_OOM                 3 /* MEMCG_OOM: the cgroup ran out of memory (every time) */
+#define MEM_EV_OOM_KILL            4 /* MEMCG_OOM_KILL: a process of the cgroup was OOM-killed */
+#define MEM_EV_OOM_GROUP_KILL      5 /* MEMCG_OOM_GROUP_KILL: memory.oom.group killed the cgroup */
+#define MEM_EV_NEAR_MAX            6 /* usage crossed the near_max_bp watermark (once per transition) */
+#define MEM_EV_HIGH_RECOVERED      7 /* MEM_OVER_HIGH cleared: usage < 7/8 of memory.high */
+#define MEM_EV_NEAR_MAX_RECOVERED  8 /* MEM_NEAR_MAX cleared: usage < watermark - MEM_NEAR_MAX_HYST_BP */
+#define MEM_EV_MAX_RECOVERED       9 /* MEM_AT_MAX cleared: usage < 7/8 of memory.max */
+
+/* Hysteresis of the near-max watermark, in basis points of memory.max. */
+#define MEM_NEAR_MAX_HYST_BP 500
+
+/* Minimum interval between two MEM_EV_MAX events of one cgroup (MEMCG_MAX fires in a loop). */
+#define MEM_MAX_EVENT_INTERVAL_NS (1000ULL * 1000)
+
+/* Capacity of the `mem_watch` and `mem_state` maps. */
+#define AGENTCG_MEM_MAX_WATCHED 16384
+
+/* Size of the `mem_events` ring buffer in bytes. */
+#define AGENTCG_MEM_EVENTS_BYTES (256 * 1024)
+
+/* Value of the `mem_watch` hash map, keyed by cgroup id; written by userspace only. */
+struct mem_watch {
+	__u32 role;        /* MEM_ROLE_* */
+	__u32 near_max_bp; /* watermark in basis points (1/10000) of memory.max; 0 = off */
+};
+
+/*
+ * Value of the `mem_state` hash map, keyed by cgroup id. One kernel object shared by the
+ * memory programs and agentcg_sched. Userspace inserts it zeroed when it watches a
+ * cgroup and sets/clears MEM_DEPRIORITIZE; the BPF side flips the other bits with
+ * atomic or/and, so each transition is seen (and reported) once.
+ */
+struct mem_state {
+	__u64 flags;       /* MEM_* bits */
+	__u64 since_ns;    /* bpf_ktime_get_ns() of the latest flag transition made by BPF, 0 if none */
+	__u64 max_events;  /* MEMCG_MAX events seen (rate-limited events included) */
+	__u64 last_max_ns; /* bpf_ktime_get_ns() of the latest MEM_EV_MAX sent (rate limit) */
+};
+
+/* One record of the `mem_events` ring buffer. */
+struct mem_event {
+	__u32 kind;    /* MEM_EV_* */
+	__u32 role;    /* the cgroup's MEM_ROLE_* */
+	__u64 cgid;    /* the cgroup */
+	__u64 ts_ns;   /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the event */
+	__u64 usage;   /* memory usage of the cgroup in bytes (memory.current) */
+	__u64 limit;   /* the limit involved in bytes: memory.high or memory.max */
+	__u64 counter; /* the memory.events counter of the kind (high, max, oom, oom_kill, oom_group_kill), else 0 */
+};
+
+/*
+ * Context of the `mem_set_user_flags` syscall program (run by userspace with
+ * BPF_PROG_TEST_RUN): flips userspace-owned bits (MEM_USER_FLAGS) of `cgid`'s mem_state
+ * with atomic or/and, so the update cannot overwrite a concurrent BPF-side transition
+ * (a map update from userspace would replace the whole value). The program returns 1,
+ * or 0 if the cgroup has no mem_state entry.
+ */
+#define MEM_USER_FLAGS MEM_DEPRIORITIZE
+struct mem_flag_args {
+	__u64 cgid;
+	__u64 set;   /* bits to set (masked with MEM_USER_FLAGS) */
+	__u64 clear; /* bits to clear (masked with MEM_USER_FLAGS) */
+};
+
+_Static_assert(sizeof(struct mem_flag_args) == 24, "mem_flag_args ABI size");
+
+_Static_assert(sizeof(struct mem_watch) == 8, "mem_watch ABI size");
+_Static_assert(__builtin_offsetof(struct mem_watch, role) == 0, "mem_watch.role");
+_Static_assert(__builtin_offsetof(struct mem_watch, near_max_bp) == 4, "mem_watch.near_max_bp");
+
+_Static_assert(sizeof(struct mem_state) == 32, "mem_state ABI size");
+_Static_assert(__builtin_offsetof(struct mem_state, flags) == 0, "mem_state.flags");
+_Static_assert(__builtin_offsetof(struct mem_state, since_ns) == 8, "mem_state.since_ns");
+_Static_assert(__builtin_offsetof(struct mem_state, max_events) == 16, "mem_state.max_events");
+_Static_assert(__builtin_offsetof(struct mem_state, last_max_ns) == 24, "mem_state.last_max_ns");
+
+_Static_assert(sizeof(struct mem_event) == 48, "mem_event ABI size");
+_Static_assert(__builtin_offsetof(struct mem_event, kind) == 0, "mem_event.kind");
+_Static_assert(__builtin_offsetof(struct mem_event, role) == 4, "mem_event.role");
+_Static_assert(__builtin_offsetof(struct mem_event, cgid) == 8, "mem_event.cgid");
+_Static_assert(__builtin_offsetof(struct mem_event, ts_ns) == 16, "mem_event.ts_ns");
+_Static_assert(__builtin_offsetof(struct mem_event, usage) == 24, "mem_event.usage");
+_Static_assert(__builtin_offsetof(struct mem_event, limit) == 32, "mem_event.limit");
+_Static_assert(__builtin_offsetof(struct mem_event, counter) == 40, "mem_event.counter");
+
 #endif /* __AGENTCG_INTF_H */

@@ -32,8 +32,13 @@
  * Classes (agentcg policy). RUNTIME: a waking agent-runtime task is inserted at the
  * head of its CPU and preempts the running task, as long as its cgroup's clock is not
  * far ahead of the global one (so a busy runtime cannot starve anybody). HIGH, NORMAL,
- * LOW: the wake-up credit of a cgroup (2, 1, 0 times wake_lag_ns). MEM_PRESSURE
- * (set by the memory side): weight divided by mem_pressure_div and no wake-up credit.
+ * LOW: the wake-up credit of a cgroup (2, 1, 0 times wake_lag_ns). Memory pressure:
+ * weight divided by mem_pressure_div and no wake-up credit, for a cgroup whose policy
+ * has SCHED_FLAG_MEM_PRESSURE (set by userspace) or whose entry in `mem_state` (the map
+ * shared with the memory programs of mem.bpf.c) has MEM_OVER_HIGH or MEM_DEPRIORITIZE.
+ * The effective weight is recomputed from both on every charge (tick, stop) and
+ * wake-up, so a flag flip takes effect within a tick; only cgroups with an agentcg
+ * policy pay the extra `mem_state` lookup.
  *
  * Bandwidth. cpu.max arrives through ops.cgroup_set_bandwidth and applies to the whole
  * subtree: CPU time is charged to the node and its ancestors per period; a cgroup whose
@@ -137,6 +142,14 @@ struct {
 	__type(value, struct sched_usage);
 } usage SEC(".maps");
 
+/* Shared with mem.bpf.c (same definition there): userspace passes one fd to both. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AGENTCG_MEM_MAX_WATCHED);
+	__type(key, u64);
+	__type(value, struct mem_state);
+} mem_state SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, AGENTCG_SCHED_EVENTS_BYTES);
@@ -191,15 +204,32 @@ static __always_inline struct task_ctx *ctx_of(struct task_struct *p)
 	return bpf_task_storage_get(&task_ctxs, p, 0, 0);
 }
 
+/*
+ * Whether the cgroup `cgid` with policy `pol` is under memory pressure: its policy flag,
+ * or the memory programs' (or the daemon's) bits in the shared `mem_state`. Cgroups
+ * without a policy are never deprioritized, and do not pay the lookup.
+ */
+static __always_inline bool mem_pressured(u64 cgid, struct sched_policy *pol)
+{
+	struct mem_state *ms;
+
+	if (!pol)
+		return false;
+	if (pol->flags & SCHED_FLAG_MEM_PRESSURE)
+		return true;
+	ms = bpf_map_lookup_elem(&mem_state, &cgid);
+	return ms && (READ_ONCE(ms->flags) & (MEM_OVER_HIGH | MEM_DEPRIORITIZE));
+}
+
 /* The weight a node carries among its siblings, given its policy (or NULL). */
-static u32 eff_weight_of(struct cg_node *n, struct sched_policy *pol)
+static u32 eff_weight_of(struct cg_node *n, u64 cgid, struct sched_policy *pol)
 {
 	u32 w = n->weight ? n->weight : 100;
 
 	if (pol) {
 		if (pol->weight && pol->weight <= SCHED_WEIGHT_MAX)
 			w = pol->weight;
-		if ((pol->flags & SCHED_FLAG_MEM_PRESSURE) && mem_pressure_div > 1)
+		if (mem_pressure_div > 1 && mem_pressured(cgid, pol))
 			w /= mem_pressure_div;
 	}
 	return w ? w : 1;
@@ -223,7 +253,7 @@ static void refresh_weight(struct cg_node *n, u64 cgid)
 {
 	struct cg_node *parent;
 
-	n->eff_weight = eff_weight_of(n, bpf_map_lookup_elem(&policies, &cgid));
+	n->eff_weight = eff_weight_of(n, cgid, bpf_map_lookup_elem(&policies, &cgid));
 	if (!n->parent)
 		return;
 	parent = node_of(n->parent);
@@ -231,11 +261,11 @@ static void refresh_weight(struct cg_node *n, u64 cgid)
 		sync_contrib(n, parent);
 }
 
-static u64 wake_credit(struct sched_policy *pol)
+static u64 wake_credit(u64 cgid, struct sched_policy *pol)
 {
 	if (!pol)
 		return wake_lag_ns;
-	if (pol->flags & SCHED_FLAG_MEM_PRESSURE)
+	if (mem_pressured(cgid, pol))
 		return 0;
 	switch (pol->class) {
 	case SCHED_CLASS_RUNTIME:
@@ -270,12 +300,12 @@ static void account_runnable(u64 cgid, s32 delta)
 			/* Wake-up of an idle cgroup: bounded credit, clamp only here. */
 			struct sched_policy *pol = bpf_map_lookup_elem(&policies, &cgid);
 			u64 floor = READ_ONCE(global_vtime);
-			u64 credit = wake_credit(pol);
+			u64 credit = wake_credit(cgid, pol);
 
 			floor -= credit;
 			if (vtime_before(n->cvtime, floor))
 				n->cvtime = floor;
-			n->eff_weight = eff_weight_of(n, pol);
+			n->eff_weight = eff_weight_of(n, cgid, pol);
 		}
 		/* Ancestors change only when this node flips between idle and active. */
 		if (!((delta > 0 && old == 0) || (delta < 0 && old == 1)) || !n->parent)
@@ -421,7 +451,7 @@ static void charge(struct task_struct *p, struct task_ctx *tctx, u64 now)
 		return;
 	pol = bpf_map_lookup_elem(&policies, &tctx->cgid);
 	charge_budget(tctx->cgid, leaf, pol, delta, now);
-	leaf->eff_weight = eff_weight_of(leaf, pol);
+	leaf->eff_weight = eff_weight_of(leaf, tctx->cgid, pol);
 	limited = READ_ONCE(nr_limited) > 0;
 
 	/* The cgroup's own tasks next to its active children (only the root has both). */
@@ -487,8 +517,7 @@ static bool is_runtime_class(u64 cgid)
 {
 	struct sched_policy *pol = bpf_map_lookup_elem(&policies, &cgid);
 
-	return pol && pol->class == SCHED_CLASS_RUNTIME &&
-	       !(pol->flags & SCHED_FLAG_MEM_PRESSURE);
+	return pol && pol->class == SCHED_CLASS_RUNTIME && !mem_pressured(cgid, pol);
 }
 
 /*

@@ -1,5 +1,6 @@
-//! Compiles `ebpf/telemetry.bpf.c` with clang (env `BPF_CLANG`, default `clang-19`, see
-//! DESIGN.md §4) and generates its libbpf-rs skeleton into `OUT_DIR`; does the same for
+//! Compiles `ebpf/telemetry.bpf.c` and `ebpf/mem.bpf.c` with clang (env `BPF_CLANG`,
+//! default `clang-19`, see DESIGN.md §4) and generates their libbpf-rs skeletons into
+//! `OUT_DIR`; does the same for
 //! the sched_ext scheduler `ebpf/sched.bpf.c` through scx_cargo's `BpfBuilder`, which
 //! supplies the sched_ext headers (`scx/common.bpf.h`, UEI) and the base flags.
 
@@ -14,20 +15,35 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let clang = env::var("BPF_CLANG").unwrap_or_else(|_| "clang-19".to_owned());
 
-    for file in ["telemetry.bpf.c", "sched.bpf.c", "intf.h", "vmlinux.h"] {
+    for file in [
+        "telemetry.bpf.c",
+        "mem.bpf.c",
+        "sched.bpf.c",
+        "intf.h",
+        "vmlinux.h",
+    ] {
         println!("cargo:rerun-if-changed={}", ebpf.join(file).display());
     }
     println!("cargo:rerun-if-env-changed=BPF_CLANG");
 
-    let src = ebpf.join("telemetry.bpf.c");
-    let obj = out.join("telemetry.bpf.o");
+    for name in ["telemetry", "mem"] {
+        build_plain(&ebpf, &out, &clang, name);
+    }
+    build_sched(&ebpf);
+}
+
+/// A non-sched_ext object `ebpf/<name>.bpf.c` and its skeleton `<name>.skel.rs`.
+fn build_plain(ebpf: &std::path::Path, out: &std::path::Path, clang: &str, name: &str) {
+    let src = ebpf.join(format!("{name}.bpf.c"));
+    let obj = out.join(format!("{name}.bpf.o"));
     let include = format!("-I{}", ebpf.display());
     let result = SkeletonBuilder::new()
         .source(&src)
         .obj(&obj)
         .reference_obj(true)
-        .clang(&clang)
-        // -mcpu=v3: BPF atomics (compare-and-swap) for first_exec_ns.
+        .clang(clang)
+        // -mcpu=v3: BPF atomics (compare-and-swap, fetch-and-or) for first_exec_ns and
+        // the memory flags.
         // -fms-extensions: Linux 6.19+ is built with it and embeds tagged structs as
         // anonymous members (`struct filename { struct __filename_head; ... }`); the
         // generated vmlinux.h keeps that form, which standard C would silently drop.
@@ -39,11 +55,10 @@ fn main() {
             "-Wall",
             "-Werror",
         ])
-        .build_and_generate(out.join("telemetry.skel.rs"));
+        .build_and_generate(out.join(format!("{name}.skel.rs")));
     if let Err(err) = result {
         panic!("building {} with {clang}: {err:#}", src.display());
     }
-    build_sched(&ebpf);
 }
 
 /// The scheduler: scx headers from scx_cargo, our `ebpf/` first on the include path so

@@ -1,6 +1,7 @@
 //! Kernel tests of `agentcg_sched`, the sched_ext scheduler (`agentcg_bpf::Scheduler`),
 //! in the 7.3.4 VM: load/attach/detach, hierarchical weights, cpu.max, runtime-class
-//! wake-up latency, CPU budgets, MEM_PRESSURE, 1,000 short-lived cgroups, forced exits,
+//! wake-up latency, CPU budgets, MEM_PRESSURE (policy flag and the shared `mem_state`),
+//! 1,000 short-lived cgroups, forced exits,
 //! and the partial-mode measurement behind the choice of full mode.
 //!
 //! Run as root in the guest with `--include-ignored --test-threads=1`. Each test makes
@@ -17,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agentcg_bpf::{
-    CgroupPolicy, ExitKind, SCHED_EXIT_CODE_REQUESTED, SchedClass, SchedFlags, SchedOptions,
-    Scheduler,
+    CgroupPolicy, ExitKind, MemStateMap, MemWatch, MemWatchSpec,
+    SCHED_EXIT_CODE_REQUESTED, SchedClass, SchedFlags, SchedOptions, Scheduler,
 };
 use agentcg_core::spawn::{spawn_in_cgroup, wait};
 
@@ -755,6 +756,46 @@ fn mem_pressure_flag_deprioritizes_a_call() {
         Duration::from_secs(10),
     );
     assert_shares("MEM_PRESSURE on the first", &shares, &[0.2, 0.8]);
+    assert_still_attached(&s);
+}
+
+/// The same deprioritization driven through the `mem_state` map shared with the memory
+/// programs (MEM_DEPRIORITIZE, set by the daemon through `MemWatch::set_deprioritized`),
+/// taking effect on a running scheduler and going away when cleared.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn mem_state_deprioritize_flag_deprioritizes_a_call() {
+    let state = MemStateMap::create().expect("MemStateMap::create");
+    let s = load(&SchedOptions {
+        mem_state: Some(state.clone()),
+        ..SchedOptions::default()
+    });
+    let mem = MemWatch::load(&state).unwrap_or_else(|e| panic!("MemWatch::load: {e}"));
+    let root = TestCgroup::root("memstate");
+    let flagged = root.child("call-flagged");
+    let other = root.child("call-other");
+    for cg in [&flagged, &other] {
+        s.set_cgroup(cg.id(), policy(SchedClass::Normal))
+            .expect("set_cgroup");
+        mem.watch(cg.id(), MemWatchSpec::default()).expect("watch");
+        cg.spin(2);
+    }
+    mem.set_deprioritized(flagged.id(), true)
+        .expect("set_deprioritized");
+    let (shares, _) = measure_shares(
+        &[&flagged, &other],
+        Duration::from_secs(2),
+        Duration::from_secs(8),
+    );
+    assert_shares("MEM_DEPRIORITIZE in mem_state on the first", &shares, &[0.2, 0.8]);
+    mem.set_deprioritized(flagged.id(), false)
+        .expect("set_deprioritized");
+    let (even, _) = measure_shares(
+        &[&flagged, &other],
+        Duration::from_secs(2),
+        Duration::from_secs(8),
+    );
+    assert_shares("MEM_DEPRIORITIZE cleared", &even, &[0.5, 0.5]);
     assert_still_attached(&s);
 }
 

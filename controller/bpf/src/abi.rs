@@ -386,6 +386,329 @@ impl BudgetEvent {
     }
 }
 
+// ---- memory programs (ebpf/mem.bpf.c) ----
+
+/// `AGENTCG_MEM_MAX_WATCHED` in `intf.h`: capacity of the `mem_watch` and `mem_state` maps.
+pub const MEM_MAX_WATCHED: u32 = 16384;
+/// `AGENTCG_MEM_EVENTS_BYTES` in `intf.h`: size of the `mem_events` ring buffer.
+pub const MEM_EVENTS_BYTES: u32 = 256 * 1024;
+/// `MEM_NEAR_MAX_HYST_BP` in `intf.h`: MEM_NEAR_MAX clears below the watermark minus this
+/// many basis points of `memory.max`.
+pub const MEM_NEAR_MAX_HYST_BP: u32 = 500;
+/// `MEM_MAX_EVENT_INTERVAL_NS` in `intf.h`: at most one [`MemEventKind::Max`] per cgroup
+/// per this interval.
+pub const MEM_MAX_EVENT_INTERVAL: Duration = Duration::from_millis(1);
+
+/// What a watched cgroup is to agentcg (`MEM_ROLE_*` in `intf.h`); carried in events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemRole {
+    /// A tool-call cgroup.
+    #[default]
+    Call,
+    /// A session cgroup (or its `calls/` ceiling).
+    Session,
+    /// The agentcg root cgroup.
+    Root,
+}
+
+impl MemRole {
+    pub(crate) fn to_raw(self) -> u32 {
+        match self {
+            Self::Call => 1,
+            Self::Session => 2,
+            Self::Root => 3,
+        }
+    }
+
+    fn from_raw(raw: u32) -> Option<Self> {
+        Some(match raw {
+            1 => Self::Call,
+            2 => Self::Session,
+            3 => Self::Root,
+            _ => return None,
+        })
+    }
+}
+
+/// Bits of a cgroup's memory state (`MEM_*` in `intf.h`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct MemFlags(pub u64);
+
+impl MemFlags {
+    /// No flag.
+    pub const NONE: Self = Self(0);
+    /// The kernel reported `MEMCG_HIGH` (usage above `memory.high`); cleared once usage
+    /// drops below 7/8 of `memory.high`. The scheduler deprioritizes the cgroup.
+    pub const OVER_HIGH: Self = Self(1 << 0);
+    /// Usage reached the cgroup's `near_max_bp` watermark of `memory.max`; cleared below
+    /// the watermark minus [`MEM_NEAR_MAX_HYST_BP`].
+    pub const NEAR_MAX: Self = Self(1 << 1);
+    /// A charge hit `memory.max` (`MEMCG_MAX`); cleared below 7/8 of `memory.max`.
+    pub const AT_MAX: Self = Self(1 << 2);
+    /// Set by userspace (the daemon's graduated response): the scheduler deprioritizes
+    /// the cgroup as for [`MemFlags::OVER_HIGH`].
+    pub const DEPRIORITIZE: Self = Self(1 << 3);
+
+    /// Whether every bit of `other` is set.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether any bit of `other` is set.
+    pub fn intersects(self, other: Self) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// These flags with `other`'s bits set.
+    #[must_use]
+    pub fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// These flags with `other`'s bits cleared.
+    #[must_use]
+    pub fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+}
+
+/// How a cgroup is watched (`struct mem_watch`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemWatchSpec {
+    /// What the cgroup is.
+    pub role: MemRole,
+    /// Watermark for [`MemFlags::NEAR_MAX`] in basis points (1/10000) of the cgroup's
+    /// `memory.max`, 1..=10000; 0 turns it off.
+    pub near_max_bp: u32,
+}
+
+/// Layout mirror of `struct mem_watch`.
+#[repr(C)]
+#[allow(dead_code)]
+struct RawMemWatch {
+    role: u32,
+    near_max_bp: u32,
+}
+
+const _: () = assert!(size_of::<RawMemWatch>() == 8);
+const _: () = assert!(offset_of!(RawMemWatch, role) == 0);
+const _: () = assert!(offset_of!(RawMemWatch, near_max_bp) == 4);
+
+impl MemWatchSpec {
+    /// Size of the C struct in bytes.
+    pub const SIZE: usize = size_of::<RawMemWatch>();
+
+    /// Encodes as map value bytes; `near_max_bp` is capped at 10000.
+    pub(crate) fn to_bytes(self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[0..4].copy_from_slice(&self.role.to_raw().to_ne_bytes());
+        out[4..8].copy_from_slice(&self.near_max_bp.min(10_000).to_ne_bytes());
+        out
+    }
+
+    /// Decodes map value bytes; `None` if the size or the role is wrong.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        Some(Self {
+            role: MemRole::from_raw(u32_at(bytes, offset_of!(RawMemWatch, role))?)?,
+            near_max_bp: u32_at(bytes, offset_of!(RawMemWatch, near_max_bp))?,
+        })
+    }
+}
+
+/// A cgroup's memory state (`struct mem_state`), the value of the map shared with the
+/// scheduler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemState {
+    /// The flags.
+    pub flags: MemFlags,
+    /// `CLOCK_MONOTONIC` ns of the latest flag transition made by BPF, 0 if none.
+    pub since_ns: u64,
+    /// `MEMCG_MAX` events seen (the rate-limited ones included).
+    pub max_events: u64,
+    /// `CLOCK_MONOTONIC` ns of the latest [`MemEventKind::Max`] event sent, 0 if none.
+    pub last_max_ns: u64,
+}
+
+/// Layout mirror of `struct mem_state`.
+#[repr(C)]
+#[allow(dead_code)]
+struct RawMemState {
+    flags: u64,
+    since_ns: u64,
+    max_events: u64,
+    last_max_ns: u64,
+}
+
+const _: () = assert!(size_of::<RawMemState>() == 32);
+const _: () = assert!(offset_of!(RawMemState, flags) == 0);
+const _: () = assert!(offset_of!(RawMemState, since_ns) == 8);
+const _: () = assert!(offset_of!(RawMemState, max_events) == 16);
+const _: () = assert!(offset_of!(RawMemState, last_max_ns) == 24);
+
+impl MemState {
+    /// Size of the C struct in bytes.
+    pub const SIZE: usize = size_of::<RawMemState>();
+
+    /// Decodes map value bytes; `None` if the length is wrong.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        Some(Self {
+            flags: MemFlags(u64_at(bytes, offset_of!(RawMemState, flags))?),
+            since_ns: u64_at(bytes, offset_of!(RawMemState, since_ns))?,
+            max_events: u64_at(bytes, offset_of!(RawMemState, max_events))?,
+            last_max_ns: u64_at(bytes, offset_of!(RawMemState, last_max_ns))?,
+        })
+    }
+
+    /// Encodes as map value bytes.
+    pub(crate) fn to_bytes(self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        for (off, v) in [
+            (offset_of!(RawMemState, flags), self.flags.0),
+            (offset_of!(RawMemState, since_ns), self.since_ns),
+            (offset_of!(RawMemState, max_events), self.max_events),
+            (offset_of!(RawMemState, last_max_ns), self.last_max_ns),
+        ] {
+            out[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        }
+        out
+    }
+}
+
+/// Layout mirror of `struct mem_flag_args` (context of the `mem_set_user_flags` program).
+#[repr(C)]
+#[allow(dead_code)]
+struct RawMemFlagArgs {
+    cgid: u64,
+    set: u64,
+    clear: u64,
+}
+
+const _: () = assert!(size_of::<RawMemFlagArgs>() == 24);
+
+/// The encoded context of `mem_set_user_flags`.
+pub(crate) fn mem_flag_args(cgid: u64, set: MemFlags, clear: MemFlags) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    out[0..8].copy_from_slice(&cgid.to_ne_bytes());
+    out[8..16].copy_from_slice(&set.0.to_ne_bytes());
+    out[16..24].copy_from_slice(&clear.0.to_ne_bytes());
+    out
+}
+
+/// What a [`MemEvent`] reports (`MEM_EV_*` in `intf.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemEventKind {
+    /// `MEMCG_HIGH`: [`MemFlags::OVER_HIGH`] was set. Once per transition; `limit` is
+    /// `memory.high`, `counter` the `high` count of `memory.events`.
+    High,
+    /// `MEMCG_MAX`: a charge hit `memory.max`. At most one per
+    /// [`MEM_MAX_EVENT_INTERVAL`]; `counter` is `memory.events` `max`.
+    Max,
+    /// `MEMCG_OOM`: the cgroup ran out of memory; `counter` is `memory.events` `oom`.
+    Oom,
+    /// `MEMCG_OOM_KILL`: a process of the cgroup was OOM-killed; `counter` is
+    /// `memory.events` `oom_kill`.
+    OomKill,
+    /// `MEMCG_OOM_GROUP_KILL`: `memory.oom.group` killed the cgroup; `counter` is
+    /// `memory.events` `oom_group_kill`.
+    OomGroupKill,
+    /// Usage crossed the `near_max_bp` watermark; `limit` is `memory.max`.
+    NearMax,
+    /// [`MemFlags::OVER_HIGH`] cleared; `limit` is `memory.high`.
+    HighRecovered,
+    /// [`MemFlags::NEAR_MAX`] cleared; `limit` is `memory.max`.
+    NearMaxRecovered,
+    /// [`MemFlags::AT_MAX`] cleared; `limit` is `memory.max`.
+    MaxRecovered,
+}
+
+impl MemEventKind {
+    fn from_raw(raw: u32) -> Option<Self> {
+        Some(match raw {
+            1 => Self::High,
+            2 => Self::Max,
+            3 => Self::Oom,
+            4 => Self::OomKill,
+            5 => Self::OomGroupKill,
+            6 => Self::NearMax,
+            7 => Self::HighRecovered,
+            8 => Self::NearMaxRecovered,
+            9 => Self::MaxRecovered,
+            _ => return None,
+        })
+    }
+}
+
+/// Layout mirror of `struct mem_event`.
+#[repr(C)]
+#[allow(dead_code)]
+struct RawMemEvent {
+    kind: u32,
+    role: u32,
+    cgid: u64,
+    ts_ns: u64,
+    usage: u64,
+    limit: u64,
+    counter: u64,
+}
+
+const _: () = assert!(size_of::<RawMemEvent>() == 48);
+const _: () = assert!(offset_of!(RawMemEvent, kind) == 0);
+const _: () = assert!(offset_of!(RawMemEvent, role) == 4);
+const _: () = assert!(offset_of!(RawMemEvent, cgid) == 8);
+const _: () = assert!(offset_of!(RawMemEvent, ts_ns) == 16);
+const _: () = assert!(offset_of!(RawMemEvent, usage) == 24);
+const _: () = assert!(offset_of!(RawMemEvent, limit) == 32);
+const _: () = assert!(offset_of!(RawMemEvent, counter) == 40);
+
+/// One record of the `mem_events` ring buffer (`struct mem_event`), decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemEvent {
+    /// What happened.
+    pub kind: MemEventKind,
+    /// The cgroup's role, `None` if it was unwatched meanwhile.
+    pub role: Option<MemRole>,
+    /// The cgroup id.
+    pub cgid: u64,
+    /// `CLOCK_MONOTONIC` ns of the event (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    /// The cgroup's memory usage in bytes (`memory.current`).
+    pub usage: u64,
+    /// The limit involved in bytes (`memory.high` or `memory.max`), 0 if unlimited.
+    pub limit: u64,
+    /// The `memory.events` counter of the kind after this event, 0 for the watermark
+    /// and recovery kinds.
+    pub counter: u64,
+}
+
+impl MemEvent {
+    /// Size of the C record in bytes.
+    pub const SIZE: usize = size_of::<RawMemEvent>();
+
+    /// Decodes a ring-buffer record; `None` if the size or the kind is unknown.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        Some(Self {
+            kind: MemEventKind::from_raw(u32_at(bytes, offset_of!(RawMemEvent, kind))?)?,
+            role: MemRole::from_raw(u32_at(bytes, offset_of!(RawMemEvent, role))?),
+            cgid: u64_at(bytes, offset_of!(RawMemEvent, cgid))?,
+            ts_ns: u64_at(bytes, offset_of!(RawMemEvent, ts_ns))?,
+            usage: u64_at(bytes, offset_of!(RawMemEvent, usage))?,
+            limit: u64_at(bytes, offset_of!(RawMemEvent, limit))?,
+            counter: u64_at(bytes, offset_of!(RawMemEvent, counter))?,
+        })
+    }
+}
+
 fn u64_at(bytes: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(
         bytes.get(off..off + 8)?.try_into().ok()?,
@@ -523,6 +846,78 @@ mod tests {
         let f = SchedFlags::NONE.with(SchedFlags::MEM_PRESSURE);
         assert!(f.contains(SchedFlags::MEM_PRESSURE));
         assert_eq!(f.without(SchedFlags::MEM_PRESSURE), SchedFlags::NONE);
+    }
+
+    #[test]
+    fn mem_types_round_trip_and_match_the_skeleton() {
+        assert_eq!(size_of::<crate::mem_skel::types::mem_state>(), MemState::SIZE);
+        assert_eq!(size_of::<crate::mem_skel::types::mem_watch>(), MemWatchSpec::SIZE);
+        assert_eq!(
+            offset_of!(crate::mem_skel::types::mem_state, last_max_ns),
+            offset_of!(RawMemState, last_max_ns)
+        );
+        let st = MemState {
+            flags: MemFlags::OVER_HIGH.with(MemFlags::DEPRIORITIZE),
+            since_ns: 2,
+            max_events: 3,
+            last_max_ns: 4,
+        };
+        assert_eq!(MemState::from_bytes(&st.to_bytes()), Some(st));
+        assert_eq!(&st.to_bytes()[0..8], &9u64.to_ne_bytes());
+        assert_eq!(MemState::from_bytes(&[0u8; 31]), None);
+        let spec = MemWatchSpec {
+            role: MemRole::Session,
+            near_max_bp: 8000,
+        };
+        assert_eq!(MemWatchSpec::from_bytes(&spec.to_bytes()), Some(spec));
+        let capped = MemWatchSpec {
+            near_max_bp: 20_000,
+            ..spec
+        };
+        assert_eq!(&capped.to_bytes()[4..8], &10_000u32.to_ne_bytes());
+        let f = MemFlags::NEAR_MAX.with(MemFlags::AT_MAX);
+        assert!(f.intersects(MemFlags::AT_MAX) && !f.contains(MemFlags::OVER_HIGH));
+        assert_eq!(f.without(MemFlags::AT_MAX), MemFlags::NEAR_MAX);
+    }
+
+    #[test]
+    fn mem_events_decode_and_reject_garbage() {
+        let raw = |kind: u32, role: u32| {
+            let mut b = Vec::new();
+            b.extend_from_slice(&kind.to_ne_bytes());
+            b.extend_from_slice(&role.to_ne_bytes());
+            for v in [7u64, 8, 9, 10, 11] {
+                b.extend_from_slice(&v.to_ne_bytes());
+            }
+            b
+        };
+        assert_eq!(
+            MemEvent::decode(&raw(1, 1)),
+            Some(MemEvent {
+                kind: MemEventKind::High,
+                role: Some(MemRole::Call),
+                cgid: 7,
+                ts_ns: 8,
+                usage: 9,
+                limit: 10,
+                counter: 11
+            })
+        );
+        assert_eq!(
+            MemEvent::decode(&raw(9, 0)).map(|e| (e.kind, e.role)),
+            Some((MemEventKind::MaxRecovered, None))
+        );
+        assert_eq!(MemEvent::decode(&raw(0, 1)), None);
+        assert_eq!(MemEvent::decode(&raw(10, 1)), None);
+        assert_eq!(MemEvent::decode(&raw(1, 1)[..47]), None);
+        let v = serde_json::to_value(MemEvent::decode(&raw(4, 2)).expect("valid"))
+            .expect("serializes");
+        assert_eq!(v["kind"], "oom_kill");
+        assert_eq!(v["role"], "session");
+        assert_eq!(
+            &mem_flag_args(5, MemFlags::DEPRIORITIZE, MemFlags::NONE)[8..16],
+            &8u64.to_ne_bytes()
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! A BPF ring-buffer consumer shared by the telemetry programs and the scheduler:
+//! A BPF ring-buffer consumer shared by the telemetry programs, the memory programs and
+//! the scheduler:
 //! libbpf's callback decodes each record into a queue, and [`EventQueue::poll`] waits
 //! for records, then hands the decoded events out with no lock held.
 
@@ -107,6 +108,12 @@ impl Decode for crate::abi::BudgetEvent {
 }
 
 impl Decode for crate::abi::TeleEvent {
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        Self::decode(bytes)
+    }
+}
+
+impl Decode for crate::abi::MemEvent {
     fn decode(bytes: &[u8]) -> Option<Self> {
         Self::decode(bytes)
     }

@@ -52,8 +52,9 @@ const SCX_OPS_SWITCH_PARTIAL: u64 = 8;
 const SCX_STATE: &str = "/sys/kernel/sched_ext/state";
 const SCX_ROOT_OPS: &str = "/sys/kernel/sched_ext/root/ops";
 
-/// Tunables set between open and load (the scheduler's `const volatile` globals).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Tunables set between open and load (the scheduler's `const volatile` globals), and
+/// the maps shared with other objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SchedOptions {
     /// Time slice of a task.
     pub slice: Duration,
@@ -73,6 +74,12 @@ pub struct SchedOptions {
     pub switch_partial: bool,
     /// Test-only: let [`Scheduler::force_exit`] make the scheduler exit.
     pub allow_forced_exit: bool,
+    /// The `mem_state` map shared with the memory programs ([`crate::MemWatch`]): a
+    /// cgroup with an agentcg policy whose state has `OVER_HIGH` or `DEPRIORITIZE` is
+    /// treated like one flagged [`SchedFlags::MEM_PRESSURE`]. `None`: the scheduler
+    /// creates a private one that nothing writes (only the policy flag counts).
+    #[serde(skip)]
+    pub mem_state: Option<crate::mem::MemStateMap>,
 }
 
 impl Default for SchedOptions {
@@ -85,6 +92,7 @@ impl Default for SchedOptions {
             mem_pressure_div: 4,
             switch_partial: false,
             allow_forced_exit: false,
+            mem_state: None,
         }
     }
 }
@@ -316,6 +324,16 @@ fn open_skel<'a>(
         log: capture.take(),
     })?;
     configure(&mut open, opts);
+    if let Some(shared) = &opts.mem_state {
+        open.maps
+            .mem_state
+            .reuse_fd(shared.fd())
+            .map_err(|source| BpfError::Open {
+                object: OBJECT,
+                source,
+                log: capture.take(),
+            })?;
+    }
     Ok(open)
 }
 
