@@ -850,8 +850,14 @@ mod tests {
 
     #[test]
     fn mem_types_round_trip_and_match_the_skeleton() {
-        assert_eq!(size_of::<crate::mem_skel::types::mem_state>(), MemState::SIZE);
-        assert_eq!(size_of::<crate::mem_skel::types::mem_watch>(), MemWatchSpec::SIZE);
+        assert_eq!(
+            size_of::<crate::mem_skel::types::mem_state>(),
+            MemState::SIZE
+        );
+        assert_eq!(
+            size_of::<crate::mem_skel::types::mem_watch>(),
+            MemWatchSpec::SIZE
+        );
         assert_eq!(
             offset_of!(crate::mem_skel::types::mem_state, last_max_ns),
             offset_of!(RawMemState, last_max_ns)
@@ -910,8 +916,8 @@ mod tests {
         assert_eq!(MemEvent::decode(&raw(0, 1)), None);
         assert_eq!(MemEvent::decode(&raw(10, 1)), None);
         assert_eq!(MemEvent::decode(&raw(1, 1)[..47]), None);
-        let v = serde_json::to_value(MemEvent::decode(&raw(4, 2)).expect("valid"))
-            .expect("serializes");
+        let v =
+            serde_json::to_value(MemEvent::decode(&raw(4, 2)).expect("valid")).expect("serializes");
         assert_eq!(v["kind"], "oom_kill");
         assert_eq!(v["role"], "session");
         assert_eq!(

@@ -81,8 +81,8 @@ pub use abi::{
     BudgetEvent, CallCounters, CgroupPolicy, CgroupUsage, EVENTS_BYTES, MAX_WATCHED,
     MEM_EVENTS_BYTES, MEM_MAX_EVENT_INTERVAL, MEM_MAX_WATCHED, MEM_NEAR_MAX_HYST_BP, MemEvent,
     MemEventKind, MemFlags, MemRole, MemState, MemWatchSpec, SCHED_EVENTS_BYTES,
-    SCHED_EXIT_CODE_REQUESTED, SCHED_MAX_CGROUPS, SCHED_MAX_POLICIES, SCHED_WEIGHT_MAX,
-    SchedClass, SchedFlags, TeleEvent, TeleKind,
+    SCHED_EXIT_CODE_REQUESTED, SCHED_MAX_CGROUPS, SCHED_MAX_POLICIES, SCHED_WEIGHT_MAX, SchedClass,
+    SchedFlags, TeleEvent, TeleKind,
 };
 pub use error::BpfError;
 pub use mem::{MemLoadTimings, MemStateMap, MemStats, MemWatch};

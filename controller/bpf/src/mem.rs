@@ -32,9 +32,7 @@ use libbpf_rs::{
 };
 use serde::Serialize;
 
-use crate::abi::{
-    MEM_MAX_WATCHED, MemEvent, MemFlags, MemState, MemWatchSpec, mem_flag_args,
-};
+use crate::abi::{MEM_MAX_WATCHED, MemEvent, MemFlags, MemState, MemWatchSpec, mem_flag_args};
 use crate::error::BpfError;
 use crate::events::EventQueue;
 use crate::libbpf_log::Capture;
@@ -331,11 +329,11 @@ impl MemWatch {
                 source,
             });
         }
-        let value = self
-            .state
-            .handle
-            .lookup_and_delete(&key)
-            .map_err(map_err("lookup-and-delete", STATE, cgid))?;
+        let value = self.state.handle.lookup_and_delete(&key).map_err(map_err(
+            "lookup-and-delete",
+            STATE,
+            cgid,
+        ))?;
         value.map(|v| decode_state(&v)).transpose()
     }
 

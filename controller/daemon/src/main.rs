@@ -4,6 +4,7 @@
 
 mod api;
 mod args;
+mod membpf;
 mod memory;
 mod sched;
 mod status;
@@ -57,15 +58,33 @@ async fn run(args: args::Args) -> Result<(), String> {
             Err(why)
         }
     };
+    let (sender, signals) = tokio::sync::mpsc::unbounded_channel();
+    let mem_bpf = match membpf::start(
+        &controller.layout().root(),
+        &controller.policy().memory,
+        sender.clone(),
+    ) {
+        Ok(b) => {
+            controller.add_hooks(Box::new(membpf::MemBpfHooks {
+                watch: b.watch.clone(),
+            }));
+            Some(b)
+        }
+        Err(why) => {
+            tracing::warn!(
+                "memory BPF programs not loaded ({why}); the memory response runs on PSI triggers alone"
+            );
+            None
+        }
+    };
     let shared = Arc::new(Mutex::new(controller));
     let memory_status = memory::SharedMemoryStatus::default();
-    let (sender, signals) = tokio::sync::mpsc::unbounded_channel();
     let memory_hooks = memory::start(
         shared.clone(),
         memory::Sources {
             signals,
             sender,
-            bpf: false,
+            bpf: mem_bpf.as_ref().map(|b| b.watch.clone()),
         },
         memory_status.clone(),
     );
@@ -74,7 +93,12 @@ async fn run(args: args::Args) -> Result<(), String> {
     }
     let mut status = status::Status::probe(&args, telemetry);
     let sched_ext_present = status.kernel.sched_ext_state.is_some();
-    status.sched = sched::start(shared.clone(), cpu_policy, sched_ext_present);
+    status.sched = sched::start(
+        shared.clone(),
+        cpu_policy,
+        sched_ext_present,
+        mem_bpf.map(|b| b.state),
+    );
     status.memory = memory_status;
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use agentcg_bpf::MemWatch;
 use agentcg_core::cgroup::psi;
 use agentcg_core::controller::{CgroupRole, KernelHooks, StepReport};
 use agentcg_core::intent::Priority;
@@ -115,8 +116,9 @@ impl KernelHooks for MemoryHooks {
 pub struct Sources {
     pub signals: mpsc::UnboundedReceiver<Signal>,
     pub sender: mpsc::UnboundedSender<Signal>,
-    /// Whether BPF events feed `signals` (else PSI alone).
-    pub bpf: bool,
+    /// The BPF memory programs, when loaded: their events feed `signals`, and the
+    /// scheduler learns the victims through their shared state map.
+    pub bpf: Option<Arc<MemWatch>>,
 }
 
 /// Starts the response task; returns the hooks to add to the controller.
@@ -127,14 +129,15 @@ pub fn start(shared: Shared, sources: Sources, status: SharedMemoryStatus) -> Me
         .map(|c| c.policy().memory.clone())
         .unwrap_or_else(|_| agentcg_core::policy::Policy::default_policy().memory);
     let mut signals = vec!["psi".to_string()];
-    if sources.bpf {
-        signals.insert(0, "bpf".into());
+    if sources.bpf.is_some() {
+        signals.insert(0, "bpf memcg events".into());
     }
     if let Ok(mut s) = status.lock() {
         s.signals = signals;
         s.step = "none".into();
     }
     let response = Response {
+        bpf: sources.bpf.clone(),
         shared,
         policy,
         state: State::default(),
@@ -156,6 +159,7 @@ struct SessionTrigger {
 
 struct Response {
     shared: Shared,
+    bpf: Option<Arc<MemWatch>>,
     policy: MemoryPolicy,
     state: State,
     status: SharedMemoryStatus,
@@ -315,6 +319,15 @@ impl Response {
             ))),
         };
         drop(c);
+        if let (Some(bpf), Some(report)) = (&self.bpf, &report) {
+            // The scheduler deprioritizes the victims while a step is in force.
+            let on = report.step != "relent";
+            for &cgid in &report.cgroup_ids {
+                if let Err(e) = bpf.set_deprioritized(cgid, on) {
+                    tracing::warn!(cgid, "mem_state deprioritize: {e}");
+                }
+            }
+        }
         let Ok(mut s) = self.status.lock() else {
             return;
         };

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentcg_bpf::{CgroupPolicy, SchedClass, SchedFlags, SchedOptions, Scheduler};
+use agentcg_bpf::{CgroupPolicy, MemStateMap, SchedClass, SchedFlags, SchedOptions, Scheduler};
 use agentcg_core::controller::{CgroupRole, KernelHooks};
 use agentcg_core::intent::Priority;
 use agentcg_core::policy::{CpuPolicy, SchedulerExit};
@@ -91,8 +91,16 @@ fn kernel_mode(status: &SharedStatus, detail: String) {
 
 /// Loads the scheduler, registers its hooks with the controller (which replays the
 /// existing cgroups into its maps) and returns it.
-fn attach(shared: &Shared, status: &SharedStatus) -> Result<Arc<Scheduler>, String> {
-    let sched = Arc::new(Scheduler::load(&SchedOptions::default()).map_err(|e| e.to_string())?);
+fn attach(
+    shared: &Shared,
+    status: &SharedStatus,
+    mem_state: Option<&MemStateMap>,
+) -> Result<Arc<Scheduler>, String> {
+    let opts = SchedOptions {
+        mem_state: mem_state.cloned(),
+        ..SchedOptions::default()
+    };
+    let sched = Arc::new(Scheduler::load(&opts).map_err(|e| e.to_string())?);
     let t = sched.timings();
     tracing::info!(
         ops = sched.ops_name(),
@@ -116,7 +124,14 @@ fn attach(shared: &Shared, status: &SharedStatus) -> Result<Arc<Scheduler>, Stri
 
 /// Starts CPU enforcement per the policy: the scheduler and its supervisor thread, or
 /// the kernel cpu controller alone. Returns the status handle for `agentcg status`.
-pub fn start(shared: Shared, cpu: CpuPolicy, sched_ext_present: bool) -> SharedStatus {
+/// `mem_state` is the memory programs' state map, shared so that the scheduler
+/// deprioritizes calls over their memory.high and the memory response's victims.
+pub fn start(
+    shared: Shared,
+    cpu: CpuPolicy,
+    sched_ext_present: bool,
+    mem_state: Option<MemStateMap>,
+) -> SharedStatus {
     let status: SharedStatus = Arc::default();
     use agentcg_core::policy::SchedulerChoice;
     if cpu.scheduler == SchedulerChoice::Kernel {
@@ -130,12 +145,12 @@ pub fn start(shared: Shared, cpu: CpuPolicy, sched_ext_present: bool) -> SharedS
         );
         return status;
     }
-    match attach(&shared, &status) {
+    match attach(&shared, &status, mem_state.as_ref()) {
         Ok(sched) => {
             let status2 = status.clone();
             let spawned = std::thread::Builder::new()
                 .name("sched-supervisor".into())
-                .spawn(move || supervise(shared, cpu, sched, status2));
+                .spawn(move || supervise(shared, cpu, sched, status2, mem_state));
             if let Err(e) = spawned {
                 tracing::error!("starting the scheduler supervisor: {e}");
             }
@@ -154,7 +169,13 @@ pub fn start(shared: Shared, cpu: CpuPolicy, sched_ext_present: bool) -> SharedS
 }
 
 /// Applies budget events and watches for the scheduler's exit.
-fn supervise(shared: Shared, cpu: CpuPolicy, mut sched: Arc<Scheduler>, status: SharedStatus) {
+fn supervise(
+    shared: Shared,
+    cpu: CpuPolicy,
+    mut sched: Arc<Scheduler>,
+    status: SharedStatus,
+    mem_state: Option<MemStateMap>,
+) {
     let mut reloads = 0;
     loop {
         let polled = sched.poll_budget_events(POLL, |ev| {
@@ -198,7 +219,7 @@ fn supervise(shared: Shared, cpu: CpuPolicy, mut sched: Arc<Scheduler>, status: 
             return;
         }
         reloads += 1;
-        match attach(&shared, &status) {
+        match attach(&shared, &status, mem_state.as_ref()) {
             Ok(s) => {
                 tracing::info!(reloads, "sched_ext scheduler reloaded");
                 if let Ok(mut st) = status.lock() {

@@ -1,0 +1,168 @@
+//! The BPF memory programs (`ebpf/mem.bpf.c`) for the daemon: loads them with the
+//! `mem_state` map they share with the scheduler, watches agentcg's root (with the
+//! policy's `pressure_at` as its watermark), every session and every call, and turns
+//! their ring-buffer events into the memory response's signals on a dedicated thread
+//! that sleeps in the ring buffer's epoll until the kernel writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentcg_bpf::{MemEvent, MemEventKind, MemRole, MemStateMap, MemWatch, MemWatchSpec};
+use agentcg_core::cgroup::Cgroup;
+use agentcg_core::controller::{CgroupRole, KernelHooks};
+use agentcg_core::policy::MemoryPolicy;
+use agentcg_core::record::ProcessCounts;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::memory::Signal;
+
+/// The loaded programs and the map the scheduler shares.
+#[derive(Debug)]
+pub struct MemBpf {
+    pub watch: Arc<MemWatch>,
+    pub state: MemStateMap,
+}
+
+/// Loads the programs, watches the root and starts forwarding events to `tx`.
+pub fn start(
+    root: &Cgroup,
+    policy: &MemoryPolicy,
+    tx: UnboundedSender<Signal>,
+) -> Result<MemBpf, String> {
+    let state = MemStateMap::create().map_err(|e| e.to_string())?;
+    let watch = Arc::new(MemWatch::load(&state).map_err(|e| e.to_string())?);
+    let root_id = root.id().map_err(|e| e.to_string())?;
+    watch
+        .watch(
+            root_id,
+            MemWatchSpec {
+                role: MemRole::Root,
+                near_max_bp: u32::from(policy.pressure_at) * 100,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    let t = watch.timings();
+    tracing::info!(
+        load_ms = t.load.as_millis(),
+        attach_ms = t.attach.as_millis(),
+        "memory BPF programs attached"
+    );
+    let w = watch.clone();
+    std::thread::Builder::new()
+        .name("mem-events".into())
+        .spawn(move || forward(&w, &tx))
+        .map_err(|e| format!("starting the memory event thread: {e}"))?;
+    Ok(MemBpf { watch, state })
+}
+
+/// Drains the ring buffer until the response goes away.
+fn forward(watch: &MemWatch, tx: &UnboundedSender<Signal>) {
+    loop {
+        let mut open = true;
+        let polled = watch.poll_events(Duration::MAX, |e| {
+            if let Some(s) = signal(&e) {
+                open &= tx.send(s).is_ok();
+            }
+            tracing::debug!(?e, "memory event");
+        });
+        if let Err(e) = polled {
+            tracing::error!("memory events: {e}; the response continues on PSI alone");
+            return;
+        }
+        if !open {
+            return;
+        }
+    }
+}
+
+/// The response's signal for a BPF event, if it is one.
+fn signal(e: &MemEvent) -> Option<Signal> {
+    match (e.kind, e.role) {
+        (MemEventKind::High, Some(MemRole::Call)) => Some(Signal::OverHigh { cgroup_id: e.cgid }),
+        (MemEventKind::NearMax, Some(MemRole::Root)) => Some(Signal::NearMax),
+        (MemEventKind::Max, Some(MemRole::Root)) => Some(Signal::AtMax),
+        (MemEventKind::OomKill | MemEventKind::OomGroupKill, _) => {
+            Some(Signal::OomKill { cgroup_id: e.cgid })
+        }
+        _ => None,
+    }
+}
+
+/// Watches sessions and calls as the controller creates them.
+#[derive(Debug)]
+pub struct MemBpfHooks {
+    pub watch: Arc<MemWatch>,
+}
+
+impl KernelHooks for MemBpfHooks {
+    fn name(&self) -> &'static str {
+        "memory-bpf"
+    }
+
+    fn created(&mut self, cgroup_id: u64, role: CgroupRole<'_>) {
+        let role = match role {
+            CgroupRole::Call(_) => MemRole::Call,
+            CgroupRole::Session(_) | CgroupRole::Calls(_) => MemRole::Session,
+            CgroupRole::Runtime(_) => return,
+        };
+        let spec = MemWatchSpec {
+            role,
+            near_max_bp: 0,
+        };
+        if let Err(e) = self.watch.watch(cgroup_id, spec) {
+            tracing::warn!(cgroup_id, "memory watch: {e}");
+        }
+    }
+
+    fn removing(&mut self, cgroup_id: u64) -> Option<ProcessCounts> {
+        if let Err(e) = self.watch.unwatch(cgroup_id) {
+            tracing::warn!(cgroup_id, "memory unwatch: {e}");
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: MemEventKind, role: Option<MemRole>) -> MemEvent {
+        MemEvent {
+            kind,
+            role,
+            cgid: 42,
+            ts_ns: 1,
+            usage: 2,
+            limit: 3,
+            counter: 1,
+        }
+    }
+
+    #[test]
+    fn events_become_signals() {
+        assert_eq!(
+            signal(&event(MemEventKind::High, Some(MemRole::Call))),
+            Some(Signal::OverHigh { cgroup_id: 42 })
+        );
+        assert_eq!(
+            signal(&event(MemEventKind::NearMax, Some(MemRole::Root))),
+            Some(Signal::NearMax)
+        );
+        assert_eq!(
+            signal(&event(MemEventKind::Max, Some(MemRole::Root))),
+            Some(Signal::AtMax)
+        );
+        assert_eq!(
+            signal(&event(MemEventKind::OomKill, Some(MemRole::Call))),
+            Some(Signal::OomKill { cgroup_id: 42 })
+        );
+        assert_eq!(
+            signal(&event(MemEventKind::High, Some(MemRole::Session))),
+            None
+        );
+        assert_eq!(
+            signal(&event(MemEventKind::HighRecovered, Some(MemRole::Call))),
+            None
+        );
+    }
+}
