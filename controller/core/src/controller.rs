@@ -768,9 +768,9 @@ impl Controller {
         let root = self.layout.root();
         let usage = root.read_u64(memory::CURRENT).unwrap_or(0);
         let limit = root
-            .read(memory::MAX)
+            .read_u64(memory::MAX)
             .ok()
-            .and_then(|t| crate::cgroup::parse_u64_or_max(&t))
+            .filter(|&m| m != u64::MAX)
             .or_else(crate::probe::mem_total)
             .unwrap_or(u64::MAX);
         (usage, limit)
