@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agentcg_bpf::{
-    CgroupPolicy, MemEvent, MemEventKind, MemFlags, MemRole, MemStateMap, MemWatch,
-    MemWatchSpec, SchedOptions, Scheduler,
+    CgroupPolicy, MemEvent, MemEventKind, MemFlags, MemRole, MemStateMap, MemWatch, MemWatchSpec,
+    SchedOptions, Scheduler,
 };
 use agentcg_core::spawn::{spawn_in_cgroup, wait};
 use agentcg_vmtests::memhog;
@@ -246,7 +246,11 @@ fn assert_shares(label: &str, shares: &[f64], ideal: &[f64]) {
 /// value read).
 type Observed = (u64, u64, u64, u64);
 
-fn watch_memory_events(path: PathBuf, key: &'static str, stop: Arc<AtomicBool>) -> Option<Observed> {
+fn watch_memory_events(
+    path: PathBuf,
+    key: &'static str,
+    stop: Arc<AtomicBool>,
+) -> Option<Observed> {
     let mut prev_end = monotonic_ns();
     while !stop.load(Ordering::Relaxed) {
         let start = monotonic_ns();
@@ -323,7 +327,10 @@ fn mem_high_event_matches_memory_events_and_deprioritizes_the_call() {
         ev.usage / MIB,
         ev.limit / MIB,
     );
-    assert!(skew <= MAX_SKEW_NS, "event {skew} ns away from memory.events");
+    assert!(
+        skew <= MAX_SKEW_NS,
+        "event {skew} ns away from memory.events"
+    );
     assert_eq!(ev.counter, 1, "the first high event of a fresh cgroup");
     assert!(obs_value >= ev.counter);
     assert_eq!(ev.limit, 32 * MIB);
@@ -341,14 +348,27 @@ fn mem_high_event_matches_memory_events_and_deprioritizes_the_call() {
         Duration::from_secs(3),
         Duration::from_secs(6),
     );
-    assert_shares("MEM_OVER_HIGH (from the kernel) on the call", &shares, &[0.2, 0.8]);
-    assert!(sched.is_attached(), "scheduler exited: {:?}", sched.exit_info());
+    assert_shares(
+        "MEM_OVER_HIGH (from the kernel) on the call",
+        &shares,
+        &[0.2, 0.8],
+    );
+    assert!(
+        sched.is_attached(),
+        "scheduler exited: {:?}",
+        sched.exit_info()
+    );
 
     // The hog goes away: its memory is uncharged and the flag clears with an event.
     // SAFETY: killing our own child.
     unsafe { libc::kill(hog, libc::SIGKILL) };
     let _ = wait(hog);
-    let rec = wait_event(&mw, cgid, MemEventKind::HighRecovered, Duration::from_secs(60));
+    let rec = wait_event(
+        &mw,
+        cgid,
+        MemEventKind::HighRecovered,
+        Duration::from_secs(60),
+    );
     println!(
         "recovered: usage {} MiB at {} ns ({:.1} ms after the high event); memory.current now {} MiB",
         rec.usage / MIB,
@@ -365,7 +385,11 @@ fn mem_high_event_matches_memory_events_and_deprioritizes_the_call() {
         Duration::from_secs(6),
     );
     assert_shares("flag cleared", &shares, &[0.5, 0.5]);
-    assert!(sched.is_attached(), "scheduler exited: {:?}", sched.exit_info());
+    assert!(
+        sched.is_attached(),
+        "scheduler exited: {:?}",
+        sched.exit_info()
+    );
     println!("stats {:?}, sched {:?}", mw.stats(), sched.stats());
     assert_eq!(mw.malformed_events(), 0);
 }
@@ -400,11 +424,20 @@ fn mem_near_max_watermark_of_a_parent_fires_and_recovers() {
         0.8 * 256.0
     );
     assert_eq!(ev.limit, 256 * MIB);
-    assert!(ev.usage * 10 >= ev.limit * 8, "usage {} below 80 %", ev.usage);
+    assert!(
+        ev.usage * 10 >= ev.limit * 8,
+        "usage {} below 80 %",
+        ev.usage
+    );
     assert_eq!(ev.role, Some(MemRole::Session));
     wait_flag(&mw, sid, MemFlags::NEAR_MAX, true, Duration::from_secs(1));
     call.kill();
-    let rec = wait_event(&mw, sid, MemEventKind::NearMaxRecovered, Duration::from_secs(60));
+    let rec = wait_event(
+        &mw,
+        sid,
+        MemEventKind::NearMaxRecovered,
+        Duration::from_secs(60),
+    );
     println!(
         "NEAR_MAX recovered {:.1} ms after it was set, usage {:.1} MiB",
         (rec.ts_ns - ev.ts_ns) as f64 / 1e6,
@@ -502,5 +535,8 @@ fn mem_unwatch_and_removed_cgroups_leave_no_entries() {
     );
     assert_eq!(mw.watched_len(), 0);
     assert!(state.is_empty());
-    assert_eq!(stats.rmdir_cleanups, 100, "the odd ones, removed while watched");
+    assert_eq!(
+        stats.rmdir_cleanups, 100,
+        "the odd ones, removed while watched"
+    );
 }

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agentcg_bpf::{
-    CgroupPolicy, ExitKind, MemStateMap, MemWatch, MemWatchSpec,
-    SCHED_EXIT_CODE_REQUESTED, SchedClass, SchedFlags, SchedOptions, Scheduler,
+    CgroupPolicy, ExitKind, MemStateMap, MemWatch, MemWatchSpec, SCHED_EXIT_CODE_REQUESTED,
+    SchedClass, SchedFlags, SchedOptions, Scheduler,
 };
 use agentcg_core::spawn::{spawn_in_cgroup, wait};
 
@@ -787,7 +787,11 @@ fn mem_state_deprioritize_flag_deprioritizes_a_call() {
         Duration::from_secs(2),
         Duration::from_secs(8),
     );
-    assert_shares("MEM_DEPRIORITIZE in mem_state on the first", &shares, &[0.2, 0.8]);
+    assert_shares(
+        "MEM_DEPRIORITIZE in mem_state on the first",
+        &shares,
+        &[0.2, 0.8],
+    );
     mem.set_deprioritized(flagged.id(), false)
         .expect("set_deprioritized");
     let (even, _) = measure_shares(

@@ -32,12 +32,7 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
 pub fn run(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     let bin_dir = ws.build_agentcg(false)?;
     let exes = build_tests(ws)?;
-    let mut env = vec![("AGENTCG_BIN_DIR", bin_dir.to_string_lossy().into_owned())];
-    // `RUST_TEST_NOCAPTURE=1 cargo xtask vm-test ...` shows what passing tests print
-    // (their measured figures) in the guest log.
-    if let Ok(v) = std::env::var("RUST_TEST_NOCAPTURE") {
-        env.push(("RUST_TEST_NOCAPTURE", v));
-    }
+    let env = vec![("AGENTCG_BIN_DIR", bin_dir.to_string_lossy().into_owned())];
     let job = Job {
         script: guest_script(&exes, args.filter.as_deref()),
         env,
