@@ -1,10 +1,14 @@
 //! A small HTTP/1.1 client for agentcgd's unix socket (hyper on a current-thread
-//! tokio runtime: no threads, microseconds of start-up).
+//! tokio runtime: no threads, microseconds of start-up). One connection is kept alive
+//! for all the requests of a command (`agentcg run` declares and finishes on it); if
+//! the daemon closed it meanwhile, a request that was not sent goes on a new one.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -46,6 +50,7 @@ impl ClientError {
 pub struct Client {
     socket: PathBuf,
     rt: tokio::runtime::Runtime,
+    conn: RefCell<Option<SendRequest<Full<Bytes>>>>,
 }
 
 impl Client {
@@ -57,6 +62,7 @@ impl Client {
         Ok(Client {
             socket: socket.to_path_buf(),
             rt,
+            conn: RefCell::new(None),
         })
     }
 
@@ -72,7 +78,23 @@ impl Client {
         self.request(Method::DELETE, path, None)
     }
 
-    /// One request on a fresh connection; a JSON error body becomes [`ClientError::Api`].
+    /// Opens a connection to the daemon.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// One request, on the kept connection when it is still open; a JSON error body
+    /// becomes [`ClientError::Api`].
     pub fn request(
         &self,
         method: Method,
@@ -80,45 +102,61 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
         self.rt.block_on(async {
-            let stream = tokio::net::UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
             let proto = |e: hyper::Error| ClientError::Protocol(e.to_string());
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(proto)?;
-            tokio::spawn(conn);
             let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-            let req = Request::builder()
+            let mut req = Request::builder()
                 .method(method)
                 .uri(path)
                 .header("host", "agentcgd")
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(bytes)))
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let resp = sender.send_request(req).await.map_err(proto)?;
-            let status = resp.status();
-            let body = resp.into_body().collect().await.map_err(proto)?.to_bytes();
-            let value: Value = serde_json::from_slice(&body)
-                .map_err(|e| ClientError::Protocol(format!("bad reply ({status}): {e}")))?;
-            if status.is_success() {
-                Ok(value)
-            } else {
-                Err(ClientError::Api {
-                    status: status.as_u16(),
-                    code: value["error"]["code"]
-                        .as_str()
-                        .unwrap_or("unknown")
-                        .to_string(),
-                    message: value["error"]["message"]
-                        .as_str()
-                        .unwrap_or("no message")
-                        .to_string(),
-                })
+            let kept = self.conn.borrow_mut().take();
+            if let Some(mut sender) = kept.filter(|s| !s.is_closed()) {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        *self.conn.borrow_mut() = Some(sender);
+                        return reply(resp).await;
+                    }
+                    // Not sent (the daemon closed the idle connection): resend below.
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(proto(e.into_error())),
+                    },
+                }
             }
+            let mut sender = self.connect().await?;
+            let resp = sender.send_request(req).await.map_err(proto)?;
+            *self.conn.borrow_mut() = Some(sender);
+            reply(resp).await
+        })
+    }
+}
+
+/// The JSON body of a reply; an error status becomes [`ClientError::Api`].
+async fn reply(resp: hyper::Response<hyper::body::Incoming>) -> Result<Value, ClientError> {
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ClientError::Protocol(format!("bad reply ({status}): {e}")))?;
+    if status.is_success() {
+        Ok(value)
+    } else {
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code: value["error"]["code"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_string(),
+            message: value["error"]["message"]
+                .as_str()
+                .unwrap_or("no message")
+                .to_string(),
         })
     }
 }

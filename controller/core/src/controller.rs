@@ -203,6 +203,9 @@ pub struct Controller {
     history: History,
     next_id: u64,
     hooks: Vec<Box<dyn KernelHooks>>,
+    /// Empty cgroups of finished calls, removed by [`Controller::reap`] once the
+    /// finish reply is out (rmdir is off the per-call critical path).
+    to_reap: Vec<Cgroup>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -247,6 +250,7 @@ impl Controller {
             next_id: history.max_id() + 1,
             history,
             hooks: Vec::new(),
+            to_reap: Vec::new(),
         };
         c.load_sessions()?;
         c.reconcile()?;
@@ -505,6 +509,7 @@ impl Controller {
                 },
             )?);
         }
+        self.reap();
         for cg in [
             self.layout.calls(name),
             self.layout.runtime(name),
@@ -679,7 +684,14 @@ impl Controller {
             pids_peak: pids::peak(&call.cgroup),
             pids_limit_hits: pids::max_events(&call.cgroup).unwrap_or(0),
         };
-        let leftover = call.cgroup.destroy(DESTROY_WAIT);
+        // A call whose processes are all gone (the common case) is removed later by
+        // reap(); one with leftovers is killed and removed now, to count them.
+        let leftover = if call.cgroup.populated().unwrap_or(true) {
+            call.cgroup.destroy(DESTROY_WAIT)
+        } else {
+            self.to_reap.push(call.cgroup.clone());
+            Ok(0)
+        };
         let processes = self.hooks_removing(call.cgroup_id);
         let outcome = if exit == ABANDONED {
             Outcome::Abandoned
@@ -697,7 +709,12 @@ impl Controller {
                 .get(&call.session)
                 .map(|s| s.plan.calls_memory_max)
                 .unwrap_or(0),
-            host: self.memory_reading().1,
+            // Two cgroupfs reads, only when the feedback names the host's limit.
+            host: if outcome == Outcome::MemoryPressure {
+                self.memory_reading().1
+            } else {
+                0
+            },
         };
         let rec = CallRecord {
             call_id: id,
@@ -725,6 +742,21 @@ impl Controller {
         Ok(rec)
     }
 
+    /// Removes the cgroups of finished calls that [`Controller::finish_call`] left
+    /// for later; returns the failures (the cgroup stays listed for the next try).
+    pub fn reap(&mut self) -> Vec<CgroupError> {
+        let mut errors = Vec::new();
+        let mut keep = Vec::new();
+        for cg in std::mem::take(&mut self.to_reap) {
+            if let Err(e) = cg.destroy(DESTROY_WAIT) {
+                errors.push(e);
+                keep.push(cg);
+            }
+        }
+        self.to_reap = keep;
+        errors
+    }
+
     /// Finishes calls whose cgroup has stayed empty for [`ABANDON_AFTER`] without a
     /// report (the client died). Returns the records written.
     pub fn sweep(&mut self) -> Vec<CallRecord> {
@@ -739,10 +771,12 @@ impl Controller {
                 (true, Some(_)) => {}
             }
         }
-        stale
+        let records = stale
             .into_iter()
             .filter_map(|id| self.finish_call(id, ABANDONED).ok())
-            .collect()
+            .collect();
+        self.reap();
+        records
     }
 
     /// A finished call's record, or `None` if unknown or still running.

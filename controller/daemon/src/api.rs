@@ -239,7 +239,11 @@ async fn finish_call(
     body: Result<Json<FinishRequest>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    to_json(with_controller(&state, move |c| c.finish_call(id, req.exit)).await?)
+    let record = with_controller(&state, move |c| c.finish_call(id, req.exit)).await?;
+    // Runs once this reply is written (one-threaded runtime): the rmdir of the call's
+    // cgroup is not on the client's path.
+    supervisor::reap_soon(state.controller.clone());
+    to_json(record)
 }
 
 async fn show_call(State(state): State<AppState>, Path(id): Path<u64>) -> ApiResult {

@@ -55,6 +55,17 @@ pub fn arm_timeout(shared: Shared, call_id: u64) {
     });
 }
 
+/// Removes finished calls' cgroups on the next turn of the runtime.
+pub fn reap_soon(shared: Shared) {
+    tokio::spawn(async move {
+        tokio::task::yield_now().await;
+        let errors = shared.lock().map(|mut c| c.reap()).unwrap_or_default();
+        for e in errors {
+            tracing::warn!("removing a finished call's cgroup: {e} (retried later)");
+        }
+    });
+}
+
 /// Periodically finishes calls whose client never reported back.
 pub async fn sweep_loop(shared: Shared) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
