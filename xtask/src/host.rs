@@ -66,7 +66,9 @@ impl Workspace {
     /// The CLI is linked statically (`+crt-static`, built for the explicit host target
     /// so build scripts and proc macros stay dynamic): it is exec'd once per tool call,
     /// and under emulation the dynamic loader dominates that exec (measured in the VM:
-    /// `agentcg --version` 82-137 ms dynamic, 9-25 ms static).
+    /// `agentcg --version` 82-137 ms dynamic, 9-25 ms static). Release builds use the
+    /// `release-cli` profile (fat LTO, one codegen unit, abort on panic: 2.7 MB instead
+    /// of 22 MB; `--version` p50 9.9 vs 11.3 ms in the VM).
     pub fn build_agentcg(&self, release: bool) -> Result<PathBuf> {
         let mut cmd = self.cargo();
         cmd.args(["build", "-p", "agentcg-daemon", "-p", "agentcg-vmtests"]);
@@ -81,7 +83,7 @@ impl Workspace {
         cli.args(["build", "-p", "agentcg-cli", "--target", HOST_TARGET])
             .env(STATIC_RUSTFLAGS_VAR, "-C target-feature=+crt-static");
         if release {
-            cli.arg("--release");
+            cli.args(["--profile", CLI_RELEASE_PROFILE]);
         }
         run(
             &mut cli,
@@ -97,14 +99,17 @@ impl Workspace {
                 copy_into(&path, &dir)?;
             }
         }
+        let cli_profile = if release { CLI_RELEASE_PROFILE } else { "debug" };
         copy_into(
-            &self.target.join(HOST_TARGET).join(profile).join("agentcg"),
+            &self.target.join(HOST_TARGET).join(cli_profile).join("agentcg"),
             &dir,
         )?;
         Ok(dir)
     }
 }
 
+/// The Cargo profile of a release CLI (Cargo.toml).
+const CLI_RELEASE_PROFILE: &str = "release-cli";
 /// The target the static CLI is built for (this project's machines are x86_64 Debian).
 const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Rust flags for [`HOST_TARGET`] only (not for build scripts and proc macros).
