@@ -1015,14 +1015,14 @@ const ABANDONED: ExitInfo = ExitInfo {
 /// Writes a call's limits into its fresh cgroup.
 /// A new cgroup starts with `memory.high` = max, `cpu.weight` = 100 and `cpu.max` = max
 /// (cgroup-v2.rst); writes that would set those defaults are skipped, as every write is
-/// on the per-call path.
+/// on the per-call path. No swap is inherited: the session's `memory.swap.max` is 0 and
+/// limits are hierarchical, so the call's own file is not written.
 fn apply_call_limits(cg: &Cgroup, l: &CallLimits) -> Result<(), CgroupError> {
     memory::set_oom_group(cg)?;
     memory::set_max(cg, Some(l.memory_max))?;
     if l.memory_high.is_some() {
         memory::set_high(cg, l.memory_high)?;
     }
-    memory::disable_swap(cg)?;
     if l.cpu_weight != cpu::DEFAULT_WEIGHT {
         cpu::set_weight(cg, l.cpu_weight)?;
     }

@@ -105,10 +105,18 @@ impl Cgroup {
         std::fs::write(&path, value).map_err(|source| self.io("write", &path, Some(value), source))
     }
 
-    /// Reads the interface file `file`.
+    /// Reads the interface file `file`. Interface files report size 0, so a plain
+    /// `read_to_string` would stat the file and then read it in small growing pieces;
+    /// a page-sized buffer takes the whole of any file we read in one `read(2)` (plus
+    /// the one that sees the end), which counts on the per-call path.
     pub fn read(&self, file: &str) -> Result<String, CgroupError> {
         let path = self.path.join(file);
-        std::fs::read_to_string(&path).map_err(|source| self.io("read", &path, None, source))
+        let bytes = read_all(&path).map_err(|source| self.io("read", &path, None, source))?;
+        String::from_utf8(bytes).map_err(|e| CgroupError::Parse {
+            path,
+            text: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            reason: "not UTF-8".into(),
+        })
     }
 
     /// Reads a single-number file (`max` is `u64::MAX`).
@@ -263,6 +271,30 @@ impl Cgroup {
             }
         }
     }
+}
+
+/// The whole file, read into a page-sized buffer that grows only if needed (no stat,
+/// no size guess: `File::read_to_string` would stat it and seek).
+fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len == buf.len() {
+                    buf.resize(len * 2, 0);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// `"123"` → 123, `"max"` → `u64::MAX`.
