@@ -46,13 +46,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let client = match client::Client::new(&cli.socket) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("agentcg: {e}");
-            return ExitCode::from(EXIT_AGENTCG);
-        }
-    };
+    let client = client::Client::new(&cli.socket);
     match cli.command {
         Command::Run(args) => run::main(&client, args),
         Command::Session(cmd) => session::main(&client, cmd),
