@@ -207,16 +207,22 @@ struct mem_event {
 
 /*
  * Context of the `mem_set_user_flags` syscall program (run by userspace with
- * BPF_PROG_TEST_RUN): flips userspace-owned bits (MEM_USER_FLAGS) of `cgid`'s mem_state
+ * BPF_PROG_TEST_RUN): flips userspace-owned bits (MEM_USER_FLAGS, MEM_USER_CLEAR_FLAGS) of `cgid`'s mem_state
  * with atomic or/and, so the update cannot overwrite a concurrent BPF-side transition
  * (a map update from userspace would replace the whole value). The program returns 1,
  * or 0 if the cgroup has no mem_state entry.
  */
 #define MEM_USER_FLAGS MEM_DEPRIORITIZE
+/*
+ * Bits userspace may also clear: MEM_OVER_HIGH, after it raised the cgroup's
+ * memory.high above the usage (a burst), so that the next crossing of the new limit is
+ * a new transition with its own MEM_EV_HIGH event.
+ */
+#define MEM_USER_CLEAR_FLAGS (MEM_USER_FLAGS | MEM_OVER_HIGH)
 struct mem_flag_args {
 	__u64 cgid;
 	__u64 set;   /* bits to set (masked with MEM_USER_FLAGS) */
-	__u64 clear; /* bits to clear (masked with MEM_USER_FLAGS) */
+	__u64 clear; /* bits to clear (masked with MEM_USER_CLEAR_FLAGS) */
 };
 
 _Static_assert(sizeof(struct mem_flag_args) == 24, "mem_flag_args ABI size");

@@ -367,7 +367,7 @@ SEC("syscall")
 int mem_set_user_flags(struct mem_flag_args *args)
 {
 	__u64 cgid = args->cgid, set = args->set & MEM_USER_FLAGS;
-	__u64 clear = args->clear & MEM_USER_FLAGS;
+	__u64 clear = args->clear & MEM_USER_CLEAR_FLAGS;
 	struct mem_state *st;
 
 	st = bpf_map_lookup_elem(&mem_state, &cgid);

@@ -368,6 +368,18 @@ impl MemWatch {
         } else {
             (MemFlags::NONE, MemFlags::DEPRIORITIZE)
         };
+        self.flip_flags(cgid, set, clear)
+    }
+
+    /// Clears [`MemFlags::OVER_HIGH`] of a watched cgroup whose `memory.high` was just
+    /// raised above its usage, so that crossing the new limit is reported again (a
+    /// [`crate::MemEventKind::High`] event per crossing, not only the first).
+    pub fn rearm_high(&self, cgid: u64) -> Result<(), BpfError> {
+        self.flip_flags(cgid, MemFlags::NONE, MemFlags::OVER_HIGH)
+    }
+
+    /// Runs `mem_set_user_flags`: atomic or/and on the userspace-owned bits.
+    fn flip_flags(&self, cgid: u64, set: MemFlags, clear: MemFlags) -> Result<(), BpfError> {
         let mut ctx = mem_flag_args(cgid, set, clear);
         let mut opts = libbpf_rs::libbpf_sys::bpf_test_run_opts {
             sz: size_of::<libbpf_rs::libbpf_sys::bpf_test_run_opts>() as _,

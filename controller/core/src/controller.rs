@@ -832,6 +832,11 @@ impl Controller {
             .unwrap_or_default()
     }
 
+    /// The calls the memory response would act on now.
+    pub fn memory_victims(&self) -> Vec<u64> {
+        pressure::victims(&self.pressure_calls(), self.top_priority())
+    }
+
     /// Takes one step of the memory response against its victims.
     pub fn memory_step(&mut self, step: Step, reason: &str) -> StepReport {
         let calls = self.pressure_calls();

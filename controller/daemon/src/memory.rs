@@ -278,6 +278,10 @@ impl Response {
                     .and_then(|mut c| c.memory_burst(cgroup_id, in_force));
                 if let Some((call_id, high)) = burst {
                     tracing::debug!(call_id, high, "burst: memory.high raised");
+                    // Crossing the raised limit must be reported again.
+                    if let Some(Err(e)) = self.bpf.as_ref().map(|b| b.rearm_high(cgroup_id)) {
+                        tracing::warn!(cgroup_id, "rearming the memory.high event: {e}");
+                    }
                     if let Ok(mut s) = self.status.lock() {
                         s.bursts += 1;
                     }
@@ -300,6 +304,12 @@ impl Response {
             return;
         };
         let (usage, limit) = c.memory_reading();
+        if self.state.step.is_none() && c.memory_victims().is_empty() {
+            // Nobody to give memory back to anyone: the kernel's limits decide.
+            self.psi_pending = false;
+            self.at_max_pending = false;
+            return;
+        }
         let reading = Reading {
             usage,
             limit,
