@@ -57,9 +57,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 pub fn parse_resources(json: &str) -> Result<Vec<Sample>, String> {
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
-    let samples = value["samples"]
-        .as_array()
-        .ok_or("no `samples` array")?;
+    let samples = value["samples"].as_array().ok_or("no `samples` array")?;
     let mut parsed = Vec::with_capacity(samples.len());
     for (i, s) in samples.iter().enumerate() {
         let epoch = s["epoch"]

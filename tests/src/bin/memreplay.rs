@@ -97,10 +97,11 @@ fn parse_args() -> Result<Opts, String> {
             opts.peak = true;
             continue;
         }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag} {v}: not a number"));
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag} {v}: not a number"))
+        };
         match flag.as_str() {
             "--trace" => opts.trace = Some(value),
             "--speed" => {
