@@ -125,6 +125,10 @@ pub struct Args {
     /// Parent memory.max settings, MiB
     #[arg(long, value_name = "MIB,..", value_delimiter = ',', default_values_t = [1100, 1300])]
     limits: Vec<u32>,
+    /// Do not boot the VM: rebuild the report from the raw results of the last run
+    /// (target/vm/bench-memory/raw) for the same selection
+    #[arg(long)]
+    report_only: bool,
 }
 
 pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
@@ -151,42 +155,13 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     }
     let (high, low) = (fs::canonicalize(&high)?, fs::canonicalize(&low)?);
     let plan = plan(args);
-    provision::ensure(ws, Which::All)?;
-    let bin_dir = ws.build_agentcg(true)?;
     let dir = ws.vm_dir().join("bench-memory");
     let raw_dir = dir.join("raw");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let plan_file = dir.join("plan.txt");
-    let text: String = plan
-        .iter()
-        .map(|i| format!("{} {} {} {}\n", i.run, i.limit, i.speed, i.arm.name()))
-        .collect();
-    fs::write(&plan_file, text).with_context(|| format!("cannot write {}", plan_file.display()))?;
-    eprintln!(
-        "[xtask] {} instances ({} runs x {} arms x {} speeds x {} limits); measured in the VM: \
-         ~15-25 s each at 10x, ~8-15 s at 50x",
-        plan.len(),
-        args.runs,
-        args.arms.len(),
-        args.speeds.len(),
-        args.limits.len()
-    );
-    let path = |p: &Path| p.to_string_lossy().into_owned();
-    let job = Job {
-        script: format!(
-            "sh {}",
-            sh_quote_path(&ws.root.join("xtask/bench/memory.sh"))
-        ),
-        env: vec![
-            ("AGENTCG_BIN_DIR", path(&bin_dir)),
-            ("BENCH_OUT", path(&raw_dir)),
-            ("PLAN", path(&plan_file)),
-            ("TRACE_HIGH", path(&high)),
-            ("TRACE_LOW", path(&low)),
-            ("BASE_MIB", BASE_MIB.to_string()),
-        ],
+    let status = if args.report_only {
+        Ok(0)
+    } else {
+        run_guest(ws, args, &plan, &dir, &raw_dir, &high, &low)?
     };
-    let status = vm::run(ws, &args.vm, &job)?.check();
     let results: Vec<Instance> = plan.iter().map(|p| Instance::read(&raw_dir, *p)).collect();
     if results.iter().all(|r| r.error.is_some()) {
         return Err(status.err().unwrap_or_else(|| {
@@ -209,6 +184,54 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
         bail!("the guest benchmark script failed (status {status}); see the guest log above");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the plan, builds the binaries, boots the VM and runs memory.sh. Fails when
+/// nothing could run; otherwise returns the guest script's exit status or why the VM did
+/// not finish (the instances that finished still make a report).
+fn run_guest(
+    ws: &Workspace,
+    args: &Args,
+    plan: &[Planned],
+    dir: &Path,
+    raw_dir: &Path,
+    high: &Path,
+    low: &Path,
+) -> Result<Result<i32>> {
+    provision::ensure(ws, Which::All)?;
+    let bin_dir = ws.build_agentcg(true)?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let plan_file = dir.join("plan.txt");
+    let text: String = plan
+        .iter()
+        .map(|i| format!("{} {} {} {}\n", i.run, i.limit, i.speed, i.arm.name()))
+        .collect();
+    fs::write(&plan_file, text).with_context(|| format!("cannot write {}", plan_file.display()))?;
+    eprintln!(
+        "[xtask] {} instances ({} runs x {} arms x {} speeds x {} limits); measured in the VM: \
+         ~15-21 s each at 10x (agentcg: +5 s for the daemon's start)",
+        plan.len(),
+        args.runs,
+        args.arms.len(),
+        args.speeds.len(),
+        args.limits.len()
+    );
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let job = Job {
+        script: format!(
+            "sh {}",
+            sh_quote_path(&ws.root.join("xtask/bench/memory.sh"))
+        ),
+        env: vec![
+            ("AGENTCG_BIN_DIR", path(&bin_dir)),
+            ("BENCH_OUT", path(raw_dir)),
+            ("PLAN", path(&plan_file)),
+            ("TRACE_HIGH", path(high)),
+            ("TRACE_LOW", path(low)),
+            ("BASE_MIB", BASE_MIB.to_string()),
+        ],
+    };
+    Ok(vm::run(ws, &args.vm, &job)?.check())
 }
 
 /// One replay of the experiment: which run, limit, speed and arm.
@@ -247,6 +270,8 @@ struct Replay {
     scheduled_ms: f64,
     growth_ms: Vec<f64>,
     max_lag_ms: f64,
+    /// (due ms, target bytes) of every step.
+    schedule: Vec<(f64, u64)>,
 }
 
 impl Replay {
@@ -266,11 +291,21 @@ impl Replay {
                     .fold(0.0, f64::max)
             })
             .unwrap_or(0.0);
+        let schedule = v["steps"]
+            .as_array()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .filter_map(|s| Some((s["due_ms"].as_f64()?, s["target"].as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
         Some(Self {
             completion_ms: v["completion_ms"].as_f64()?,
             scheduled_ms: v["scheduled_ms"].as_f64()?,
             growth_ms,
             max_lag_ms,
+            schedule,
         })
     }
 }
@@ -379,6 +414,33 @@ impl Instance {
     }
 }
 
+/// The largest sum of the replays' targets at any instant of their schedules, plus the
+/// base: what the three sessions ask for together when every replay keeps its schedule.
+fn planned_peak(replays: &[&Replay], base: u64) -> u64 {
+    let mut times: Vec<f64> = replays
+        .iter()
+        .flat_map(|r| r.schedule.iter().map(|s| s.0))
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+        .iter()
+        .map(|&t| {
+            replays
+                .iter()
+                .map(|r| {
+                    r.schedule
+                        .iter()
+                        .take_while(|s| s.0 <= t)
+                        .last()
+                        .map_or(0, |s| s.1)
+                })
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap_or(0)
+        + base
+}
+
 /// `PROC STATUS` lines.
 fn parse_status(text: &str) -> BTreeMap<String, i32> {
     text.lines()
@@ -420,6 +482,8 @@ struct Cell {
     scheduled_s: Option<f64>,
     high_max_lag_s: Option<f64>,
     parent_peak_mib: Option<f64>,
+    /// [`planned_peak`] of a run whose three replays finished, MiB.
+    planned_peak_mib: Option<f64>,
     /// Against arm (a) at the same limit and speed.
     p95_ratio: Option<f64>,
     low_done_ratio: Option<f64>,
@@ -471,6 +535,12 @@ impl Cell {
                     .map(|b| b as f64 / f64::from(1 << 20))
                     .collect(),
             ),
+            planned_peak_mib: ok.iter().find_map(|i| {
+                let done: Vec<&Replay> = i.replays.iter().flatten().collect();
+                (done.len() == 3).then(|| {
+                    planned_peak(&done, u64::from(BASE_MIB) << 20) as f64 / f64::from(1 << 20)
+                })
+            }),
             p95_ratio: None,
             low_done_ratio: None,
         }
@@ -574,7 +644,7 @@ fn markdown(report: &Report, args: &Args) -> String {
          interleaved. Alive = replay exited 0 (base: ended by the harness); killed = SIGKILL \
          wait status; `oom_kill` = sum of the session cgroups' memory.events counters. \
          Arm (e): agentcgd (default policy) with --root = the parent; each replay is \
-         `agentcg run --session NAME --intent mem=<trace peak>M`.\n\n\
+         `agentcg run --session NAME --intent mem=<trace peak rounded up to 64 MiB>`.\n\n\
          Under emulation the replay cannot keep a 50x schedule (DESIGN.md §8): compare \
          \"HIGH done\" with \"schedule\"; prefer 10x for latency.\n",
         cpus = args.vm.cpus,
@@ -598,6 +668,7 @@ fn markdown(report: &Report, args: &Args) -> String {
                 .iter()
                 .filter(|c| c.limit == limit && c.speed == speed);
             let mut schedule = None;
+            let mut planned = None;
             for c in group {
                 let failed = if c.failed_instances > 0 {
                     format!(" ({} failed)", c.failed_instances)
@@ -629,11 +700,19 @@ fn markdown(report: &Report, args: &Args) -> String {
                     fmt(c.parent_peak_mib, 0),
                 );
                 schedule = schedule.or(c.scheduled_s.zip(c.high_max_lag_s));
+                planned = planned.or(c.planned_peak_mib);
             }
             if let Some((sched, lag)) = schedule {
                 md += &format!(
                     "\nSchedule: HIGH's {sched:.1} s (trace / {speed}); its largest lag behind \
                      the schedule averaged {lag:.1} s in the first arm listed.\n"
+                );
+            }
+            if let Some(mib) = planned {
+                md += &format!(
+                    "Demand on schedule: the three sessions together (base included) ask for at \
+                     most {mib:.0} MiB at any instant when every replay keeps its schedule; \
+                     more is in use at once only when replays fall behind and peaks meet.\n"
                 );
             }
         }
@@ -673,7 +752,7 @@ fn to_json(report: &Report, args: &Args, results: &[Instance]) -> Value {
                 "high_done_s": c.high_done_s.map(|(m, sd)| json!({"mean": m, "sd": sd})),
                 "low_done_s": c.low_done_s.map(|(m, sd)| json!({"mean": m, "sd": sd})),
                 "scheduled_s": c.scheduled_s, "high_max_lag_s": c.high_max_lag_s,
-                "parent_peak_mib": c.parent_peak_mib,
+                "parent_peak_mib": c.parent_peak_mib, "planned_peak_mib": c.planned_peak_mib,
                 "p95_ratio_vs_a": c.p95_ratio, "low_done_ratio_vs_a": c.low_done_ratio,
             })
         })
@@ -736,6 +815,7 @@ mod tests {
             arms: arms.to_vec(),
             speeds: speeds.to_vec(),
             limits: limits.to_vec(),
+            report_only: false,
         }
     }
 
@@ -869,6 +949,18 @@ mod tests {
         let missing = Instance::read(&tmp, Planned { run: 9, ..plan[0] });
         assert!(missing.error.is_some());
         fs::remove_dir_all(&tmp).expect("cleanup");
+    }
+
+    #[test]
+    fn planned_peak_sums_targets_on_the_schedule() {
+        let r = |schedule: Vec<(f64, u64)>| Replay {
+            schedule,
+            ..Replay::default()
+        };
+        let high = r(vec![(0.0, 10), (100.0, 300), (200.0, 50)]);
+        let low = r(vec![(0.0, 20), (150.0, 200), (250.0, 0)]);
+        // At 150 ms: 300 + 200 + 200; at 100 ms: 300 + 20 + 20.
+        assert_eq!(planned_peak(&[&high, &low, &low], 7), 707);
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub fn draw(path: &Path, report: &Report) -> Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(-0.5..n - 0.5, 0.0..105.0)
+        .build_cartesian_2d(-0.5..n - 0.5, 0.0..130.0)
         .map_err(|e| anyhow!("{e}"))?;
     chart
         .configure_mesh()
@@ -73,6 +73,7 @@ pub fn draw(path: &Path, report: &Report) -> Result<()> {
         .x_label_formatter(&label)
         .x_label_style(("sans-serif", 13))
         .y_desc("%")
+        .y_labels(7)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     for (j, &(limit, speed)) in configs.iter().enumerate() {
@@ -98,6 +99,7 @@ pub fn draw(path: &Path, report: &Report) -> Result<()> {
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
