@@ -209,7 +209,8 @@ fn run_guest(
     fs::write(&plan_file, text).with_context(|| format!("cannot write {}", plan_file.display()))?;
     eprintln!(
         "[xtask] {} instances ({} runs x {} arms x {} speeds x {} limits); measured in the VM: \
-         ~15-21 s each at 10x (agentcg: +5 s for the daemon's start)",
+         ~14-21 s each at 10x, ~7-13 s at 50x (agentcg: +5 s for the daemon), ~4.5 min per \
+         run of all 20 combinations",
         plan.len(),
         args.runs,
         args.arms.len(),
@@ -643,10 +644,15 @@ fn markdown(report: &Report, args: &Args) -> String {
          Latency = one growth step (all chunks of one sample). {runs} run(s) per arm, arms \
          interleaved. Alive = replay exited 0 (base: ended by the harness); killed = SIGKILL \
          wait status; `oom_kill` = sum of the session cgroups' memory.events counters. \
+         HIGH alive = its replay and its base both alive. Latency, completion times and \
+         their ratios count finished replays only; \"p95 vs (a)\" compares the mean of the \
+         per-run p95, \"LOW done vs (a)\" the mean LOW completion time, with arm (a) at \
+         the same limit and speed. \
          Arm (e): agentcgd (default policy) with --root = the parent; each replay is \
          `agentcg run --session NAME --intent mem=<trace peak rounded up to 64 MiB>`.\n\n\
-         Under emulation the replay cannot keep a 50x schedule (DESIGN.md §8): compare \
-         \"HIGH done\" with \"schedule\"; prefer 10x for latency.\n",
+         Under emulation the reference's Python replay could not keep a 50x schedule \
+         (DESIGN.md §8); whether memreplay kept it shows as \"HIGH done\" against the \
+         schedule under each table. Latency at 50x is noisier; prefer 10x for it.\n",
         cpus = args.vm.cpus,
         mem = args.vm.memory,
         kernel = args.vm.kernel.display(),
