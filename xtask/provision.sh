@@ -65,6 +65,8 @@ vm_deps() {
       qemu-system-x86 qemu-utils >/dev/null
   fi
   need_pkgs udev kmod busybox-static zstd file
+  # `cargo xtask bench memory` draws memory.png with plotters/ab_glyph from DejaVu Sans.
+  need_pkgs fonts-dejavu-core
   if ! command -v vng >/dev/null 2>&1; then
     say "pip install virtme-ng"
     pip3 install -q virtme-ng 2>&1 | grep -v 'running pip as the' || true

@@ -2,6 +2,7 @@
 
 mod calls;
 mod cpu;
+mod memory;
 mod stats;
 
 use std::fs;
@@ -18,12 +19,14 @@ use crate::host::Workspace;
 pub enum Bench {
     Calls(calls::Args),
     Cpu(cpu::Args),
+    Memory(memory::Args),
 }
 
 pub fn main(ws: &Workspace, bench: &Bench) -> Result<ExitCode> {
     match bench {
         Bench::Calls(args) => calls::main(ws, args),
         Bench::Cpu(args) => cpu::main(ws, args),
+        Bench::Memory(args) => memory::main(ws, args),
     }
 }
 
