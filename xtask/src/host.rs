@@ -99,9 +99,17 @@ impl Workspace {
                 copy_into(&path, &dir)?;
             }
         }
-        let cli_profile = if release { CLI_RELEASE_PROFILE } else { "debug" };
+        let cli_profile = if release {
+            CLI_RELEASE_PROFILE
+        } else {
+            "debug"
+        };
         copy_into(
-            &self.target.join(HOST_TARGET).join(cli_profile).join("agentcg"),
+            &self
+                .target
+                .join(HOST_TARGET)
+                .join(cli_profile)
+                .join("agentcg"),
             &dir,
         )?;
         Ok(dir)
