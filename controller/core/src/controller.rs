@@ -709,8 +709,8 @@ impl Controller {
                 .get(&call.session)
                 .map(|s| s.plan.calls_memory_max)
                 .unwrap_or(0),
-            // Two cgroupfs reads, only when the feedback names the host's limit.
-            host: if outcome == Outcome::MemoryPressure {
+            // Two cgroupfs reads, only when the feedback may name the host's limit.
+            host: if matches!(outcome, Outcome::MemoryPressure | Outcome::OomKilled) {
                 self.memory_reading().1
             } else {
                 0

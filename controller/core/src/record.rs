@@ -165,8 +165,21 @@ pub fn feedback(
     let (limit, value, peak, what, advice) = match outcome {
         Outcome::OomKilled => {
             let peak = acc.memory_peak.map(|p| HumanSize(p).to_string());
-            let shared = acc.shared_ceiling_events.max > 0 && acc.memory_events.max == 0;
-            if shared {
+            // memory.events count where a limit was hit and above it, never below: a
+            // call that never hit its own memory.max was killed for a limit above it.
+            let own = acc.memory_events.max > 0;
+            let shared = !own && acc.shared_ceiling_events.max > 0;
+            if !own && !shared {
+                (
+                    "host memory".to_string(),
+                    HumanSize(ceilings.host).to_string(),
+                    peak,
+                    "the host ran out of memory and the kernel's OOM killer chose it".to_string(),
+                    format!(
+                        "run it again when the host is less busy, or make it smaller ({suggestion})"
+                    ),
+                )
+            } else if shared {
                 (
                     "session calls ceiling".to_string(),
                     HumanSize(calls_ceiling).to_string(),
@@ -437,6 +450,14 @@ mod tests {
         .unwrap();
         assert_eq!(t.limit_value, "10s");
         assert!(t.suggestion.contains("timeout=20s"), "{}", t.suggestion);
+    }
+
+    #[test]
+    fn a_kill_for_a_limit_above_the_session_blames_the_host() {
+        let f = feedback(4, Outcome::OomKilled, &limits(), &oom_acc(0, 0), ceil(1 << 30), "x")
+            .unwrap();
+        assert_eq!((f.limit.as_str(), f.limit_value.as_str()), ("host memory", "1.1 GiB"));
+        assert!(f.message.contains("OOM killer chose it"), "{}", f.message);
     }
 
     fn ceil(calls: u64) -> Ceilings {
