@@ -63,7 +63,8 @@ fn spawn_event_thread(telemetry: Arc<Telemetry>) {
         .name("bpf-events".into())
         .spawn(move || {
             loop {
-                let res = telemetry.poll_events(Duration::from_millis(500), |ev| {
+                // Sleeps in the ring buffer's epoll until the kernel writes.
+                let res = telemetry.poll_events(Duration::MAX, |ev| {
                     tracing::debug!(kind = ?ev.kind, pid = ev.pid, cgid = ev.cgid, comm = %ev.comm, "process event");
                 });
                 if let Err(e) = res {
