@@ -220,10 +220,13 @@ impl<'a> ExeResult<'a> {
         let exit = section
             .lines()
             .find_map(|line| line.strip_prefix(END)?.strip_suffix(&end));
+        // The last summary: with --nocapture, a test that runs its own executable as a
+        // child (e.g. unprivileged) prints that child's summary first.
         let summary = section
             .lines()
             .take_while(|line| !line.starts_with(END))
-            .find_map(Summary::parse);
+            .filter_map(Summary::parse)
+            .last();
         let verdict = judge(exit, summary, filtered);
         Self {
             exe,
@@ -306,6 +309,19 @@ mod tests {
         let s = Summary::parse(line).expect("summary");
         assert_eq!((s.passed, s.failed, s.filtered_out), (3, 1, 2));
         assert!(Summary::parse("running 4 tests").is_none());
+    }
+
+    #[test]
+    fn a_nested_summary_does_not_hide_the_executables_own() {
+        let log = "=== vm-test: running kernel-1\n\
+                   running 1 test\n\
+                   test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 4 filtered out; finished in 0.02s\n\
+                   test result: ok. 5 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.86s\n\
+                   === vm-test: exit status 0 of kernel-1\n";
+        let exe = exe("kernel-1");
+        let r = ExeResult::from_log(&exe, log, false);
+        let s = r.summary.expect("summary");
+        assert_eq!((s.passed, s.filtered_out), (5, 0));
     }
 
     #[test]
