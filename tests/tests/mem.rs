@@ -94,7 +94,7 @@ impl TestCgroup {
 
     fn spawn(&self, argv: &[&str]) -> i32 {
         let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
-        spawn_in_cgroup(&self.path, &argv)
+        spawn_in_cgroup(&self.path, &argv, None)
             .unwrap_or_else(|e| panic!("spawn {argv:?} in {}: {e}", self.path.display()))
     }
 

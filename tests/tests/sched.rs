@@ -87,7 +87,7 @@ impl TestCgroup {
 
     fn spawn(&self, argv: &[&str]) -> i32 {
         let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
-        spawn_in_cgroup(&self.path, &argv)
+        spawn_in_cgroup(&self.path, &argv, None)
             .unwrap_or_else(|e| panic!("spawn {argv:?} in {}: {e}", self.path.display()))
     }
 
@@ -829,7 +829,7 @@ fn a_thousand_short_lived_cgroups_leave_no_entries() {
         };
         s.set_cgroup(cgid, p)
             .unwrap_or_else(|e| panic!("set_cgroup #{i}: {e}"));
-        let pid = spawn_in_cgroup(&path, &[OsString::from("/bin/true")]).expect("spawn true");
+        let pid = spawn_in_cgroup(&path, &[OsString::from("/bin/true")], None).expect("spawn true");
         let status = wait(pid).expect("wait");
         assert_eq!(status.code, Some(0), "call #{i}: {status:?}");
         let usage = s

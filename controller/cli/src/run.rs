@@ -106,24 +106,29 @@ pub fn run_call(
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let (exit, spawn_error) =
-        match spawn::spawn_in_cgroup(grant.cgroup.as_ref(), &command).and_then(spawn::wait) {
-            Ok(exit) => (exit, None),
-            Err(e) => {
-                let code = if matches!(e, spawn::SpawnError::NotFound(_)) {
-                    127
-                } else {
-                    126
-                };
-                (
-                    ExitInfo {
-                        code: Some(code),
-                        signal: None,
-                    },
-                    Some(e),
-                )
-            }
-        };
+    let (exit, spawn_error) = match spawn::spawn_in_cgroup(
+        grant.cgroup.as_ref(),
+        &command,
+        Some(grant.limits.oom_score_adj),
+    )
+    .and_then(spawn::wait)
+    {
+        Ok(exit) => (exit, None),
+        Err(e) => {
+            let code = if matches!(e, spawn::SpawnError::NotFound(_)) {
+                127
+            } else {
+                126
+            };
+            (
+                ExitInfo {
+                    code: Some(code),
+                    signal: None,
+                },
+                Some(e),
+            )
+        }
+    };
     if let Some(e) = &spawn_error {
         eprintln!("agentcg: {e}");
     }

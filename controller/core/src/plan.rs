@@ -161,6 +161,9 @@ pub struct CallLimits {
     pub cpu_budget_ms: Option<u64>,
     pub priority: Priority,
     pub class: Option<String>,
+    /// Written to the tool's /proc/self/oom_score_adj before exec (policy, by priority).
+    #[serde(default)]
+    pub oom_score_adj: i16,
 }
 
 impl CallLimits {
@@ -362,6 +365,7 @@ pub fn admit(
             cpu_budget_ms: eff.cpu_budget.map(|d| d.as_millis() as u64),
             priority,
             class: eff.class.or_else(|| class.map(|c| c.name.clone())),
+            oom_score_adj: policy.oom_score_adj[priority as usize],
         },
         clamps,
         suggestion,

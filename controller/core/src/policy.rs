@@ -136,6 +136,8 @@ pub struct Policy {
     pub session: SessionDefaults,
     /// cpu.weight for low, normal, high.
     pub weights: [u16; 3],
+    /// oom_score_adj of the tools of low, normal, high calls (0..=1000).
+    pub oom_score_adj: [i16; 3],
     pub caps: Caps,
     pub call_intent: Intent,
     pub call_suggestion: String,
@@ -179,6 +181,7 @@ struct RawPriorities {
 #[serde(deny_unknown_fields)]
 struct RawWeight {
     cpu_weight: u16,
+    oom_score_adj: i16,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +264,15 @@ impl Policy {
                 )))
             }
         };
+        let oom_adj = |key: &str, a: i16| {
+            if (0..=1000).contains(&a) {
+                Ok(a)
+            } else {
+                Err(invalid(format!(
+                    "priority.{key}.oom_score_adj = {a}: expected 0..=1000 (lowering it needs privileges tools do not have)"
+                )))
+            }
+        };
         let intent = |key: &str, v: &str| {
             Intent::parse_compact(v).map_err(|e: IntentError| invalid(format!("{key}: {e}")))
         };
@@ -310,6 +322,11 @@ impl Policy {
                 weight("low", raw.priority.low.cpu_weight)?,
                 weight("normal", raw.priority.normal.cpu_weight)?,
                 weight("high", raw.priority.high.cpu_weight)?,
+            ],
+            oom_score_adj: [
+                oom_adj("low", raw.priority.low.oom_score_adj)?,
+                oom_adj("normal", raw.priority.normal.oom_score_adj)?,
+                oom_adj("high", raw.priority.high.oom_score_adj)?,
             ],
             caps,
             call_intent: intent("call.intent", &raw.call.intent)?,

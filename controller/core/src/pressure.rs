@@ -13,7 +13,7 @@
 //! `memory.low` and their own limits. Agent runtimes are not calls, so they are never
 //! victims. Among equals nobody is sacrificed: the kernel's per-call limits decide.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -118,11 +118,17 @@ pub fn decide(p: &MemoryPolicy, s: State, r: &Reading, now: Instant) -> (Decisio
             .last_step_at
             .is_none_or(|t| now.duration_since(t) >= p.step_interval);
         let step = match s.step {
+            // Memory is about to run out (the kernel hit the limit, or usage is above
+            // critical_at): only a kill frees memory, and waiting lets the kernel's
+            // OOM killer choose instead. At the limit at once; above critical_at one
+            // kill now, then one per interval.
+            _ if r.at_max => Some(Step::Kill),
+            Some(Step::Kill) if zone == Zone::Critical => due.then_some(Step::Kill),
+            _ if zone == Zone::Critical => Some(Step::Kill),
             None => Some(Step::Throttle),
             Some(_) if !due => None,
-            // Kill only when memory is really about to run out: above critical_at or
-            // at the kernel's limit. Otherwise frozen calls hold their ground.
-            Some(Step::Freeze | Step::Kill) if zone < Zone::Critical && !r.at_max => None,
+            // Below critical_at frozen calls hold their ground.
+            Some(Step::Freeze | Step::Kill) => None,
             Some(step) => Some(step.next()),
         };
         let s = State {
@@ -168,13 +174,16 @@ pub fn decide(p: &MemoryPolicy, s: State, r: &Reading, now: Instant) -> (Decisio
 
 /// When the daemon should look again without a new signal: while a step is in force,
 /// pressure may persist (escalate) or subside (relent) without any event saying so.
-pub fn recheck_after(p: &MemoryPolicy, s: &State) -> Option<Duration> {
+/// The time is absolute (from the last step or the start of the calm), so signals in
+/// between do not postpone it; one already past means one interval from `now`.
+pub fn recheck_at(p: &MemoryPolicy, s: &State, now: Instant) -> Option<Instant> {
     s.step?;
-    Some(if s.calm_since.is_some() {
-        p.calm_for.min(p.step_interval)
-    } else {
-        p.step_interval
-    })
+    let at = match (s.calm_since, s.last_step_at) {
+        (Some(calm), _) => calm + p.calm_for,
+        (None, Some(step)) => step + p.step_interval,
+        (None, None) => now,
+    };
+    Some(if at > now { at } else { now + p.step_interval })
 }
 
 /// A running call as the response sees it.
@@ -244,6 +253,8 @@ pub fn burst_high(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::policy::Policy;
 
@@ -359,10 +370,54 @@ mod tests {
         assert_eq!(d, Decision::Relent);
         assert_eq!(s, State::default());
         assert_eq!(
-            recheck_after(&p, &s),
+            recheck_at(&p, &s, t0),
             None,
             "no timer when nothing is in force"
         );
+    }
+
+    #[test]
+    fn critical_or_the_limit_kill_at_once() {
+        let p = policy();
+        let now = Instant::now();
+        let (d, s) = decide(&p, State::default(), &reading(960), now);
+        assert_eq!(d, Decision::Escalate(Step::Kill), "critical from calm");
+        let soon = now + Duration::from_millis(10);
+        assert_eq!(
+            decide(&p, s, &reading(960), soon).0,
+            Decision::Hold,
+            "one per interval"
+        );
+        let at_max = Reading {
+            at_max: true,
+            ..reading(900)
+        };
+        assert_eq!(
+            decide(&p, s, &at_max, soon).0,
+            Decision::Escalate(Step::Kill),
+            "at the limit: at once"
+        );
+    }
+
+    /// Signals between steps do not postpone the re-check.
+    #[test]
+    fn the_recheck_is_anchored_to_the_last_step() {
+        let p = policy();
+        let t0 = Instant::now();
+        let s = State {
+            step: Some(Step::Throttle),
+            last_step_at: Some(t0),
+            calm_since: None,
+        };
+        let mid = t0 + p.step_interval / 2;
+        assert_eq!(recheck_at(&p, &s, mid), Some(t0 + p.step_interval));
+        let late = t0 + p.step_interval * 3;
+        assert_eq!(recheck_at(&p, &s, late), Some(late + p.step_interval));
+        let calm = State {
+            calm_since: Some(t0),
+            ..s
+        };
+        assert_eq!(recheck_at(&p, &calm, mid), Some(t0 + p.calm_for));
     }
 
     #[test]

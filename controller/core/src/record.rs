@@ -328,6 +328,7 @@ mod tests {
             cpu_budget_ms: None,
             priority: Priority::Normal,
             class: Some("test".into()),
+            oom_score_adj: 500,
         }
     }
 
@@ -454,9 +455,19 @@ mod tests {
 
     #[test]
     fn a_kill_for_a_limit_above_the_session_blames_the_host() {
-        let f = feedback(4, Outcome::OomKilled, &limits(), &oom_acc(0, 0), ceil(1 << 30), "x")
-            .unwrap();
-        assert_eq!((f.limit.as_str(), f.limit_value.as_str()), ("host memory", "1.1 GiB"));
+        let f = feedback(
+            4,
+            Outcome::OomKilled,
+            &limits(),
+            &oom_acc(0, 0),
+            ceil(1 << 30),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            (f.limit.as_str(), f.limit_value.as_str()),
+            ("host memory", "1.1 GiB")
+        );
         assert!(f.message.contains("OOM killer chose it"), "{}", f.message);
     }
 

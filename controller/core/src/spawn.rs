@@ -93,7 +93,14 @@ fn sys(op: &'static str) -> SpawnError {
 
 /// Starts `argv` inside the cgroup directory `cgroup` with the current environment and
 /// stdio, and returns the child's pid. The caller waits for it (see [`wait`]).
-pub fn spawn_in_cgroup(cgroup: &Path, argv: &[OsString]) -> Result<libc::pid_t, SpawnError> {
+/// `oom_score_adj`, when given and not 0, is written to the child's
+/// `/proc/self/oom_score_adj` before exec (raising it needs no privilege): the kernel's
+/// OOM killer then picks low-priority tools before anything else.
+pub fn spawn_in_cgroup(
+    cgroup: &Path,
+    argv: &[OsString],
+    oom_score_adj: Option<i16>,
+) -> Result<libc::pid_t, SpawnError> {
     let program = argv.first().ok_or(SpawnError::EmptyCommand)?;
     let path_var = std::env::var_os("PATH");
     let resolved = resolve_program(program, path_var.as_deref())
@@ -113,6 +120,10 @@ pub fn spawn_in_cgroup(cgroup: &Path, argv: &[OsString]) -> Result<libc::pid_t, 
     let mut env_ptrs: Vec<*const libc::c_char> = c_env.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
 
+    // Built before the clone: the child may not allocate.
+    let oom_adj = oom_score_adj
+        .filter(|&a| a != 0)
+        .map(|a| a.to_string().into_bytes());
     let c_dir = cstring(cgroup.as_os_str())?;
     // SAFETY: plain open(2) of a NUL-terminated path.
     let dirfd = unsafe {
@@ -170,6 +181,17 @@ pub fn spawn_in_cgroup(cgroup: &Path, argv: &[OsString]) -> Result<libc::pid_t, 
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if let Some(adj) = &oom_adj {
+                // Best effort: a kernel without the file still runs the tool.
+                let fd = libc::open(
+                    c"/proc/self/oom_score_adj".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
+                if fd >= 0 {
+                    libc::write(fd, adj.as_ptr().cast(), adj.len());
+                    libc::close(fd);
+                }
+            }
             libc::execve(c_prog.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr());
             let errno = *libc::__errno_location();
             let bytes = errno.to_ne_bytes();
@@ -245,12 +267,12 @@ mod tests {
     fn errors_before_any_clone() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            spawn_in_cgroup(dir.path(), &[]),
+            spawn_in_cgroup(dir.path(), &[], None),
             Err(SpawnError::EmptyCommand)
         ));
-        let err = spawn_in_cgroup(dir.path(), &["no-such-tool-xyz".into()]).unwrap_err();
+        let err = spawn_in_cgroup(dir.path(), &["no-such-tool-xyz".into()], None).unwrap_err();
         assert!(err.to_string().contains("not found"), "{err}");
-        let err = spawn_in_cgroup(&dir.path().join("missing"), &["true".into()]).unwrap_err();
+        let err = spawn_in_cgroup(&dir.path().join("missing"), &["true".into()], None).unwrap_err();
         assert!(matches!(err, SpawnError::OpenCgroup { .. }), "{err}");
     }
 }

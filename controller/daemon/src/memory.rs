@@ -201,8 +201,7 @@ impl Response {
                 () = sleep => {}
             }
             self.evaluate();
-            recheck =
-                pressure::recheck_after(&self.policy, &self.state).map(|d| Instant::now() + d);
+            recheck = pressure::recheck_at(&self.policy, &self.state, Instant::now());
         }
     }
 
