@@ -199,10 +199,23 @@ fn session_budget_clamps_and_protects_the_runtime() {
             .spawn()
             .unwrap()
     };
+    // Each call is declared before the next starts (the second one's clamp depends on
+    // the first, the third's refusal on both).
+    let running = |n: usize| {
+        let start = std::time::Instant::now();
+        loop {
+            let (_, s) = d.http("GET", "/v1/sessions/s", "");
+            if s["running_calls"].as_array().map_or(0, Vec::len) >= n {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "call {n} not declared: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let a = spawn(1);
-    std::thread::sleep(Duration::from_millis(300));
+    running(1);
     let b = spawn(2);
-    std::thread::sleep(Duration::from_millis(300));
+    running(2);
     // A third call that expects 300 MiB finds no room: refused, nothing runs.
     let third = d.agentcg(&[
         "run",
