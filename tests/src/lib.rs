@@ -159,6 +159,13 @@ impl Daemon {
         )
     }
 
+    /// `GET /v1/status`, asserting it answers 200.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, v) = self.http("GET", "/v1/status", "");
+        assert_eq!(code, 200, "{v}");
+        v
+    }
+
     /// The calls/ cgroup of a session.
     pub fn calls_dir(&self, session: &str) -> PathBuf {
         self.root.join(format!("session-{session}")).join("calls")
@@ -211,6 +218,15 @@ impl Drop for FakeRuntime {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 100 ms until it holds; fails after `timeout`, naming `what`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -208,7 +208,10 @@ fn session_budget_clamps_and_protects_the_runtime() {
             if s["running_calls"].as_array().map_or(0, Vec::len) >= n {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "call {n} not declared: {s}");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "call {n} not declared: {s}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };

@@ -3,29 +3,15 @@
 //! reload or a fallback while running calls keep their limits.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agentcg_vmtests::{Daemon, read_record};
-
-fn status(d: &Daemon) -> serde_json::Value {
-    let (code, v) = d.http("GET", "/v1/status", "");
-    assert_eq!(code, 200, "{v}");
-    v
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use agentcg_vmtests::{Daemon, read_record, wait_for};
 
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn daemon_runs_the_sched_ext_scheduler() {
     let d = Daemon::start("schedon");
-    let v = status(&d);
+    let v = d.status();
     assert_eq!(v["scheduler"]["active"], "sched_ext", "{v}");
     let state = std::fs::read_to_string("/sys/kernel/sched_ext/state").unwrap();
     assert_eq!(state.trim(), "enabled");
@@ -99,13 +85,13 @@ fn scheduler_exit_is_reported_and_reloaded() {
     let cg = Daemon::child_cgroups(&calls).remove(0);
     std::fs::write("/proc/sysrq-trigger", "S").unwrap();
     wait_for("the exit to be reported", Duration::from_secs(30), || {
-        !status(&d)["scheduler"]["last_exit"].is_null()
+        !d.status()["scheduler"]["last_exit"].is_null()
     });
     wait_for("the reload", Duration::from_secs(60), || {
-        let v = status(&d);
+        let v = d.status();
         v["scheduler"]["reloads"] == 1 && v["scheduler"]["active"] == "sched_ext"
     });
-    let v = status(&d);
+    let v = d.status();
     println!("scheduler exit: {}", v["scheduler"]);
     assert_eq!(v["scheduler"]["reloads"], 1);
     assert!(
@@ -139,12 +125,12 @@ fn scheduler_exit_falls_back_when_the_policy_says_so() {
     );
     std::fs::write("/tmp/fallback-policy.toml", policy).unwrap();
     let d = Daemon::start_with("schedfb", &["--policy", "/tmp/fallback-policy.toml"]);
-    assert_eq!(status(&d)["scheduler"]["active"], "sched_ext");
+    assert_eq!(d.status()["scheduler"]["active"], "sched_ext");
     std::fs::write("/proc/sysrq-trigger", "S").unwrap();
     wait_for("the fallback", Duration::from_secs(30), || {
-        status(&d)["scheduler"]["active"] == "kernel"
+        d.status()["scheduler"]["active"] == "kernel"
     });
-    let v = status(&d);
+    let v = d.status();
     assert!(
         v["scheduler"]["detail"]
             .as_str()

@@ -8,23 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentcg_vmtests::{Daemon, FakeRuntime, memhog, read_record};
+use agentcg_vmtests::{Daemon, FakeRuntime, memhog, read_record, wait_for};
 
 const MIB: u64 = 1 << 20;
-
-fn status(d: &Daemon) -> serde_json::Value {
-    let (code, v) = d.http("GET", "/v1/status", "");
-    assert_eq!(code, 200, "{v}");
-    v
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn create_session(d: &Daemon, args: &[&str]) {
     let mut all = vec!["session", "create"];
@@ -63,7 +49,7 @@ fn spawn_call(
 }
 
 fn steps(d: &Daemon) -> Vec<String> {
-    status(d)["memory"]["steps"]
+    d.status()["memory"]["steps"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -145,7 +131,7 @@ fn pressure_steps_in_order_and_spare_high_priority() {
     let lo2_status = lo2.wait().unwrap();
     let lo1_status = lo1.wait().unwrap();
 
-    let st = status(&d);
+    let st = d.status();
     println!("memory status: {:#}", st["memory"]);
     let hi_r = read_record(&hi_rec);
     let lo1_r = read_record(&lo1_rec);
@@ -306,7 +292,7 @@ fn psi_triggers_are_polled_and_the_idle_daemon_sleeps() {
             .count()
     };
     assert_eq!(pressure_fds(), 3, "root + 2 sessions");
-    assert_eq!(status(&d)["memory"]["psi_triggers"], 3);
+    assert_eq!(d.status()["memory"]["psi_triggers"], 3);
 
     // Idle: 10 s of nothing.
     std::thread::sleep(Duration::from_secs(1));
@@ -350,7 +336,7 @@ fn psi_triggers_are_polled_and_the_idle_daemon_sleeps() {
     wait_for("a PSI-driven step", Duration::from_secs(60), || {
         !steps(&d).is_empty()
     });
-    let st = status(&d);
+    let st = d.status();
     let first = &st["memory"]["steps"][0];
     println!("first step: {first}");
     assert_eq!(first["step"], "throttle");

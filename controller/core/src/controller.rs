@@ -810,14 +810,14 @@ impl Controller {
         (usage, limit)
     }
 
-    /// Running calls as the memory response sees them.
+    /// Running calls as the memory response sees them (no I/O: evaluated on every
+    /// signal; a step reads the usage of the calls it acts on).
     pub fn pressure_calls(&self) -> Vec<CallView> {
         self.running
             .iter()
             .map(|(id, c)| CallView {
                 call_id: *id,
                 priority: c.limits.priority,
-                usage: c.cgroup.read_u64(memory::CURRENT).unwrap_or(0),
                 killed: c.memory.killed,
             })
             .collect()

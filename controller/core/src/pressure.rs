@@ -191,7 +191,6 @@ pub fn recheck_at(p: &MemoryPolicy, s: &State, now: Instant) -> Option<Instant> 
 pub struct CallView {
     pub call_id: u64,
     pub priority: Priority,
-    pub usage: u64,
     pub killed: bool,
 }
 
@@ -431,7 +430,6 @@ mod tests {
         CallView {
             call_id: id,
             priority,
-            usage: 0,
             killed,
         }
     }
