@@ -10,9 +10,7 @@
 //! Figures are printed for the CI log.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,121 +20,14 @@ use agentcg_bpf::{
     CgroupPolicy, MemEvent, MemEventKind, MemFlags, MemRole, MemStateMap, MemWatch, MemWatchSpec,
     SchedOptions, Scheduler,
 };
-use agentcg_core::spawn::{spawn_in_cgroup, wait};
-use agentcg_vmtests::memhog;
+use agentcg_core::spawn::wait;
+use agentcg_vmtests::{TestCgroup, memhog};
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const MIB: u64 = 1 << 20;
 /// Acceptance: a BPF event is at most this far from the moment memory.events changed.
 const MAX_SKEW_NS: u64 = 10_000_000;
 /// Allowed absolute error of a CPU share.
 const SHARE_TOLERANCE: f64 = 0.05;
-
-/// A cgroup made for one test; killed and removed on drop.
-struct TestCgroup {
-    path: PathBuf,
-}
-
-impl TestCgroup {
-    fn root(name: &str) -> Self {
-        let root = Path::new(CGROUP_ROOT);
-        // DESIGN.md §4 pitfall 8: the guest's root subtree_control starts empty.
-        let _ = fs::write(root.join("cgroup.subtree_control"), "+cpu +memory +pids");
-        Self::make(root.join(format!("agentcg-memtest-{}-{name}", std::process::id())))
-    }
-
-    fn make(path: PathBuf) -> Self {
-        if path.exists() {
-            drop(Self { path: path.clone() });
-        }
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Self { path }
-    }
-
-    /// A child cgroup; enables the cpu and memory controllers here first.
-    fn child(&self, name: &str) -> Self {
-        self.write("cgroup.subtree_control", "+cpu +memory");
-        Self::make(self.path.join(name))
-    }
-
-    fn write(&self, file: &str, value: &str) {
-        let p = self.path.join(file);
-        fs::write(&p, value).unwrap_or_else(|e| panic!("write {value:?} to {}: {e}", p.display()));
-    }
-
-    fn id(&self) -> u64 {
-        fs::metadata(&self.path)
-            .unwrap_or_else(|e| panic!("stat {}: {e}", self.path.display()))
-            .ino()
-    }
-
-    /// `memory.events` as a map.
-    fn events(&self) -> HashMap<String, u64> {
-        memory_events(&self.path.join("memory.events"))
-    }
-
-    fn current(&self) -> u64 {
-        let p = self.path.join("memory.current");
-        fs::read_to_string(&p)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(|| panic!("read {}", p.display()))
-    }
-
-    fn usage_usec(&self) -> u64 {
-        let p = self.path.join("cpu.stat");
-        let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
-        text.lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no usage_usec in {}: {text}", p.display()))
-    }
-
-    fn spawn(&self, argv: &[&str]) -> i32 {
-        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
-        spawn_in_cgroup(&self.path, &argv, None)
-            .unwrap_or_else(|e| panic!("spawn {argv:?} in {}: {e}", self.path.display()))
-    }
-
-    fn spin(&self, n: usize) {
-        for _ in 0..n {
-            self.spawn(&["/bin/sh", "-c", "while :; do :; done"]);
-        }
-    }
-
-    fn kill(&self) {
-        let _ = fs::write(self.path.join("cgroup.kill"), "1");
-        for _ in 0..100 {
-            // SAFETY: reaping any exited child of this test process, without blocking.
-            while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
-            let populated = fs::read_to_string(self.path.join("cgroup.events"))
-                .map(|e| e.contains("populated 1"))
-                .unwrap_or(false);
-            if !populated {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        self.kill();
-        for child in fs::read_dir(&self.path).into_iter().flatten().flatten() {
-            if child.file_type().is_ok_and(|t| t.is_dir()) {
-                drop(TestCgroup { path: child.path() });
-            }
-        }
-        for _ in 0..50 {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-        eprintln!("warning: could not rmdir {}", self.path.display());
-    }
-}
 
 fn memory_events(path: &Path) -> HashMap<String, u64> {
     fs::read_to_string(path)
@@ -273,7 +164,7 @@ fn mem_high_event_matches_memory_events_and_deprioritizes_the_call() {
         ..SchedOptions::default()
     })
     .unwrap_or_else(|e| panic!("Scheduler::load with the shared map: {e}"));
-    let root = TestCgroup::root("high");
+    let root = TestCgroup::root("memtest", "high");
     let call = root.child("call");
     let other = root.child("other");
     call.write("memory.high", "32M");
@@ -398,7 +289,7 @@ fn mem_high_event_matches_memory_events_and_deprioritizes_the_call() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn mem_near_max_watermark_of_a_parent_fires_and_recovers() {
     let (_state, mw) = setup();
-    let root = TestCgroup::root("nearmax");
+    let root = TestCgroup::root("memtest", "nearmax");
     let session = root.child("session");
     session.write("memory.max", "256M");
     let _ = fs::write(session.path.join("memory.swap.max"), "0");
@@ -452,7 +343,7 @@ fn mem_near_max_watermark_of_a_parent_fires_and_recovers() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn mem_oom_kill_event_carries_the_memory_events_counter() {
     let (_state, mw) = setup();
-    let root = TestCgroup::root("oom");
+    let root = TestCgroup::root("memtest", "oom");
     let call = root.child("call");
     call.write("memory.max", "64M");
     let _ = fs::write(call.path.join("memory.swap.max"), "0");
@@ -468,7 +359,7 @@ fn mem_oom_kill_event_carries_the_memory_events_counter() {
     let hog = call.spawn(&[&memhog(), "256", "0", "16"]);
     let ev = wait_event(&mw, cgid, MemEventKind::OomKill, Duration::from_secs(120));
     let status = wait(hog).expect("wait memhog");
-    let events = call.events();
+    let events = memory_events(&call.path.join("memory.events"));
     println!(
         "OOM_KILL event: counter {}, usage {} MiB, max {} MiB; memory.events {events:?}; \
          memhog {status:?}",
@@ -491,7 +382,7 @@ fn mem_oom_kill_event_carries_the_memory_events_counter() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn mem_unwatch_and_removed_cgroups_leave_no_entries() {
     let (state, mw) = setup();
-    let root = TestCgroup::root("cleanup");
+    let root = TestCgroup::root("memtest", "cleanup");
     let spec = MemWatchSpec {
         role: MemRole::Call,
         near_max_bp: 9000,

@@ -14,7 +14,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agentcg_bpf::{
@@ -22,109 +22,10 @@ use agentcg_bpf::{
     SchedClass, SchedFlags, SchedOptions, Scheduler,
 };
 use agentcg_core::spawn::{spawn_in_cgroup, wait};
+use agentcg_vmtests::TestCgroup;
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Allowed absolute error of a CPU share (acceptance: ±5 %).
 const SHARE_TOLERANCE: f64 = 0.05;
-
-/// A cgroup made for one test; killed and removed on drop.
-struct TestCgroup {
-    path: PathBuf,
-}
-
-impl TestCgroup {
-    /// A top-level test cgroup, with the cpu controller enabled for its children.
-    fn root(name: &str) -> Self {
-        let root = Path::new(CGROUP_ROOT);
-        // DESIGN.md §4 pitfall 8: the guest's root subtree_control starts empty.
-        let _ = fs::write(root.join("cgroup.subtree_control"), "+cpu +memory +pids");
-        let path = root.join(format!("agentcg-schedtest-{}-{name}", std::process::id()));
-        Self::make(path)
-    }
-
-    fn make(path: PathBuf) -> Self {
-        if path.exists() {
-            drop(Self { path: path.clone() });
-        }
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Self { path }
-    }
-
-    /// A child cgroup; enables the cpu controller in this one first.
-    fn child(&self, name: &str) -> Self {
-        self.write("cgroup.subtree_control", "+cpu");
-        Self::make(self.path.join(name))
-    }
-
-    fn write(&self, file: &str, value: &str) {
-        let p = self.path.join(file);
-        fs::write(&p, value).unwrap_or_else(|e| panic!("write {value:?} to {}: {e}", p.display()));
-    }
-
-    /// The cgroup id: the inode number of the cgroup v2 directory.
-    fn id(&self) -> u64 {
-        fs::metadata(&self.path)
-            .unwrap_or_else(|e| panic!("stat {}: {e}", self.path.display()))
-            .ino()
-    }
-
-    /// `usage_usec` of `cpu.stat`.
-    fn usage_usec(&self) -> u64 {
-        let p = self.path.join("cpu.stat");
-        let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
-        text.lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no usage_usec in {}: {text}", p.display()))
-    }
-
-    /// Starts `n` busy loops (`sh -c 'while :; do :; done'`) inside this cgroup.
-    fn spin(&self, n: usize) {
-        for _ in 0..n {
-            self.spawn(&["/bin/sh", "-c", "while :; do :; done"]);
-        }
-    }
-
-    fn spawn(&self, argv: &[&str]) -> i32 {
-        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
-        spawn_in_cgroup(&self.path, &argv, None)
-            .unwrap_or_else(|e| panic!("spawn {argv:?} in {}: {e}", self.path.display()))
-    }
-
-    /// Kills everything in the cgroup (and below) and reaps our children.
-    fn kill(&self) {
-        let _ = fs::write(self.path.join("cgroup.kill"), "1");
-        for _ in 0..100 {
-            // SAFETY: reaping any exited child of this test process, without blocking.
-            while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
-            let populated = fs::read_to_string(self.path.join("cgroup.events"))
-                .map(|e| e.contains("populated 1"))
-                .unwrap_or(false);
-            if !populated {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        self.kill();
-        for child in fs::read_dir(&self.path).into_iter().flatten().flatten() {
-            if child.file_type().is_ok_and(|t| t.is_dir()) {
-                drop(TestCgroup { path: child.path() });
-            }
-        }
-        for _ in 0..50 {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-        eprintln!("warning: could not rmdir {}", self.path.display());
-    }
-}
 
 fn load(opts: &SchedOptions) -> Scheduler {
     let started = Instant::now();
@@ -240,7 +141,7 @@ fn load_attach_detach_reload_cleanly() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn weights_100_200_400_share_the_cpu_1_2_4() {
     let s = load(&SchedOptions::default());
-    let root = TestCgroup::root("weights");
+    let root = TestCgroup::root("schedtest", "weights");
     let calls: Vec<TestCgroup> = [100, 200, 400]
         .iter()
         .map(|w| {
@@ -269,7 +170,7 @@ fn weights_100_200_400_share_the_cpu_1_2_4() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn nested_sessions_share_by_session_then_call_weight() {
     let s = load(&SchedOptions::default());
-    let root = TestCgroup::root("nested");
+    let root = TestCgroup::root("schedtest", "nested");
     // session-1 (300) holds calls of 100 and 200, session-2 (400) one call of 100:
     // hierarchical shares 1/7, 2/7 and 4/7 (flat weights would give 1/4, 2/4, 1/4).
     let s1 = root.child("session-1");
@@ -307,7 +208,7 @@ fn nested_sessions_share_by_session_then_call_weight() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn cpu_max_half_a_cpu_is_honoured() {
     let s = load(&SchedOptions::default());
-    let root = TestCgroup::root("cpumax");
+    let root = TestCgroup::root("schedtest", "cpumax");
     let limited = root.child("call-limited");
     limited.write("cpu.max", "50000 100000");
     let free = root.child("call-free");
@@ -343,7 +244,7 @@ fn cpu_max_half_a_cpu_is_honoured() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn a_session_cpu_max_caps_its_calls_together() {
     let s = load(&SchedOptions::default());
-    let root = TestCgroup::root("sessionmax");
+    let root = TestCgroup::root("schedtest", "sessionmax");
     let session = root.child("session-capped");
     session.write("cpu.max", "100000 100000");
     let a = session.child("call-a");
@@ -385,7 +286,7 @@ fn a_session_cpu_max_caps_its_calls_together() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn classes_and_outsiders_keep_weight_shares_when_busy() {
     let s = load(&SchedOptions::default());
-    let root = TestCgroup::root("classes");
+    let root = TestCgroup::root("schedtest", "classes");
     // All of weight 100: a busy agent runtime, a HIGH call, and a cgroup agentcg does
     // not manage (no policy). Classes shape wake-ups, not the shares of busy cgroups,
     // and the outsider keeps its fair share.
@@ -422,7 +323,7 @@ fn classes_and_outsiders_keep_weight_shares_when_busy() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn a_wakeup_heavy_call_gets_no_more_than_its_share() {
     let s = load(&SchedOptions::default());
-    let root = TestCgroup::root("wakeheavy");
+    let root = TestCgroup::root("schedtest", "wakeheavy");
     // Synchronous wake-ups may skip the shared queue (ops.enqueue); a messaging call
     // must still not take more than its weight from a busy sibling.
     let msg = root.child("call-messaging");
@@ -531,7 +432,7 @@ fn tool(name: &str) -> String {
 fn runtime_wakeups_beat_busy_low_priority_calls() {
     const ROUNDS: usize = 5;
     const PER_ROUND: usize = 300;
-    let root = TestCgroup::root("latency");
+    let root = TestCgroup::root("schedtest", "latency");
     let rt = root.child("runtime");
     let low = root.child("call-low");
     let (mut kernel, mut sched) = (Vec::new(), Vec::new());
@@ -611,7 +512,7 @@ fn messaging_rate(cg: &TestCgroup) -> f64 {
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn messaging_throughput_with_and_without_the_scheduler() {
-    let root = TestCgroup::root("msgbench");
+    let root = TestCgroup::root("schedtest", "msgbench");
     let call = root.child("call-msg");
     let (mut kernel, mut sched) = (Vec::new(), Vec::new());
     messaging_rate(&call); // warm-up: page the binary in
@@ -652,7 +553,7 @@ fn monotonic_ns() -> u64 {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn a_2s_cpu_budget_fires_once_within_100ms_then_throttles() {
     let s = load(&SchedOptions::default());
-    let root = TestCgroup::root("budget");
+    let root = TestCgroup::root("schedtest", "budget");
     let call = root.child("call-budget");
     let budget = Duration::from_secs(2);
     let p = CgroupPolicy {
@@ -726,7 +627,7 @@ fn a_2s_cpu_budget_fires_once_within_100ms_then_throttles() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn mem_pressure_flag_deprioritizes_a_call() {
     let s = load(&SchedOptions::default());
-    let root = TestCgroup::root("mempressure");
+    let root = TestCgroup::root("schedtest", "mempressure");
     let flagged = root.child("call-flagged");
     let other = root.child("call-other");
     for cg in [&flagged, &other] {
@@ -771,7 +672,7 @@ fn mem_state_deprioritize_flag_deprioritizes_a_call() {
         ..SchedOptions::default()
     });
     let mem = MemWatch::load(&state).unwrap_or_else(|e| panic!("MemWatch::load: {e}"));
-    let root = TestCgroup::root("memstate");
+    let root = TestCgroup::root("schedtest", "memstate");
     let flagged = root.child("call-flagged");
     let other = root.child("call-other");
     for cg in [&flagged, &other] {
@@ -807,7 +708,7 @@ fn mem_state_deprioritize_flag_deprioritizes_a_call() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn a_thousand_short_lived_cgroups_leave_no_entries() {
     let s = load(&SchedOptions::default());
-    let root = TestCgroup::root("churn");
+    let root = TestCgroup::root("schedtest", "churn");
     let sessions = root.child("session-churn");
     sessions.write("cgroup.subtree_control", "+cpu");
     let (entries, usage, nodes) = (s.entries(), s.usage_entries(), s.node_entries());
@@ -876,7 +777,7 @@ fn forced_exits_are_reported_and_a_reload_works() {
         allow_forced_exit: true,
         ..SchedOptions::default()
     };
-    let root = TestCgroup::root("exit");
+    let root = TestCgroup::root("schedtest", "exit");
     let busy = root.child("busy");
     busy.spin(1); // ticks and dispatches happen while the trigger is pending
     for error in [true, false] {
@@ -943,7 +844,7 @@ fn partial_mode_lets_the_fair_class_starve_sched_ext_tasks() {
         ..SchedOptions::default()
     };
     let s = load(&opts);
-    let root = TestCgroup::root("partial");
+    let root = TestCgroup::root("schedtest", "partial");
     let ext = root.child("call-ext");
     let fair = root.child("other-fair");
     s.set_cgroup(ext.id(), policy(SchedClass::Normal))
