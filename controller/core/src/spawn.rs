@@ -96,6 +96,16 @@ fn sys(op: &'static str) -> SpawnError {
 /// `oom_score_adj`, when given and not 0, is written to the child's
 /// `/proc/self/oom_score_adj` before exec (raising it needs no privilege): the kernel's
 /// OOM killer then picks low-priority tools before anything else.
+///
+/// The child is created like `posix_spawn` does it, with `CLONE_VM | CLONE_VFORK`: it
+/// borrows our address space on a stack of its own until it execs, so no page table is
+/// copied, and we resume only once it has exec'd or failed (its errno is then in shared
+/// memory; no pipe is needed). glibc ≥ 2.39 offers this as
+/// `posix_spawnattr_setcgroup_np`; Debian 12's glibc 2.36 does not, hence the clone here.
+/// Signal handlers must not run in the child while it shares our memory: all signals are
+/// blocked across the clone, and the child resets the dispositions this process sets
+/// (Rust's SIGSEGV/SIGBUS handlers, the ignored SIGPIPE, SIGINT, SIGQUIT) before it
+/// unblocks them.
 pub fn spawn_in_cgroup(
     cgroup: &Path,
     argv: &[OsString],
@@ -119,11 +129,10 @@ pub fn spawn_in_cgroup(
         .collect();
     let mut env_ptrs: Vec<*const libc::c_char> = c_env.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
-
-    // Built before the clone: the child may not allocate.
     let oom_adj = oom_score_adj
         .filter(|&a| a != 0)
         .map(|a| a.to_string().into_bytes());
+
     let c_dir = cstring(cgroup.as_os_str())?;
     // SAFETY: plain open(2) of a NUL-terminated path.
     let dirfd = unsafe {
@@ -141,81 +150,149 @@ pub fn spawn_in_cgroup(
     // SAFETY: dirfd is a fresh descriptor we own.
     let dirfd = unsafe { OwnedFd::from_raw_fd(dirfd) };
 
-    // A close-on-exec pipe tells the parent whether exec failed (and with which errno).
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(sys("pipe2"));
-    }
-    // SAFETY: both descriptors are fresh and ours.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-
+    let mut plan = ChildPlan {
+        program: c_prog.as_ptr(),
+        argv: arg_ptrs.as_ptr(),
+        envp: env_ptrs.as_ptr(),
+        oom_adj: oom_adj
+            .as_deref()
+            .map_or((std::ptr::null(), 0), |a| (a.as_ptr(), a.len())),
+        exec_errno: 0,
+    };
+    let mut stack = Box::<[u8]>::new_uninit_slice(CHILD_STACK);
     let mut args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
+        flags: CLONE_INTO_CGROUP | libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64,
         exit_signal: libc::SIGCHLD as u64,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: CHILD_STACK as u64,
         cgroup: dirfd.as_raw_fd() as u64,
         ..CloneArgs::default()
     };
-    // SAFETY: clone3 without a new stack behaves like fork: the child gets a copy of
-    // our address space and, until exec, only runs async-signal-safe calls below.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+
+    // SAFETY: sigset_t is plain data; pthread_sigmask only reads `all` and fills `old`.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    // SAFETY: the child runs `child_exec` on its own stack (`stack` outlives it: with
+    // CLONE_VFORK we resume only after it has exec'd or exited) and reads `plan`, whose
+    // pointers stay valid for as long.
+    // The raw syscall returns -errno.
+    let pid = unsafe { clone3_on_stack(&mut args, child_exec, (&raw mut plan).cast()) };
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     if pid < 0 {
         return Err(SpawnError::Clone {
             path: cgroup.to_path_buf(),
-            source: std::io::Error::last_os_error(),
+            source: std::io::Error::from_raw_os_error(-pid as i32),
         });
     }
-    if pid == 0 {
-        // Child. SAFETY: only async-signal-safe calls; pointers were built before the clone.
-        unsafe {
-            // Rust ignores SIGPIPE and the CLI ignores SIGINT/SIGQUIT; a tool expects defaults.
-            for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            if let Some(adj) = &oom_adj {
-                // Best effort: a kernel without the file still runs the tool.
-                let fd = libc::open(
-                    c"/proc/self/oom_score_adj".as_ptr(),
-                    libc::O_WRONLY | libc::O_CLOEXEC,
-                );
-                if fd >= 0 {
-                    libc::write(fd, adj.as_ptr().cast(), adj.len());
-                    libc::close(fd);
-                }
-            }
-            libc::execve(c_prog.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr());
-            let errno = *libc::__errno_location();
-            let bytes = errno.to_ne_bytes();
-            libc::write(wr.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(127);
-        }
-    }
-    drop(wr);
-    let mut buf = [0u8; 4];
-    // SAFETY: reading at most 4 bytes into a 4-byte buffer.
-    let n = loop {
-        let n = unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break n;
-        }
-    };
-    if n == 4 {
+    // SAFETY: the child is done with `plan` (CLONE_VFORK); read what it may have written.
+    let exec_errno = unsafe { std::ptr::read_volatile(&raw const plan.exec_errno) };
+    drop(stack);
+    if exec_errno != 0 {
         let _ = wait(pid as libc::pid_t);
         return Err(SpawnError::Exec {
             program: resolved,
-            source: std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)),
+            source: std::io::Error::from_raw_os_error(exec_errno),
         });
     }
     Ok(pid as libc::pid_t)
+}
+
+/// The child's stack until exec: it only makes a handful of system calls.
+const CHILD_STACK: usize = 64 << 10;
+
+/// Everything the child reads, prepared before the clone (the child may not allocate),
+/// and the one thing it writes: the errno of a failed exec.
+struct ChildPlan {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    oom_adj: (*const u8, usize),
+    exec_errno: i32,
+}
+
+/// `clone3(args)` where the child starts on `args.stack` and calls `entry(data)`, which
+/// never returns; the parent gets the child's pid or -errno. A plain `syscall(2)` call
+/// cannot do this: the child would return through a frame on the parent's stack.
+///
+/// # Safety
+/// `args` must describe a valid 16-byte-aligned stack that outlives the child's use of
+/// it, and `entry` must be safe to run on it with `data`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_on_stack(
+    args: &mut CloneArgs,
+    entry: unsafe extern "C" fn(*mut std::ffi::c_void) -> !,
+    data: *mut std::ffi::c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: the kernel keeps every register but rax, rcx and r11 across `syscall`, in
+    // the child too, whose rsp is the top of the new stack; the child path never reaches
+    // the end of the block.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, {data}",
+            "call {entry}",
+            "ud2",
+            "2:",
+            entry = in(reg) entry,
+            data = in(reg) data,
+            inlateout("rax") libc::SYS_clone3 => ret,
+            inout("rdi") std::ptr::from_mut(args) => _,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            out("rcx") _,
+            out("r11") _,
+        );
+    }
+    ret
+}
+
+/// The child between clone and exec: async-signal-safe system calls only.
+///
+/// # Safety
+/// `data` points to a live [`ChildPlan`]; the parent is suspended (CLONE_VFORK).
+unsafe extern "C" fn child_exec(data: *mut std::ffi::c_void) -> ! {
+    // SAFETY: see the function's contract; every call below is a plain system call.
+    unsafe {
+        let plan = data.cast::<ChildPlan>();
+        // Handlers of this process (Rust's) and its ignored signals return to the
+        // defaults a tool expects; exec resets handlers but keeps SIG_IGN.
+        for sig in [
+            libc::SIGPIPE,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGTERM,
+            libc::SIGSEGV,
+            libc::SIGBUS,
+        ] {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        let (adj, adj_len) = (*plan).oom_adj;
+        if adj_len > 0 {
+            // Best effort: a kernel without the file still runs the tool.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, adj.cast(), adj_len);
+                libc::close(fd);
+            }
+        }
+        libc::execve((*plan).program, (*plan).argv, (*plan).envp);
+        std::ptr::write_volatile(&raw mut (*plan).exec_errno, *libc::__errno_location());
+        libc::_exit(127);
+    }
 }
 
 /// Waits for `pid` and returns its exit code or the signal that ended it.
