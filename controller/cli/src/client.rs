@@ -131,7 +131,7 @@ impl Client {
                 s
             }
         };
-        let reply = read_reply(&mut stream)?;
+        let reply = read_reply(&mut ReadableFirst(&mut stream))?;
         if reply.keep_alive {
             *self.conn.borrow_mut() = Some(stream);
         }
@@ -208,6 +208,28 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         keep_alive: length.is_some() && !close,
         len: head_len,
     }))
+}
+
+/// Reads a socket after poll(2) says it is readable. A blocking read(2) on a unix socket
+/// also wakes when the daemon drains our request (the kernel's write-space wake-up has
+/// no key for a plain wait); poll's wait filters by event, so we sleep until the reply.
+/// Measured in the VM: the early wake-up queued the CLI behind the daemon's work on the
+/// daemon's CPU.
+struct ReadableFirst<'a>(&'a mut UnixStream);
+
+impl Read for ReadableFirst<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&*self.0),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd that lives across the call.
+        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.0.read(buf)
+    }
 }
 
 /// Reads one reply: its head, then `content-length` bytes (or up to EOF).
