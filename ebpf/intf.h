@@ -15,6 +15,9 @@
 #define TELE_EXIT 2 /* the last thread of a process in a watched cgroup exited */
 #define TELE_FORK 3 /* a process in a watched cgroup created a new process */
 
+/* Bits of struct tele_event's `flags`. */
+#define TELE_F_TOOL 1 /* TELE_EXIT of the call's tool: the first process to exec in the cgroup */
+
 /* Capacity of the `watched` map: tool-call cgroups tracked at once. */
 #define AGENTCG_MAX_WATCHED 16384
 
@@ -32,6 +35,14 @@ struct call_counters {
 	__u64 exits;         /* processes of the cgroup that exited (last thread gone) */
 	__u64 first_exec_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the first exec, 0 if none */
 	__u64 last_exit_ns;  /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the latest exit, 0 if none */
+	/*
+	 * The tool: the first process to exec in the cgroup (agentcg starts it straight in
+	 * the cgroup, where it execs before anything else can run there). Its end is the
+	 * call's end; written before the kernel notifies its parent.
+	 */
+	__u64 tool_exit_ns;  /* when the tool exited, 0 while it runs */
+	__u32 tool_pid;      /* its process id (tgid), 0 before the first exec */
+	__u32 tool_status;   /* its wait status (as waitpid(2) reports it), once tool_exit_ns != 0 */
 };
 
 /* One record of the `events` ring buffer, written for watched cgroups only. */
@@ -41,21 +52,28 @@ struct tele_event {
 	__u64 cgid;     /* cgroup id of the task that triggered the event (the key in `watched`) */
 	__u64 ts_ns;    /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the event happened */
 	char comm[16];  /* task comm (TASK_COMM_LEN), NUL-padded; after exec the new program's */
+	__u32 status;   /* TELE_EXIT: the process's wait status; 0 otherwise */
+	__u32 flags;    /* TELE_F_* */
 };
 
-_Static_assert(sizeof(struct call_counters) == 40, "call_counters ABI size");
+_Static_assert(sizeof(struct call_counters) == 56, "call_counters ABI size");
 _Static_assert(__builtin_offsetof(struct call_counters, execs) == 0, "call_counters.execs");
 _Static_assert(__builtin_offsetof(struct call_counters, forks) == 8, "call_counters.forks");
 _Static_assert(__builtin_offsetof(struct call_counters, exits) == 16, "call_counters.exits");
 _Static_assert(__builtin_offsetof(struct call_counters, first_exec_ns) == 24, "call_counters.first_exec_ns");
 _Static_assert(__builtin_offsetof(struct call_counters, last_exit_ns) == 32, "call_counters.last_exit_ns");
+_Static_assert(__builtin_offsetof(struct call_counters, tool_exit_ns) == 40, "call_counters.tool_exit_ns");
+_Static_assert(__builtin_offsetof(struct call_counters, tool_pid) == 48, "call_counters.tool_pid");
+_Static_assert(__builtin_offsetof(struct call_counters, tool_status) == 52, "call_counters.tool_status");
 
-_Static_assert(sizeof(struct tele_event) == 40, "tele_event ABI size");
+_Static_assert(sizeof(struct tele_event) == 48, "tele_event ABI size");
 _Static_assert(__builtin_offsetof(struct tele_event, kind) == 0, "tele_event.kind");
 _Static_assert(__builtin_offsetof(struct tele_event, pid) == 4, "tele_event.pid");
 _Static_assert(__builtin_offsetof(struct tele_event, cgid) == 8, "tele_event.cgid");
 _Static_assert(__builtin_offsetof(struct tele_event, ts_ns) == 16, "tele_event.ts_ns");
 _Static_assert(__builtin_offsetof(struct tele_event, comm) == 24, "tele_event.comm");
+_Static_assert(__builtin_offsetof(struct tele_event, status) == 40, "tele_event.status");
+_Static_assert(__builtin_offsetof(struct tele_event, flags) == 44, "tele_event.flags");
 
 /* ---- agentcg_sched (sched.bpf.c): the sched_ext scheduler's maps ---- */
 

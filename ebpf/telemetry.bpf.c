@@ -11,6 +11,10 @@
  * fork that is the parent's cgroup (the tracepoint runs in the parent); a process that
  * the daemon spawns straight into a call cgroup (clone3 CLONE_INTO_CGROUP) is therefore
  * not counted as a fork of that call, but its exec and exit are.
+ *
+ * The first process to exec in a watched cgroup is the call's tool. Its exit status is
+ * kept in the map and its exit event flagged (TELE_F_TOOL): agentcgd ends the call
+ * there, without waiting for the client that started it to report.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -34,7 +38,8 @@ struct {
 /* Events lost because the ring buffer was full (userspace did not drain it in time). */
 __u64 ringbuf_drops = 0;
 
-static __always_inline void emit(__u32 kind, __u32 pid, __u64 cgid, __u64 now)
+static __always_inline void emit(__u32 kind, __u32 pid, __u64 cgid, __u64 now,
+				 __u32 status, __u32 flags)
 {
 	struct tele_event *e;
 
@@ -48,6 +53,8 @@ static __always_inline void emit(__u32 kind, __u32 pid, __u64 cgid, __u64 now)
 	e->cgid = cgid;
 	e->ts_ns = now;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->status = status;
+	e->flags = flags;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -65,7 +72,8 @@ int BPF_PROG(tele_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 	__sync_fetch_and_add(&c->execs, 1);
 	/* Only the first exec sets it; needs BPF atomics (-mcpu=v3). */
 	__sync_val_compare_and_swap(&c->first_exec_ns, 0, now);
-	emit(TELE_EXEC, p->tgid, cgid, now);
+	__sync_val_compare_and_swap(&c->tool_pid, 0, (__u32)p->tgid);
+	emit(TELE_EXEC, p->tgid, cgid, now, 0, 0);
 	return 0;
 }
 
@@ -83,7 +91,7 @@ int BPF_PROG(tele_fork, struct task_struct *parent, struct task_struct *child)
 	if (!c)
 		return 0;
 	__sync_fetch_and_add(&c->forks, 1);
-	emit(TELE_FORK, child->tgid, cgid, bpf_ktime_get_ns());
+	emit(TELE_FORK, child->tgid, cgid, bpf_ktime_get_ns(), 0, 0);
 	return 0;
 }
 
@@ -91,6 +99,7 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(tele_exit, struct task_struct *p, bool group_dead)
 {
 	__u64 cgid, now;
+	__u32 status, flags = 0;
 	struct call_counters *c;
 
 	/*
@@ -104,9 +113,25 @@ int BPF_PROG(tele_exit, struct task_struct *p, bool group_dead)
 	if (!c)
 		return 0;
 	now = bpf_ktime_get_ns();
+	/*
+	 * do_exit() stored the code before this tracepoint; for a group exit (exit_group(2),
+	 * a fatal signal) every thread carries the group's code, which is what waitpid(2)
+	 * reports.
+	 */
+	status = (__u32)p->exit_code;
 	__sync_fetch_and_add(&c->exits, 1);
 	/* Plain store: concurrent exits race for "latest", any of them is fine. */
 	c->last_exit_ns = now;
-	emit(TELE_EXIT, p->tgid, cgid, now);
+	if ((__u32)p->tgid == c->tool_pid) {
+		flags = TELE_F_TOOL;
+		c->tool_status = status;
+		/*
+		 * The status first: a reader that sees the time sees the status (the compiler
+		 * keeps the order; x86 does not reorder stores).
+		 */
+		asm volatile("" ::: "memory");
+		c->tool_exit_ns = now;
+	}
+	emit(TELE_EXIT, p->tgid, cgid, now, status, flags);
 	return 0;
 }

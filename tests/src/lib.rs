@@ -45,15 +45,20 @@ pub struct Daemon {
     child: Child,
 }
 
-fn spawn_daemon(root: &Path, socket: &Path, state_dir: &Path, extra: &[String]) -> Child {
+/// Where the daemon owning `root` logs (its stderr).
+fn log_path(root: &Path) -> PathBuf {
     let name = root
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("agentcg");
+    PathBuf::from(format!("/tmp/{name}.log"))
+}
+
+fn spawn_daemon(root: &Path, socket: &Path, state_dir: &Path, extra: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(format!("/tmp/{name}.log"))
+        .open(log_path(root))
         .expect("daemon log");
     Command::new(bin_dir().join("agentcgd"))
         .arg("--root")
@@ -123,6 +128,11 @@ impl Daemon {
         let mut c = Command::new(bin_dir().join("agentcg"));
         c.arg("--socket").arg(&self.socket);
         c
+    }
+
+    /// The daemon's log file (its stderr).
+    pub fn log_path(&self) -> PathBuf {
+        log_path(&self.root)
     }
 
     /// Runs the CLI with `args`, capturing output.

@@ -154,6 +154,24 @@ fn telemetry_counts_and_streams_a_watched_cgroup() {
         events.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns),
         "events out of order: {events:#?}"
     );
+    // The first process to exec (the first /bin/true: the shell moved in after its
+    // own exec) is the tool; its exit, status 0, is flagged and kept in the map.
+    assert_eq!(c.tool_pid, exec.pid, "{c:?}");
+    assert_eq!(c.tool_exit(), Some(0), "{c:?}");
+    let tool_exits: Vec<_> = events.iter().filter(|e| e.tool).collect();
+    assert_eq!(tool_exits.len(), 1, "{events:#?}");
+    assert_eq!(
+        (tool_exits[0].kind, tool_exits[0].pid, tool_exits[0].status),
+        (TeleKind::Exit, c.tool_pid, Some(0))
+    );
+    assert_eq!(tool_exits[0].ts_ns, c.tool_exit_ns);
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.kind == TeleKind::Exit)
+            .all(|e| e.status == Some(0)),
+        "{events:#?}"
+    );
     assert_eq!(t.ringbuf_drops().expect("ringbuf_drops"), 0);
     assert_eq!(t.malformed_events(), 0);
 
@@ -165,6 +183,39 @@ fn telemetry_counts_and_streams_a_watched_cgroup() {
     cg.run_sh("/bin/true; exit 0");
     assert_eq!(t.counters(cgid).expect("counters"), None);
     assert!(collect_events(&t, cgid, 1, Duration::from_millis(500)).is_empty());
+}
+
+/// The tool's end as the kernel telemetry sees it is what waitpid(2) tells its parent,
+/// and it is known when the parent learns it, also while processes it left run on.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn the_tool_exit_is_what_waitpid_reports() {
+    use agentcg_core::record::ExitInfo;
+    use agentcg_core::spawn::{spawn_in_cgroup, wait};
+    let t = load();
+    for (name, script, want) in [
+        ("exit7", "exit 7", 7 << 8),
+        ("term", "kill -TERM $$", libc::SIGTERM as u32),
+        ("leaves", "sleep 2 & exit 3", 3 << 8),
+        ("execs", "exec /bin/sh -c 'exit 4'", 4 << 8),
+    ] {
+        let cg = TestCgroup::create(name);
+        t.watch(cg.id()).expect("watch");
+        let argv = ["/bin/sh".into(), "-c".into(), script.into()];
+        let pid = spawn_in_cgroup(&cg.path, &argv, None).expect("spawn");
+        let exit = wait(pid).expect("wait");
+        let c = t.counters(cg.id()).expect("counters").expect("watched");
+        eprintln!("{name}: {exit:?} {c:?}");
+        assert_eq!(c.tool_pid, pid as u32, "{name}: {c:?}");
+        assert_eq!(c.tool_exit(), Some(want), "{name}: {c:?}");
+        assert_eq!(ExitInfo::from_wait_status(want as i32), exit, "{name}");
+        if name == "leaves" {
+            // The background sleep still runs: the tool's end does not wait for it.
+            assert_eq!(c.exits, 1, "{c:?}");
+            fs::write(cg.path.join("cgroup.kill"), "1").expect("cgroup.kill");
+        }
+        t.unwatch(cg.id()).expect("unwatch");
+    }
 }
 
 #[test]

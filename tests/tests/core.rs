@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use agentcg_core::spawn::{spawn_in_cgroup, wait};
 use agentcg_vmtests::{Daemon, FakeRuntime, memhog, read_record, wait_for};
 
 fn stderr(o: &std::process::Output) -> String {
@@ -181,6 +182,134 @@ fn tool_starts_like_from_a_shell() {
     wait_for("calls/ to empty", Duration::from_secs(5), || {
         Daemon::child_cgroups(&calls).is_empty()
     });
+}
+
+/// The call id `agentcg run --verbose` printed on stderr (`agentcg: call N in ...`).
+fn verbose_call_id(stderr_text: &str) -> u64 {
+    stderr_text
+        .lines()
+        .find_map(|l| l.strip_prefix("agentcg: call "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no call id in {stderr_text:?}"))
+}
+
+/// agentcgd ends a call when the kernel telemetry sees its tool exit: a clean call
+/// whose client sends no report is recorded all the same, a call whose client was
+/// killed ends with its tool (not 30 s later as abandoned), and a call whose tool has
+/// exited no longer counts against its session's budget.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn calls_end_when_their_tool_exits() {
+    let d = Daemon::start("toolexit");
+    let record = |id: u64| {
+        let mut rec = serde_json::Value::Null;
+        wait_for(
+            &format!("the record of call {id}"),
+            Duration::from_secs(5),
+            || {
+                rec = d.http("GET", &format!("/v1/calls/{id}"), "").1;
+                rec["outcome"].is_string()
+            },
+        );
+        rec
+    };
+    // A clean exit without --record: the client exits without a finish report.
+    let out = d.agentcg(&["run", "--verbose", "--", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = record(verbose_call_id(&stderr(&out)));
+    assert_eq!(
+        (rec["outcome"].as_str(), rec["exit"]["code"].as_i64()),
+        (Some("ok"), Some(0)),
+        "{rec}"
+    );
+    assert_eq!(rec["processes"]["execs"], 1, "{rec}");
+
+    // The client is killed while its tool runs: the tool's own end ends the call.
+    let mut cli = d
+        .cli()
+        .args(["run", "--verbose", "--", "sh", "-c", "sleep 1; exit 3"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("agentcg run");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(cli.stderr.take().unwrap()),
+        &mut line,
+    )
+    .expect("stderr");
+    let id = verbose_call_id(&line);
+    let cgroup = line.trim().rsplit(' ').next().unwrap().to_string();
+    let procs = Path::new(&cgroup).join("cgroup.procs");
+    wait_for("the tool to start", Duration::from_secs(5), || {
+        std::fs::read_to_string(&procs).is_ok_and(|p| !p.trim().is_empty())
+    });
+    cli.kill().expect("kill the client");
+    cli.wait().expect("reap the client");
+    let rec = record(id);
+    assert_eq!(
+        (rec["outcome"].as_str(), rec["exit"]["code"].as_i64()),
+        (Some("failed"), Some(3)),
+        "{rec}"
+    );
+    assert!(rec["duration_ms"].as_u64().unwrap() < 5_000, "{rec}");
+
+    // In a 400M session, a call declaring 300M whose tool exits at once but leaves a
+    // process behind: agentcgd ends the call only after a grace, yet a call declared
+    // right after the tool's exit is admitted as if it had ended (its client may be
+    // declaring the next call already): nothing is clamped.
+    let out = d.agentcg(&["session", "create", "b2b", "--memory", "400M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let declare = || {
+        let (code, grant) = d.http(
+            "POST",
+            "/v1/calls",
+            r#"{"session":"b2b","command":["sh"],"intent":"mem=300M"}"#,
+        );
+        assert_eq!(code, 200, "{grant}");
+        grant
+    };
+    let first = declare();
+    assert_eq!(first["end_watched"], true, "{first}");
+    let argv = [
+        "sh".into(),
+        "-c".into(),
+        "sleep 5 >/dev/null 2>&1 & exit 0".into(),
+    ];
+    let pid = spawn_in_cgroup(Path::new(first["cgroup"].as_str().unwrap()), &argv, None)
+        .expect("spawn the tool");
+    assert_eq!(wait(pid).expect("wait").code, Some(0));
+    let second = declare();
+    assert_eq!(second["clamps"], serde_json::json!([]), "{second}");
+    let rec = record(first["call_id"].as_u64().unwrap());
+    assert_eq!(
+        (rec["outcome"].as_str(), rec["leftover_killed"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{rec}"
+    );
+    let (code, rec) = d.http(
+        "POST",
+        &format!("/v1/calls/{}/finish", second["call_id"]),
+        r#"{"exit":{"code":0,"signal":null}}"#,
+    );
+    assert_eq!((code, rec["outcome"].as_str()), (200, Some("ok")), "{rec}");
+    // The finish report is idempotent: the first call, ended by agentcgd, answers too.
+    let (code, again) = d.http(
+        "POST",
+        &format!("/v1/calls/{}/finish", first["call_id"]),
+        r#"{"exit":{"code":0,"signal":null}}"#,
+    );
+    assert_eq!(
+        (code, again["call_id"].clone()),
+        (200, first["call_id"].clone()),
+        "{again}"
+    );
+    let calls = d.calls_dir("b2b");
+    wait_for("b2b calls/ to empty", Duration::from_secs(5), || {
+        Daemon::child_cgroups(&calls).is_empty()
+    });
+    let log = std::fs::read_to_string(d.log_path()).unwrap_or_default();
+    assert!(!log.contains("retried later"), "reaping failed: {log}");
 }
 
 /// Acceptance 3: 500 sequential calls (ok, failing, OOM-killed, one leaving a background process

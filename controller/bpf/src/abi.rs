@@ -18,6 +18,8 @@ const TELE_EXEC: u32 = 1;
 const TELE_EXIT: u32 = 2;
 /// `TELE_FORK` in `intf.h`.
 const TELE_FORK: u32 = 3;
+/// `TELE_F_TOOL` in `intf.h`.
+const TELE_F_TOOL: u32 = 1;
 
 /// `AGENTCG_MAX_WATCHED` in `intf.h`: capacity of the `watched` map.
 pub const MAX_WATCHED: u32 = 16384;
@@ -41,14 +43,23 @@ pub struct CallCounters {
     pub first_exec_ns: u64,
     /// Time of the latest process exit, 0 if none.
     pub last_exit_ns: u64,
+    /// When the tool (the first process to exec in the cgroup) exited, 0 while it runs.
+    pub tool_exit_ns: u64,
+    /// The tool's process id, 0 before the first exec.
+    pub tool_pid: u32,
+    /// The tool's wait status, valid once `tool_exit_ns` is set.
+    pub tool_status: u32,
 }
 
-const _: () = assert!(size_of::<CallCounters>() == 40);
+const _: () = assert!(size_of::<CallCounters>() == 56);
 const _: () = assert!(offset_of!(CallCounters, execs) == 0);
 const _: () = assert!(offset_of!(CallCounters, forks) == 8);
 const _: () = assert!(offset_of!(CallCounters, exits) == 16);
 const _: () = assert!(offset_of!(CallCounters, first_exec_ns) == 24);
 const _: () = assert!(offset_of!(CallCounters, last_exit_ns) == 32);
+const _: () = assert!(offset_of!(CallCounters, tool_exit_ns) == 40);
+const _: () = assert!(offset_of!(CallCounters, tool_pid) == 48);
+const _: () = assert!(offset_of!(CallCounters, tool_status) == 52);
 
 impl CallCounters {
     /// Size of the C struct in bytes.
@@ -65,7 +76,15 @@ impl CallCounters {
             exits: u64_at(bytes, offset_of!(Self, exits))?,
             first_exec_ns: u64_at(bytes, offset_of!(Self, first_exec_ns))?,
             last_exit_ns: u64_at(bytes, offset_of!(Self, last_exit_ns))?,
+            tool_exit_ns: u64_at(bytes, offset_of!(Self, tool_exit_ns))?,
+            tool_pid: u32_at(bytes, offset_of!(Self, tool_pid))?,
+            tool_status: u32_at(bytes, offset_of!(Self, tool_status))?,
         })
+    }
+
+    /// The tool's wait status once it has exited.
+    pub fn tool_exit(&self) -> Option<u32> {
+        (self.tool_exit_ns != 0).then_some(self.tool_status)
     }
 
     /// Encodes as map value bytes (native endian).
@@ -77,8 +96,15 @@ impl CallCounters {
             (offset_of!(Self, exits), self.exits),
             (offset_of!(Self, first_exec_ns), self.first_exec_ns),
             (offset_of!(Self, last_exit_ns), self.last_exit_ns),
+            (offset_of!(Self, tool_exit_ns), self.tool_exit_ns),
         ] {
             out[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        }
+        for (off, v) in [
+            (offset_of!(Self, tool_pid), self.tool_pid),
+            (offset_of!(Self, tool_status), self.tool_status),
+        ] {
+            out[off..off + 4].copy_from_slice(&v.to_ne_bytes());
         }
         out
     }
@@ -94,14 +120,18 @@ struct RawTeleEvent {
     cgid: u64,
     ts_ns: u64,
     comm: [u8; 16],
+    status: u32,
+    flags: u32,
 }
 
-const _: () = assert!(size_of::<RawTeleEvent>() == 40);
+const _: () = assert!(size_of::<RawTeleEvent>() == 48);
 const _: () = assert!(offset_of!(RawTeleEvent, kind) == 0);
 const _: () = assert!(offset_of!(RawTeleEvent, pid) == 4);
 const _: () = assert!(offset_of!(RawTeleEvent, cgid) == 8);
 const _: () = assert!(offset_of!(RawTeleEvent, ts_ns) == 16);
 const _: () = assert!(offset_of!(RawTeleEvent, comm) == 24);
+const _: () = assert!(offset_of!(RawTeleEvent, status) == 40);
+const _: () = assert!(offset_of!(RawTeleEvent, flags) == 44);
 
 /// What a [`TeleEvent`] reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -128,6 +158,11 @@ pub struct TeleEvent {
     pub ts_ns: u64,
     /// Task comm (up to 15 bytes; after an exec, the new program's), lossily UTF-8.
     pub comm: String,
+    /// [`TeleKind::Exit`]: the process's wait status (as `waitpid(2)` reports it).
+    pub status: Option<u32>,
+    /// [`TeleKind::Exit`] of the call's tool (the first process to exec in the cgroup):
+    /// the call has ended.
+    pub tool: bool,
 }
 
 impl TeleEvent {
@@ -154,6 +189,10 @@ impl TeleEvent {
             cgid: u64_at(bytes, offset_of!(RawTeleEvent, cgid))?,
             ts_ns: u64_at(bytes, offset_of!(RawTeleEvent, ts_ns))?,
             comm: String::from_utf8_lossy(comm).into_owned(),
+            status: (kind == TeleKind::Exit)
+                .then(|| u32_at(bytes, offset_of!(RawTeleEvent, status)))
+                .flatten(),
+            tool: u32_at(bytes, offset_of!(RawTeleEvent, flags))? & TELE_F_TOOL != 0,
         })
     }
 }
@@ -726,6 +765,18 @@ mod tests {
     use super::*;
 
     fn raw_event(kind: u32, pid: u32, cgid: u64, ts: u64, comm: &[u8]) -> Vec<u8> {
+        raw_exit_event(kind, pid, cgid, ts, comm, 0, 0)
+    }
+
+    fn raw_exit_event(
+        kind: u32,
+        pid: u32,
+        cgid: u64,
+        ts: u64,
+        comm: &[u8],
+        status: u32,
+        flags: u32,
+    ) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(&kind.to_ne_bytes());
         b.extend_from_slice(&pid.to_ne_bytes());
@@ -734,6 +785,8 @@ mod tests {
         let mut c = [0u8; 16];
         c[..comm.len()].copy_from_slice(comm);
         b.extend_from_slice(&c);
+        b.extend_from_slice(&status.to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
         b
     }
 
@@ -749,10 +802,17 @@ mod tests {
             exits: 3,
             first_exec_ns: 4,
             last_exit_ns: 5,
+            tool_exit_ns: 6,
+            tool_pid: 7,
+            tool_status: 8,
         };
         assert_eq!(
             offset_of!(crate::skel::types::call_counters, last_exit_ns),
             32
+        );
+        assert_eq!(
+            offset_of!(crate::skel::types::call_counters, tool_status),
+            offset_of!(CallCounters, tool_status)
         );
         assert_eq!(c.first_exec_ns, 4);
     }
@@ -765,12 +825,22 @@ mod tests {
             exits: 3,
             first_exec_ns: u64::MAX - 1,
             last_exit_ns: 1 << 40,
+            tool_exit_ns: 0,
+            tool_pid: 4242,
+            tool_status: 7 << 8,
         };
         let b = c.to_bytes();
         assert_eq!(&b[8..16], &2u64.to_ne_bytes());
+        assert_eq!(&b[48..52], &4242u32.to_ne_bytes());
         assert_eq!(CallCounters::from_bytes(&b), Some(c));
-        assert_eq!(CallCounters::from_bytes(&b[..39]), None);
-        assert_eq!(CallCounters::from_bytes(&[0u8; 48]), None);
+        assert_eq!(c.tool_exit(), None, "the tool has not exited");
+        let ended = CallCounters {
+            tool_exit_ns: 9,
+            ..c
+        };
+        assert_eq!(ended.tool_exit(), Some(7 << 8));
+        assert_eq!(CallCounters::from_bytes(&b[..55]), None);
+        assert_eq!(CallCounters::from_bytes(&[0u8; 64]), None);
     }
 
     #[test]
@@ -783,9 +853,16 @@ mod tests {
                 pid: 42,
                 cgid: 7,
                 ts_ns: 99,
-                comm: "true".into()
+                comm: "true".into(),
+                status: None,
+                tool: false,
             }
         );
+        let tool_exit = TeleEvent::decode(&raw_exit_event(2, 42, 7, 99, b"sh", 15, 1)).unwrap();
+        assert_eq!((tool_exit.status, tool_exit.tool), (Some(15), true));
+        let other_exit =
+            TeleEvent::decode(&raw_exit_event(2, 43, 7, 99, b"sh", 7 << 8, 0)).unwrap();
+        assert_eq!((other_exit.status, other_exit.tool), (Some(7 << 8), false));
         let full = TeleEvent::decode(&raw_event(3, 1, 1, 1, b"0123456789abcdef")).expect("valid");
         assert_eq!((full.kind, full.comm.len()), (TeleKind::Fork, 16));
         assert_eq!(
@@ -794,7 +871,7 @@ mod tests {
         );
         assert_eq!(TeleEvent::decode(&raw_event(0, 1, 1, 1, b"x")), None);
         assert_eq!(TeleEvent::decode(&raw_event(4, 1, 1, 1, b"x")), None);
-        assert_eq!(TeleEvent::decode(&raw_event(1, 1, 1, 1, b"x")[..39]), None);
+        assert_eq!(TeleEvent::decode(&raw_event(1, 1, 1, 1, b"x")[..47]), None);
     }
 
     #[test]

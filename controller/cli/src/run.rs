@@ -132,17 +132,17 @@ pub fn run_call(
     if let Some(e) = &spawn_error {
         eprintln!("agentcg: {e}");
     }
-    let finished = client
-        .post(
-            &format!("/v1/calls/{}/finish", grant.call_id),
-            &json!({"exit": exit}),
-        )
-        .or_else(|e| match e.code() {
-            // The daemon already ended the call (its session was closed): its record
-            // is there to fetch.
-            Some("no_such_call") => client.get(&format!("/v1/calls/{}", grant.call_id)),
-            _ => Err(e),
-        });
+    // agentcgd ends the call by itself when its tool exits (kernel telemetry): a clean
+    // exit with no record to write needs no report, and the agent gets its prompt back
+    // one round trip sooner. Anything else asks for the record (the report is
+    // idempotent), to explain the end.
+    if grant.end_watched && exit.code == Some(0) && record_path.is_none() {
+        return ExitCode::SUCCESS;
+    }
+    let finished = client.post(
+        &format!("/v1/calls/{}/finish", grant.call_id),
+        &json!({"exit": exit}),
+    );
     let record: CallRecord = match finished.map(serde_json::from_value) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {

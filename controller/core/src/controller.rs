@@ -50,6 +50,27 @@ pub trait KernelHooks: Send {
     fn created(&mut self, cgroup_id: u64, role: CgroupRole<'_>);
     /// The cgroup is about to be removed; returns the process counts it saw, if any.
     fn removing(&mut self, cgroup_id: u64) -> Option<ProcessCounts>;
+    /// Whether these hooks see the call's tool in `cgroup_id` exit (and say how through
+    /// [`KernelHooks::tool_exit`]); agentcgd then ends the call by itself.
+    fn sees_tool_exit(&self, _cgroup_id: u64) -> bool {
+        false
+    }
+    /// How the call's tool in `cgroup_id` ended, once it has.
+    fn tool_exit(&self, _cgroup_id: u64) -> Option<ExitInfo> {
+        None
+    }
+}
+
+/// What [`Controller::tool_exited`] did.
+#[derive(Debug)]
+pub enum ToolExit {
+    /// The call ended; its record (or why writing it failed).
+    Ended(Box<Result<CallRecord, ControlError>>),
+    /// Processes are still in the call's cgroup: the tool's own exit may still be under
+    /// way, or it left processes behind. Ask again, with `force` once the grace is over.
+    Populated,
+    /// No running call has this cgroup (its client reported the end first).
+    NotRunning,
 }
 
 /// Everything that can go wrong, with a stable machine code for the API.
@@ -127,6 +148,10 @@ pub struct CallGrant {
     pub cgroup_id: u64,
     pub limits: CallLimits,
     pub clamps: Vec<Clamp>,
+    /// agentcgd sees the tool exit (kernel telemetry) and ends the call there by itself:
+    /// a client that needs nothing from the record may skip the finish report.
+    #[serde(default)]
+    pub end_watched: bool,
 }
 
 /// A session as shown by the API.
@@ -156,6 +181,8 @@ struct RunningCall {
     timed_out: bool,
     budget_exceeded: bool,
     empty_since: Option<Instant>,
+    /// A sweep found the tool exited but processes left: the next sweep ends the call.
+    tool_exit_swept: bool,
     /// The memory response's marks on the call.
     memory: CallMemory,
 }
@@ -287,6 +314,11 @@ impl Controller {
         for h in &mut self.hooks {
             h.created(cgroup_id, role);
         }
+    }
+
+    /// How the tool of the call in `cgroup_id` ended, if the kernel hooks saw it exit.
+    fn hooks_tool_exit(&self, cgroup_id: u64) -> Option<ExitInfo> {
+        self.hooks.iter().find_map(|h| h.tool_exit(cgroup_id))
     }
 
     fn hooks_removing(&mut self, cgroup_id: u64) -> Option<ProcessCounts> {
@@ -525,8 +557,14 @@ impl Controller {
         Ok(records)
     }
 
+    /// What runs in session `name`, for admission. A call whose tool has exited counts no
+    /// more, even before agentcgd has ended it: its client may already be declaring the
+    /// next call.
     fn session_load(&self, name: &str) -> SessionLoad {
-        let mine = self.running.values().filter(|c| c.session == name);
+        let mine = self
+            .running
+            .values()
+            .filter(|c| c.session == name && self.hooks_tool_exit(c.cgroup_id).is_none());
         SessionLoad {
             expected_mem: mine.clone().map(|c| c.limits.memory_expected).sum(),
             running: mine.count(),
@@ -587,6 +625,7 @@ impl Controller {
         };
         self.next_id += 1;
         self.hooks_created(cgroup_id, CgroupRole::Call(&admitted.limits));
+        let end_watched = self.hooks.iter().any(|h| h.sees_tool_exit(cgroup_id));
         let ceiling_before =
             memory::events(&self.layout.calls(&name), memory::EVENTS_LOCAL).unwrap_or_default();
         let grant = CallGrant {
@@ -596,6 +635,7 @@ impl Controller {
             cgroup_id,
             limits: admitted.limits.clone(),
             clamps: admitted.clamps.clone(),
+            end_watched,
         };
         let granted_high = admitted.limits.memory_high;
         self.running.insert(
@@ -615,6 +655,7 @@ impl Controller {
                 timed_out: false,
                 budget_exceeded: false,
                 empty_since: None,
+                tool_exit_swept: false,
                 memory: CallMemory {
                     high: granted_high,
                     ..CallMemory::default()
@@ -742,6 +783,18 @@ impl Controller {
         Ok(rec)
     }
 
+    /// The kernel hooks saw the tool of the call in `cgroup_id` exit: ends the call with
+    /// that exit once its cgroup is empty, or at once with `force` (killing what is left).
+    pub fn tool_exited(&mut self, cgroup_id: u64, exit: ExitInfo, force: bool) -> ToolExit {
+        let Some(id) = self.call_by_cgroup(cgroup_id) else {
+            return ToolExit::NotRunning;
+        };
+        if !force && self.running[&id].cgroup.populated().unwrap_or(true) {
+            return ToolExit::Populated;
+        }
+        ToolExit::Ended(Box::new(self.finish_call(id, exit)))
+    }
+
     /// Removes the cgroups of finished calls that [`Controller::finish_call`] left
     /// for later; returns the failures (the cgroup stays listed for the next try).
     pub fn reap(&mut self) -> Vec<CgroupError> {
@@ -757,23 +810,41 @@ impl Controller {
         errors
     }
 
-    /// Finishes calls whose cgroup has stayed empty for [`ABANDON_AFTER`] without a
-    /// report (the client died). Returns the records written.
+    /// Finishes calls whose tool the kernel hooks saw exit but that are still running
+    /// (the exit event was missed), with that exit: at once if their cgroup is empty,
+    /// else on the next sweep (what is left is killed). And calls whose cgroup has stayed
+    /// empty for [`ABANDON_AFTER`] without a report (the client died before the tool
+    /// started, or no hooks watch exits). Returns the records written.
     pub fn sweep(&mut self) -> Vec<CallRecord> {
         let now = Instant::now();
-        let mut stale = Vec::new();
-        for (id, call) in self.running.iter_mut() {
+        let mut ended = Vec::new();
+        let exits: Vec<(u64, Option<ExitInfo>)> = self
+            .running
+            .iter()
+            .map(|(id, c)| (*id, self.hooks_tool_exit(c.cgroup_id)))
+            .collect();
+        for (id, tool_exit) in exits {
+            let call = self.running.get_mut(&id).expect("listed above");
             let empty = !call.cgroup.populated().unwrap_or(true);
+            if let Some(exit) = tool_exit {
+                if empty || call.tool_exit_swept {
+                    ended.push((id, exit));
+                }
+                call.tool_exit_swept = true;
+                continue;
+            }
             match (empty, call.empty_since) {
                 (false, _) => call.empty_since = None,
                 (true, None) => call.empty_since = Some(now),
-                (true, Some(t)) if now.duration_since(t) >= ABANDON_AFTER => stale.push(*id),
+                (true, Some(t)) if now.duration_since(t) >= ABANDON_AFTER => {
+                    ended.push((id, ABANDONED));
+                }
                 (true, Some(_)) => {}
             }
         }
-        let records = stale
+        let records = ended
             .into_iter()
-            .filter_map(|id| self.finish_call(id, ABANDONED).ok())
+            .filter_map(|(id, exit)| self.finish_call(id, exit).ok())
             .collect();
         self.reap();
         records

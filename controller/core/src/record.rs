@@ -60,7 +60,8 @@ impl Outcome {
     }
 }
 
-/// How the tool process ended, as the client saw it.
+/// How the tool process ended: reported by the client that waited for it, or seen by
+/// the kernel telemetry when the tool exited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitInfo {
     pub code: Option<i32>,
@@ -68,6 +69,21 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
+    /// Decodes a wait status (`waitpid(2)`): an exit code, or the signal that killed it.
+    pub fn from_wait_status(status: i32) -> ExitInfo {
+        if libc::WIFEXITED(status) {
+            ExitInfo {
+                code: Some(libc::WEXITSTATUS(status)),
+                signal: None,
+            }
+        } else {
+            ExitInfo {
+                code: None,
+                signal: Some(libc::WTERMSIG(status)),
+            }
+        }
+    }
+
     /// The shell convention: the code, or 128 + signal.
     pub fn shell_status(&self) -> i32 {
         match (self.code, self.signal) {
@@ -306,6 +322,28 @@ pub struct CallRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_statuses_decode_like_waitpid() {
+        let exited = |code| ExitInfo {
+            code: Some(code),
+            signal: None,
+        };
+        let killed = |sig| ExitInfo {
+            code: None,
+            signal: Some(sig),
+        };
+        assert_eq!(ExitInfo::from_wait_status(0), exited(0));
+        assert_eq!(ExitInfo::from_wait_status(7 << 8), exited(7));
+        assert_eq!(ExitInfo::from_wait_status(255 << 8), exited(255));
+        assert_eq!(ExitInfo::from_wait_status(libc::SIGKILL), killed(9));
+        // SIGSEGV with a core dump (0x80) is still SIGSEGV.
+        assert_eq!(ExitInfo::from_wait_status(0x80 | libc::SIGSEGV), killed(11));
+        assert_eq!(
+            ExitInfo::from_wait_status(libc::SIGTERM).shell_status(),
+            143
+        );
+    }
     use crate::intent::Priority;
 
     fn en(timed_out: bool, cpu_budget_exceeded: bool) -> Enforced {

@@ -308,17 +308,7 @@ pub fn wait(pid: libc::pid_t) -> Result<crate::record::ExitInfo, SpawnError> {
             return Err(sys("waitpid"));
         }
     }
-    Ok(if libc::WIFEXITED(status) {
-        crate::record::ExitInfo {
-            code: Some(libc::WEXITSTATUS(status)),
-            signal: None,
-        }
-    } else {
-        crate::record::ExitInfo {
-            code: None,
-            signal: Some(libc::WTERMSIG(status)),
-        }
-    })
+    Ok(crate::record::ExitInfo::from_wait_status(status))
 }
 
 #[cfg(test)]

@@ -239,7 +239,13 @@ async fn finish_call(
     body: Result<Json<FinishRequest>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    let record = with_controller(&state, move |c| c.finish_call(id, req.exit)).await?;
+    // Idempotent: a call that already ended (its tool's exit seen by the kernel
+    // telemetry, its session closed) answers with its record.
+    let record = with_controller(&state, move |c| match c.finish_call(id, req.exit) {
+        Err(ControlError::NoCall(_)) => c.record(id).cloned().ok_or(ControlError::NoCall(id)),
+        other => other,
+    })
+    .await?;
     // Runs once this reply is written (one-threaded runtime): the rmdir of the call's
     // cgroup is not on the client's path.
     supervisor::reap_soon(state.controller.clone());

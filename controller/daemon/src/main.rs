@@ -46,10 +46,10 @@ async fn run(args: args::Args) -> Result<(), String> {
     let mut controller = Controller::start(policy, &args.root, &args.state_dir)
         .map_err(|e| format!("cannot take over {}: {e}", args.root.display()))?;
     let cpu_policy = controller.policy().cpu;
-    let telemetry = match telemetry::start() {
-        Ok(hooks) => {
+    let telemetry = match telemetry::load() {
+        Ok((hooks, loaded)) => {
             controller.add_hooks(Box::new(hooks));
-            Ok(())
+            Ok(loaded)
         }
         Err(why) => {
             tracing::warn!(
@@ -78,6 +78,7 @@ async fn run(args: args::Args) -> Result<(), String> {
         }
     };
     let shared = Arc::new(Mutex::new(controller));
+    let telemetry = telemetry.map(|loaded| telemetry::start(loaded, shared.clone()));
     let memory_status = memory::SharedMemoryStatus::default();
     let memory_hooks = memory::start(
         shared.clone(),

@@ -43,7 +43,7 @@ impl Status {
         modes.push(Mode {
             part: "telemetry",
             mode: match telemetry {
-                Ok(()) => "BPF tracepoints (exec/fork/exit per call, ring buffer)".into(),
+                Ok(()) => "BPF tracepoints (exec/fork/exit per call, ring buffer); a call ends when its tool exits".into(),
                 Err(why) => format!("off: {why}"),
             },
         });

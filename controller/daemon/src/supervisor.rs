@@ -73,7 +73,11 @@ pub async fn sweep_loop(shared: Shared) {
         tick.tick().await;
         let swept = shared.lock().map(|mut c| c.sweep()).unwrap_or_default();
         for rec in swept {
-            tracing::warn!(call_id = rec.call_id, session = %rec.session, "call abandoned by its client; cleaned up");
+            if rec.outcome == agentcg_core::record::Outcome::Abandoned {
+                tracing::warn!(call_id = rec.call_id, session = %rec.session, "call abandoned by its client; cleaned up");
+            } else {
+                tracing::warn!(call_id = rec.call_id, session = %rec.session, "call ended by the sweep: its tool's exit event was missed");
+            }
         }
     }
 }

@@ -1,18 +1,32 @@
 //! Kernel telemetry for calls: the BPF programs count execs, forks and exits per call
-//! cgroup and stream them on a ring buffer. Loaded at start when the kernel allows;
-//! without it calls run the same, their records just lack process counts.
+//! cgroup and stream them on a ring buffer. The exit of a call's tool ends the call
+//! here, without waiting for the client's report. Loaded at start when the kernel
+//! allows; without it calls run the same, their records just lack process counts and
+//! their clients report every end.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcg_bpf::Telemetry;
-use agentcg_core::controller::{CgroupRole, KernelHooks};
-use agentcg_core::record::ProcessCounts;
+use agentcg_bpf::{TeleKind, Telemetry};
+use agentcg_core::controller::{CgroupRole, KernelHooks, ToolExit};
+use agentcg_core::record::{ExitInfo, ProcessCounts};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-/// Feeds call cgroups into the telemetry maps.
+use crate::supervisor::{self, Shared};
+
+/// How long a call whose tool exited may keep processes before they count as left
+/// behind: the tool's own exit finishes a moment after the kernel reported it.
+const LEFTOVER_GRACE: Duration = Duration::from_millis(50);
+/// How often the cgroup is looked at during the grace.
+const GRACE_STEP: Duration = Duration::from_millis(2);
+
+/// Feeds call cgroups into the telemetry maps and answers how a call's tool ended.
 #[derive(Debug)]
 pub struct TelemetryHooks {
     telemetry: Arc<Telemetry>,
+    /// Call cgroups in the map.
+    watched: HashSet<u64>,
 }
 
 impl KernelHooks for TelemetryHooks {
@@ -21,14 +35,18 @@ impl KernelHooks for TelemetryHooks {
     }
 
     fn created(&mut self, cgroup_id: u64, role: CgroupRole<'_>) {
-        if let CgroupRole::Call(_) = role
-            && let Err(e) = self.telemetry.watch(cgroup_id)
-        {
-            tracing::warn!(cgroup_id, "telemetry watch: {e}");
+        if let CgroupRole::Call(_) = role {
+            match self.telemetry.watch(cgroup_id) {
+                Ok(()) => {
+                    self.watched.insert(cgroup_id);
+                }
+                Err(e) => tracing::warn!(cgroup_id, "telemetry watch: {e}"),
+            }
         }
     }
 
     fn removing(&mut self, cgroup_id: u64) -> Option<ProcessCounts> {
+        self.watched.remove(&cgroup_id);
         match self.telemetry.unwatch(cgroup_id) {
             Ok(c) => c.map(|c| ProcessCounts {
                 execs: c.execs,
@@ -41,10 +59,27 @@ impl KernelHooks for TelemetryHooks {
             }
         }
     }
+
+    fn sees_tool_exit(&self, cgroup_id: u64) -> bool {
+        self.watched.contains(&cgroup_id)
+    }
+
+    fn tool_exit(&self, cgroup_id: u64) -> Option<ExitInfo> {
+        if !self.watched.contains(&cgroup_id) {
+            return None;
+        }
+        match self.telemetry.counters(cgroup_id) {
+            Ok(c) => c?.tool_exit().map(|s| ExitInfo::from_wait_status(s as i32)),
+            Err(e) => {
+                tracing::warn!(cgroup_id, "telemetry counters: {e}");
+                None
+            }
+        }
+    }
 }
 
-/// Loads the programs and starts draining their ring buffer; the error says why not.
-pub fn start() -> Result<TelemetryHooks, String> {
+/// Loads the programs; the error says why not. Their events flow once [`start`]ed.
+pub fn load() -> Result<(TelemetryHooks, Arc<Telemetry>), String> {
     let telemetry = Arc::new(Telemetry::load().map_err(|e| e.to_string())?);
     let t = telemetry.timings();
     tracing::info!(
@@ -53,22 +88,41 @@ pub fn start() -> Result<TelemetryHooks, String> {
         attach_ms = t.attach.as_millis(),
         "telemetry BPF programs attached"
     );
-    spawn_event_thread(telemetry.clone());
-    Ok(TelemetryHooks { telemetry })
+    let hooks = TelemetryHooks {
+        telemetry: telemetry.clone(),
+        watched: HashSet::new(),
+    };
+    Ok((hooks, telemetry))
 }
 
-/// Drains the ring buffer on a dedicated thread, logging each process event.
-fn spawn_event_thread(telemetry: Arc<Telemetry>) {
+/// Starts draining the ring buffer: a dedicated thread sleeps in its epoll and hands
+/// tool exits to a task that ends the calls.
+pub fn start(telemetry: Arc<Telemetry>, shared: Shared) {
+    let (sender, exits) = unbounded_channel();
+    spawn_event_thread(telemetry, sender);
+    tokio::spawn(end_calls(shared, exits));
+}
+
+/// A call's tool exited: (cgroup id, how).
+type ToolExitEvent = (u64, ExitInfo);
+
+/// Drains the ring buffer on a dedicated thread, logging each process event and
+/// forwarding the exits of tools.
+fn spawn_event_thread(telemetry: Arc<Telemetry>, exits: UnboundedSender<ToolExitEvent>) {
     let spawned = std::thread::Builder::new()
         .name("bpf-events".into())
         .spawn(move || {
             loop {
                 // Sleeps in the ring buffer's epoll until the kernel writes.
                 let res = telemetry.poll_events(Duration::MAX, |ev| {
-                    tracing::debug!(kind = ?ev.kind, pid = ev.pid, cgid = ev.cgid, comm = %ev.comm, "process event");
+                    tracing::debug!(kind = ?ev.kind, pid = ev.pid, cgid = ev.cgid, comm = %ev.comm, status = ?ev.status, tool = ev.tool, "process event");
+                    if ev.kind == TeleKind::Exit && ev.tool {
+                        let exit = ExitInfo::from_wait_status(ev.status.unwrap_or(0) as i32);
+                        let _ = exits.send((ev.cgid, exit));
+                    }
                 });
                 if let Err(e) = res {
-                    tracing::error!("telemetry ring buffer: {e}; event thread stops");
+                    tracing::error!("telemetry ring buffer: {e}; event thread stops (the sweep ends calls instead)");
                     return;
                 }
             }
@@ -76,4 +130,46 @@ fn spawn_event_thread(telemetry: Arc<Telemetry>) {
     if let Err(e) = spawned {
         tracing::error!("starting the telemetry event thread: {e}");
     }
+}
+
+/// Ends calls as their tools exit; a call still holding processes gets
+/// [`LEFTOVER_GRACE`] before they are killed as left behind.
+async fn end_calls(shared: Shared, mut exits: UnboundedReceiver<ToolExitEvent>) {
+    while let Some((cgid, exit)) = exits.recv().await {
+        if end_call(&shared, cgid, exit, false) {
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + LEFTOVER_GRACE;
+            loop {
+                tokio::time::sleep(GRACE_STEP).await;
+                let force = tokio::time::Instant::now() >= deadline;
+                if end_call(&shared, cgid, exit, force) {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// One attempt to end the call whose tool exited; false while its cgroup is populated.
+fn end_call(shared: &Shared, cgid: u64, exit: ExitInfo, force: bool) -> bool {
+    let Ok(mut c) = shared.lock() else {
+        tracing::error!("controller lock poisoned");
+        return true;
+    };
+    match c.tool_exited(cgid, exit, force) {
+        ToolExit::Populated => return false,
+        ToolExit::NotRunning => return true,
+        ToolExit::Ended(rec) => match *rec {
+            Ok(rec) => {
+                tracing::debug!(call_id = rec.call_id, outcome = ?rec.outcome, "call ended: its tool exited")
+            }
+            Err(e) => tracing::warn!(cgid, "ending a call whose tool exited: {e}"),
+        },
+    }
+    drop(c);
+    supervisor::reap_soon(shared.clone());
+    true
 }
