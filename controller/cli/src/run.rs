@@ -132,11 +132,7 @@ pub fn run_call(
     if let Some(e) = &spawn_error {
         eprintln!("agentcg: {e}");
     }
-    // agentcgd ends the call by itself when its tool exits (kernel telemetry): a clean
-    // exit with no record to write needs no report, and the agent gets its prompt back
-    // one round trip sooner. Anything else asks for the record (the report is
-    // idempotent), to explain the end.
-    if grant.end_watched && exit.code == Some(0) && record_path.is_none() {
+    if !needs_report(grant.end_watched, exit, record_path.is_some()) {
         return ExitCode::SUCCESS;
     }
     let finished = client.post(
@@ -167,6 +163,40 @@ pub fn run_call(
     ExitCode::from(exit_byte(exit.shell_status()))
 }
 
+/// Whether the end must be reported (and the record fetched). agentcgd ends the call by
+/// itself when it sees the tool exit (kernel telemetry): a clean exit with no record to
+/// write needs no report, and the agent gets its prompt back one round trip sooner.
+/// Anything else asks for the record (the report is idempotent), to explain the end.
+fn needs_report(end_watched: bool, exit: ExitInfo, wants_record: bool) -> bool {
+    !end_watched || exit.code != Some(0) || wants_record
+}
+
 fn exit_byte(status: i32) -> u8 {
     u8::try_from(status).unwrap_or(255)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_clean_unrecorded_watched_end_skips_the_report() {
+        let ok = ExitInfo {
+            code: Some(0),
+            signal: None,
+        };
+        let failed = ExitInfo {
+            code: Some(1),
+            signal: None,
+        };
+        let killed = ExitInfo {
+            code: None,
+            signal: Some(9),
+        };
+        assert!(!needs_report(true, ok, false));
+        assert!(needs_report(false, ok, false), "nobody else ends the call");
+        assert!(needs_report(true, ok, true), "the record is wanted");
+        assert!(needs_report(true, failed, false), "feedback may explain it");
+        assert!(needs_report(true, killed, false), "feedback may explain it");
+    }
 }
