@@ -215,9 +215,11 @@ fn calls_end_when_their_tool_exits() {
         rec
     };
     // A clean exit without --record: the client exits without a finish report.
+    // Asked right away, the API already has its record (a query settles ended calls).
     let out = d.agentcg(&["run", "--verbose", "--", "true"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rec = record(verbose_call_id(&stderr(&out)));
+    let id = verbose_call_id(&stderr(&out));
+    let (_, rec) = d.http("GET", &format!("/v1/calls/{id}"), "");
     assert_eq!(
         (rec["outcome"].as_str(), rec["exit"]["code"].as_i64()),
         (Some("ok"), Some(0)),

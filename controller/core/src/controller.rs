@@ -795,6 +795,25 @@ impl Controller {
         ToolExit::Ended(Box::new(self.finish_call(id, exit)))
     }
 
+    /// Ends the running calls whose tool the kernel hooks saw exit and whose cgroup is
+    /// empty: what the API shows right after a client returned then includes its call,
+    /// even if agentcgd's own end of it is a moment behind. Returns the ends (a failure
+    /// is a record that could not be written).
+    pub fn settle_ended(&mut self) -> Vec<Result<CallRecord, ControlError>> {
+        let exited: Vec<(u64, ExitInfo)> = self
+            .running
+            .values()
+            .filter_map(|c| Some((c.cgroup_id, self.hooks_tool_exit(c.cgroup_id)?)))
+            .collect();
+        exited
+            .into_iter()
+            .filter_map(|(cgid, exit)| match self.tool_exited(cgid, exit, false) {
+                ToolExit::Ended(rec) => Some(*rec),
+                ToolExit::Populated | ToolExit::NotRunning => None,
+            })
+            .collect()
+    }
+
     /// Removes the cgroups of finished calls that [`Controller::finish_call`] left
     /// for later; returns the failures (the cgroup stays listed for the next try).
     pub fn reap(&mut self) -> Vec<CgroupError> {

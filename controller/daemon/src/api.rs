@@ -177,12 +177,36 @@ async fn create_session(
     to_json(with_controller(&state, move |c| c.create_session(&req)).await?)
 }
 
+/// Before answering about calls: ends those whose tool has exited (see
+/// [`Controller::settle_ended`]), so a query right after a client returned sees its call.
+fn settle(state: &AppState, c: &mut Controller) {
+    let ended = c.settle_ended();
+    for e in ended.iter().filter_map(|r| r.as_ref().err()) {
+        tracing::warn!("ending a call whose tool exited: {e}");
+    }
+    if !ended.is_empty() {
+        supervisor::reap_soon(state.controller.clone());
+    }
+}
+
 async fn list_sessions(State(state): State<AppState>) -> ApiResult {
-    to_json(with_controller(&state, |c| Ok(c.list_sessions())).await?)
+    to_json(
+        with_controller(&state, |c| {
+            settle(&state, c);
+            Ok(c.list_sessions())
+        })
+        .await?,
+    )
 }
 
 async fn show_session(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    to_json(with_controller(&state, move |c| c.session_info(&name)).await?)
+    to_json(
+        with_controller(&state, |c| {
+            settle(&state, c);
+            c.session_info(&name)
+        })
+        .await?,
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,7 +277,8 @@ async fn finish_call(
 }
 
 async fn show_call(State(state): State<AppState>, Path(id): Path<u64>) -> ApiResult {
-    let found = with_controller(&state, move |c| {
+    let found = with_controller(&state, |c| {
+        settle(&state, c);
         if c.is_running(id) {
             return Ok(json!({"call_id": id, "running": true}));
         }
@@ -279,7 +304,8 @@ fn default_limit() -> usize {
 
 async fn list_calls(State(state): State<AppState>, Query(q): Query<ListCalls>) -> ApiResult {
     let limit = q.limit.min(10_000);
-    let records = with_controller(&state, move |c| {
+    let records = with_controller(&state, |c| {
+        settle(&state, c);
         Ok(c.recent_records(q.session.as_deref(), limit)
             .into_iter()
             .cloned()
