@@ -323,6 +323,18 @@ impl TestCgroup {
             .unwrap_or_else(|e| panic!("spawn {argv:?} in {}: {e}", self.path.display()))
     }
 
+    /// Runs `script` with `sh -c` after the shell moved itself into this cgroup (so the
+    /// shell's own exec happened outside it) and asserts it succeeded.
+    pub fn run_sh(&self, script: &str) {
+        let procs = self.path.join("cgroup.procs");
+        let full = format!("echo $$ > {} && {script}", procs.display());
+        let status = Command::new("/bin/sh")
+            .args(["-c", &full])
+            .status()
+            .unwrap_or_else(|e| panic!("spawn sh -c {full:?}: {e}"));
+        assert!(status.success(), "sh -c {full:?}: {status}");
+    }
+
     /// Starts `n` busy loops (`sh -c 'while :; do :; done'`) inside this cgroup.
     pub fn spin(&self, n: usize) {
         for _ in 0..n {

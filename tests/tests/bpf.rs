@@ -3,66 +3,13 @@
 //! the execs, forks and exits of a real cgroup. Need root; ignored elsewhere.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agentcg_bpf::probe::MEMCG_KFUNCS;
 use agentcg_bpf::{CallCounters, MAX_WATCHED, TeleEvent, TeleKind, Telemetry, probe_btf};
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// A cgroup directory created for one test, removed on drop (even when the test fails).
-struct TestCgroup {
-    path: PathBuf,
-}
-
-impl TestCgroup {
-    fn create(name: &str) -> Self {
-        let root = Path::new(CGROUP_ROOT);
-        // DESIGN.md §4 pitfall 8: the guest's root subtree_control starts empty. The
-        // telemetry does not need controllers, but tool-call cgroups have them.
-        let control = root.join("cgroup.subtree_control");
-        if let Err(e) = fs::write(&control, "+cpu +memory +pids") {
-            eprintln!("note: enabling controllers in {}: {e}", control.display());
-        }
-        let path = root.join(format!("agentcg-bpftest-{}-{name}", std::process::id()));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Self { path }
-    }
-
-    /// The cgroup id: the inode number of the cgroup v2 directory.
-    fn id(&self) -> u64 {
-        fs::metadata(&self.path)
-            .unwrap_or_else(|e| panic!("stat {}: {e}", self.path.display()))
-            .ino()
-    }
-
-    /// Runs `script` with `sh -c` after the shell moved itself into this cgroup.
-    fn run_sh(&self, script: &str) {
-        let procs = self.path.join("cgroup.procs");
-        let full = format!("echo $$ > {} && {script}", procs.display());
-        let status = Command::new("/bin/sh")
-            .args(["-c", &full])
-            .status()
-            .unwrap_or_else(|e| panic!("spawn sh -c {full:?}: {e}"));
-        assert!(status.success(), "sh -c {full:?}: {status}");
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // The last process left with its exit; the cgroup may report populated a bit longer.
-        for _ in 0..50 {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-        eprintln!("warning: could not rmdir {}", self.path.display());
-    }
-}
+use agentcg_vmtests::TestCgroup;
 
 fn load() -> Telemetry {
     let started = Instant::now();
@@ -111,7 +58,7 @@ fn probe_reports_the_7_3_kernel_features() {
 fn telemetry_counts_and_streams_a_watched_cgroup() {
     let t = load();
     let baseline = t.watched_len().expect("watched_len");
-    let cg = TestCgroup::create("watched");
+    let cg = TestCgroup::root("bpftest", "watched");
     let cgid = cg.id();
     assert_eq!(t.counters(cgid).expect("counters"), None);
     t.watch(cgid).expect("watch");
@@ -199,7 +146,7 @@ fn the_tool_exit_is_what_waitpid_reports() {
         ("leaves", "sleep 2 & exit 3", 3 << 8),
         ("execs", "exec /bin/sh -c 'exit 4'", 4 << 8),
     ] {
-        let cg = TestCgroup::create(name);
+        let cg = TestCgroup::root("bpftest", name);
         t.watch(cg.id()).expect("watch");
         let argv = ["/bin/sh".into(), "-c".into(), script.into()];
         let pid = spawn_in_cgroup(&cg.path, &argv, None).expect("spawn");
@@ -222,8 +169,8 @@ fn the_tool_exit_is_what_waitpid_reports() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn other_cgroups_are_not_counted() {
     let t = load();
-    let watched = TestCgroup::create("quiet");
-    let busy = TestCgroup::create("busy");
+    let watched = TestCgroup::root("bpftest", "quiet");
+    let busy = TestCgroup::root("bpftest", "busy");
     t.watch(watched.id()).expect("watch");
     busy.run_sh("/bin/true; /bin/true; exit 0");
     assert_eq!(
