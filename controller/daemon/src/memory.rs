@@ -143,6 +143,7 @@ pub fn start(shared: Shared, sources: Sources, status: SharedMemoryStatus) -> Me
         state: State::default(),
         status,
         sessions: BTreeMap::new(),
+        root_trigger: false,
         psi_pending: false,
         at_max_pending: false,
     };
@@ -164,6 +165,8 @@ struct Response {
     state: State,
     status: SharedMemoryStatus,
     sessions: BTreeMap<u64, SessionTrigger>,
+    /// A PSI trigger is armed on agentcg's root.
+    root_trigger: bool,
     /// Signals seen since the last evaluation.
     psi_pending: bool,
     at_max_pending: bool,
@@ -176,7 +179,8 @@ impl Response {
             match psi::memory_trigger(&root, self.policy.psi_stall, self.policy.psi_window) {
                 Ok(file) => {
                     tokio::spawn(wait_trigger(file, sources.sender.clone(), None));
-                    self.set_triggers(1);
+                    self.root_trigger = true;
+                    self.publish_triggers();
                 }
                 Err(e) => tracing::warn!("no PSI trigger on agentcg's root: {e}"),
             }
@@ -205,9 +209,10 @@ impl Response {
         }
     }
 
-    fn set_triggers(&self, delta: isize) {
+    /// Shows the armed PSI triggers (the root's and one per session) in the status.
+    fn publish_triggers(&self) {
         if let Ok(mut s) = self.status.lock() {
-            s.psi_triggers = s.psi_triggers.saturating_add_signed(delta);
+            s.psi_triggers = self.sessions.len() + usize::from(self.root_trigger);
         }
     }
 
@@ -229,9 +234,8 @@ impl Response {
                             .insert(cgroup_id, SessionTrigger { priority, task })
                         {
                             old.task.abort();
-                        } else {
-                            self.set_triggers(1);
                         }
+                        self.publish_triggers();
                     }
                     Err(e) => tracing::warn!(session = %name, "no PSI trigger: {e}"),
                 }
@@ -239,7 +243,7 @@ impl Response {
             Change::Removed { cgroup_id } => {
                 if let Some(t) = self.sessions.remove(&cgroup_id) {
                     t.task.abort();
-                    self.set_triggers(-1);
+                    self.publish_triggers();
                 }
             }
         }
