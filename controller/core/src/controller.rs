@@ -198,6 +198,17 @@ struct CallMemory {
     actions: Vec<MemoryAction>,
 }
 
+impl CallMemory {
+    /// Notes an action on the call, timed from the call's start.
+    fn act(&mut self, started: Instant, action: &str, detail: String) {
+        self.actions.push(MemoryAction {
+            at_ms: started.elapsed().as_millis() as u64,
+            action: action.to_string(),
+            detail,
+        });
+    }
+}
+
 /// What one step of the memory response did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepReport {
@@ -976,11 +987,8 @@ impl Controller {
                 Ok(()) => detail,
                 Err(e) => format!("{detail} failed: {e}"),
             };
-            call.memory.actions.push(MemoryAction {
-                at_ms: call.started.elapsed().as_millis() as u64,
-                action: step.as_str().to_string(),
-                detail: format!("{detail}: {reason}"),
-            });
+            call.memory
+                .act(call.started, step.as_str(), format!("{detail}: {reason}"));
             report.calls.push(id);
             report.cgroup_ids.push(call.cgroup_id);
             report.details.push(format!("call {id}: {detail}"));
@@ -1013,11 +1021,8 @@ impl Controller {
                 if !targets.contains(id) {
                     continue;
                 }
-                call.memory.actions.push(MemoryAction {
-                    at_ms: call.started.elapsed().as_millis() as u64,
-                    action: "reclaim".into(),
-                    detail: format!("{detail}: {reason}"),
-                });
+                call.memory
+                    .act(call.started, "reclaim", format!("{detail}: {reason}"));
                 report.calls.push(*id);
                 report.cgroup_ids.push(call.cgroup_id);
             }
@@ -1056,11 +1061,7 @@ impl Controller {
                 }
             }
             for (action, detail) in done {
-                m.actions.push(MemoryAction {
-                    at_ms: call.started.elapsed().as_millis() as u64,
-                    action: action.into(),
-                    detail: format!("{detail}: {reason}"),
-                });
+                m.act(call.started, action, format!("{detail}: {reason}"));
                 report.details.push(format!("call {id}: {detail}"));
             }
             report.calls.push(*id);
@@ -1092,11 +1093,11 @@ impl Controller {
         )?;
         memory::set_high(&call.cgroup, Some(new)).ok()?;
         call.memory.high = Some(new);
-        call.memory.actions.push(MemoryAction {
-            at_ms: call.started.elapsed().as_millis() as u64,
-            action: "burst".into(),
-            detail: format!("memory.high {high} -> {new}: crossed it while the host had slack"),
-        });
+        call.memory.act(
+            call.started,
+            "burst",
+            format!("memory.high {high} -> {new}: crossed it while the host had slack"),
+        );
         Some((*id, new))
     }
 }
