@@ -7,11 +7,18 @@
 //! One connection is kept for all the requests of a command (`agentcg run` declares
 //! and finishes on it). A request the daemon cannot have seen (the write failed on a
 //! connection it closed meanwhile) is sent again on a new one.
+//!
+//! A patient client ([`Client::patient`], what `agentcg run` uses) rides out a daemon
+//! restart: it waits for the socket to answer again (bounded, with one line on stderr)
+//! and sends a request whose reply was lost once more. Only requests that are safe to
+//! repeat are sent this way: GETs, the finish report (idempotent) and declarations
+//! carrying a client token (the daemon answers a repeated token with the same call).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -21,6 +28,10 @@ pub const DEFAULT_SOCKET: &str = "/run/agentcg/agentcg.sock";
 const MAX_REPLY: usize = 64 << 20;
 /// Headers a reply may carry.
 const MAX_HEADERS: usize = 32;
+/// How long a tool call waits for a restarting daemon.
+pub const RESTART_PATIENCE: Duration = Duration::from_secs(10);
+/// Pause between two connection attempts to a restarting daemon.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -74,6 +85,10 @@ impl Method {
 pub struct Client {
     socket: PathBuf,
     conn: RefCell<Option<UnixStream>>,
+    /// How long to wait for a restarting daemon; zero: fail at once.
+    patience: Duration,
+    /// The waiting line was printed.
+    said_waiting: Cell<bool>,
 }
 
 impl Client {
@@ -81,7 +96,15 @@ impl Client {
         Client {
             socket: socket.to_path_buf(),
             conn: RefCell::new(None),
+            patience: Duration::ZERO,
+            said_waiting: Cell::new(false),
         }
+    }
+
+    /// Waits up to `patience` for a daemon that is not answering (restarting).
+    pub fn patient(mut self, patience: Duration) -> Client {
+        self.patience = patience;
+        self
     }
 
     pub fn get(&self, path: &str) -> Result<Value, ClientError> {
@@ -96,15 +119,41 @@ impl Client {
         self.request(Method::Delete, path, None)
     }
 
+    /// Connects; a patient client waits while the daemon is down (the socket refuses
+    /// or is missing), up to its patience.
     fn connect(&self) -> Result<UnixStream, ClientError> {
-        UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
-            socket: self.socket.clone(),
-            source,
-        })
+        let start = Instant::now();
+        loop {
+            match UnixStream::connect(&self.socket) {
+                Ok(s) => return Ok(s),
+                Err(e) if is_down(&e) && start.elapsed() < self.patience => {
+                    self.say_waiting();
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+                Err(source) => {
+                    return Err(ClientError::Connect {
+                        socket: self.socket.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn say_waiting(&self) {
+        if !self.said_waiting.replace(true) {
+            eprintln!(
+                "agentcg: agentcgd is not answering at {} (restarting?); waiting up to {} s",
+                self.socket.display(),
+                self.patience.as_secs()
+            );
+        }
     }
 
     /// One request, on the kept connection when it is still open; a JSON error body
-    /// becomes [`ClientError::Api`].
+    /// becomes [`ClientError::Api`]. A patient client sends a request whose reply was
+    /// lost (the daemon died with it) once more; only call this for requests that are
+    /// safe to repeat, which all of the CLI's are (see the module note).
     pub fn request(
         &self,
         method: Method,
@@ -112,22 +161,33 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
         let req = encode(method, path, body);
+        match self.exchange(&req) {
+            Err(ClientError::Protocol(_)) if !self.patience.is_zero() => {
+                self.say_waiting();
+                self.conn.borrow_mut().take();
+                self.exchange(&req)
+            }
+            other => other,
+        }
+    }
+
+    fn exchange(&self, req: &[u8]) -> Result<Value, ClientError> {
         let io = |e: std::io::Error| ClientError::Protocol(e.to_string());
         let kept = self.conn.borrow_mut().take();
         let mut stream = match kept {
             // A write to a unix socket whose peer closed fails at once (EPIPE): the
             // daemon never saw the request, so it may go on a new connection.
-            Some(mut s) => match s.write_all(&req) {
+            Some(mut s) => match s.write_all(req) {
                 Ok(()) => s,
                 Err(_) => {
                     let mut s = self.connect()?;
-                    s.write_all(&req).map_err(io)?;
+                    s.write_all(req).map_err(io)?;
                     s
                 }
             },
             None => {
                 let mut s = self.connect()?;
-                s.write_all(&req).map_err(io)?;
+                s.write_all(req).map_err(io)?;
                 s
             }
         };
@@ -137,6 +197,14 @@ impl Client {
         }
         decode(reply.status, &reply.body)
     }
+}
+
+/// Whether a failed connect means no daemon is listening right now.
+fn is_down(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::NotFound
+    )
 }
 
 /// The request bytes.

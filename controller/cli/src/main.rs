@@ -47,10 +47,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = client::Client::new(&cli.socket);
+    // A tool call rides out a daemon restart; the other commands answer at once.
+    let patient = || client::Client::new(&cli.socket).patient(client::RESTART_PATIENCE);
     match cli.command {
-        Command::Run(args) => run::main(&client, args),
+        Command::Run(args) => run::main(&patient(), args),
         Command::Session(cmd) => session::main(&client, cmd),
-        Command::Shell(args) => shell::main(&client, args),
+        Command::Shell(args) => shell::main(&patient(), args),
         Command::Status(args) => status::main(&client, args),
         Command::Call(cmd) => call::main(&client, cmd),
     }

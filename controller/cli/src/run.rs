@@ -81,7 +81,9 @@ pub fn run_call(
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let req = json!({"session": session, "command": argv, "intent": intent});
+    // The token makes the declaration safe to send again after a daemon restart.
+    let req = json!({"session": session, "command": argv, "intent": intent,
+        "client_token": client_token()});
     let grant: CallGrant = match client.post("/v1/calls", &req).map(serde_json::from_value) {
         Ok(Ok(g)) => g,
         Ok(Err(e)) => {
@@ -139,6 +141,11 @@ pub fn run_call(
         &format!("/v1/calls/{}/finish", grant.call_id),
         &json!({"exit": exit}),
     );
+    // The daemon could not make the record durable yet (it keeps retrying).
+    let warning = finished
+        .as_ref()
+        .ok()
+        .and_then(|v| v["warning"].as_str().map(str::to_string));
     let record: CallRecord = match finished.map(serde_json::from_value) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -152,6 +159,9 @@ pub fn run_call(
     };
     if let Some(f) = &record.feedback {
         eprintln!("{}", f.message);
+    }
+    if let Some(w) = &warning {
+        eprintln!("agentcg: warning: {w}");
     }
     if let Some(path) = record_path {
         let text = serde_json::to_string_pretty(&record).unwrap_or_default();
@@ -169,6 +179,21 @@ pub fn run_call(
 /// Anything else asks for the record (the report is idempotent), to explain the end.
 fn needs_report(end_watched: bool, exit: ExitInfo, wants_record: bool) -> bool {
     !end_watched || exit.code != Some(0) || wants_record
+}
+
+/// A token unique to this declaration: pid, time and a per-process counter.
+fn client_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn exit_byte(status: i32) -> u8 {

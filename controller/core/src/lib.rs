@@ -11,4 +11,6 @@ pub mod pressure;
 pub mod probe;
 pub mod record;
 pub mod spawn;
+#[cfg(test)]
+mod testutil;
 pub mod units;

@@ -7,11 +7,11 @@ pub mod layout;
 pub mod memory;
 pub mod pids;
 pub mod psi;
+pub mod reaper;
 
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// `cgroup.procs`: the processes in a cgroup.
 pub const PROCS: &str = "cgroup.procs";
@@ -42,8 +42,6 @@ pub enum CgroupError {
         text: String,
         reason: String,
     },
-    #[error("{path} still has processes after {waited_ms} ms; cannot remove it")]
-    StillPopulated { path: PathBuf, waited_ms: u128 },
 }
 
 impl CgroupError {
@@ -194,40 +192,14 @@ impl Cgroup {
         self.write(SUBTREE_CONTROL, &missing.join(" "))
     }
 
-    /// Kills what is left in the subtree, waits for it to empty (up to `wait`), and
-    /// removes the cgroup and its child cgroups, deepest first. Returns how many
-    /// processes were still there to kill. A missing cgroup is not an error.
-    pub fn destroy(&self, wait: Duration) -> Result<usize, CgroupError> {
-        if !self.path.exists() {
-            return Ok(0);
+    /// How many processes live in the subtree (a leaf's own `cgroup.procs` says it
+    /// all; a subtree takes the walk).
+    pub fn count_procs(&self) -> usize {
+        let own = self.procs().map(|p| p.len()).unwrap_or(0);
+        if own > 0 || !self.populated().unwrap_or(false) {
+            return own;
         }
-        // Fast path for a leaf (every call cgroup): its own cgroup.procs says it all, and
-        // a plain rmdir needs no directory walk. Subtrees take the walk.
-        let mut leftover = self.procs().map(|p| p.len()).unwrap_or(0);
-        if leftover > 0 || self.populated().unwrap_or(false) {
-            if leftover == 0 {
-                leftover = self.count_procs_recursive();
-            }
-            self.kill()?;
-            let start = Instant::now();
-            while self.populated()? {
-                if start.elapsed() > wait {
-                    return Err(CgroupError::StillPopulated {
-                        path: self.path.clone(),
-                        waited_ms: start.elapsed().as_millis(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        match std::fs::remove_dir(&self.path) {
-            Ok(()) => Ok(leftover),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(leftover),
-            Err(_) => {
-                self.remove_tree()?;
-                Ok(leftover)
-            }
-        }
+        self.count_procs_recursive()
     }
 
     fn count_procs_recursive(&self) -> usize {
@@ -250,25 +222,20 @@ impl Cgroup {
             .collect()
     }
 
-    fn remove_tree(&self) -> Result<(), CgroupError> {
+    /// Removes this cgroup and its child cgroups, deepest first, if nothing lives in
+    /// them: `Ok(true)` when gone, `Ok(false)` while the kernel still holds one (EBUSY:
+    /// exited tasks are still being torn down). Never waits.
+    pub fn remove_empty(&self) -> Result<bool, CgroupError> {
         for child in self.children() {
-            child.remove_tree()?;
-        }
-        // rmdir can briefly fail with EBUSY while the kernel finishes tearing down
-        // exited tasks (css offlining); retry for a moment.
-        let start = Instant::now();
-        loop {
-            match std::fs::remove_dir(&self.path) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EBUSY)
-                        && start.elapsed() < Duration::from_secs(2) =>
-                {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(source) => return Err(self.io("rmdir", &self.path, None, source)),
+            if !child.remove_empty()? {
+                return Ok(false);
             }
+        }
+        match std::fs::remove_dir(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+            Err(source) => Err(self.io("rmdir", &self.path, None, source)),
         }
     }
 }
@@ -367,10 +334,11 @@ mod tests {
         std::fs::write(cg.path().join(PROCS), "").unwrap();
         assert_eq!(cg.read_u64("memory.peak").unwrap(), 4096);
         assert!(!cg.populated().unwrap());
+        assert_eq!(cg.count_procs(), 0);
         // A fixture directory holds regular files, which rmdir refuses: on cgroupfs
         // the interface files vanish with the directory.
-        assert!(cg.destroy(Duration::from_millis(10)).is_err());
+        assert!(cg.remove_empty().is_err());
         let missing = Cgroup::new(dir.path().join("gone"));
-        assert_eq!(missing.destroy(Duration::ZERO).unwrap(), 0);
+        assert!(missing.remove_empty().unwrap());
     }
 }

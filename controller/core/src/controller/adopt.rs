@@ -1,0 +1,201 @@
+//! A starting agentcgd takes over what the last one left (docs/ARCHITECTURE.md#restart):
+//! in this order, it re-adopts every call that has a state file and a cgroup (limits
+//! stay in the kernel; start time, deadline and marks come from the state file; the
+//! kernel hooks re-learn the cgroup when they are added), records the calls that ended
+//! while no daemon ran, and only then removes what no state knows (orphans).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::lifecycle::ABANDONED;
+use super::state::RunningState;
+use super::{CallMemory, ControlError, Controller, RunningCall, unix_ms};
+use crate::cgroup::layout::{Layout, SESSION_PREFIX, parse_call_dir};
+use crate::cgroup::{Cgroup, memory};
+use crate::policy::BudgetAction;
+use crate::record::{Accounting, CallRecord, Outcome};
+
+/// Controllers agentcg enables in its subtree.
+pub const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+
+/// What the start found and did, for the daemon's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdoptReport {
+    /// Running calls taken over (their tools go on).
+    pub adopted: Vec<u64>,
+    /// Of those, calls whose tool was already gone: they end when their client reports
+    /// (or are abandoned).
+    pub already_exited: Vec<u64>,
+    /// Calls whose cgroup was gone: recorded as abandoned.
+    pub lost: Vec<u64>,
+    /// Call cgroups no state knew: killed and removed.
+    pub orphans: Vec<String>,
+    /// State files that could not be read (removed).
+    pub bad_state_files: Vec<String>,
+}
+
+/// The largest call id in the state files and the cgroup tree.
+pub(super) fn largest_id(layout: &Layout, states: &BTreeMap<u64, RunningState>) -> u64 {
+    let in_tree = sessions_in_tree(layout)
+        .iter()
+        .flat_map(|name| layout.calls(name).children())
+        .filter_map(|cg| call_id_of(&cg))
+        .max()
+        .unwrap_or(0);
+    states.keys().copied().max().unwrap_or(0).max(in_tree)
+}
+
+fn sessions_in_tree(layout: &Layout) -> Vec<String> {
+    layout
+        .root()
+        .children()
+        .iter()
+        .filter_map(|c| {
+            c.path()
+                .file_name()?
+                .to_str()?
+                .strip_prefix(SESSION_PREFIX)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+fn call_id_of(cg: &Cgroup) -> Option<u64> {
+    cg.path().file_name()?.to_str().and_then(parse_call_dir)
+}
+
+impl Controller {
+    pub(super) fn adopt(
+        &mut self,
+        states: BTreeMap<u64, RunningState>,
+    ) -> Result<AdoptReport, ControlError> {
+        let mut report = AdoptReport::default();
+        for (id, st) in states {
+            if self.history.get(id).is_some() {
+                // Recorded, but the daemon died before removing the state file.
+                self.store.remove(id);
+                continue;
+            }
+            let cg = self.layout.call(&st.session, id);
+            let known = self.sessions.contains_key(&st.session);
+            match cg.id() {
+                Ok(cgroup_id) if known => {
+                    let call = self.readopt(st, cg, cgroup_id);
+                    if call.adopted_tool.is_none() {
+                        report.already_exited.push(id);
+                    }
+                    self.running.insert(id, call);
+                    report.adopted.push(id);
+                }
+                _ => {
+                    self.record_lost(st);
+                    report.lost.push(id);
+                }
+            }
+        }
+        for name in sessions_in_tree(&self.layout) {
+            let session = self.layout.session(&name);
+            if !self.sessions.contains_key(&name) {
+                if !session.populated().unwrap_or(true) {
+                    self.reaper.reap(session);
+                }
+                continue;
+            }
+            for cg in self.layout.calls(&name).children() {
+                if call_id_of(&cg).is_some_and(|id| self.running.contains_key(&id)) {
+                    continue;
+                }
+                // Declared but never granted (no state file), or unknown: nothing of it
+                // may run unaccounted.
+                let _ = cg.kill();
+                report.orphans.push(cg.path().display().to_string());
+                self.reaper.reap(cg);
+            }
+        }
+        self.sessions
+            .retain(|name, _| self.layout.session(name).exists());
+        self.save_sessions()?;
+        Ok(report)
+    }
+
+    /// A call from its state file and its cgroup. The memory response starts afresh: a
+    /// call it had frozen or throttled is thawed and gets its granted memory.high back
+    /// (the response acts again if pressure persists); a CPU-budget freeze stays.
+    fn readopt(&self, st: RunningState, cg: Cgroup, cgroup_id: u64) -> RunningCall {
+        let age = Duration::from_millis(unix_ms().saturating_sub(st.started_unix_ms));
+        let now = Instant::now();
+        let keep_frozen =
+            st.budget_exceeded && self.policy.cpu.on_budget_exceeded == BudgetAction::Freeze;
+        if !keep_frozen {
+            let _ = cg.freeze(false);
+        }
+        if !st.pressure_killed {
+            let _ = memory::set_high(&cg, st.limits.memory_high);
+        }
+        let tool = find_tool(&cg);
+        RunningCall {
+            client_token: st.client_token,
+            session: st.session,
+            command: st.command,
+            intent: st.intent,
+            ceiling_before: Default::default(),
+            started: now.checked_sub(age).unwrap_or(now),
+            started_unix_ms: st.started_unix_ms,
+            timed_out: st.timed_out,
+            budget_exceeded: st.budget_exceeded,
+            empty_since: None,
+            tool_exit_swept: false,
+            memory: CallMemory {
+                high: st.limits.memory_high,
+                killed: st.pressure_killed,
+                actions: st.memory_actions,
+                ..CallMemory::default()
+            },
+            adopted_tool: tool,
+            suggestion: st.suggestion,
+            clamps: st.clamps,
+            limits: st.limits,
+            cgroup: cg,
+            cgroup_id,
+        }
+    }
+
+    /// A call whose cgroup vanished while no daemon ran (the host rebooted, or someone
+    /// removed it): recorded as abandoned, with nothing measured.
+    fn record_lost(&mut self, st: RunningState) {
+        let rec = CallRecord {
+            call_id: st.call_id,
+            session: st.session,
+            command: st.command,
+            intent: st.intent,
+            limits: st.limits,
+            clamps: st.clamps,
+            cgroup: String::new(),
+            started_unix_ms: st.started_unix_ms,
+            duration_ms: unix_ms().saturating_sub(st.started_unix_ms),
+            exit: ABANDONED,
+            outcome: Outcome::Abandoned,
+            accounting: Accounting::default(),
+            leftover_killed: 0,
+            processes: None,
+            feedback: None,
+            memory_actions: st.memory_actions,
+        };
+        self.history.remember(rec.clone());
+        self.writer.submit(&rec, Some(self.store.path(rec.call_id)));
+    }
+}
+
+/// The tool of a call, if it still runs: the oldest process in the cgroup whose parent
+/// is outside it (the agentcg client that spawned it, or init once the client is gone).
+fn find_tool(cg: &Cgroup) -> Option<u32> {
+    let pids = cg.procs().ok()?;
+    pids.iter()
+        .filter_map(|&pid| {
+            let stat = procfs::process::Process::new(pid as i32).ok()?.stat().ok()?;
+            let parent_inside = pids.contains(&(stat.ppid as u32));
+            (!parent_inside).then_some((stat.starttime, pid))
+        })
+        .min()
+        .map(|(_, pid)| pid)
+}

@@ -1,0 +1,245 @@
+//! Declaring a call (intent, admission, its cgroup with every limit, its state file,
+//! the kernel hooks, then the grant) and what happens to it while it runs: timeouts,
+//! CPU budgets.
+
+use std::time::Instant;
+
+use super::{
+    CallGrant, CallMemory, CallRequest, CgroupRole, ControlError, Controller, DEFAULT_SESSION,
+    RunningCall, unix_ms,
+};
+use crate::cgroup::{Cgroup, CgroupError, cpu, memory, pids};
+use crate::intent::Intent;
+use crate::plan::{self, CallLimits, SessionRequest};
+use crate::policy::BudgetAction;
+
+/// Longest client token accepted.
+const MAX_TOKEN: usize = 64;
+
+impl Controller {
+    /// Declares a call: validates the intent, admits it into its session, and creates
+    /// its cgroup with every limit written before anything runs in it. The call's id
+    /// is reserved durably and its state is on disk before the grant goes out.
+    pub fn declare_call(&mut self, req: &CallRequest) -> Result<CallGrant, ControlError> {
+        if req.command.is_empty() || req.command.iter().any(|a| a.contains('\0')) {
+            return Err(ControlError::BadRequest {
+                what: "command".into(),
+                reason: "must be a non-empty list of arguments without NUL bytes".into(),
+            });
+        }
+        if let Some(t) = &req.client_token {
+            check_token(t)?;
+            if let Some(grant) = self.grant_for_token(t) {
+                return Ok(grant);
+            }
+        }
+        let intent = match &req.intent {
+            None | Some(serde_json::Value::Null) => Intent::default(),
+            Some(serde_json::Value::String(s)) => Intent::parse_any(s)?,
+            Some(v @ serde_json::Value::Object(_)) => Intent::parse_json(&v.to_string())?,
+            Some(other) => {
+                return Err(ControlError::BadRequest {
+                    what: "intent".into(),
+                    reason: format!("expected a string or an object, got {other}"),
+                });
+            }
+        };
+        let name = req
+            .session
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SESSION.to_string());
+        plan::check_session_name(&name)?;
+        if !self.sessions.contains_key(&name) {
+            if name != DEFAULT_SESSION {
+                return Err(ControlError::NoSession(name));
+            }
+            self.create_session(&SessionRequest {
+                name: name.clone(),
+                ..SessionRequest::default()
+            })?;
+        }
+        let plan = &self.sessions[&name].plan;
+        let admitted = plan::admit(
+            &self.policy,
+            plan,
+            self.session_load(&name),
+            &intent,
+            &crate::policy::command_text(&req.command),
+        )?;
+        // Taken before anything can fail: a failed declaration never leaves an id (or
+        // a cgroup name) that a later one would trip over.
+        let id = self.ids.next()?;
+        let cg = self.layout.call(&name, id);
+        cg.create(false)?;
+        let cgroup_id = match apply_call_limits(&cg, &admitted.limits).and_then(|()| cg.id()) {
+            Ok(cgid) => cgid,
+            Err(e) => {
+                self.reaper.reap(cg);
+                return Err(e.into());
+            }
+        };
+        let ceiling_before =
+            memory::events(&self.layout.calls(&name), memory::EVENTS_LOCAL).unwrap_or_default();
+        let granted_high = admitted.limits.memory_high;
+        let call = RunningCall {
+            client_token: req.client_token.clone(),
+            session: name,
+            command: req.command.clone(),
+            intent,
+            limits: admitted.limits,
+            clamps: admitted.clamps,
+            suggestion: admitted.suggestion,
+            cgroup: cg,
+            cgroup_id,
+            started: Instant::now(),
+            started_unix_ms: unix_ms(),
+            ceiling_before,
+            timed_out: false,
+            budget_exceeded: false,
+            empty_since: None,
+            tool_exit_swept: false,
+            memory: CallMemory {
+                high: granted_high,
+                ..CallMemory::default()
+            },
+            adopted_tool: None,
+        };
+        if let Err(e) = self.store.save(&call.state(id)) {
+            self.reaper.reap(call.cgroup);
+            return Err(e.into());
+        }
+        self.hooks_created(cgroup_id, CgroupRole::Call(&call.limits));
+        self.running.insert(id, call);
+        Ok(self.grant_of(id).expect("inserted above"))
+    }
+
+    /// The grant of a running call (what its declaration answered).
+    fn grant_of(&self, id: u64) -> Option<CallGrant> {
+        let call = self.running.get(&id)?;
+        Some(CallGrant {
+            call_id: id,
+            session: call.session.clone(),
+            cgroup: call.cgroup.path().display().to_string(),
+            cgroup_id: call.cgroup_id,
+            limits: call.limits.clone(),
+            clamps: call.clamps.clone(),
+            end_watched: self.hooks.iter().any(|h| h.sees_tool_exit(call.cgroup_id)),
+        })
+    }
+
+    fn grant_for_token(&self, token: &str) -> Option<CallGrant> {
+        let (id, _) = self
+            .running
+            .iter()
+            .find(|(_, c)| c.client_token.as_deref() == Some(token))?;
+        self.grant_of(*id)
+    }
+
+    /// Rewrites a running call's state file after a mark changed (timeout, budget,
+    /// pressure kill), so a restarted daemon keeps it. Best effort: the mark is in
+    /// memory either way.
+    pub(super) fn save_running(&self, id: u64) -> Result<(), ControlError> {
+        match self.running.get(&id) {
+            Some(call) => Ok(self.store.save(&call.state(id))?),
+            None => Ok(()),
+        }
+    }
+
+    /// The timeout of a running call expired: kill its cgroup; its end (the tool's
+    /// exit) is recorded as `timeout`. Returns false if the call already ended.
+    pub fn expire_call(&mut self, id: u64) -> Result<bool, ControlError> {
+        let Some(call) = self.running.get_mut(&id) else {
+            return Ok(false);
+        };
+        call.timed_out = true;
+        let killed = call.cgroup.kill();
+        let saved = self.save_running(id);
+        killed?;
+        saved?;
+        Ok(true)
+    }
+
+    /// The running call whose cgroup has this id.
+    pub fn call_by_cgroup(&self, cgroup_id: u64) -> Option<u64> {
+        self.running
+            .iter()
+            .find(|(_, c)| c.cgroup_id == cgroup_id)
+            .map(|(id, _)| *id)
+    }
+
+    /// The scheduler reported that a call used up its CPU budget: apply `action`. The
+    /// call's record will say `cpu_budget_exceeded` if it ends by a signal.
+    pub fn cpu_budget_exceeded(
+        &mut self,
+        id: u64,
+        action: BudgetAction,
+    ) -> Result<bool, ControlError> {
+        let Some(call) = self.running.get_mut(&id) else {
+            return Ok(false);
+        };
+        call.budget_exceeded = true;
+        match action {
+            BudgetAction::Throttle => {}
+            BudgetAction::Freeze => call.cgroup.freeze(true)?,
+            BudgetAction::Kill => call.cgroup.kill()?,
+        }
+        self.save_running(id)?;
+        Ok(true)
+    }
+
+    /// When a running call's timeout expires, if it is still running.
+    pub fn call_deadline(&self, id: u64) -> Option<Instant> {
+        self.running
+            .get(&id)
+            .map(|c| c.started + c.limits.timeout())
+    }
+
+    /// The earliest deadline among the running calls that have not timed out yet: the
+    /// daemon's one timer sleeps until then (no timer outlives its call).
+    pub fn next_deadline(&self) -> Option<(Instant, u64)> {
+        self.running
+            .iter()
+            .filter(|(_, c)| !c.timed_out)
+            .map(|(id, c)| (c.started + c.limits.timeout(), *id))
+            .min()
+    }
+}
+
+/// A client token: 1..=64 of `[A-Za-z0-9_.-]`.
+fn check_token(t: &str) -> Result<(), ControlError> {
+    let ok = !t.is_empty()
+        && t.len() <= MAX_TOKEN
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::BadRequest {
+            what: "client_token".into(),
+            reason: format!(
+                "must be 1 to {MAX_TOKEN} characters of A-Z a-z 0-9 _ . - (got {} characters)",
+                t.chars().count()
+            ),
+        })
+    }
+}
+
+/// Writes a call's limits into its fresh cgroup.
+/// A new cgroup starts with `memory.high` = max, `cpu.weight` = 100 and `cpu.max` = max
+/// (cgroup-v2.rst); writes that would set those defaults are skipped, as every write is
+/// on the per-call path. No swap is inherited: the session's `memory.swap.max` is 0 and
+/// limits are hierarchical, so the call's own file is not written.
+fn apply_call_limits(cg: &Cgroup, l: &CallLimits) -> Result<(), CgroupError> {
+    memory::set_oom_group(cg)?;
+    memory::set_max(cg, Some(l.memory_max))?;
+    if l.memory_high.is_some() {
+        memory::set_high(cg, l.memory_high)?;
+    }
+    if l.cpu_weight != cpu::DEFAULT_WEIGHT {
+        cpu::set_weight(cg, l.cpu_weight)?;
+    }
+    if l.millicpus.is_some() {
+        cpu::set_max(cg, l.millicpus)?;
+    }
+    pids::set_max(cg, l.pids_max)?;
+    Ok(())
+}

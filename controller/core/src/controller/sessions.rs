@@ -1,0 +1,206 @@
+//! Sessions: an agent's budget, its runtime leaf and the ceiling its calls share;
+//! created, shown, attached to and closed here, and kept in `sessions.json`.
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    CgroupRole, ControlError, Controller, RunningCall, SESSIONS_FILE, SessionInfo, SessionState,
+    adopt::CONTROLLERS, state,
+};
+use crate::cgroup::{cpu, memory, pids};
+use crate::plan::{self, SessionLoad, SessionPlan, SessionRequest};
+use crate::record::{CallRecord, ExitInfo};
+
+impl Controller {
+    fn sessions_path(&self) -> PathBuf {
+        self.state_dir.join(SESSIONS_FILE)
+    }
+
+    pub(super) fn load_sessions(&mut self) -> Result<(), ControlError> {
+        let path = self.sessions_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(ControlError::State {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        self.sessions = serde_json::from_str(&text).map_err(|e| ControlError::State {
+            path: path.clone(),
+            reason: format!("{e} (move the file away to start with no sessions)"),
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn save_sessions(&self) -> Result<(), ControlError> {
+        let text = serde_json::to_string_pretty(&self.sessions).unwrap_or_default();
+        Ok(state::write_atomic(&self.sessions_path(), &text, true)?)
+    }
+
+    /// Creates a session and its cgroups.
+    pub fn create_session(&mut self, req: &SessionRequest) -> Result<SessionInfo, ControlError> {
+        let plan = plan::plan_session(&self.policy, req)?;
+        if self.sessions.contains_key(&plan.name) {
+            return Err(ControlError::SessionExists(plan.name));
+        }
+        let session = self.layout.session(&plan.name);
+        session.create(false)?;
+        if let Err(e) = self.apply_session(&plan) {
+            self.reaper.reap(session);
+            return Err(e);
+        }
+        let name = plan.name.clone();
+        let ids = [
+            self.layout.session(&name).id()?,
+            self.layout.runtime(&name).id()?,
+            self.layout.calls(&name).id()?,
+        ];
+        self.hooks_created(ids[0], CgroupRole::Session(&plan));
+        self.hooks_created(ids[1], CgroupRole::Runtime(&plan));
+        self.hooks_created(ids[2], CgroupRole::Calls(&plan));
+        self.sessions.insert(
+            name.clone(),
+            SessionState {
+                plan,
+                calls_finished: 0,
+            },
+        );
+        self.save_sessions()?;
+        if let Some(pid) = req.runtime_pid {
+            self.attach_runtime(&name, pid)?;
+        }
+        self.session_info(&name)
+    }
+
+    fn apply_session(&self, plan: &SessionPlan) -> Result<(), ControlError> {
+        let session = self.layout.session(&plan.name);
+        memory::set_max(&session, Some(plan.memory_max))?;
+        memory::set_low(&session, plan.memory_low)?;
+        memory::disable_swap(&session)?;
+        cpu::set_weight(&session, plan.cpu_weight)?;
+        cpu::set_max(&session, plan.millicpus)?;
+        pids::set_max(&session, plan.pids_max)?;
+        session.enable_controllers(&CONTROLLERS)?;
+        let runtime = self.layout.runtime(&plan.name);
+        runtime.create(false)?;
+        if plan.runtime_hard_protect {
+            memory::set_min(&runtime, plan.runtime_reserve)?;
+        } else {
+            memory::set_low(&runtime, plan.runtime_reserve)?;
+        }
+        let calls = self.layout.calls(&plan.name);
+        calls.create(false)?;
+        memory::set_max(&calls, Some(plan.calls_memory_max))?;
+        calls.enable_controllers(&CONTROLLERS)?;
+        Ok(())
+    }
+
+    /// Moves the agent runtime process into the session's runtime leaf.
+    pub fn attach_runtime(&mut self, name: &str, pid: u32) -> Result<(), ControlError> {
+        if !self.sessions.contains_key(name) {
+            return Err(ControlError::NoSession(name.to_string()));
+        }
+        if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(ControlError::BadRequest {
+                what: format!("runtime pid {pid}"),
+                reason: "no such process".into(),
+            });
+        }
+        self.layout.runtime(name).attach(pid)?;
+        Ok(())
+    }
+
+    pub fn session_info(&self, name: &str) -> Result<SessionInfo, ControlError> {
+        let s = self
+            .sessions
+            .get(name)
+            .ok_or_else(|| ControlError::NoSession(name.to_string()))?;
+        let cg = self.layout.session(name);
+        Ok(SessionInfo {
+            plan: s.plan.clone(),
+            cgroup: cg.path().display().to_string(),
+            running_calls: self
+                .running
+                .iter()
+                .filter(|(_, c)| c.session == name)
+                .map(|(id, _)| *id)
+                .collect(),
+            runtime_pids: self.layout.runtime(name).procs().unwrap_or_default(),
+            memory_current: cg.read_u64(memory::CURRENT).ok(),
+            calls_finished: s.calls_finished,
+        })
+    }
+
+    pub fn list_sessions(&self) -> Vec<SessionInfo> {
+        self.sessions
+            .keys()
+            .filter_map(|n| self.session_info(n).ok())
+            .collect()
+    }
+
+    /// Closes a session: ends its running calls (recorded as killed) and hands its
+    /// cgroups to the reaper. Refuses while the runtime has processes, unless `force`.
+    pub fn close_session(
+        &mut self,
+        name: &str,
+        force: bool,
+    ) -> Result<Vec<CallRecord>, ControlError> {
+        if !self.sessions.contains_key(name) {
+            return Err(ControlError::NoSession(name.to_string()));
+        }
+        let runtime = self.layout.runtime(name).procs().unwrap_or_default();
+        if !runtime.is_empty() && !force {
+            return Err(ControlError::RuntimeAlive {
+                name: name.to_string(),
+                count: runtime.len(),
+            });
+        }
+        let ids: Vec<u64> = self
+            .running
+            .iter()
+            .filter(|(_, c)| c.session == name)
+            .map(|(i, _)| *i)
+            .collect();
+        let killed = ExitInfo {
+            code: None,
+            signal: Some(libc::SIGKILL),
+        };
+        let records = ids
+            .into_iter()
+            .filter_map(|id| self.end_call(id, killed).ok())
+            .collect();
+        let session = self.layout.session(name);
+        for cg in [
+            self.layout.calls(name),
+            self.layout.runtime(name),
+            session.clone(),
+        ] {
+            if let Ok(id) = cg.id() {
+                self.hooks_removing(id);
+            }
+        }
+        session.kill()?;
+        self.reaper.reap(session);
+        self.sessions.remove(name);
+        self.save_sessions()?;
+        Ok(records)
+    }
+
+    /// What runs in session `name`, for admission. A call whose tool has exited counts no
+    /// more, even before agentcgd has ended it: its client may already be declaring the
+    /// next call.
+    pub(super) fn session_load(&self, name: &str) -> SessionLoad {
+        let mine: Vec<&RunningCall> = self
+            .running
+            .values()
+            .filter(|c| c.session == name && self.hooks_tool_exit(c.cgroup_id).is_none())
+            .collect();
+        SessionLoad {
+            expected_mem: mine.iter().map(|c| c.limits.memory_expected).sum(),
+            running: mine.len(),
+        }
+    }
+}
