@@ -197,7 +197,23 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
-        let _ = agentcg_core::cgroup::Cgroup::new(&self.root).destroy(Duration::from_secs(5));
+        remove_cgroup_tree(&self.root, Duration::from_secs(5));
+    }
+}
+
+/// Kills everything under `dir` and removes the cgroups, waiting up to `wait`.
+pub fn remove_cgroup_tree(dir: &Path, wait: Duration) {
+    let cg = agentcg_core::cgroup::Cgroup::new(dir);
+    if !cg.exists() {
+        return;
+    }
+    let _ = cg.kill();
+    let start = Instant::now();
+    while start.elapsed() < wait {
+        if !cg.populated().unwrap_or(false) && cg.remove_empty().unwrap_or(false) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

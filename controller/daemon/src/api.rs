@@ -2,6 +2,7 @@
 //! the controller on a blocking thread, and map errors to `{"error": {code, message}}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -13,25 +14,43 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use agentcg_core::controller::{CallRequest, ControlError, Controller};
+use agentcg_core::history::Durability;
 use agentcg_core::plan::SessionRequest;
 use agentcg_core::record::ExitInfo;
 
 use crate::status::Status;
-use crate::supervisor::{self, Shared};
+use crate::supervisor::{self, Shared, Wakers};
+
+/// How long a finish report waits for its record to be on disk.
+const DURABLE_WAIT: Duration = Duration::from_secs(10);
+/// How long a query about a call whose tool has exited waits for agentcgd to end it.
+const SETTLE_WAIT: Duration = Duration::from_millis(500);
 
 /// Shared by every handler.
 #[derive(Clone, Debug)]
 pub struct AppState {
     controller: Shared,
     status: Arc<Status>,
+    wakers: Arc<Wakers>,
 }
 
 impl AppState {
-    pub fn new(controller: Shared, status: Status) -> AppState {
+    pub fn new(controller: Shared, status: Status, wakers: Arc<Wakers>) -> AppState {
         AppState {
             controller,
             status: Arc::new(status),
+            wakers,
         }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Controller>, ApiError> {
+        self.controller.lock().map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "controller lock poisoned",
+            )
+        })
     }
 }
 
@@ -115,13 +134,7 @@ async fn with_controller<T>(
     state: &AppState,
     f: impl FnOnce(&mut Controller) -> Result<T, ControlError>,
 ) -> Result<T, ApiError> {
-    let mut guard = state.controller.lock().map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "controller lock poisoned",
-        )
-    })?;
+    let mut guard = state.lock()?;
     f(&mut guard).map_err(ApiError::from)
 }
 
@@ -132,9 +145,14 @@ fn to_json<T: serde::Serialize>(v: T) -> ApiResult {
 }
 
 async fn status(State(state): State<AppState>) -> ApiResult {
-    let running = with_controller(&state, |c| Ok(c.running_count())).await?;
+    let (running, history, reaper) = with_controller(&state, |c| {
+        Ok((c.running_count(), c.writer_status(), c.reaper_status()))
+    })
+    .await?;
     let mut v = serde_json::to_value(&*state.status).unwrap_or_default();
     v["running_calls"] = json!(running);
+    v["history"] = json!(history);
+    v["reaper"] = json!(reaper);
     let sched = state
         .status
         .sched
@@ -177,36 +195,34 @@ async fn create_session(
     to_json(with_controller(&state, move |c| c.create_session(&req)).await?)
 }
 
-/// Before answering about calls: ends those whose tool has exited (see
-/// [`Controller::settle_ended`]), so a query right after a client returned sees its call.
-fn settle(state: &AppState, c: &mut Controller) {
-    let ended = c.settle_ended();
-    for e in ended.iter().filter_map(|r| r.as_ref().err()) {
-        tracing::warn!("ending a call whose tool exited: {e}");
-    }
-    if !ended.is_empty() {
-        supervisor::reap_soon(state.controller.clone());
-    }
+/// Queries never end calls (only the four triggers of docs/ARCHITECTURE.md#who-ends-a-call
+/// do): a query about a call whose tool the kernel saw exit waits, briefly, for
+/// agentcgd's own end of it, so what a client sees right after its tool returned
+/// includes its call.
+async fn settled(state: &AppState, ids: impl Fn(&Controller) -> Vec<u64>) {
+    supervisor::wait_for(&state.wakers.ended, SETTLE_WAIT, || {
+        state
+            .controller
+            .lock()
+            .map(|c| !ids(&c).iter().any(|&id| c.tool_has_exited(id)))
+            .unwrap_or(true)
+    })
+    .await;
+}
+
+/// The running calls, for [`settled`].
+fn running_ids(c: &Controller) -> Vec<u64> {
+    c.running_ids()
 }
 
 async fn list_sessions(State(state): State<AppState>) -> ApiResult {
-    to_json(
-        with_controller(&state, |c| {
-            settle(&state, c);
-            Ok(c.list_sessions())
-        })
-        .await?,
-    )
+    settled(&state, running_ids).await;
+    to_json(with_controller(&state, |c| Ok(c.list_sessions())).await?)
 }
 
 async fn show_session(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    to_json(
-        with_controller(&state, |c| {
-            settle(&state, c);
-            c.session_info(&name)
-        })
-        .await?,
-    )
+    settled(&state, running_ids).await;
+    to_json(with_controller(&state, |c| c.session_info(&name)).await?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +238,7 @@ async fn close_session(
     Query(q): Query<CloseQuery>,
 ) -> ApiResult {
     let records = with_controller(&state, move |c| c.close_session(&name, q.force)).await?;
+    state.wakers.ended.notify_waiters();
     to_json(json!({"closed": true, "killed_calls": records}))
 }
 
@@ -247,7 +264,7 @@ async fn declare_call(
 ) -> ApiResult {
     let Json(req) = body?;
     let grant = with_controller(&state, move |c| c.declare_call(&req)).await?;
-    supervisor::arm_timeout(state.controller.clone(), grant.call_id);
+    state.wakers.declared.notify_one();
     to_json(grant)
 }
 
@@ -265,20 +282,37 @@ async fn finish_call(
     let Json(req) = body?;
     // Idempotent: a call that already ended (its tool's exit seen by the kernel
     // telemetry, its session closed) answers with its record.
-    let record = with_controller(&state, move |c| match c.finish_call(id, req.exit) {
-        Err(ControlError::NoCall(_)) => c.record(id).cloned().ok_or(ControlError::NoCall(id)),
-        other => other,
+    let record = with_controller(&state, move |c| c.finish_call(id, req.exit)).await?;
+    state.wakers.ended.notify_waiters();
+    // The reply waits (without holding anything) for the record to be on disk.
+    let durable = || {
+        state
+            .controller
+            .lock()
+            .map(|c| c.durability(id))
+            .unwrap_or(Durability::Pending)
+    };
+    supervisor::wait_for(&state.wakers.ended, DURABLE_WAIT, || {
+        durable() != Durability::Pending
     })
-    .await?;
-    // Runs once this reply is written (one-threaded runtime): the rmdir of the call's
-    // cgroup is not on the client's path.
-    supervisor::reap_soon(state.controller.clone());
-    to_json(record)
+    .await;
+    let mut v = serde_json::to_value(record)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    match durable() {
+        Durability::Durable => {}
+        Durability::Pending => {
+            v["warning"] = json!("the record is not on disk yet (agentcgd's history writer is slow)")
+        }
+        Durability::Failed(e) => {
+            v["warning"] = json!(format!("the record could not be written to disk ({e}); agentcgd keeps it and retries"))
+        }
+    }
+    Ok(Json(v))
 }
 
 async fn show_call(State(state): State<AppState>, Path(id): Path<u64>) -> ApiResult {
+    settled(&state, |_| vec![id]).await;
     let found = with_controller(&state, |c| {
-        settle(&state, c);
         if c.is_running(id) {
             return Ok(json!({"call_id": id, "running": true}));
         }
@@ -304,8 +338,8 @@ fn default_limit() -> usize {
 
 async fn list_calls(State(state): State<AppState>, Query(q): Query<ListCalls>) -> ApiResult {
     let limit = q.limit.min(10_000);
+    settled(&state, running_ids).await;
     let records = with_controller(&state, |c| {
-        settle(&state, c);
         Ok(c.recent_records(q.session.as_deref(), limit)
             .into_iter()
             .cloned()

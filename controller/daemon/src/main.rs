@@ -13,7 +13,7 @@ mod telemetry;
 
 use std::sync::{Arc, Mutex};
 
-use agentcg_core::controller::Controller;
+use agentcg_core::controller::{AdoptReport, Controller, StartOptions};
 use agentcg_core::policy::Policy;
 use clap::Parser;
 
@@ -43,8 +43,26 @@ async fn run(args: args::Args) -> Result<(), String> {
         Some(path) => Policy::load(path).map_err(|e| e.to_string())?,
         None => Policy::default_policy(),
     };
-    let mut controller = Controller::start(policy, &args.root, &args.state_dir)
-        .map_err(|e| format!("cannot take over {}: {e}", args.root.display()))?;
+    let wakers = Arc::new(supervisor::Wakers::default());
+    let on_written = {
+        let wakers = wakers.clone();
+        Arc::new(move |call_id: u64, result: Result<(), String>| {
+            if let Err(e) = result {
+                tracing::error!(call_id, "record not written (kept, retried): {e}");
+            }
+            wakers.ended.notify_waiters();
+        })
+    };
+    let (mut controller, adopted) = Controller::start(
+        policy,
+        StartOptions {
+            root: &args.root,
+            state_dir: &args.state_dir,
+            on_written,
+        },
+    )
+    .map_err(|e| format!("cannot take over {}: {e}", args.root.display()))?;
+    log_adoption(&adopted);
     let cpu_policy = controller.policy().cpu;
     let telemetry = match telemetry::load() {
         Ok((hooks, loaded)) => {
@@ -78,7 +96,7 @@ async fn run(args: args::Args) -> Result<(), String> {
         }
     };
     let shared = Arc::new(Mutex::new(controller));
-    let telemetry = telemetry.map(|loaded| telemetry::start(loaded, shared.clone()));
+    let telemetry = telemetry.map(|loaded| telemetry::start(loaded, shared.clone(), wakers.clone()));
     let memory_status = memory::SharedMemoryStatus::default();
     let memory_hooks = memory::start(
         shared.clone(),
@@ -104,8 +122,9 @@ async fn run(args: args::Args) -> Result<(), String> {
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
-    let state = api::AppState::new(shared.clone(), status);
-    tokio::spawn(supervisor::sweep_loop(shared.clone()));
+    let state = api::AppState::new(shared.clone(), status, wakers.clone());
+    tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
+    tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
     let server = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(supervisor::shutdown_signal());
     let result = server
@@ -114,4 +133,20 @@ async fn run(args: args::Args) -> Result<(), String> {
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!("agentcgd stopped");
     result
+}
+
+/// Says what the start took over from a previous run.
+fn log_adoption(r: &AdoptReport) {
+    if !r.adopted.is_empty() {
+        tracing::info!(calls = ?r.adopted, tool_gone = ?r.already_exited, "re-adopted running calls");
+    }
+    if !r.lost.is_empty() {
+        tracing::warn!(calls = ?r.lost, "calls whose cgroup was gone at start: recorded as abandoned");
+    }
+    if !r.orphans.is_empty() {
+        tracing::warn!(cgroups = ?r.orphans, "orphan call cgroups (no state): killed and removed");
+    }
+    for bad in &r.bad_state_files {
+        tracing::warn!("dropped an unreadable running-call state file: {bad}");
+    }
 }

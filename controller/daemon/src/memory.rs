@@ -16,7 +16,8 @@ use agentcg_core::cgroup::psi;
 use agentcg_core::controller::{CgroupRole, KernelHooks, StepReport};
 use agentcg_core::intent::Priority;
 use agentcg_core::policy::MemoryPolicy;
-use agentcg_core::pressure::{self, Decision, Reading, State};
+use agentcg_core::controller::ReclaimJob;
+use agentcg_core::pressure::{self, Decision, Reading, State, Step};
 use agentcg_core::record::ProcessCounts;
 use agentcg_core::units::HumanSize;
 use serde::Serialize;
@@ -25,6 +26,14 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use crate::supervisor::Shared;
+
+/// What an evaluation does after deciding.
+enum Act {
+    /// The step was taken (or none was needed).
+    Done(Option<StepReport>),
+    /// Reclaim, without the controller locked.
+    Reclaim(Vec<ReclaimJob>),
+}
 
 /// Steps kept for `agentcg status`.
 const KEEP_STEPS: usize = 64;
@@ -204,7 +213,7 @@ impl Response {
                 },
                 () = sleep => {}
             }
-            self.evaluate();
+            self.evaluate().await;
             recheck = pressure::recheck_at(&self.policy, &self.state, Instant::now());
         }
     }
@@ -302,36 +311,57 @@ impl Response {
     }
 
     /// Reads the root, decides, applies.
-    fn evaluate(&mut self) {
-        let Ok(mut c) = self.shared.lock() else {
-            return;
+    async fn evaluate(&mut self) {
+        let (act, reading) = {
+            let Ok(mut c) = self.shared.lock() else {
+                return;
+            };
+            let (usage, limit) = c.memory_reading();
+            if self.state.step.is_none() && c.memory_victims().is_empty() {
+                // Nobody to give memory back to anyone: the kernel's limits decide.
+                self.psi_pending = false;
+                self.at_max_pending = false;
+                return;
+            }
+            let reading = Reading {
+                usage,
+                limit,
+                psi: std::mem::take(&mut self.psi_pending),
+                at_max: std::mem::take(&mut self.at_max_pending),
+            };
+            let (decision, state) =
+                pressure::decide(&self.policy, self.state, &reading, Instant::now());
+            self.state = state;
+            let act = match decision {
+                Decision::Hold => Act::Done(None),
+                Decision::Escalate(Step::Reclaim) => Act::Reclaim(c.reclaim_jobs()),
+                Decision::Escalate(step) => {
+                    Act::Done(Some(c.memory_step(step, &reason(&reading))))
+                }
+                Decision::Relent => Act::Done(Some(c.memory_relent(&format!(
+                    "pressure subsided: agentcg root at {} of {}",
+                    HumanSize(usage),
+                    HumanSize(limit)
+                )))),
+            };
+            (act, reading)
         };
-        let (usage, limit) = c.memory_reading();
-        if self.state.step.is_none() && c.memory_victims().is_empty() {
-            // Nobody to give memory back to anyone: the kernel's limits decide.
-            self.psi_pending = false;
-            self.at_max_pending = false;
-            return;
-        }
-        let reading = Reading {
-            usage,
-            limit,
-            psi: std::mem::take(&mut self.psi_pending),
-            at_max: std::mem::take(&mut self.at_max_pending),
+        let report = match act {
+            Act::Done(report) => report,
+            Act::Reclaim(jobs) => {
+                // memory.reclaim blocks while the kernel reclaims: it runs on a blocking
+                // thread, with the controller free for requests and other signals.
+                let done = tokio::task::spawn_blocking(move || {
+                    jobs.into_iter().map(ReclaimJob::run).collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                let Ok(mut c) = self.shared.lock() else {
+                    return;
+                };
+                Some(c.note_reclaims(done, &reason(&reading)))
+            }
         };
-        let (decision, state) =
-            pressure::decide(&self.policy, self.state, &reading, Instant::now());
-        self.state = state;
-        let report = match decision {
-            Decision::Hold => None,
-            Decision::Escalate(step) => Some(c.memory_step(step, &reason(&reading))),
-            Decision::Relent => Some(c.memory_relent(&format!(
-                "pressure subsided: agentcg root at {} of {}",
-                HumanSize(usage),
-                HumanSize(limit)
-            ))),
-        };
-        drop(c);
         if let (Some(bpf), Some(report)) = (&self.bpf, &report) {
             // The scheduler deprioritizes the victims while a step is in force.
             let on = report.step != "relent";
@@ -344,8 +374,8 @@ impl Response {
         let Ok(mut s) = self.status.lock() else {
             return;
         };
-        s.root_usage = usage;
-        s.root_limit = limit;
+        s.root_usage = reading.usage;
+        s.root_limit = reading.limit;
         s.step = self.state.step.map_or("none", |st| st.as_str()).to_string();
         if let Some(report) = report {
             tracing::info!(step = %report.step, calls = ?report.calls, details = ?report.details, "memory response: {}", report.reason);

@@ -1,5 +1,6 @@
-//! The daemon's moving parts around the controller: the socket, per-call timeout
-//! timers, the sweep for calls whose client vanished, and shutdown on signals.
+//! The daemon's moving parts around the controller: the socket, the one timer that
+//! expires calls, the sweep (trigger 3 of docs/ARCHITECTURE.md#who-ends-a-call), the
+//! wake-ups handlers wait on, and shutdown on signals.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -7,11 +8,38 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentcg_core::controller::Controller;
+use tokio::sync::Notify;
 
 pub type Shared = Arc<Mutex<Controller>>;
 
 /// How often the sweep looks for abandoned calls.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Wake-ups shared by the daemon's tasks.
+#[derive(Debug, Default)]
+pub struct Wakers {
+    /// A call ended, or a record became durable (or failed to).
+    pub ended: Notify,
+    /// A call was declared: the timer may have an earlier deadline.
+    pub declared: Notify,
+}
+
+/// Waits until `done()` holds, re-checking at each wake-up of `notify`, for at most
+/// `limit`. Returns whether it held.
+pub async fn wait_for(notify: &Notify, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if done() {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return done();
+        }
+    }
+}
 
 /// Binds the API socket, replacing a stale socket file but never a live daemon's.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, String> {
@@ -39,45 +67,70 @@ pub fn set_socket_mode(path: &Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("chmod {:o} {}: {e}", mode, path.display()))
 }
 
-/// Kills a call when its timeout expires (if it is still running then).
-pub fn arm_timeout(shared: Shared, call_id: u64) {
-    let deadline = shared.lock().ok().and_then(|c| c.call_deadline(call_id));
-    let Some(deadline) = deadline else { return };
-    tokio::spawn(async move {
-        tokio::time::sleep_until(deadline.into()).await;
+/// The one timer: sleeps until the earliest deadline of a running call, kills that
+/// call, and goes back to sleep. A call that ends takes its deadline with it (the
+/// timer asks the controller each time), so no timer outlives its call.
+pub async fn deadline_loop(shared: Shared, wakers: Arc<Wakers>) {
+    loop {
+        let declared = wakers.declared.notified();
+        tokio::pin!(declared);
+        declared.as_mut().enable();
+        let next = shared.lock().ok().and_then(|c| c.next_deadline());
+        let Some((deadline, call_id)) = next else {
+            declared.await;
+            continue;
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline.into()) => {}
+            () = declared => continue,
+        }
         let expired = shared.lock().map(|mut c| c.expire_call(call_id));
         match expired {
             Ok(Ok(true)) => tracing::info!(call_id, "timeout expired: call killed"),
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::warn!(call_id, "killing timed-out call: {e}"),
-            Err(_) => tracing::error!("controller lock poisoned"),
+            Err(_) => {
+                tracing::error!("controller lock poisoned");
+                return;
+            }
         }
-    });
+    }
 }
 
-/// Removes finished calls' cgroups on the next turn of the runtime.
-pub fn reap_soon(shared: Shared) {
-    tokio::spawn(async move {
-        tokio::task::yield_now().await;
-        let errors = shared.lock().map(|mut c| c.reap()).unwrap_or_default();
-        for e in errors {
-            tracing::warn!("removing a finished call's cgroup: {e} (retried later)");
-        }
-    });
-}
-
-/// Periodically finishes calls whose client never reported back.
-pub async fn sweep_loop(shared: Shared) {
+/// Periodically ends calls whose end no one reported (see `Controller::sweep`), and
+/// says when the history writer or the reaper are in trouble.
+pub async fn sweep_loop(shared: Shared, wakers: Arc<Wakers>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
+    let mut last_trouble = (None, None);
     loop {
         tick.tick().await;
-        let swept = shared.lock().map(|mut c| c.sweep()).unwrap_or_default();
+        let Ok(mut c) = shared.lock() else {
+            tracing::error!("controller lock poisoned");
+            return;
+        };
+        let swept = c.sweep();
+        let writer = c.writer_status();
+        let reaper = c.reaper_status();
+        drop(c);
+        if !swept.is_empty() {
+            wakers.ended.notify_waiters();
+        }
         for rec in swept {
             if rec.outcome == agentcg_core::record::Outcome::Abandoned {
                 tracing::warn!(call_id = rec.call_id, session = %rec.session, "call abandoned by its client; cleaned up");
             } else {
                 tracing::warn!(call_id = rec.call_id, session = %rec.session, "call ended by the sweep: its tool's exit event was missed");
             }
+        }
+        let trouble = (writer.last_error.clone(), reaper.last_error.clone());
+        if trouble != last_trouble {
+            if let Some(e) = &trouble.0 {
+                tracing::error!(pending = writer.pending, "history: {e}");
+            }
+            if let Some(e) = &trouble.1 {
+                tracing::warn!(pending = reaper.pending.len(), "removing cgroups: {e}");
+            }
+            last_trouble = trouble;
         }
     }
 }
@@ -94,5 +147,29 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn wait_for_wakes_on_notify_and_gives_up_at_its_limit() {
+        let notify = Arc::new(Notify::new());
+        let flag = Arc::new(AtomicBool::new(false));
+        let (n, f) = (notify.clone(), flag.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            f.store(true, Ordering::SeqCst);
+            n.notify_waiters();
+        });
+        let start = tokio::time::Instant::now();
+        assert!(wait_for(&notify, Duration::from_secs(5), || flag.load(Ordering::SeqCst)).await);
+        assert_eq!(start.elapsed(), Duration::from_millis(30));
+        let start = tokio::time::Instant::now();
+        assert!(!wait_for(&notify, Duration::from_millis(200), || false).await);
+        assert_eq!(start.elapsed(), Duration::from_millis(200));
     }
 }

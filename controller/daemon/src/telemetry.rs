@@ -13,7 +13,7 @@ use agentcg_core::controller::{CgroupRole, KernelHooks, ToolExit};
 use agentcg_core::record::{ExitInfo, ProcessCounts};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::supervisor::{self, Shared};
+use crate::supervisor::{Shared, Wakers};
 
 /// How long a call whose tool exited may keep processes before they count as left
 /// behind: the tool's own exit finishes a moment after the kernel reported it.
@@ -96,11 +96,12 @@ pub fn load() -> Result<(TelemetryHooks, Arc<Telemetry>), String> {
 }
 
 /// Starts draining the ring buffer: a dedicated thread sleeps in its epoll and hands
-/// tool exits to a task that ends the calls.
-pub fn start(telemetry: Arc<Telemetry>, shared: Shared) {
+/// tool exits to a task that ends the calls (trigger 2 of
+/// docs/ARCHITECTURE.md#who-ends-a-call).
+pub fn start(telemetry: Arc<Telemetry>, shared: Shared, wakers: Arc<Wakers>) {
     let (sender, exits) = unbounded_channel();
     spawn_event_thread(telemetry, sender);
-    tokio::spawn(end_calls(shared, exits));
+    tokio::spawn(end_calls(shared, wakers, exits));
 }
 
 /// A call's tool exited: (cgroup id, how).
@@ -134,18 +135,23 @@ fn spawn_event_thread(telemetry: Arc<Telemetry>, exits: UnboundedSender<ToolExit
 
 /// Ends calls as their tools exit; a call still holding processes gets
 /// [`LEFTOVER_GRACE`] before they are killed as left behind.
-async fn end_calls(shared: Shared, mut exits: UnboundedReceiver<ToolExitEvent>) {
+async fn end_calls(
+    shared: Shared,
+    wakers: Arc<Wakers>,
+    mut exits: UnboundedReceiver<ToolExitEvent>,
+) {
     while let Some((cgid, exit)) = exits.recv().await {
-        if end_call(&shared, cgid, exit, false) {
+        if end_call(&shared, &wakers, cgid, exit, false) {
             continue;
         }
         let shared = shared.clone();
+        let wakers = wakers.clone();
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + LEFTOVER_GRACE;
             loop {
                 tokio::time::sleep(GRACE_STEP).await;
                 let force = tokio::time::Instant::now() >= deadline;
-                if end_call(&shared, cgid, exit, force) {
+                if end_call(&shared, &wakers, cgid, exit, force) {
                     return;
                 }
             }
@@ -154,7 +160,7 @@ async fn end_calls(shared: Shared, mut exits: UnboundedReceiver<ToolExitEvent>) 
 }
 
 /// One attempt to end the call whose tool exited; false while its cgroup is populated.
-fn end_call(shared: &Shared, cgid: u64, exit: ExitInfo, force: bool) -> bool {
+fn end_call(shared: &Shared, wakers: &Wakers, cgid: u64, exit: ExitInfo, force: bool) -> bool {
     let Ok(mut c) = shared.lock() else {
         tracing::error!("controller lock poisoned");
         return true;
@@ -162,14 +168,11 @@ fn end_call(shared: &Shared, cgid: u64, exit: ExitInfo, force: bool) -> bool {
     match c.tool_exited(cgid, exit, force) {
         ToolExit::Populated => return false,
         ToolExit::NotRunning => return true,
-        ToolExit::Ended(rec) => match *rec {
-            Ok(rec) => {
-                tracing::debug!(call_id = rec.call_id, outcome = ?rec.outcome, "call ended: its tool exited")
-            }
-            Err(e) => tracing::warn!(cgid, "ending a call whose tool exited: {e}"),
-        },
+        ToolExit::Ended(rec) => {
+            tracing::debug!(call_id = rec.call_id, outcome = ?rec.outcome, "call ended: its tool exited")
+        }
     }
     drop(c);
-    supervisor::reap_soon(shared.clone());
+    wakers.ended.notify_waiters();
     true
 }

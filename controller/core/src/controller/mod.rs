@@ -417,6 +417,10 @@ impl Controller {
         self.history.recent(session, limit)
     }
 
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.running.keys().copied().collect()
+    }
+
     pub fn running_count(&self) -> usize {
         self.running.len()
     }
