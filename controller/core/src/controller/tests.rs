@@ -1,0 +1,255 @@
+//! The controller against a temporary directory standing in for cgroupfs: a tree as a
+//! killed daemon leaves it (sessions, call cgroups, state files), taken over by a new
+//! one. What needs the kernel (mkdir making interface files, processes) is tested in
+//! the VM (tests/tests/lifecycle.rs).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::state::{ID_BLOCK, RunningState, RunningStore};
+use super::*;
+use crate::plan::{self, SessionRequest};
+use crate::record::Outcome;
+use crate::testutil::limits;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    state: PathBuf,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A cgroup directory with the interface files the controller reads.
+fn fake_cgroup(dir: &Path) {
+    for (file, text) in [
+        ("cgroup.controllers", "cpu memory pids\n"),
+        ("cgroup.subtree_control", "cpu memory pids\n"),
+        ("cgroup.procs", ""),
+        ("cgroup.events", "populated 0\nfrozen 0\n"),
+        ("memory.current", "4096\n"),
+        ("memory.peak", "8192\n"),
+        ("memory.max", "max\n"),
+        ("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"),
+        ("memory.events.local", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"),
+        ("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n"),
+        ("pids.peak", "3\n"),
+        ("pids.events", "max 0\n"),
+    ] {
+        write(&dir.join(file), text);
+    }
+}
+
+fn running_state(id: u64, session: &str) -> RunningState {
+    RunningState {
+        call_id: id,
+        session: session.into(),
+        command: vec!["pytest".into()],
+        intent: Default::default(),
+        limits: limits(),
+        clamps: vec![],
+        suggestion: "run fewer tests".into(),
+        started_unix_ms: unix_ms() - 2_000,
+        client_token: Some(format!("tok-{id}")),
+        timed_out: false,
+        budget_exceeded: false,
+        pressure_killed: false,
+        memory_actions: vec![],
+    }
+}
+
+/// What a daemon killed with calls 5 (running) and 7 (its cgroup since removed)
+/// leaves, plus call-000009 (declared, never granted: no state file).
+fn killed_daemon_tree() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("cg");
+    let root = parent.join("agentcg");
+    let state = dir.path().join("state");
+    fake_cgroup(&parent);
+    fake_cgroup(&root);
+    let session = root.join("session-s");
+    for d in ["", "runtime", "calls", "calls/call-000005", "calls/call-000009"] {
+        fake_cgroup(&session.join(d));
+    }
+    let plan = plan::plan_session(
+        &Policy::default_policy(),
+        &SessionRequest {
+            name: "s".into(),
+            ..SessionRequest::default()
+        },
+    )
+    .unwrap();
+    let sessions = BTreeMap::from([(
+        "s".to_string(),
+        SessionState {
+            plan,
+            calls_finished: 4,
+        },
+    )]);
+    write(
+        &state.join(SESSIONS_FILE),
+        &serde_json::to_string(&sessions).unwrap(),
+    );
+    let store = RunningStore::open(&state).unwrap();
+    store.save(&running_state(5, "s")).unwrap();
+    store.save(&running_state(7, "s")).unwrap();
+    write(&state.join(state::IDS_FILE), "3\n");
+    Fixture {
+        _dir: dir,
+        root,
+        state,
+    }
+}
+
+fn start(f: &Fixture) -> (Controller, AdoptReport) {
+    Controller::start(
+        Policy::default_policy(),
+        StartOptions {
+            root: &f.root,
+            state_dir: &f.state,
+            on_written: Arc::new(|_, _| {}),
+        },
+    )
+    .unwrap()
+}
+
+fn wait_durable(c: &Controller, id: u64) {
+    let t = Instant::now();
+    while c.durability(id) != Durability::Durable {
+        assert!(t.elapsed() < Duration::from_secs(5), "record {id} never durable");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_restarted_controller_readopts_records_the_lost_and_kills_orphans() {
+    let f = killed_daemon_tree();
+    let (c, report) = start(&f);
+    assert_eq!(report.adopted, vec![5]);
+    assert_eq!(report.already_exited, vec![5], "no process: the tool is gone");
+    assert_eq!(report.lost, vec![7]);
+    assert_eq!(report.orphans.len(), 1);
+    assert!(report.orphans[0].ends_with("call-000009"), "{report:?}");
+    let orphan = f.root.join("session-s/calls/call-000009");
+    assert_eq!(
+        std::fs::read_to_string(orphan.join("cgroup.kill")).unwrap(),
+        "1",
+        "an orphan is killed before it is removed"
+    );
+    assert!(c.is_running(5));
+    let lost = c.record(7).expect("the lost call is recorded");
+    assert_eq!(lost.outcome, Outcome::Abandoned);
+    wait_durable(&c, 7);
+    assert!(!RunningStore::open(&f.state).unwrap().path(7).exists());
+    // The adopted call keeps its deadline (started 2 s before the restart).
+    let deadline = c.call_deadline(5).unwrap();
+    let left = deadline.saturating_duration_since(Instant::now());
+    assert!(
+        left <= limits().timeout() - Duration::from_millis(1_900),
+        "deadline re-armed from the start time, {left:?} left"
+    );
+}
+
+#[test]
+fn ids_continue_above_everything_a_killed_daemon_handed_out() {
+    let f = killed_daemon_tree();
+    let (mut c, _) = start(&f);
+    // The ids file said 3, but calls up to 9 exist: the next id is above all of them.
+    let id = c.ids.next().unwrap();
+    assert_eq!(id, 10);
+    drop(c);
+    let (mut again, _) = start(&f);
+    let next = again.ids.next().unwrap();
+    assert!(next >= 10 + ID_BLOCK, "id {next} may have been handed out before");
+}
+
+#[test]
+fn a_client_finishes_an_adopted_call_once_and_gets_the_same_record_again() {
+    let f = killed_daemon_tree();
+    let (mut c, _) = start(&f);
+    let exit = ExitInfo {
+        code: Some(0),
+        signal: None,
+    };
+    let rec = c.finish_call(5, exit).unwrap();
+    assert_eq!(rec.outcome, Outcome::Ok);
+    assert_eq!(rec.accounting.memory_peak, Some(8192));
+    assert_eq!(rec.command, vec!["pytest".to_string()]);
+    assert!(!c.is_running(5));
+    let again = c.finish_call(5, ExitInfo::default()).unwrap();
+    assert_eq!(again, rec, "finish is idempotent");
+    wait_durable(&c, 5);
+    assert!(!RunningStore::open(&f.state).unwrap().path(5).exists());
+    assert!(matches!(
+        c.finish_call(99, exit),
+        Err(ControlError::NoCall(99))
+    ));
+    // One record per call on disk, whatever was asked twice.
+    drop(c);
+    let (c, report) = start(&f);
+    assert!(report.adopted.is_empty() && report.lost.is_empty(), "{report:?}");
+    assert_eq!(c.record(5).map(|r| r.outcome), Some(Outcome::Ok));
+    let text = std::fs::read_to_string(f.state.join(crate::history::HISTORY_FILE)).unwrap();
+    assert_eq!(text.matches("\"call_id\":5,").count(), 1, "{text}");
+}
+
+#[test]
+fn a_repeated_token_gets_the_running_call_back() {
+    let f = killed_daemon_tree();
+    let (mut c, _) = start(&f);
+    let req = CallRequest {
+        session: Some("s".into()),
+        command: vec!["pytest".into()],
+        intent: None,
+        client_token: Some("tok-5".into()),
+    };
+    let grant = c.declare_call(&req).unwrap();
+    assert_eq!(grant.call_id, 5);
+    assert!(grant.cgroup.ends_with("call-000005"));
+    let bad = CallRequest {
+        client_token: Some("../x".into()),
+        ..req
+    };
+    let err = c.declare_call(&bad).unwrap_err();
+    assert_eq!(err.code(), "bad_request");
+    assert!(err.to_string().contains("client_token"), "{err}");
+}
+
+#[test]
+fn timeouts_and_marks_survive_a_restart() {
+    let f = killed_daemon_tree();
+    let (mut c, _) = start(&f);
+    assert!(c.expire_call(5).unwrap());
+    assert_eq!(c.next_deadline(), None, "an expired call has no deadline left");
+    drop(c);
+    let (mut c, _) = start(&f);
+    let rec = c
+        .finish_call(
+            5,
+            ExitInfo {
+                code: None,
+                signal: Some(9),
+            },
+        )
+        .unwrap();
+    assert_eq!(rec.outcome, Outcome::Timeout, "the mark came back from the state file");
+}
+
+#[test]
+fn the_sweep_leaves_a_call_with_processes_alone() {
+    let f = killed_daemon_tree();
+    let call = f.root.join("session-s/calls/call-000005");
+    write(&call.join("cgroup.events"), "populated 1\nfrozen 0\n");
+    let (mut c, _) = start(&f);
+    assert!(c.sweep().is_empty());
+    assert!(c.is_running(5));
+    // With no hooks, an empty call is only abandoned after ABANDON_AFTER.
+    write(&call.join("cgroup.events"), "populated 0\nfrozen 0\n");
+    assert!(c.sweep().is_empty());
+    assert!(c.is_running(5));
+}
