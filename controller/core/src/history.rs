@@ -15,6 +15,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::cgroup::Cgroup;
+use crate::cgroup::reaper::Reaper;
 use crate::record::CallRecord;
 
 /// History file name inside the state directory.
@@ -138,6 +140,9 @@ struct Job {
     line: String,
     /// Removed once the record is durable (the running call's state file).
     then_remove: Option<PathBuf>,
+    /// Handed to the reaper once the record is durable, or its write failed: until
+    /// then a restarted daemon finds the cgroup and knows the call did not vanish.
+    then_reap: Option<Cgroup>,
 }
 
 #[derive(Default)]
@@ -164,7 +169,11 @@ impl std::fmt::Debug for HistoryWriter {
 impl HistoryWriter {
     /// Opens (creating) the history file in `state_dir` for appending and starts the
     /// writer thread.
-    pub fn start(state_dir: &Path, on_written: OnWritten) -> Result<HistoryWriter, HistoryError> {
+    pub fn start(
+        state_dir: &Path,
+        reaper: Reaper,
+        on_written: OnWritten,
+    ) -> Result<HistoryWriter, HistoryError> {
         let path = state_dir.join(HISTORY_FILE);
         let file = OpenOptions::new()
             .create(true)
@@ -173,7 +182,7 @@ impl HistoryWriter {
             .map_err(io_err("opening", &path))?;
         // A daemon killed mid-write leaves a partial last line: start on a fresh one.
         let torn = ends_torn(&path).map_err(io_err("reading", &path))?;
-        Self::spawn(path, file, torn, on_written)
+        Self::spawn(path, file, torn, reaper, on_written)
             .map_err(io_err("starting the writer thread for", state_dir))
     }
 
@@ -181,6 +190,7 @@ impl HistoryWriter {
         path: PathBuf,
         file: File,
         torn: bool,
+        reaper: Reaper,
         on_written: OnWritten,
     ) -> std::io::Result<HistoryWriter> {
         let shared = Arc::new(Mutex::new(Shared {
@@ -196,6 +206,7 @@ impl HistoryWriter {
             file,
             torn,
             shared: shared.clone(),
+            reaper,
             on_written,
         };
         std::thread::Builder::new()
@@ -204,8 +215,9 @@ impl HistoryWriter {
         Ok(HistoryWriter { tx, shared })
     }
 
-    /// Queues a record; `then_remove` is deleted once it is durable.
-    pub fn submit(&self, r: &CallRecord, then_remove: Option<PathBuf>) {
+    /// Queues a record; `then_remove` is deleted once it is durable, and `then_reap`
+    /// goes to the reaper then (or when the write fails: nothing leaks).
+    pub fn submit(&self, r: &CallRecord, then_remove: Option<PathBuf>, then_reap: Option<Cgroup>) {
         let mut line = serde_json::to_string(r).unwrap_or_default();
         line.push('\n');
         if let Ok(mut s) = self.shared.lock() {
@@ -216,6 +228,7 @@ impl HistoryWriter {
             call_id: r.call_id,
             line,
             then_remove,
+            then_reap,
         });
     }
 
@@ -257,6 +270,7 @@ struct Worker {
     /// The last write failed part-way: the next one starts on a fresh line.
     torn: bool,
     shared: Arc<Mutex<Shared>>,
+    reaper: Reaper,
     on_written: OnWritten,
 }
 
@@ -279,7 +293,7 @@ impl Worker {
             batch.extend(rx.try_iter());
             match self.write(&batch) {
                 Ok(()) => self.done(std::mem::take(&mut batch)),
-                Err(e) => self.failed(&batch, e.to_string()),
+                Err(e) => self.failed(&mut batch, e.to_string()),
             }
         }
     }
@@ -313,10 +327,13 @@ impl Worker {
         written
     }
 
-    fn done(&self, batch: Vec<Job>) {
-        for job in &batch {
+    fn done(&self, mut batch: Vec<Job>) {
+        for job in &mut batch {
             if let Some(p) = &job.then_remove {
                 let _ = std::fs::remove_file(p);
+            }
+            if let Some(cg) = job.then_reap.take() {
+                self.reaper.reap(cg);
             }
         }
         if let Ok(mut s) = self.shared.lock() {
@@ -332,10 +349,15 @@ impl Worker {
         }
     }
 
-    fn failed(&self, batch: &[Job], error: String) {
+    fn failed(&self, batch: &mut [Job], error: String) {
+        for job in batch.iter_mut() {
+            if let Some(cg) = job.then_reap.take() {
+                self.reaper.reap(cg);
+            }
+        }
         let mut first_failures = Vec::new();
         if let Ok(mut s) = self.shared.lock() {
-            for job in batch {
+            for job in batch.iter() {
                 let slot = s.pending.entry(job.call_id).or_insert(None);
                 if slot.is_none() {
                     first_failures.push(job.call_id);
@@ -363,6 +385,7 @@ mod tests {
         let tx = Mutex::new(tx);
         let w = HistoryWriter::start(
             dir,
+            Reaper::start().unwrap(),
             Arc::new(move |id, r| {
                 let _ = tx.lock().unwrap().send((id, r));
             }),
@@ -377,13 +400,20 @@ mod tests {
         let (w, acks) = writer(dir.path());
         let running = dir.path().join("running-7.json");
         std::fs::write(&running, "{}").unwrap();
-        w.submit(&record(7), Some(running.clone()));
-        w.submit(&record(8), None);
+        let cg = Cgroup::new(dir.path().join("call-000007"));
+        std::fs::create_dir(cg.path()).unwrap();
+        w.submit(&record(7), Some(running.clone()), Some(cg.clone()));
+        w.submit(&record(8), None, None);
         let mut got = vec![acks.recv().unwrap(), acks.recv().unwrap()];
         got.sort_by_key(|(id, _)| *id);
         assert_eq!(got, vec![(7, Ok(())), (8, Ok(()))]);
         assert_eq!(w.durability(7), Durability::Durable);
         assert!(!running.exists(), "the state file goes once the record is durable");
+        let t = std::time::Instant::now();
+        while cg.path().exists() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!cg.path().exists(), "the cgroup is reaped once the record is durable");
         assert_eq!(w.status().written, 2);
         let h = History::load(dir.path()).unwrap();
         assert_eq!(h.max_id(), 8);
@@ -402,6 +432,7 @@ mod tests {
             path.clone(),
             File::open(&path).unwrap(),
             false,
+            Reaper::start().unwrap(),
             Arc::new(move |id, r| {
                 let _ = tx.lock().unwrap().send((id, r));
             }),
@@ -409,7 +440,7 @@ mod tests {
         .unwrap();
         let running = dir.path().join("running-3.json");
         std::fs::write(&running, "{}").unwrap();
-        w.submit(&record(3), Some(running.clone()));
+        w.submit(&record(3), Some(running.clone()), None);
         let (id, result) = acks.recv().unwrap();
         assert_eq!(id, 3);
         let err = result.unwrap_err();
@@ -430,7 +461,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(HISTORY_FILE), "{\"call_id\": 1, \"sess").unwrap();
         let (w, acks) = writer(dir.path());
-        w.submit(&record(2), None);
+        w.submit(&record(2), None, None);
         acks.recv().unwrap().1.unwrap();
         let h = History::load(dir.path()).unwrap();
         assert!(h.get(2).is_some(), "record 2 starts its own line");

@@ -182,7 +182,8 @@ impl Controller {
             memory_actions: st.memory_actions,
         };
         self.history.remember(rec.clone());
-        self.writer.submit(&rec, Some(self.store.path(rec.call_id)));
+        self.writer
+            .submit(&rec, Some(self.store.path(rec.call_id)), None);
     }
 }
 

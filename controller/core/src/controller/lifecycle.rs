@@ -8,8 +8,8 @@
 //! 4. closing the call's session.
 //!
 //! Ending reads the final accounting, kills what the tool left behind, decides the
-//! outcome and feedback, and hands the record to the history writer and the cgroup to
-//! the reaper: nothing in it waits for the disk or for processes to die, and nothing
+//! outcome and feedback, and hands the record to the history writer, which hands the
+//! cgroup to the reaper once the record is on disk: nothing in it waits for the disk or for processes to die, and nothing
 //! after the call leaves `running` can fail, so no record is lost and no cgroup leaks.
 
 use std::time::{Duration, Instant};
@@ -151,8 +151,10 @@ impl Controller {
             memory_actions: call.memory.actions,
         };
         self.history.remember(rec.clone());
-        self.writer.submit(&rec, Some(self.store.path(id)));
-        self.reaper.reap(call.cgroup);
+        // The cgroup stays until the record is durable: a daemon killed meanwhile finds
+        // it and re-adopts the call instead of taking it for lost.
+        self.writer
+            .submit(&rec, Some(self.store.path(id)), Some(call.cgroup));
         if let Some(s) = self.sessions.get_mut(&call.session) {
             s.calls_finished += 1;
         }

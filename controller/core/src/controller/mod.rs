@@ -320,11 +320,11 @@ impl Controller {
         let (states, bad_states) = store.load_all();
         let seen = adopt::largest_id(&layout, &states).max(history.max_id());
         let ids = IdAllocator::open(opts.state_dir, seen)?;
-        let writer = HistoryWriter::start(opts.state_dir, opts.on_written)?;
         let reaper = Reaper::start().map_err(|e| ControlError::State {
             path: opts.state_dir.to_path_buf(),
             reason: format!("starting the reaper thread: {e}"),
         })?;
+        let writer = HistoryWriter::start(opts.state_dir, reaper.clone(), opts.on_written)?;
         let mut c = Controller {
             policy,
             layout,
