@@ -145,14 +145,20 @@ fn to_json<T: serde::Serialize>(v: T) -> ApiResult {
 }
 
 async fn status(State(state): State<AppState>) -> ApiResult {
-    let (running, history, reaper) = with_controller(&state, |c| {
-        Ok((c.running_count(), c.writer_status(), c.reaper_status()))
+    let (running, history, reaper, state_files) = with_controller(&state, |c| {
+        Ok((
+            c.running_count(),
+            c.writer_status(),
+            c.reaper_status(),
+            c.state_errors(),
+        ))
     })
     .await?;
     let mut v = serde_json::to_value(&*state.status).unwrap_or_default();
     v["running_calls"] = json!(running);
     v["history"] = json!(history);
     v["reaper"] = json!(reaper);
+    v["state_file_errors"] = json!(state_files);
     let sched = state
         .status
         .sched

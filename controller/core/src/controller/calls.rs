@@ -105,8 +105,9 @@ impl Controller {
             adopted_tool: None,
         };
         if let Err(e) = self.store.save(&call.state(id)) {
-            self.reaper.reap(call.cgroup);
-            return Err(e.into());
+            // The call runs all the same (an agent's command is not refused for a full
+            // state disk), but a restarted daemon could not re-adopt it: say so.
+            self.state_errors.note(e);
         }
         self.hooks_created(cgroup_id, CgroupRole::Call(&call.limits));
         self.running.insert(id, call);
@@ -136,12 +137,15 @@ impl Controller {
     }
 
     /// Rewrites a running call's state file after a mark changed (timeout, budget,
-    /// pressure kill), so a restarted daemon keeps it. Best effort: the mark is in
-    /// memory either way.
-    pub(super) fn save_running(&self, id: u64) -> Result<(), ControlError> {
-        match self.running.get(&id) {
-            Some(call) => Ok(self.store.save(&call.state(id))?),
+    /// pressure kill), so a restarted daemon keeps it. A failure is noted for the
+    /// status: the mark is in memory either way.
+    pub(super) fn save_running(&mut self, id: u64) {
+        let saved = match self.running.get(&id) {
+            Some(call) => self.store.save(&call.state(id)),
             None => Ok(()),
+        };
+        if let Err(e) = saved {
+            self.state_errors.note(e);
         }
     }
 
@@ -153,9 +157,8 @@ impl Controller {
         };
         call.timed_out = true;
         let killed = call.cgroup.kill();
-        let saved = self.save_running(id);
+        self.save_running(id);
         killed?;
-        saved?;
         Ok(true)
     }
 
@@ -183,7 +186,7 @@ impl Controller {
             BudgetAction::Freeze => call.cgroup.freeze(true)?,
             BudgetAction::Kill => call.cgroup.kill()?,
         }
-        self.save_running(id)?;
+        self.save_running(id);
         Ok(true)
     }
 

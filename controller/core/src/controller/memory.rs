@@ -137,7 +137,7 @@ impl Controller {
             report.details.push(format!("call {id}: {detail}"));
             if step == Step::Kill {
                 // A restarted daemon must still know the kill was the response's.
-                let _ = self.save_running(id);
+                self.save_running(id);
             }
         }
         report

@@ -264,6 +264,8 @@ pub struct Controller {
     reaper: Reaper,
     ids: IdAllocator,
     store: RunningStore,
+    /// Running-call state files that could not be written.
+    state_errors: state::StateErrors,
     hooks: Vec<Box<dyn KernelHooks>>,
 }
 
@@ -336,6 +338,7 @@ impl Controller {
             reaper,
             ids,
             store,
+            state_errors: state::StateErrors::default(),
             hooks: Vec::new(),
         };
         c.load_sessions()?;
@@ -428,6 +431,11 @@ impl Controller {
     /// The history writer's state (pending records, failures), for `agentcg status`.
     pub fn writer_status(&self) -> WriterStatus {
         self.writer.status()
+    }
+
+    /// Running-call state files that could not be written, for `agentcg status`.
+    pub fn state_errors(&self) -> state::StateErrors {
+        self.state_errors.clone()
     }
 
     /// The reaper's state (cgroups waiting to be removed), for `agentcg status`.

@@ -59,6 +59,20 @@ pub fn write_atomic(path: &Path, text: &str, durable: bool) -> Result<(), StateE
     Ok(())
 }
 
+/// Failed writes of running calls' state files, for `agentcg status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StateErrors {
+    pub count: u64,
+    pub last: Option<String>,
+}
+
+impl StateErrors {
+    pub fn note(&mut self, e: StateError) {
+        self.count += 1;
+        self.last = Some(e.to_string());
+    }
+}
+
 /// Hands out call ids that are never reused.
 #[derive(Debug)]
 pub struct IdAllocator {
@@ -85,20 +99,29 @@ impl IdAllocator {
             Err(e) => return Err(state_err(&path)(e)),
         };
         let next = next_after(persisted, seen);
-        Ok(IdAllocator {
+        let mut ids = IdAllocator {
             path,
             next,
             ceiling: next,
-        })
+        };
+        // The first block now: a state dir that cannot take it fails the start, not
+        // the first call.
+        ids.reserve()?;
+        Ok(ids)
+    }
+
+    fn reserve(&mut self) -> Result<(), StateError> {
+        let ceiling = self.next + ID_BLOCK;
+        write_atomic(&self.path, &format!("{ceiling}\n"), true)?;
+        self.ceiling = ceiling;
+        Ok(())
     }
 
     /// The next id; reserves (durably) a new block first when the current one is used
     /// up. On an error no id is handed out.
     pub fn next(&mut self) -> Result<u64, StateError> {
         if self.next >= self.ceiling {
-            let ceiling = self.next + ID_BLOCK;
-            write_atomic(&self.path, &format!("{ceiling}\n"), true)?;
-            self.ceiling = ceiling;
+            self.reserve()?;
         }
         let id = self.next;
         self.next += 1;
@@ -239,10 +262,16 @@ mod tests {
     #[test]
     fn a_failed_reservation_hands_out_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ids = IdAllocator::open(&dir.path().join("missing/dir"), 0).unwrap();
+        let mut ids = IdAllocator::open(dir.path(), 0).unwrap();
+        for _ in 1..ID_BLOCK {
+            ids.next().unwrap();
+        }
+        // The disk goes away before the next block: no id without a durable ceiling.
+        ids.path = dir.path().join("missing/dir/ids");
         let err = ids.next().unwrap_err();
         assert!(err.path.ends_with("ids.tmp"), "{err}");
         assert!(ids.next().is_err(), "still nothing without a durable ceiling");
+        assert!(IdAllocator::open(&dir.path().join("missing"), 0).is_err());
     }
 
     #[test]
