@@ -263,7 +263,7 @@ mod tests {
     fn a_failed_reservation_hands_out_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut ids = IdAllocator::open(dir.path(), 0).unwrap();
-        for _ in 1..ID_BLOCK {
+        for _ in 0..ID_BLOCK {
             ids.next().unwrap();
         }
         // The disk goes away before the next block: no id without a durable ceiling.
