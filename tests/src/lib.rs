@@ -105,6 +105,16 @@ impl Daemon {
         self.wait_ready();
     }
 
+    /// Kills the daemon with SIGKILL (no cleanup of any kind) and starts it again at
+    /// once on the same root and state.
+    pub fn crash_and_restart(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+        self.child = spawn_daemon(&self.root, &self.socket, &self.state_dir, &self.extra);
+        self.wait_ready();
+    }
+
     fn stop(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };

@@ -201,10 +201,7 @@ impl Client {
 
 /// Whether a failed connect means no daemon is listening right now.
 fn is_down(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::ConnectionRefused | ErrorKind::NotFound
-    )
+    matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound)
 }
 
 /// The request bytes.

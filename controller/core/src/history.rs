@@ -312,11 +312,7 @@ impl Worker {
             .file
             .write_all(text.as_bytes())
             .map_err(io_err("appending to", &self.path))
-            .and_then(|()| {
-                self.file
-                    .sync_data()
-                    .map_err(io_err("syncing", &self.path))
-            });
+            .and_then(|()| self.file.sync_data().map_err(io_err("syncing", &self.path)));
         if written.is_err() {
             // Cut a partial line off, or at least start the next write on a new line
             // (the loader skips nothing but unparsable lines).
@@ -408,12 +404,18 @@ mod tests {
         got.sort_by_key(|(id, _)| *id);
         assert_eq!(got, vec![(7, Ok(())), (8, Ok(()))]);
         assert_eq!(w.durability(7), Durability::Durable);
-        assert!(!running.exists(), "the state file goes once the record is durable");
+        assert!(
+            !running.exists(),
+            "the state file goes once the record is durable"
+        );
         let t = std::time::Instant::now();
         while cg.path().exists() && t.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(!cg.path().exists(), "the cgroup is reaped once the record is durable");
+        assert!(
+            !cg.path().exists(),
+            "the cgroup is reaped once the record is durable"
+        );
         assert_eq!(w.status().written, 2);
         let h = History::load(dir.path()).unwrap();
         assert_eq!(h.max_id(), 8);
@@ -444,12 +446,18 @@ mod tests {
         let (id, result) = acks.recv().unwrap();
         assert_eq!(id, 3);
         let err = result.unwrap_err();
-        assert!(err.contains(HISTORY_FILE), "the error names the file: {err}");
+        assert!(
+            err.contains(HISTORY_FILE),
+            "the error names the file: {err}"
+        );
         assert!(matches!(w.durability(3), Durability::Failed(_)));
         let st = w.status();
         assert_eq!(st.pending, 1);
         assert!(st.failures >= 1 && st.last_error.is_some(), "{st:?}");
-        assert!(running.exists(), "the state file stays until the record is durable");
+        assert!(
+            running.exists(),
+            "the state file stays until the record is durable"
+        );
         // Retried, and reported once only.
         std::thread::sleep(RETRY_EVERY * 2 + Duration::from_millis(200));
         assert!(w.status().failures >= 2, "{:?}", w.status());

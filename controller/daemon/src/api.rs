@@ -307,10 +307,13 @@ async fn finish_call(
     match durable() {
         Durability::Durable => {}
         Durability::Pending => {
-            v["warning"] = json!("the record is not on disk yet (agentcgd's history writer is slow)")
+            v["warning"] =
+                json!("the record is not on disk yet (agentcgd's history writer is slow)")
         }
         Durability::Failed(e) => {
-            v["warning"] = json!(format!("the record could not be written to disk ({e}); agentcgd keeps it and retries"))
+            v["warning"] = json!(format!(
+                "the record could not be written to disk ({e}); agentcgd keeps it and retries"
+            ))
         }
     }
     Ok(Json(v))

@@ -96,7 +96,8 @@ async fn run(args: args::Args) -> Result<(), String> {
         }
     };
     let shared = Arc::new(Mutex::new(controller));
-    let telemetry = telemetry.map(|loaded| telemetry::start(loaded, shared.clone(), wakers.clone()));
+    let telemetry =
+        telemetry.map(|loaded| telemetry::start(loaded, shared.clone(), wakers.clone()));
     let memory_status = memory::SharedMemoryStatus::default();
     let memory_hooks = memory::start(
         shared.clone(),

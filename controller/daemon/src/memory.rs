@@ -13,10 +13,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use agentcg_bpf::MemWatch;
 use agentcg_core::cgroup::psi;
+use agentcg_core::controller::ReclaimJob;
 use agentcg_core::controller::{CgroupRole, KernelHooks, StepReport};
 use agentcg_core::intent::Priority;
 use agentcg_core::policy::MemoryPolicy;
-use agentcg_core::controller::ReclaimJob;
 use agentcg_core::pressure::{self, Decision, Reading, State, Step};
 use agentcg_core::record::ProcessCounts;
 use agentcg_core::units::HumanSize;
@@ -335,9 +335,7 @@ impl Response {
             let act = match decision {
                 Decision::Hold => Act::Done(None),
                 Decision::Escalate(Step::Reclaim) => Act::Reclaim(c.reclaim_jobs()),
-                Decision::Escalate(step) => {
-                    Act::Done(Some(c.memory_step(step, &reason(&reading))))
-                }
+                Decision::Escalate(step) => Act::Done(Some(c.memory_step(step, &reason(&reading)))),
                 Decision::Relent => Act::Done(Some(c.memory_relent(&format!(
                     "pressure subsided: agentcg root at {} of {}",
                     HumanSize(usage),

@@ -166,7 +166,11 @@ mod tests {
             n.notify_waiters();
         });
         let start = tokio::time::Instant::now();
-        assert!(wait_for(&notify, Duration::from_secs(5), || flag.load(Ordering::SeqCst)).await);
+        assert!(
+            wait_for(&notify, Duration::from_secs(5), || flag
+                .load(Ordering::SeqCst))
+            .await
+        );
         assert_eq!(start.elapsed(), Duration::from_millis(30));
         let start = tokio::time::Instant::now();
         assert!(!wait_for(&notify, Duration::from_millis(200), || false).await);

@@ -149,7 +149,10 @@ mod tests {
     fn wait_until(what: &str, f: impl Fn() -> bool) {
         let start = Instant::now();
         while !f() {
-            assert!(start.elapsed() < Duration::from_secs(5), "timed out: {what}");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "timed out: {what}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -168,7 +171,9 @@ mod tests {
         std::fs::create_dir(busy.path()).unwrap();
         std::fs::write(busy.path().join(crate::cgroup::EVENTS), "populated 1\n").unwrap();
         reaper.reap(busy.clone());
-        wait_until("call-2 killed", || busy.path().join(crate::cgroup::KILL).exists());
+        wait_until("call-2 killed", || {
+            busy.path().join(crate::cgroup::KILL).exists()
+        });
         std::thread::sleep(Duration::from_millis(50));
         let st = reaper.status();
         assert_eq!(st.removed, 1);

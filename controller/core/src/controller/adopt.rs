@@ -193,7 +193,10 @@ fn find_tool(cg: &Cgroup) -> Option<u32> {
     let pids = cg.procs().ok()?;
     pids.iter()
         .filter_map(|&pid| {
-            let stat = procfs::process::Process::new(pid as i32).ok()?.stat().ok()?;
+            let stat = procfs::process::Process::new(pid as i32)
+                .ok()?
+                .stat()
+                .ok()?;
             let parent_inside = pids.contains(&(stat.ppid as u32));
             (!parent_inside).then_some((stat.starttime, pid))
         })

@@ -212,7 +212,8 @@ impl Controller {
 fn check_token(t: &str) -> Result<(), ControlError> {
     let ok = !t.is_empty()
         && t.len() <= MAX_TOKEN
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {

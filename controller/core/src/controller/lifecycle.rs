@@ -43,7 +43,10 @@ impl Controller {
         if self.running.contains_key(&id) {
             return self.end_call(id, exit);
         }
-        self.history.get(id).cloned().ok_or(ControlError::NoCall(id))
+        self.history
+            .get(id)
+            .cloned()
+            .ok_or(ControlError::NoCall(id))
     }
 
     /// The kernel hooks saw the tool of the call in `cgroup_id` exit (trigger 2): ends
@@ -216,11 +219,21 @@ mod tests {
         let after = Duration::from_secs(30);
         let mut since = None;
         assert!(!abandoned(true, &mut since, t0, after));
-        assert!(!abandoned(true, &mut since, t0 + Duration::from_secs(29), after));
+        assert!(!abandoned(
+            true,
+            &mut since,
+            t0 + Duration::from_secs(29),
+            after
+        ));
         assert!(abandoned(true, &mut since, t0 + after, after));
         // A process came back: the clock restarts.
         assert!(!abandoned(false, &mut since, t0 + after, after));
-        assert!(!abandoned(true, &mut since, t0 + after * 2 - Duration::from_secs(1), after));
+        assert!(!abandoned(
+            true,
+            &mut since,
+            t0 + after * 2 - Duration::from_secs(1),
+            after
+        ));
         assert_eq!(since, Some(t0 + after * 2 - Duration::from_secs(1)));
     }
 }

@@ -445,13 +445,12 @@ impl Controller {
 }
 
 impl RunningCall {
-    /// The limits the scheduler is told: a re-adopted call's CPU budget is what is left
-    /// of it (its cgroup's cpu.stat counts what it used before the restart).
+    /// The limits hooks added later are told (a reloaded scheduler, a restarted
+    /// daemon): the CPU budget is what is left of it, as the cgroup's cpu.stat counts
+    /// what the call used so far.
     fn sched_limits(&self) -> CallLimits {
         let mut l = self.limits.clone();
-        if self.adopted_tool.is_some()
-            && let Some(budget) = l.cpu_budget_ms
-        {
+        if let Some(budget) = l.cpu_budget_ms {
             let used_ms = crate::cgroup::cpu::usage(&self.cgroup)
                 .map(|u| u.usage_usec / 1000)
                 .unwrap_or(0);

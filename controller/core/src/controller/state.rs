@@ -270,7 +270,10 @@ mod tests {
         ids.path = dir.path().join("missing/dir/ids");
         let err = ids.next().unwrap_err();
         assert!(err.path.ends_with("ids.tmp"), "{err}");
-        assert!(ids.next().is_err(), "still nothing without a durable ceiling");
+        assert!(
+            ids.next().is_err(),
+            "still nothing without a durable ceiling"
+        );
         assert!(IdAllocator::open(&dir.path().join("missing"), 0).is_err());
     }
 

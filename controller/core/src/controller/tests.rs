@@ -35,9 +35,18 @@ fn fake_cgroup(dir: &Path) {
         ("memory.current", "4096\n"),
         ("memory.peak", "8192\n"),
         ("memory.max", "max\n"),
-        ("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"),
-        ("memory.events.local", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"),
-        ("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n"),
+        (
+            "memory.events",
+            "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+        ),
+        (
+            "memory.events.local",
+            "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+        ),
+        (
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+        ),
         ("pids.peak", "3\n"),
         ("pids.events", "max 0\n"),
     ] {
@@ -73,7 +82,13 @@ fn killed_daemon_tree() -> Fixture {
     fake_cgroup(&parent);
     fake_cgroup(&root);
     let session = root.join("session-s");
-    for d in ["", "runtime", "calls", "calls/call-000005", "calls/call-000009"] {
+    for d in [
+        "",
+        "runtime",
+        "calls",
+        "calls/call-000005",
+        "calls/call-000009",
+    ] {
         fake_cgroup(&session.join(d));
     }
     let plan = plan::plan_session(
@@ -121,7 +136,10 @@ fn start(f: &Fixture) -> (Controller, AdoptReport) {
 fn wait_durable(c: &Controller, id: u64) {
     let t = Instant::now();
     while c.durability(id) != Durability::Durable {
-        assert!(t.elapsed() < Duration::from_secs(5), "record {id} never durable");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "record {id} never durable"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -131,7 +149,11 @@ fn a_restarted_controller_readopts_records_the_lost_and_kills_orphans() {
     let f = killed_daemon_tree();
     let (c, report) = start(&f);
     assert_eq!(report.adopted, vec![5]);
-    assert_eq!(report.already_exited, vec![5], "no process: the tool is gone");
+    assert_eq!(
+        report.already_exited,
+        vec![5],
+        "no process: the tool is gone"
+    );
     assert_eq!(report.lost, vec![7]);
     assert_eq!(report.orphans.len(), 1);
     assert!(report.orphans[0].ends_with("call-000009"), "{report:?}");
@@ -165,7 +187,10 @@ fn ids_continue_above_everything_a_killed_daemon_handed_out() {
     drop(c);
     let (mut again, _) = start(&f);
     let next = again.ids.next().unwrap();
-    assert!(next >= 10 + ID_BLOCK, "id {next} may have been handed out before");
+    assert!(
+        next >= 10 + ID_BLOCK,
+        "id {next} may have been handed out before"
+    );
 }
 
 #[test]
@@ -192,7 +217,10 @@ fn a_client_finishes_an_adopted_call_once_and_gets_the_same_record_again() {
     // One record per call on disk, whatever was asked twice.
     drop(c);
     let (c, report) = start(&f);
-    assert!(report.adopted.is_empty() && report.lost.is_empty(), "{report:?}");
+    assert!(
+        report.adopted.is_empty() && report.lost.is_empty(),
+        "{report:?}"
+    );
     assert_eq!(c.record(5).map(|r| r.outcome), Some(Outcome::Ok));
     let text = std::fs::read_to_string(f.state.join(crate::history::HISTORY_FILE)).unwrap();
     assert_eq!(text.matches("\"call_id\":5,").count(), 1, "{text}");
@@ -225,7 +253,11 @@ fn timeouts_and_marks_survive_a_restart() {
     let f = killed_daemon_tree();
     let (mut c, _) = start(&f);
     assert!(c.expire_call(5).unwrap());
-    assert_eq!(c.next_deadline(), None, "an expired call has no deadline left");
+    assert_eq!(
+        c.next_deadline(),
+        None,
+        "an expired call has no deadline left"
+    );
     drop(c);
     let (mut c, _) = start(&f);
     let rec = c
@@ -237,7 +269,11 @@ fn timeouts_and_marks_survive_a_restart() {
             },
         )
         .unwrap();
-    assert_eq!(rec.outcome, Outcome::Timeout, "the mark came back from the state file");
+    assert_eq!(
+        rec.outcome,
+        Outcome::Timeout,
+        "the mark came back from the state file"
+    );
 }
 
 #[test]
