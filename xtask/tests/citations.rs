@@ -107,6 +107,7 @@ fn anchors(markdown: &str) -> Vec<String> {
 }
 
 /// Every `<DOC>#<anchor>` in `text` for the documents of [`DOCS`]: (document, anchor).
+/// A `#` followed by no anchor (`#<section>`, a placeholder) cites nothing.
 fn cited_anchors(text: &str) -> Vec<(&'static str, String)> {
     let mut found = Vec::new();
     for doc in DOCS {
@@ -125,7 +126,9 @@ fn cited_anchors(text: &str) -> Vec<(&'static str, String)> {
                     c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
                 })
                 .collect();
-            found.push((doc, anchor));
+            if !anchor.is_empty() {
+                found.push((doc, anchor));
+            }
         }
     }
     found
@@ -255,7 +258,8 @@ fn headings_outside_code_fences_only() {
 
 #[test]
 fn parses_cited_anchors() {
-    let text = "(docs/ARCHITECTURE.md#who-ends-a-call), docs/API.md#calls. MYAPI.md#x";
+    let text = "(docs/ARCHITECTURE.md#who-ends-a-call), docs/API.md#calls. MYAPI.md#x \
+                `docs/POLICY.md#<section>`";
     assert_eq!(
         cited_anchors(text),
         [
