@@ -55,7 +55,10 @@ char LICENSE[] SEC("license") = "GPL";
 /* A page_counter limit at or above this many pages is "max" (PAGE_COUNTER_MAX is ~2^51). */
 #define UNLIMITED_PAGES (1ULL << 40)
 
-/* DESIGN.md pitfall 3: the memcg kfuncs are not in vmlinux.h; declare them. */
+/*
+ * docs/ARCHITECTURE.md#bpf-pitfalls, pitfall 3: the memcg kfuncs are not in vmlinux.h;
+ * declare them.
+ */
 extern struct cgroup *bpf_cgroup_from_id(u64 cgid) __ksym;
 extern void bpf_cgroup_release(struct cgroup *cgrp) __ksym;
 extern struct mem_cgroup *bpf_get_mem_cgroup(struct cgroup_subsys_state *css) __ksym;

@@ -15,15 +15,15 @@
  * child of weight 100.
  *
  * Clocks. Each cgroup has a virtual clock advanced by the CPU time of its tasks divided
- * by its hierarchical weight. A task is queued in the shared DSQ ordered by its
- * cgroup's clock, so the cgroup whose clock lags runs next: CPU time is proportional to
+ * by its hierarchical weight. A task is queued in the shared DSQ ordered by its cgroup's
+ * clock, so the cgroup whose clock lags runs next: CPU time is proportional to
  * hierarchical weight, tasks of one cgroup take turns. Clocks are charged in
- * ops.stopping, ops.tick and for `prev` in ops.dispatch. DESIGN.md pitfall 7:
- * ops.dispatch runs before `prev` is requeued, so `prev` keeps the CPU while its clock
- * is not past the queue head. A cgroup's clock is pulled forward to the global clock
- * minus a class-dependent credit only when it becomes active again (wake-up), never
- * while it runs. Pitfall 5: the task's cgroup is cached in task storage
- * (ops.init_task, ops.cgroup_move); scx_bpf_task_cgroup() is never called.
+ * ops.stopping, ops.tick and for `prev` in ops.dispatch. Pitfall 7
+ * (docs/ARCHITECTURE.md#bpf-pitfalls): ops.dispatch runs before `prev` is requeued, so
+ * `prev` keeps the CPU while its clock is not past the queue head. A cgroup's clock is
+ * pulled forward to the global clock minus a class-dependent credit only when it becomes
+ * active again (wake-up), never while it runs. Pitfall 5: the task's cgroup is cached in
+ * task storage (ops.init_task, ops.cgroup_move); scx_bpf_task_cgroup() is never called.
  *
  * Synchronous wake-ups (pipes, sockets: the waker is about to sleep) run next on the
  * waker's CPU, skipping the shared queue, if the wakee's clock is at most one slice past
@@ -651,7 +651,10 @@ static void unpark(u64 now)
 	}
 }
 
-/* Pitfall 7: `prev` keeps the CPU while its cgroup's clock is not past the queue head. */
+/*
+ * Pitfall 7 (docs/ARCHITECTURE.md#bpf-pitfalls): `prev` keeps the CPU while its cgroup's
+ * clock is not past the queue head.
+ */
 static bool keep_prev(struct task_struct *prev, u64 now)
 {
 	struct task_ctx *tctx = ctx_of(prev);

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates ebpf/vmlinux.h from the BTF of the target kernel (7.3.4, DESIGN.md §4).
+# Regenerates ebpf/vmlinux.h from the BTF of the target kernel (7.3.4,
+# docs/ARCHITECTURE.md#bpf-toolchain).
 #
 # Dumping /sys/kernel/btf/vmlinux inside the emulated VM takes ~6 minutes, so we do it on
 # the host instead: the Debian vmlinuz is a bzImage whose payload is a zstd stream; we
@@ -39,7 +40,8 @@ head -c 4 "$tmp/vmlinux" | grep -q $'\x7fELF' || die "decompressed payload is no
 
 "$BPFTOOL" btf dump file "$tmp/vmlinux" format c >"$tmp/vmlinux.h"
 
-# DESIGN.md §4 pitfall 4: the memcg kfuncs need a complete struct mem_cgroup.
+# docs/ARCHITECTURE.md#bpf-pitfalls, pitfall 4: the memcg kfuncs need a complete
+# struct mem_cgroup.
 grep -q '^struct mem_cgroup {' "$tmp/vmlinux.h" || die "struct mem_cgroup has no body in the dump"
 grep -q '^struct sched_ext_ops {' "$tmp/vmlinux.h" || die "struct sched_ext_ops missing from the dump"
 

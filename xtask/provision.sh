@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building agentcg and testing it in a sched_ext VM needs, on Debian 12
-# (bookworm). Idempotent: every step checks first. DESIGN.md §4-5 say why each piece.
+# (bookworm). Idempotent: every step checks first. Why each piece:
+# docs/ARCHITECTURE.md#bpf-toolchain and docs/ARCHITECTURE.md#kernel-tests-in-the-vm.
 set -euo pipefail
 
 KVER="${AGENTCG_KVER:-7.3.4+deb13-amd64}"

@@ -1,8 +1,8 @@
 //! Compiles `ebpf/telemetry.bpf.c` and `ebpf/mem.bpf.c` with clang (env `BPF_CLANG`,
-//! default `clang-19`, see DESIGN.md §4) and generates their libbpf-rs skeletons into
-//! `OUT_DIR`; does the same for
-//! the sched_ext scheduler `ebpf/sched.bpf.c` through scx_cargo's `BpfBuilder`, which
-//! supplies the sched_ext headers (`scx/common.bpf.h`, UEI) and the base flags.
+//! default `clang-19`, see docs/ARCHITECTURE.md#bpf-toolchain) and generates their
+//! libbpf-rs skeletons into `OUT_DIR`; does the same for the sched_ext scheduler
+//! `ebpf/sched.bpf.c` through scx_cargo's `BpfBuilder`, which supplies the sched_ext
+//! headers (`scx/common.bpf.h`, UEI) and the base flags.
 
 use std::env;
 use std::path::PathBuf;
@@ -62,7 +62,8 @@ fn build_plain(ebpf: &std::path::Path, out: &std::path::Path, clang: &str, name:
 }
 
 /// The scheduler: scx headers from scx_cargo, our `ebpf/` first on the include path so
-/// that `vmlinux.h` is the one generated from the 7.3.4 kernel (DESIGN.md §4 pitfall 4).
+/// that `vmlinux.h` is the one generated from the 7.3.4 kernel
+/// (docs/ARCHITECTURE.md#bpf-pitfalls, pitfall 4).
 fn build_sched(ebpf: &std::path::Path) {
     let src = ebpf.join("sched.bpf.c");
     let result = scx_cargo::BpfBuilder::new().and_then(|mut b| {

@@ -289,7 +289,8 @@ impl TestCgroup {
     /// A top-level test cgroup; `kind` names the test file (`schedtest`, `memtest`).
     pub fn root(kind: &str, name: &str) -> Self {
         let root = Path::new("/sys/fs/cgroup");
-        // DESIGN.md §4 pitfall 8: the guest's root subtree_control starts empty.
+        // docs/ARCHITECTURE.md#bpf-pitfalls, pitfall 8: the guest's root subtree_control
+        // starts empty.
         let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu +memory +pids");
         Self::make(root.join(format!("agentcg-{kind}-{}-{name}", std::process::id())))
     }

@@ -1,6 +1,7 @@
 //! The pure part of memreplay (`cargo xtask bench memory`): parse a recorded agent run's
-//! `resources.json` (DESIGN.md §6), turn it into a time-compressed schedule of memory
-//! targets, and plan how to reach each target in chunks of at most 64 MiB.
+//! `resources.json` (docs/ARCHITECTURE.md#agent-traces), turn it into a time-compressed
+//! schedule of memory targets, and plan how to reach each target in chunks of at most
+//! 64 MiB.
 //!
 //! Units: `podman stats` prints decimal units, so `MB` is 10^6 bytes and `GB` 10^9
 //! (`kB` 10^3); binary spellings (`KiB`, `MiB`, `GiB`) are accepted as 2^10, 2^20, 2^30.

@@ -477,8 +477,9 @@ fn session_budget_clamps_and_protects_the_runtime() {
         "second call's mem clamped"
     );
     // 400 MiB of demand against a 272 MiB ceiling: the kernel's OOM killer acts inside
-    // calls/ only. It may take both calls (the OOM cascade of DESIGN.md §8: the first
-    // victim frees its memory only after the killer strikes again); never the runtime.
+    // calls/ only. It may take both calls (the OOM cascade of
+    // docs/ARCHITECTURE.md#measured-baselines: the first victim frees its memory only
+    // after the killer strikes again); never the runtime.
     let killed: Vec<&serde_json::Value> = recs
         .iter()
         .filter(|r| r["outcome"] == "oom_killed")

@@ -44,7 +44,8 @@ fn load(opts: &SchedOptions) -> Scheduler {
     s
 }
 
-/// Pitfall 6: after an ejection the kernel's scheduler takes over and numbers look fine.
+/// docs/ARCHITECTURE.md#bpf-pitfalls, pitfall 6: after an ejection the kernel's scheduler
+/// takes over and numbers look fine.
 fn assert_still_attached(s: &Scheduler) {
     assert_eq!(s.exit_info(), None, "the scheduler exited");
     assert!(s.is_attached(), "the scheduler is no longer attached");

@@ -1,10 +1,10 @@
 #!/bin/sh
-# Guest side of `cargo xtask bench calls` (DESIGN.md §8), run as root inside the VM from
-# the workspace root. Starts agentcgd, then lets callbench time three arms, interleaved in
-# rounds: (a) spawning /bin/true, (b) the reference approach (a fresh cgroup with
-# memory+pids limits, sh -c 'echo $$ > cgroup.procs && exec /bin/true', rmdir) and
-# (c) `agentcg run -- /bin/true`. Arm (c) is left out, with the reason printed, when the
-# agentcg binaries are missing or the daemon does not come up.
+# Guest side of `cargo xtask bench calls` (docs/ARCHITECTURE.md#measured-baselines), run
+# as root inside the VM from the workspace root. Starts agentcgd, then lets callbench time
+# three arms, interleaved in rounds: (a) spawning /bin/true, (b) the reference approach (a
+# fresh cgroup with memory+pids limits, sh -c 'echo $$ > cgroup.procs && exec /bin/true',
+# rmdir) and (c) `agentcg run -- /bin/true`. Arm (c) is left out, with the reason printed,
+# when the agentcg binaries are missing or the daemon does not come up.
 #
 # Every executable the arms start (true, sh, agentcg) runs from the guest's tmpfs, as from
 # the page cache on a real machine: under emulation an exec from the 9p-shared host tree

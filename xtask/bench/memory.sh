@@ -1,6 +1,7 @@
 #!/bin/sh
 # Guest side of `cargo xtask bench memory` (issue 4), run as root inside the VM from the
-# workspace root: the AgentCgroup multi-tenant memory experiment (DESIGN.md §8).
+# workspace root: the AgentCgroup multi-tenant memory experiment
+# (docs/ARCHITECTURE.md#measured-baselines).
 #
 # Three sessions share a parent cgroup $P (memory.max = LIMIT MiB, memory.swap.max = 0):
 # HIGH replays $TRACE_HIGH next to a separate process holding $BASE_MIB MiB (the agent

@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: benchmarks run in the sched_ext VM (DESIGN.md §8).
+//! `cargo xtask bench`: benchmarks run in the sched_ext VM
+//! (docs/ARCHITECTURE.md#benchmarks).
 
 mod calls;
 mod cpu;

@@ -1,5 +1,6 @@
 //! `cargo xtask`: provisioning, kernel tests in the sched_ext VM, the demo and benchmarks
-//! for agentcg (DESIGN.md §5 and §8). One module per subcommand; `vm` boots the VM.
+//! for agentcg (docs/ARCHITECTURE.md#testing). One module per subcommand; `vm` boots
+//! the VM.
 
 mod bench;
 mod demo;

@@ -1,5 +1,7 @@
 //! `cargo xtask provision`: installs the build and VM dependencies by running
-//! xtask/provision.sh (idempotent; DESIGN.md §4-5). The other subcommands call `ensure`.
+//! xtask/provision.sh (idempotent; docs/ARCHITECTURE.md#bpf-toolchain and
+//! docs/ARCHITECTURE.md#kernel-tests-in-the-vm say why each piece). The other
+//! subcommands call `ensure`.
 
 use std::process::{Command, ExitCode};
 

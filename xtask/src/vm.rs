@@ -1,4 +1,5 @@
-//! Boots the sched_ext VM once with virtme-ng and runs a shell snippet in it (DESIGN.md §5).
+//! Boots the sched_ext VM once with virtme-ng and runs a shell snippet in it
+//! (docs/ARCHITECTURE.md#kernel-tests-in-the-vm).
 //!
 //! The guest's stdout does not reliably reach the host, so everything goes through the
 //! `--rwdir` directory target/vm: the generated guest.sh enables the cpu, memory and pids

@@ -9,7 +9,8 @@
 //!
 //! The BPF C sources live in `ebpf/`, share one ABI header (`ebpf/intf.h`, mirrored by
 //! [`CallCounters`] and [`TeleEvent`]) and are compiled with clang-19 by `build.rs` into a
-//! libbpf-rs skeleton (DESIGN.md §4). `xtask/gen-vmlinux.sh` regenerates `ebpf/vmlinux.h`.
+//! libbpf-rs skeleton (docs/ARCHITECTURE.md#bpf-toolchain). `xtask/gen-vmlinux.sh`
+//! regenerates `ebpf/vmlinux.h`.
 //!
 //! Entry points: [`Telemetry::load`], [`MemWatch::load`] (with a [`MemStateMap`]) and
 //! [`Scheduler::load`] (need root) and

@@ -1,6 +1,6 @@
 //! Captures what libbpf prints (warnings, the verifier log of a failed load) so that
-//! errors can carry it (DESIGN.md §4 pitfall 2: otherwise a failed load only says
-//! "Invalid argument").
+//! errors can carry it (docs/ARCHITECTURE.md#bpf-pitfalls, pitfall 2: otherwise a failed
+//! load only says "Invalid argument").
 //!
 //! libbpf has one process-wide print callback, and libbpf-rs only accepts a plain `fn`,
 //! so the capture buffer is a global. [`Capture`] serialises captures within this crate

@@ -1,5 +1,6 @@
 //! BTF capability probes: which sched_ext and memcg BPF features the running kernel
-//! offers (DESIGN.md §2 "capability tiers", §3 for what 7.3.4 has).
+//! offers (docs/ARCHITECTURE.md#capability-tiers; what 7.3.4 has:
+//! docs/ARCHITECTURE.md#kernel-734).
 //!
 //! Reads a BTF blob (or an ELF file with a `.BTF` section) through libbpf; never loads
 //! anything, so it needs no privilege beyond reading the file. The kernel's BTF path is

@@ -2,7 +2,7 @@
 //! (its design is described at the top of that file), and gives userspace its maps:
 //! per-cgroup policies written before a cgroup's first task runs, per-cgroup CPU usage,
 //! the budget ring buffer, and the exit info the BPF side records when the kernel or
-//! the scheduler itself ends it (UEI, DESIGN.md §7).
+//! the scheduler itself ends it (UEI, docs/ARCHITECTURE.md#scheduler-exit).
 //!
 //! Loading goes through scx_utils' `scx_ops_open!`/`scx_ops_load!`/`scx_ops_attach!`,
 //! which handle the kernel-version compatibility of `struct sched_ext_ops` and import
@@ -642,8 +642,8 @@ impl Scheduler {
     }
 
     /// Whether this scheduler is the one the kernel runs now: attached, no exit
-    /// recorded, and `/sys/kernel/sched_ext` names it (DESIGN.md pitfall 6: after an
-    /// ejection the kernel's own scheduler takes over silently).
+    /// recorded, and `/sys/kernel/sched_ext` names it (docs/ARCHITECTURE.md#bpf-pitfalls,
+    /// pitfall 6: after an ejection the kernel's own scheduler takes over silently).
     pub fn is_attached(&self) -> bool {
         let read = |p| std::fs::read_to_string(p).unwrap_or_default();
         lock(&self.link).is_some()

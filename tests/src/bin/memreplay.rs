@@ -1,6 +1,6 @@
 //! memreplay: replays the memory curve of a recorded agent run (`resources.json`,
-//! DESIGN.md §6) for `cargo xtask bench memory`, or holds a fixed amount (the agent
-//! runtime's base).
+//! docs/ARCHITECTURE.md#agent-traces) for `cargo xtask bench memory`, or holds a fixed
+//! amount (the agent runtime's base).
 //!
 //! ```text
 //! memreplay --trace FILE --speed X --out FILE [--start-at-ms UNIX_MS] [--base-mib N]

@@ -1,9 +1,10 @@
-//! `cargo xtask bench calls`: per-call wall-clock cost in the VM (DESIGN.md §8) of
-//! (a) spawning `true`, (b) the reference approach (mkdir a cgroup, write limits,
-//! `sh -c 'echo $$ > cgroup.procs && exec true'`, rmdir) and (c) `agentcg run --
-//! true` against a running agentcgd. In one VM boot xtask/bench/calls.sh runs the
-//! callbench helper (src/bin/callbench.rs); the host turns its samples into DIR/calls.md
-//! (also printed) and DIR/calls.json. Release builds throughout.
+//! `cargo xtask bench calls`: per-call wall-clock cost in the VM
+//! (docs/ARCHITECTURE.md#measured-baselines) of (a) spawning `true`, (b) the reference
+//! approach (mkdir a cgroup, write limits, `sh -c 'echo $$ > cgroup.procs && exec true'`,
+//! rmdir) and (c) `agentcg run -- true` against a running agentcgd. In one VM boot
+//! xtask/bench/calls.sh runs the callbench helper (src/bin/callbench.rs); the host turns
+//! its samples into DIR/calls.md (also printed) and DIR/calls.json. Release builds
+//! throughout.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -224,7 +225,8 @@ fn markdown(report: &Report, args: &Args) -> String {
         "# Per-call overhead (`cargo xtask bench calls`)\n\n\
          sched_ext VM (software-emulated, {} CPUs, {} memory, kernel {}): {} rounds after {} \
          warm-up rounds, arm order rotated per round; `true`, `sh` and `agentcg` run from \
-         the guest's tmpfs. Compare only within this setup (DESIGN.md §8).\n\n\
+         the guest's tmpfs. Compare only within this setup \
+         (docs/ARCHITECTURE.md#measured-baselines).\n\n\
          | arm | n | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---:|---:|---:|---:|---:|\n",
         args.vm.cpus,
         args.vm.memory,

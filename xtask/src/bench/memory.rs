@@ -1,5 +1,6 @@
 //! `cargo xtask bench memory`: the AgentCgroup multi-tenant memory experiment replayed in
-//! the VM, with agentcg as one arm (issue 4; DESIGN.md §8). Not part of CI.
+//! the VM, with agentcg as one arm (issue 4; docs/ARCHITECTURE.md#measured-baselines).
+//! Not part of CI.
 //!
 //! A parent cgroup (memory.max 1100 or 1300 MiB, no swap) holds three sessions: HIGH
 //! replays `dask__dask-11628` next to a process holding a 100 MiB base (the agent
@@ -110,7 +111,8 @@ pub struct Args {
     /// Directory for memory.md, memory.json and memory.png [default: target/bench]
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// The recorded runs (DESIGN.md §6) [default: ../shared/traces from the workspace]
+    /// The recorded runs (docs/ARCHITECTURE.md#agent-traces)
+    /// [default: ../shared/traces from the workspace]
     #[arg(long, value_name = "DIR")]
     traces: Option<PathBuf>,
     /// Repetitions per arm, speed and limit (interleaved: run 1 of every arm, then run 2, ...)
@@ -147,8 +149,8 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
         if !trace.is_file() {
             bail!(
                 "trace {} is missing: the memory benchmark replays the recorded agent runs of \
-                 ../shared/traces (DESIGN.md §6), which the project does not ship; pass \
-                 --traces DIR",
+                 ../shared/traces (docs/ARCHITECTURE.md#agent-traces), which the project \
+                 does not ship; pass --traces DIR",
                 trace.display()
             );
         }
@@ -651,8 +653,9 @@ fn markdown(report: &Report, args: &Args) -> String {
          Arm (e): agentcgd (default policy) with --root = the parent; each replay is \
          `agentcg run --session NAME --intent mem=<trace peak rounded up to 64 MiB>`.\n\n\
          Under emulation the reference's Python replay could not keep a 50x schedule \
-         (DESIGN.md §8); whether memreplay kept it shows as \"HIGH done\" against the \
-         schedule under each table. Latency at 50x is noisier; prefer 10x for it.\n",
+         (docs/ARCHITECTURE.md#measured-baselines); whether memreplay kept it shows as \
+         \"HIGH done\" against the schedule under each table. Latency at 50x is noisier; \
+         prefer 10x for it.\n",
         cpus = args.vm.cpus,
         mem = args.vm.memory,
         kernel = args.vm.kernel.display(),

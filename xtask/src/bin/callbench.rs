@@ -13,7 +13,8 @@ use std::time::Instant;
 const USAGE: &str = "\
 usage: callbench --iterations N [--warmup N] --out FILE [--cgroup-parent DIR] [--shell SH] ARM...
   --arm NAME=CMD            each call spawns CMD (words split on whitespace) and waits
-  --reference-arm NAME=CMD  each call does what DESIGN.md §8 calls the reference approach:
+  --reference-arm NAME=CMD  each call does the reference approach of
+                            docs/ARCHITECTURE.md#measured-baselines:
                             mkdir DIR/NAME-<round>, write its memory.max and pids.max,
                             spawn SH -c 'echo $$ > DIR/NAME-<round>/cgroup.procs && exec CMD',
                             wait, rmdir (needs --cgroup-parent DIR and --shell SH, default sh,
