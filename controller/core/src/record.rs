@@ -61,8 +61,10 @@ impl Outcome {
 }
 
 /// How the tool process ended: reported by the client that waited for it, or seen by
-/// the kernel telemetry when the tool exited.
+/// the kernel telemetry when the tool exited. Written as `{"code": .., "signal": ..}`
+/// in finish reports and in every record of the history; any other field is refused.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExitInfo {
     pub code: Option<i32>,
     pub signal: Option<i32>,
@@ -118,21 +120,29 @@ pub struct Enforced {
 }
 
 /// Decides the outcome from the exit, the accounting and what agentcgd enforced.
+///
+/// What agentcgd enforced (a timeout, a pressure kill, a CPU-budget kill) can only
+/// explain an end by a signal: each acts by killing the call's cgroup, and a tool that
+/// exited on its own just before (its code in hand) ended for its own reasons. An OOM
+/// kill comes first: the kernel counted it in the call's memory.events, and with
+/// `memory.oom.group` set it ended every process of the call, so a later timer or
+/// pressure kill found the call already dead.
 pub fn outcome(exit: &ExitInfo, acc: &Accounting, enforced: Enforced) -> Outcome {
     let ev = &acc.memory_events;
-    if enforced.timed_out {
-        Outcome::Timeout
-    } else if enforced.pressure_killed && exit.signal.is_some() {
-        Outcome::MemoryPressure
-    } else if enforced.cpu_budget_exceeded && exit.signal.is_some() {
-        Outcome::CpuBudgetExceeded
-    } else if ev.oom_kill > 0 || ev.oom_group_kill > 0 {
+    let by_signal = exit.signal.is_some();
+    if ev.oom_kill > 0 || ev.oom_group_kill > 0 {
         Outcome::OomKilled
+    } else if by_signal && enforced.timed_out {
+        Outcome::Timeout
+    } else if by_signal && enforced.pressure_killed {
+        Outcome::MemoryPressure
+    } else if by_signal && enforced.cpu_budget_exceeded {
+        Outcome::CpuBudgetExceeded
     } else if exit.code == Some(0) {
         Outcome::Ok
     } else if acc.pids_limit_hits > 0 {
         Outcome::PidsLimited
-    } else if exit.signal.is_some() {
+    } else if by_signal {
         Outcome::Killed
     } else {
         Outcome::Failed
@@ -410,6 +420,15 @@ mod tests {
             outcome(&killed, &oom_acc(3, 0), en(false, false)),
             Outcome::OomKilled
         );
+        // The kernel's OOM kill ended the call before its timer fired.
+        assert_eq!(
+            outcome(&killed, &oom_acc(3, 0), en(true, false)),
+            Outcome::OomKilled
+        );
+        assert_eq!(
+            outcome(&killed, &oom_acc(0, 1), en(true, true)),
+            Outcome::OomKilled
+        );
         let forkfail = Accounting {
             pids_limit_hits: 2,
             ..quiet
@@ -428,8 +447,125 @@ mod tests {
             Outcome::Ok,
             "throttled but finished"
         );
+        assert_eq!(
+            outcome(&killed, &forkfail, en(false, false)),
+            Outcome::PidsLimited,
+            "crashed after refused forks"
+        );
+        assert_eq!(
+            outcome(&killed, &forkfail, en(true, false)),
+            Outcome::Timeout
+        );
+        assert_eq!(outcome(&killed, &quiet, en(true, true)), Outcome::Timeout);
         assert_eq!(killed.shell_status(), 137);
         assert_eq!(fail.shell_status(), 1);
+    }
+
+    /// A tool that exited by itself just before its timer fired (or before a pressure
+    /// or CPU-budget kill landed) keeps its true outcome: those kills end a call by a
+    /// signal, never with an exit code.
+    #[test]
+    fn a_normal_exit_is_not_blamed_on_a_kill_that_came_too_late() {
+        let code = |c| ExitInfo {
+            code: Some(c),
+            signal: None,
+        };
+        let quiet = Accounting::default();
+        let forkfail = Accounting {
+            pids_limit_hits: 1,
+            ..quiet
+        };
+        let all = [
+            en(true, false),
+            en(false, true),
+            Enforced {
+                pressure_killed: true,
+                ..Enforced::default()
+            },
+            Enforced {
+                timed_out: true,
+                cpu_budget_exceeded: true,
+                pressure_killed: true,
+            },
+        ];
+        for enforced in all {
+            assert_eq!(
+                outcome(&code(0), &quiet, enforced),
+                Outcome::Ok,
+                "{enforced:?}"
+            );
+            assert_eq!(
+                outcome(&code(1), &quiet, enforced),
+                Outcome::Failed,
+                "{enforced:?}"
+            );
+            assert_eq!(
+                outcome(&code(2), &forkfail, enforced),
+                Outcome::PidsLimited,
+                "{enforced:?}"
+            );
+            assert_eq!(
+                outcome(&code(0), &forkfail, enforced),
+                Outcome::Ok,
+                "{enforced:?}"
+            );
+            // The OOM killer's own count still names it.
+            assert_eq!(
+                outcome(&code(137), &oom_acc(1, 0), enforced),
+                Outcome::OomKilled,
+                "{enforced:?}"
+            );
+        }
+        // No exit information at all is not a signal either.
+        assert_eq!(
+            outcome(&ExitInfo::default(), &quiet, en(true, false)),
+            Outcome::Failed
+        );
+    }
+
+    /// The exit as the history stores it: exactly `code` and `signal`; records written
+    /// before unknown fields were refused still parse, a misspelt field does not.
+    #[test]
+    fn exit_info_refuses_unknown_fields_and_old_records_parse() {
+        let exit: ExitInfo = serde_json::from_str(r#"{"code": 3, "signal": null}"#).unwrap();
+        assert_eq!(
+            exit,
+            ExitInfo {
+                code: Some(3),
+                signal: None
+            }
+        );
+        let partial: ExitInfo = serde_json::from_str(r#"{"signal": 9}"#).unwrap();
+        assert_eq!(
+            partial,
+            ExitInfo {
+                code: None,
+                signal: Some(9)
+            }
+        );
+        for bad in [
+            r#"{"code": 0, "sig": 9}"#,
+            r#"{"code": 0, "signal": null, "status": 0}"#,
+            r#"{"exit_code": 0}"#,
+        ] {
+            let err = serde_json::from_str::<ExitInfo>(bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("unknown field"), "{bad} → {err}");
+        }
+        // A calls.jsonl line as written by the code before this change.
+        let line = r#"{"call_id":17,"session":"default","command":["sh","-c","exit 3"],"intent":{"mem":536870912,"millicpus":1500},"limits":{"memory_expected":536870912,"memory_high":536870912,"memory_max":1073741824,"cpu_weight":100,"millicpus":1500,"pids_max":2048,"timeout_ms":1800000,"cpu_budget_ms":null,"priority":"normal","class":null,"oom_score_adj":500},"clamps":[],"cgroup":"/sys/fs/cgroup/agentcg/session-default/calls/call-000017","started_unix_ms":1796000000000,"duration_ms":12,"exit":{"code":3,"signal":null},"outcome":"failed","accounting":{"memory_peak":4096,"cpu":{"usage_usec":1,"user_usec":1,"system_usec":0,"nr_throttled":0,"throttled_usec":0},"memory_events":{"low":0,"high":0,"max":0,"oom":0,"oom_kill":0,"oom_group_kill":0},"shared_ceiling_events":{"low":0,"high":0,"max":0,"oom":0,"oom_kill":0,"oom_group_kill":0},"pids_peak":1,"pids_limit_hits":0},"leftover_killed":0,"processes":{"execs":1,"forks":0,"exits":1}}"#;
+        let rec: CallRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            (rec.call_id, rec.exit.code, rec.outcome),
+            (17, Some(3), Outcome::Failed)
+        );
+        let again = serde_json::to_string(&rec).unwrap();
+        assert_eq!(serde_json::from_str::<CallRecord>(&again).unwrap(), rec);
+        assert!(
+            again.contains(r#""exit":{"code":3,"signal":null}"#),
+            "{again}"
+        );
     }
 
     #[test]
