@@ -8,7 +8,6 @@
 //! Parsing is strict: every key is known, every value in range, duplicates and
 //! leftovers rejected, and nothing is ever handed to a shell.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +22,8 @@ pub const MAX_SPEC_LEN: usize = 1024;
 pub const MIN_MEM: u64 = 1 << 20;
 /// Largest memory amount an intent may declare (64 TiB): anything above is a typo.
 pub const MAX_MEM: u64 = 64 << 40;
+/// Smallest CPU amount, in thousandths of a CPU (0.01 CPU: 1 ms of every 100 ms period).
+pub const MIN_MILLICPUS: u32 = 10;
 /// Largest CPU count, in thousandths of a CPU.
 pub const MAX_MILLICPUS: u32 = 1024 * 1000;
 /// Largest pids.max a call may ask for (the kernel's PID_MAX_LIMIT).
@@ -170,19 +171,20 @@ impl Intent {
     }
 
     /// Parses a JSON object with the compact form's keys; numbers are taken as bytes,
-    /// seconds, CPUs or counts as the key says.
+    /// seconds, CPUs or counts as the key says. A key given twice is an error, as in
+    /// the compact form (serde_json alone would keep the last value).
     pub fn parse_json(text: &str) -> Result<Intent, IntentError> {
         check_len(text)?;
-        let map: BTreeMap<String, serde_json::Value> =
+        let JsonPairs(pairs) =
             serde_json::from_str(text).map_err(|e| IntentError::Json(e.to_string()))?;
-        if map.is_empty() {
+        if pairs.is_empty() {
             return Err(IntentError::Empty);
         }
-        let mut pairs = Vec::new();
-        for (key, value) in map {
+        let mut texts = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
             let text = match value {
                 serde_json::Value::String(s) => s,
-                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Number(n) => json_number_text(&n),
                 other => {
                     return Err(IntentError::BadValue {
                         key,
@@ -191,9 +193,9 @@ impl Intent {
                     });
                 }
             };
-            pairs.push((key, text));
+            texts.push((key, text));
         }
-        from_pairs(pairs)
+        from_pairs(texts)
     }
 
     /// Parses the AgentCgroup reference's `AGENT_RESOURCE_HINT`: `memory:low` (256 MiB),
@@ -289,6 +291,43 @@ pub fn format_millicpus(m: u32) -> String {
     }
 }
 
+/// A JSON number as the decimal text the value parsers read: integers as they are, a
+/// fraction (a double in serde_json) in its shortest exact-round-trip form without an
+/// exponent (`0.1`, `1e-7` → `0.0000001`), so `{"cpu": 0.1}` means `cpu=0.1`.
+fn json_number_text(n: &serde_json::Number) -> String {
+    match n.as_f64() {
+        Some(f) if n.is_f64() => f.to_string(),
+        _ => n.to_string(),
+    }
+}
+
+/// The members of a JSON object in document order, duplicates kept (for
+/// [`from_pairs`] to reject) instead of merged.
+struct JsonPairs(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for JsonPairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JsonPairs, D::Error> {
+        struct PairsVisitor;
+        impl<'de> serde::de::Visitor<'de> for PairsVisitor {
+            type Value = JsonPairs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of intent keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonPairs, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(JsonPairs(pairs))
+            }
+        }
+        d.deserialize_map(PairsVisitor)
+    }
+}
+
 fn check_len(text: &str) -> Result<(), IntentError> {
     if text.len() > MAX_SPEC_LEN {
         Err(IntentError::TooLong(text.len()))
@@ -346,28 +385,36 @@ fn parse_int<T: FromStr + PartialOrd + Copy + fmt::Display>(
     }
 }
 
+/// CPUs as an exact decimal: `0.1` is 100 millicpus, `0.333` is 333.
 fn parse_millicpus(key: &str, value: &str) -> Result<u32, IntentError> {
-    // CPUs are a size-free decimal: reuse the exact decimal parser with a unit of 1000.
-    let reason = "expected CPUs as a decimal with at most 3 places, e.g. 0.5 or 2";
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(bad(key, value, reason));
-    }
-    let milli = units::parse_size(&format!("{value}K"))
-        .map_err(|_| bad(key, value, reason))?
-        .checked_mul(1000)
-        .map(|v| v / 1024)
-        .ok_or_else(|| bad(key, value, "too large"))?;
-    if value.split_once('.').is_some_and(|(_, f)| f.len() > 3) {
-        return Err(bad(key, value, reason));
-    }
-    if milli < 10 || milli > u64::from(MAX_MILLICPUS) {
-        return Err(bad(
+    let range = || {
+        bad(
             key,
             value,
-            format!("out of range 0.01..={}", MAX_MILLICPUS / 1000),
-        ));
+            format!(
+                "out of range {}..={}",
+                format_millicpus(MIN_MILLICPUS),
+                format_millicpus(MAX_MILLICPUS)
+            ),
+        )
+    };
+    let milli = units::parse_fixed(value, 3).map_err(|e| match e {
+        UnitError::TooPrecise { .. } => bad(
+            key,
+            value,
+            "finer than 1 millicpu: CPUs take at most 3 places, e.g. 0.125",
+        ),
+        UnitError::Overflow(_) => range(),
+        _ => bad(
+            key,
+            value,
+            "expected CPUs as a decimal with at most 3 places, e.g. 0.5 or 2",
+        ),
+    })?;
+    match u32::try_from(milli) {
+        Ok(m) if (MIN_MILLICPUS..=MAX_MILLICPUS).contains(&m) => Ok(m),
+        _ => Err(range()),
     }
-    Ok(milli as u32)
 }
 
 fn parse_bounded_duration(key: &str, value: &str, min: Duration) -> Result<Duration, IntentError> {
@@ -481,6 +528,108 @@ mod tests {
         assert_eq!(format_millicpus(3000), "3");
     }
 
+    /// CPUs are decimal: every value with at most 3 places is exact, in both forms,
+    /// down to the documented minimum of 0.01.
+    #[test]
+    fn cpus_are_exact_decimals_in_both_forms() {
+        let cases: &[(&str, u32)] = &[
+            ("0.01", 10),
+            ("0.1", 100),
+            ("0.2", 200),
+            ("0.3", 300),
+            ("0.333", 333),
+            ("0.999", 999),
+            ("1.001", 1001),
+            ("2.5", 2500),
+            ("1024", 1_024_000),
+        ];
+        for (text, milli) in cases {
+            let compact = Intent::parse_compact(&format!("cpu={text}")).unwrap();
+            assert_eq!(compact.millicpus, Some(*milli), "cpu={text}");
+            let number = Intent::parse_json(&format!(r#"{{"cpu": {text}}}"#)).unwrap();
+            assert_eq!(number.millicpus, Some(*milli), "JSON number {text}");
+            let string = Intent::parse_json(&format!(r#"{{"cpu": "{text}"}}"#)).unwrap();
+            assert_eq!(string.millicpus, Some(*milli), "JSON string {text}");
+            assert_eq!(format_millicpus(*milli), *text);
+        }
+        // Every millicpu amount in range prints and parses back to itself.
+        for m in (MIN_MILLICPUS..=5000).step_by(7) {
+            let i = Intent::parse_compact(&format!("cpu={}", format_millicpus(m))).unwrap();
+            assert_eq!(i.millicpus, Some(m));
+        }
+    }
+
+    /// Every rejected CPU amount names the key, the value and the reason.
+    #[test]
+    fn bad_cpus_name_key_value_and_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("0.0001", "finer than 1 millicpu"),
+            ("0.3333", "finer than 1 millicpu"),
+            ("0.005", "out of range 0.01..=1024"),
+            ("0.009", "out of range 0.01..=1024"),
+            ("0", "out of range 0.01..=1024"),
+            ("1024.001", "out of range 0.01..=1024"),
+            ("4294967.296", "out of range 0.01..=1024"),
+            ("99999999999999999999999", "out of range 0.01..=1024"),
+            ("-0.5", "expected CPUs"),
+            ("1e-2", "expected CPUs"),
+            ("1E3", "expected CPUs"),
+            ("NaN", "expected CPUs"),
+            ("inf", "expected CPUs"),
+            (".5", "expected CPUs"),
+            ("1.", "expected CPUs"),
+            ("0.5K", "expected CPUs"),
+            ("", "expected CPUs"),
+        ];
+        for (value, reason) in cases {
+            let err = Intent::parse_compact(&format!("cpu={value}"))
+                .expect_err(value)
+                .to_string();
+            assert!(
+                err.contains(&format!("`cpu={value}`")) && err.contains(reason),
+                "cpu={value} → `{err}` (wanted `{reason}`)"
+            );
+        }
+        for (json, reason) in [
+            (r#"{"cpu": -0.5}"#, "expected CPUs"),
+            (r#"{"cpu": 0.0001}"#, "finer than 1 millicpu"),
+            (r#"{"cpu": 1e-7}"#, "finer than 1 millicpu"),
+            (r#"{"cpu": 0.005}"#, "out of range"),
+            (r#"{"cpu": 1e300}"#, "out of range"),
+            (r#"{"cpu": "1e-2"}"#, "expected CPUs"),
+            (r#"{"cpu": "NaN"}"#, "expected CPUs"),
+        ] {
+            let err = Intent::parse_json(json).expect_err(json).to_string();
+            assert!(
+                err.contains("`cpu=") && err.contains(reason),
+                "{json} → `{err}`"
+            );
+        }
+    }
+
+    /// A key given twice in the JSON form is refused, naming the key, as in the
+    /// compact form; serde_json alone would silently keep the last value.
+    #[test]
+    fn json_duplicate_keys_are_rejected() {
+        for json in [
+            r#"{"mem": "1G", "mem": "2G"}"#,
+            r#"{"mem": "1G", "pids": 4, "mem": "1G"}"#,
+            r#"{"cpu": 1, "cpu": "1"}"#,
+        ] {
+            let err = Intent::parse_json(json).expect_err(json);
+            let key = if json.contains("cpu") { "cpu" } else { "mem" };
+            assert_eq!(err, IntentError::Duplicate(key.into()), "{json}");
+            assert!(err.to_string().contains(&format!("`{key}` given twice")));
+            assert!(Intent::parse_any(json).is_err(), "{json}");
+        }
+        // Members are read in document order; distinct keys still parse.
+        let i = Intent::parse_json(r#"{"pids": 4, "mem": "1G", "mem.max": "2G"}"#).unwrap();
+        assert_eq!(
+            (i.pids, i.mem, i.mem_max),
+            (Some(4), Some(1 << 30), Some(2 << 30))
+        );
+    }
+
     #[test]
     fn json_form_matches_compact_form() {
         let j = Intent::parse_json(r#"{"mem":"512M","mem.max":1073741824,"cpu":1.5,"pids":64}"#)
@@ -540,6 +689,7 @@ mod tests {
             ("cpu=0", "out of range"),
             ("cpu=-1", "expected CPUs"),
             ("cpu=1.2345", "at most 3 places"),
+            ("cpu=0.001", "out of range"),
             ("cpu=abc", "expected CPUs"),
             ("cpu=99999", "out of range"),
             ("cpu.weight=0", "out of range"),
@@ -587,6 +737,11 @@ mod tests {
         documented.sort_unstable();
         accepted.sort_unstable();
         assert_eq!(documented, accepted);
+        // The CPU range the schema documents is the parser's, in both of its forms.
+        let cpu = &schema["properties"]["cpu"]["oneOf"];
+        assert_eq!(cpu[0]["minimum"], f64::from(MIN_MILLICPUS) / 1000.0);
+        assert_eq!(cpu[0]["maximum"], f64::from(MAX_MILLICPUS / 1000));
+        assert_eq!(cpu[1]["pattern"], r"^[0-9]+(\.[0-9]{1,3})?$");
         let example = schema["examples"][0].to_string();
         let i = Intent::parse_json(&example).unwrap();
         assert_eq!(i, Intent::parse_compact("mem=1.5G,mem.max=2G,cpu=2,cpu.weight=200,pids=256,timeout=10m,priority=low,class=test").unwrap());
@@ -610,6 +765,9 @@ mod tests {
             (r#"{}"#, "empty"),
             (r#"{"mem": "1G""#, "JSON"),
             (r#"[1,2]"#, "key=value"),
+            (r#"{"mem": "1G", "mem": "1G"}"#, "`mem` given twice"),
+            (r#"{"mem": {"a": 1}}"#, "string or a number"),
+            (r#"{"mem": null}"#, "string or a number"),
         ];
         for (text, needle) in cases {
             let err = Intent::parse_any(text).expect_err(text).to_string();
