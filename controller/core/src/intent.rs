@@ -8,7 +8,6 @@
 //! Parsing is strict: every key is known, every value in range, duplicates and
 //! leftovers rejected, and nothing is ever handed to a shell.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +22,8 @@ pub const MAX_SPEC_LEN: usize = 1024;
 pub const MIN_MEM: u64 = 1 << 20;
 /// Largest memory amount an intent may declare (64 TiB): anything above is a typo.
 pub const MAX_MEM: u64 = 64 << 40;
+/// Smallest CPU amount, in thousandths of a CPU (0.01 CPU: 1 ms of every 100 ms period).
+pub const MIN_MILLICPUS: u32 = 10;
 /// Largest CPU count, in thousandths of a CPU.
 pub const MAX_MILLICPUS: u32 = 1024 * 1000;
 /// Largest pids.max a call may ask for (the kernel's PID_MAX_LIMIT).
@@ -170,19 +171,20 @@ impl Intent {
     }
 
     /// Parses a JSON object with the compact form's keys; numbers are taken as bytes,
-    /// seconds, CPUs or counts as the key says.
+    /// seconds, CPUs or counts as the key says. A key given twice is an error, as in
+    /// the compact form (serde_json alone would keep the last value).
     pub fn parse_json(text: &str) -> Result<Intent, IntentError> {
         check_len(text)?;
-        let map: BTreeMap<String, serde_json::Value> =
+        let JsonPairs(pairs) =
             serde_json::from_str(text).map_err(|e| IntentError::Json(e.to_string()))?;
-        if map.is_empty() {
+        if pairs.is_empty() {
             return Err(IntentError::Empty);
         }
-        let mut pairs = Vec::new();
-        for (key, value) in map {
+        let mut texts = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
             let text = match value {
                 serde_json::Value::String(s) => s,
-                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Number(n) => json_number_text(&n),
                 other => {
                     return Err(IntentError::BadValue {
                         key,
@@ -191,9 +193,9 @@ impl Intent {
                     });
                 }
             };
-            pairs.push((key, text));
+            texts.push((key, text));
         }
-        from_pairs(pairs)
+        from_pairs(texts)
     }
 
     /// Parses the AgentCgroup reference's `AGENT_RESOURCE_HINT`: `memory:low` (256 MiB),
@@ -289,6 +291,43 @@ pub fn format_millicpus(m: u32) -> String {
     }
 }
 
+/// A JSON number as the decimal text the value parsers read: integers as they are, a
+/// fraction (a double in serde_json) in its shortest exact-round-trip form without an
+/// exponent (`0.1`, `1e-7` → `0.0000001`), so `{"cpu": 0.1}` means `cpu=0.1`.
+fn json_number_text(n: &serde_json::Number) -> String {
+    match n.as_f64() {
+        Some(f) if n.is_f64() => f.to_string(),
+        _ => n.to_string(),
+    }
+}
+
+/// The members of a JSON object in document order, duplicates kept (for
+/// [`from_pairs`] to reject) instead of merged.
+struct JsonPairs(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for JsonPairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JsonPairs, D::Error> {
+        struct PairsVisitor;
+        impl<'de> serde::de::Visitor<'de> for PairsVisitor {
+            type Value = JsonPairs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of intent keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonPairs, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(JsonPairs(pairs))
+            }
+        }
+        d.deserialize_map(PairsVisitor)
+    }
+}
+
 fn check_len(text: &str) -> Result<(), IntentError> {
     if text.len() > MAX_SPEC_LEN {
         Err(IntentError::TooLong(text.len()))
@@ -346,28 +385,36 @@ fn parse_int<T: FromStr + PartialOrd + Copy + fmt::Display>(
     }
 }
 
+/// CPUs as an exact decimal: `0.1` is 100 millicpus, `0.333` is 333.
 fn parse_millicpus(key: &str, value: &str) -> Result<u32, IntentError> {
-    // CPUs are a size-free decimal: reuse the exact decimal parser with a unit of 1000.
-    let reason = "expected CPUs as a decimal with at most 3 places, e.g. 0.5 or 2";
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(bad(key, value, reason));
-    }
-    let milli = units::parse_size(&format!("{value}K"))
-        .map_err(|_| bad(key, value, reason))?
-        .checked_mul(1000)
-        .map(|v| v / 1024)
-        .ok_or_else(|| bad(key, value, "too large"))?;
-    if value.split_once('.').is_some_and(|(_, f)| f.len() > 3) {
-        return Err(bad(key, value, reason));
-    }
-    if milli < 10 || milli > u64::from(MAX_MILLICPUS) {
-        return Err(bad(
+    let range = || {
+        bad(
             key,
             value,
-            format!("out of range 0.01..={}", MAX_MILLICPUS / 1000),
-        ));
+            format!(
+                "out of range {}..={}",
+                format_millicpus(MIN_MILLICPUS),
+                format_millicpus(MAX_MILLICPUS)
+            ),
+        )
+    };
+    let milli = units::parse_fixed(value, 3).map_err(|e| match e {
+        UnitError::TooPrecise { .. } => bad(
+            key,
+            value,
+            "finer than 1 millicpu: CPUs take at most 3 places, e.g. 0.125",
+        ),
+        UnitError::Overflow(_) => range(),
+        _ => bad(
+            key,
+            value,
+            "expected CPUs as a decimal with at most 3 places, e.g. 0.5 or 2",
+        ),
+    })?;
+    match u32::try_from(milli) {
+        Ok(m) if (MIN_MILLICPUS..=MAX_MILLICPUS).contains(&m) => Ok(m),
+        _ => Err(range()),
     }
-    Ok(milli as u32)
 }
 
 fn parse_bounded_duration(key: &str, value: &str, min: Duration) -> Result<Duration, IntentError> {
@@ -446,174 +493,4 @@ fn from_pairs(pairs: Vec<(String, String)>) -> Result<Intent, IntentError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compact_form_parses_every_key() {
-        let i = Intent::parse_compact(
-            "mem=1.5G,mem.max=2G,cpu=2,cpu.weight=200,pids=256,timeout=10m,priority=low,class=test,cpu.budget=120s",
-        )
-        .unwrap();
-        assert_eq!(i.mem, Some(3 << 29));
-        assert_eq!(i.mem_max, Some(2 << 30));
-        assert_eq!(i.millicpus, Some(2000));
-        assert_eq!(i.cpu_weight, Some(200));
-        assert_eq!(i.pids, Some(256));
-        assert_eq!(i.timeout, Some(Duration::from_secs(600)));
-        assert_eq!(i.priority, Some(Priority::Low));
-        assert_eq!(i.class.as_deref(), Some("test"));
-        assert_eq!(i.cpu_budget, Some(Duration::from_secs(120)));
-        assert_eq!(Intent::parse_compact(&i.to_compact()).unwrap(), i);
-    }
-
-    #[test]
-    fn fractional_cpus() {
-        assert_eq!(
-            Intent::parse_compact("cpu=0.5").unwrap().millicpus,
-            Some(500)
-        );
-        assert_eq!(
-            Intent::parse_compact("cpu=1.25").unwrap().millicpus,
-            Some(1250)
-        );
-        assert_eq!(format_millicpus(1250), "1.25");
-        assert_eq!(format_millicpus(3000), "3");
-    }
-
-    #[test]
-    fn json_form_matches_compact_form() {
-        let j = Intent::parse_json(r#"{"mem":"512M","mem.max":1073741824,"cpu":1.5,"pids":64}"#)
-            .unwrap();
-        let c = Intent::parse_compact("mem=512M,mem.max=1G,cpu=1.5,pids=64").unwrap();
-        assert_eq!(j, c);
-    }
-
-    #[test]
-    fn hints_from_the_reference() {
-        assert_eq!(
-            Intent::parse_hint("memory:high").unwrap().mem_max,
-            Some(4 << 30)
-        );
-        assert_eq!(
-            Intent::parse_hint("memory:low").unwrap().mem_max,
-            Some(256 << 20)
-        );
-        let i = Intent::parse_hint("memory:512m").unwrap();
-        assert_eq!((i.mem, i.mem_max), (Some(256 << 20), Some(512 << 20)));
-        assert_eq!(
-            Intent::parse_any("memory:2g").unwrap().mem_max,
-            Some(2 << 30)
-        );
-    }
-
-    #[test]
-    fn defaults_fill_only_open_fields() {
-        let d = Intent::parse_compact("mem=1G,pids=100,timeout=5m").unwrap();
-        let i = Intent::parse_compact("mem=2G").unwrap().or(&d);
-        assert_eq!(i.mem, Some(2 << 30));
-        assert_eq!(i.pids, Some(100));
-        assert_eq!(i.timeout, Some(Duration::from_secs(300)));
-    }
-
-    /// Every one of these is rejected, and the message names the problem.
-    #[test]
-    fn malformed_intents_are_rejected_with_a_reason() {
-        let huge = format!("mem={}", "9".repeat(2000));
-        let cases: &[(&str, &str)] = &[
-            ("", "empty"),
-            ("   ", "empty"),
-            ("mem", "key=value"),
-            ("mem=", "empty value"),
-            ("=5", "key=value"),
-            ("mem=5X", "unknown unit"),
-            ("mem=-1G", "not a number"),
-            ("mem=1e9", "unknown unit"),
-            ("mem=0", "below the minimum"),
-            ("mem=100K", "below the minimum"),
-            ("mem=999999T", "above the maximum"),
-            ("mem=18446744073709551616", "too large"),
-            ("mem=1G,mem=2G", "twice"),
-            ("mem=2G,mem.max=1G", "larger than mem.max"),
-            ("memory=1G", "unknown key `memory`"),
-            ("mem=1G,foo=bar", "unknown key `foo`"),
-            ("cpu=0", "out of range"),
-            ("cpu=-1", "expected CPUs"),
-            ("cpu=1.2345", "at most 3 places"),
-            ("cpu=abc", "expected CPUs"),
-            ("cpu=99999", "out of range"),
-            ("cpu.weight=0", "out of range"),
-            ("cpu.weight=10001", "out of range"),
-            ("cpu.weight=1.5", "whole number"),
-            ("pids=0", "out of range"),
-            ("pids=99999999999", "out of range"),
-            ("pids=+5", "whole number"),
-            ("timeout=0", "out of range"),
-            ("timeout=30y", "unknown unit"),
-            ("timeout=8d", "out of range"),
-            ("priority=urgent", "not a priority"),
-            ("class=Test", "[a-z]"),
-            ("class=a;rm -rf /", "[a-z]"),
-            ("mem=$(touch /tmp/x)", "not a number"),
-            ("mem=1G;reboot", "unknown unit"),
-            ("mem=1G`id`", "unknown unit"),
-            ("mem=1G mem.max=2G", "unknown unit"),
-            ("mem=1G,,pids=3", "key=value"),
-            (huge.as_str(), "at most 1024"),
-        ];
-        assert!(cases.len() >= 30);
-        for (spec, needle) in cases {
-            let err = Intent::parse_compact(spec).expect_err(spec).to_string();
-            assert!(
-                err.contains(needle),
-                "`{spec}` → `{err}` (wanted `{needle}`)"
-            );
-        }
-    }
-
-    /// docs/intent.schema.json documents exactly the keys the parser accepts, and its
-    /// example parses.
-    #[test]
-    fn json_schema_matches_the_parser() {
-        let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../../../docs/intent.schema.json")).unwrap();
-        let mut documented: Vec<&str> = schema["properties"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        let mut accepted: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
-        documented.sort_unstable();
-        accepted.sort_unstable();
-        assert_eq!(documented, accepted);
-        let example = schema["examples"][0].to_string();
-        let i = Intent::parse_json(&example).unwrap();
-        assert_eq!(i, Intent::parse_compact("mem=1.5G,mem.max=2G,cpu=2,cpu.weight=200,pids=256,timeout=10m,priority=low,class=test").unwrap());
-    }
-
-    #[test]
-    fn malformed_hints_and_json_are_rejected() {
-        for hint in [
-            "memory:a[$(touch /tmp/x)]g",
-            "memory:",
-            "mem:2g",
-            "memory:huge",
-            "memory:0",
-        ] {
-            assert!(Intent::parse_any(hint).is_err(), "{hint}");
-        }
-        let cases = [
-            (r#"{"mem": "1G", "bogus": 1}"#, "unknown key `bogus`"),
-            (r#"{"mem": [1]}"#, "string or a number"),
-            (r#"{"mem": -5}"#, "not a number"),
-            (r#"{}"#, "empty"),
-            (r#"{"mem": "1G""#, "JSON"),
-            (r#"[1,2]"#, "key=value"),
-        ];
-        for (text, needle) in cases {
-            let err = Intent::parse_any(text).expect_err(text).to_string();
-            assert!(err.contains(needle), "`{text}` → `{err}`");
-        }
-    }
-}
+mod tests;

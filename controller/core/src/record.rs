@@ -61,8 +61,10 @@ impl Outcome {
 }
 
 /// How the tool process ended: reported by the client that waited for it, or seen by
-/// the kernel telemetry when the tool exited.
+/// the kernel telemetry when the tool exited. Written as `{"code": .., "signal": ..}`
+/// in finish reports and in every record of the history; any other field is refused.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExitInfo {
     pub code: Option<i32>,
     pub signal: Option<i32>,
@@ -118,21 +120,29 @@ pub struct Enforced {
 }
 
 /// Decides the outcome from the exit, the accounting and what agentcgd enforced.
+///
+/// What agentcgd enforced (a timeout, a pressure kill, a CPU-budget kill) can only
+/// explain an end by a signal: each acts by killing the call's cgroup, and a tool that
+/// exited on its own just before (its code in hand) ended for its own reasons. An OOM
+/// kill comes first: the kernel counted it in the call's memory.events, and with
+/// `memory.oom.group` set it ended every process of the call, so a later timer or
+/// pressure kill found the call already dead.
 pub fn outcome(exit: &ExitInfo, acc: &Accounting, enforced: Enforced) -> Outcome {
     let ev = &acc.memory_events;
-    if enforced.timed_out {
-        Outcome::Timeout
-    } else if enforced.pressure_killed && exit.signal.is_some() {
-        Outcome::MemoryPressure
-    } else if enforced.cpu_budget_exceeded && exit.signal.is_some() {
-        Outcome::CpuBudgetExceeded
-    } else if ev.oom_kill > 0 || ev.oom_group_kill > 0 {
+    let by_signal = exit.signal.is_some();
+    if ev.oom_kill > 0 || ev.oom_group_kill > 0 {
         Outcome::OomKilled
+    } else if by_signal && enforced.timed_out {
+        Outcome::Timeout
+    } else if by_signal && enforced.pressure_killed {
+        Outcome::MemoryPressure
+    } else if by_signal && enforced.cpu_budget_exceeded {
+        Outcome::CpuBudgetExceeded
     } else if exit.code == Some(0) {
         Outcome::Ok
     } else if acc.pids_limit_hits > 0 {
         Outcome::PidsLimited
-    } else if exit.signal.is_some() {
+    } else if by_signal {
         Outcome::Killed
     } else {
         Outcome::Failed
@@ -320,241 +330,4 @@ pub struct CallRecord {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wait_statuses_decode_like_waitpid() {
-        let exited = |code| ExitInfo {
-            code: Some(code),
-            signal: None,
-        };
-        let killed = |sig| ExitInfo {
-            code: None,
-            signal: Some(sig),
-        };
-        assert_eq!(ExitInfo::from_wait_status(0), exited(0));
-        assert_eq!(ExitInfo::from_wait_status(7 << 8), exited(7));
-        assert_eq!(ExitInfo::from_wait_status(255 << 8), exited(255));
-        assert_eq!(ExitInfo::from_wait_status(libc::SIGKILL), killed(9));
-        // SIGSEGV with a core dump (0x80) is still SIGSEGV.
-        assert_eq!(ExitInfo::from_wait_status(0x80 | libc::SIGSEGV), killed(11));
-        assert_eq!(
-            ExitInfo::from_wait_status(libc::SIGTERM).shell_status(),
-            143
-        );
-    }
-    use crate::intent::Priority;
-
-    fn en(timed_out: bool, cpu_budget_exceeded: bool) -> Enforced {
-        Enforced {
-            timed_out,
-            cpu_budget_exceeded,
-            pressure_killed: false,
-        }
-    }
-
-    fn limits() -> CallLimits {
-        CallLimits {
-            memory_expected: 64 << 20,
-            memory_high: None,
-            memory_max: 64 << 20,
-            cpu_weight: 100,
-            millicpus: None,
-            pids_max: 32,
-            timeout_ms: 10_000,
-            cpu_budget_ms: None,
-            priority: Priority::Normal,
-            class: Some("test".into()),
-            oom_score_adj: 500,
-        }
-    }
-
-    fn oom_acc(own_max: u64, shared_max: u64) -> Accounting {
-        Accounting {
-            memory_peak: Some(64 << 20),
-            memory_events: MemoryEvents {
-                max: own_max,
-                oom: 1,
-                oom_kill: 1,
-                ..Default::default()
-            },
-            shared_ceiling_events: MemoryEvents {
-                max: shared_max,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn outcomes() {
-        let ok = ExitInfo {
-            code: Some(0),
-            signal: None,
-        };
-        let fail = ExitInfo {
-            code: Some(1),
-            signal: None,
-        };
-        let killed = ExitInfo {
-            code: None,
-            signal: Some(9),
-        };
-        let quiet = Accounting::default();
-        assert_eq!(outcome(&ok, &quiet, en(false, false)), Outcome::Ok);
-        assert_eq!(outcome(&fail, &quiet, en(false, false)), Outcome::Failed);
-        assert_eq!(outcome(&killed, &quiet, en(false, false)), Outcome::Killed);
-        assert_eq!(outcome(&killed, &quiet, en(true, false)), Outcome::Timeout);
-        assert_eq!(
-            outcome(&killed, &oom_acc(3, 0), en(false, false)),
-            Outcome::OomKilled
-        );
-        let forkfail = Accounting {
-            pids_limit_hits: 2,
-            ..quiet
-        };
-        assert_eq!(
-            outcome(&fail, &forkfail, en(false, false)),
-            Outcome::PidsLimited
-        );
-        assert_eq!(outcome(&ok, &forkfail, en(false, false)), Outcome::Ok);
-        assert_eq!(
-            outcome(&killed, &quiet, en(false, true)),
-            Outcome::CpuBudgetExceeded
-        );
-        assert_eq!(
-            outcome(&ok, &quiet, en(false, true)),
-            Outcome::Ok,
-            "throttled but finished"
-        );
-        assert_eq!(killed.shell_status(), 137);
-        assert_eq!(fail.shell_status(), 1);
-    }
-
-    #[test]
-    fn oom_feedback_names_limit_peak_and_suggestion() {
-        let f = feedback(
-            7,
-            Outcome::OomKilled,
-            &limits(),
-            &oom_acc(3, 0),
-            ceil(1 << 30),
-            "run a single test file",
-        )
-        .unwrap();
-        assert_eq!(f.limit, "mem.max");
-        assert_eq!(f.peak.as_deref(), Some("64 MiB"));
-        assert!(f.message.contains("call 7 (test)"), "{}", f.message);
-        assert!(f.message.contains("run a single test file"));
-        assert!(f.suggestion.contains("mem.max=128M"), "{}", f.suggestion);
-    }
-
-    #[test]
-    fn shared_ceiling_is_told_apart() {
-        let f = feedback(
-            1,
-            Outcome::OomKilled,
-            &limits(),
-            &oom_acc(0, 2),
-            ceil(272 << 20),
-            "x",
-        )
-        .unwrap();
-        assert_eq!(f.limit, "session calls ceiling");
-        assert_eq!(f.limit_value, "272 MiB");
-    }
-
-    #[test]
-    fn no_feedback_for_plain_failures() {
-        assert!(
-            feedback(
-                1,
-                Outcome::Failed,
-                &limits(),
-                &Accounting::default(),
-                ceil(0),
-                "x"
-            )
-            .is_none()
-        );
-        let t = feedback(
-            1,
-            Outcome::Timeout,
-            &limits(),
-            &Accounting::default(),
-            ceil(0),
-            "x",
-        )
-        .unwrap();
-        assert_eq!(t.limit_value, "10s");
-        assert!(t.suggestion.contains("timeout=20s"), "{}", t.suggestion);
-    }
-
-    #[test]
-    fn a_kill_for_a_limit_above_the_session_blames_the_host() {
-        let f = feedback(
-            4,
-            Outcome::OomKilled,
-            &limits(),
-            &oom_acc(0, 0),
-            ceil(1 << 30),
-            "x",
-        )
-        .unwrap();
-        assert_eq!(
-            (f.limit.as_str(), f.limit_value.as_str()),
-            ("host memory", "1.1 GiB")
-        );
-        assert!(f.message.contains("OOM killer chose it"), "{}", f.message);
-    }
-
-    fn ceil(calls: u64) -> Ceilings {
-        Ceilings {
-            calls,
-            host: 1100 << 20,
-        }
-    }
-
-    #[test]
-    fn a_pressure_kill_is_explained() {
-        let pressure = Enforced {
-            pressure_killed: true,
-            ..Enforced::default()
-        };
-        let killed = ExitInfo {
-            code: None,
-            signal: Some(9),
-        };
-        let acc = Accounting {
-            memory_peak: Some(300 << 20),
-            ..Accounting::default()
-        };
-        assert_eq!(outcome(&killed, &acc, pressure), Outcome::MemoryPressure);
-        let ok = ExitInfo {
-            code: Some(0),
-            signal: None,
-        };
-        assert_eq!(outcome(&ok, &acc, pressure), Outcome::Ok, "finished first");
-        let f = feedback(
-            3,
-            Outcome::MemoryPressure,
-            &limits(),
-            &acc,
-            ceil(0),
-            "run one file",
-        )
-        .unwrap();
-        assert_eq!(
-            (f.limit.as_str(), f.limit_value.as_str()),
-            ("host memory", "1.1 GiB")
-        );
-        assert_eq!(f.peak.as_deref(), Some("300 MiB"));
-        assert!(
-            f.message.contains("relieve host memory pressure"),
-            "{}",
-            f.message
-        );
-        assert!(f.suggestion.contains("run one file"), "{}", f.suggestion);
-    }
-}
+mod tests;

@@ -1,8 +1,9 @@
 //! Strict parsing and printing of sizes (binary units) and durations.
 //!
-//! Agents and operators write `512M`, `1.5G`, `10m`, `500ms`. Parsing is exact
-//! integer arithmetic (no floats), rejects signs, blanks inside numbers, unknown
-//! units and overflow, and every error names the offending text.
+//! Agents and operators write `512M`, `1.5G`, `10m`, `500ms`, and CPUs as `0.25`.
+//! Parsing is exact integer arithmetic (no floats), rejects signs, blanks inside
+//! numbers, exponents, unknown units and overflow, and every error names the
+//! offending text.
 
 use std::fmt;
 use std::time::Duration;
@@ -22,8 +23,12 @@ pub enum UnitError {
     },
     #[error("`{0}` is too large")]
     Overflow(String),
-    #[error("`{0}` has more than 9 decimal places")]
-    TooPrecise(String),
+    #[error("`{text}` has more than {places} decimal places")]
+    TooPrecise { text: String, places: usize },
+    #[error(
+        "`{0}` is not a plain decimal number (digits with at most one `.`; no sign, no exponent)"
+    )]
+    NotADecimal(String),
 }
 
 /// The size units accepted, for error messages and docs.
@@ -57,7 +62,10 @@ fn split_number(text: &str) -> Result<(Decimal, &str), UnitError> {
         return Err(bad());
     }
     if frac_s.len() > 9 {
-        return Err(UnitError::TooPrecise(text.to_string()));
+        return Err(UnitError::TooPrecise {
+            text: text.to_string(),
+            places: 9,
+        });
     }
     if int_s.len() > 30 {
         return Err(UnitError::Overflow(text.to_string()));
@@ -78,6 +86,40 @@ fn scale(d: Decimal, multiplier: u128, text: &str) -> Result<u128, UnitError> {
     let whole = d.int.checked_mul(multiplier).ok_or_else(over)?;
     let frac = d.nanos.checked_mul(multiplier).ok_or_else(over)? / 1_000_000_000;
     whole.checked_add(frac).ok_or_else(over)
+}
+
+/// Parses an unsigned decimal with at most `places` fractional digits, exactly, as a
+/// count of `10^-places` units: `parse_fixed("0.1", 3)` is 100, `parse_fixed("2", 3)`
+/// is 2000. Rejects signs, exponents, blanks, `.5`, `1.`, more digits than `places`
+/// after the point, and values above `u64::MAX` units.
+pub fn parse_fixed(text: &str, places: usize) -> Result<u64, UnitError> {
+    if text.is_empty() {
+        return Err(UnitError::Empty);
+    }
+    let (int_s, frac_s) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let dotted = text.contains('.');
+    if int_s.is_empty() || (dotted && frac_s.is_empty()) || !digits(int_s) || !digits(frac_s) {
+        return Err(UnitError::NotADecimal(text.to_string()));
+    }
+    if frac_s.len() > places {
+        return Err(UnitError::TooPrecise {
+            text: text.to_string(),
+            places,
+        });
+    }
+    let over = || UnitError::Overflow(text.to_string());
+    let unit = 10u64.checked_pow(u32::try_from(places).map_err(|_| over())?);
+    let int: u64 = int_s.parse().map_err(|_| over())?;
+    let frac: u64 = if frac_s.is_empty() {
+        0
+    } else {
+        // At most `places` digits, padded to exactly `places`: `0.1` is 100 thousandths.
+        format!("{frac_s:0<places$}").parse().map_err(|_| over())?
+    };
+    unit.and_then(|u| int.checked_mul(u))
+        .and_then(|whole| whole.checked_add(frac))
+        .ok_or_else(over)
 }
 
 /// Parses a byte size: `4096`, `512K`, `1.5G`, `2g`, `64MiB`, `1T`. Units are binary.
@@ -216,10 +258,77 @@ mod tests {
         ));
         assert!(matches!(
             parse_size("1.0000000001G"),
-            Err(UnitError::TooPrecise(_))
+            Err(UnitError::TooPrecise { places: 9, .. })
         ));
         let msg = parse_size("3Q").unwrap_err().to_string();
         assert!(msg.contains("`Q`") && msg.contains("K, M, G"), "{msg}");
+    }
+
+    /// Decimal fractions are counted exactly: no binary scaling, no float rounding.
+    #[test]
+    fn fixed_point_decimals_parse_exactly() {
+        let cases: &[(&str, u64)] = &[
+            ("0.1", 100),
+            ("0.333", 333),
+            ("0.01", 10),
+            ("0.001", 1),
+            ("2", 2000),
+            ("2.0", 2000),
+            ("1.25", 1250),
+            ("007.5", 7500),
+            ("1024", 1_024_000),
+            ("0", 0),
+        ];
+        for (text, milli) in cases {
+            assert_eq!(parse_fixed(text, 3), Ok(*milli), "{text}");
+        }
+        assert_eq!(
+            parse_fixed("0.5", 0),
+            Err(UnitError::TooPrecise {
+                text: "0.5".into(),
+                places: 0
+            })
+        );
+        assert_eq!(parse_fixed("42", 0), Ok(42));
+    }
+
+    #[test]
+    fn bad_fixed_point_decimals_name_the_problem() {
+        for text in [
+            "-1", "+1", "1e3", "1E-2", "NaN", "nan", "inf", " 1", "1 ", ".5", "1.", "1.2.3",
+            "0x10", "1_000", "½", "1,5",
+        ] {
+            assert_eq!(
+                parse_fixed(text, 3),
+                Err(UnitError::NotADecimal(text.to_string())),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_fixed("", 3), Err(UnitError::Empty));
+        assert_eq!(
+            parse_fixed("0.0001", 3),
+            Err(UnitError::TooPrecise {
+                text: "0.0001".into(),
+                places: 3
+            })
+        );
+        for huge in [
+            "18446744073709552",
+            "99999999999999999999999",
+            "18446744073709551615",
+        ] {
+            assert_eq!(
+                parse_fixed(huge, 3),
+                Err(UnitError::Overflow(huge.to_string())),
+                "{huge}"
+            );
+        }
+        assert_eq!(parse_fixed("18446744073709551.615", 3), Ok(u64::MAX));
+        let msg = parse_fixed("1e3", 3).unwrap_err().to_string();
+        assert!(
+            msg.contains("`1e3`") && msg.contains("no exponent"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! The HTTP+JSON API (documented in docs/API.md). Handlers parse, hand the work to
-//! the controller on a blocking thread, and map errors to `{"error": {code, message}}`.
+//! the controller on a blocking thread, and map errors to `{"error": {code, message}}`:
+//! every error, including an unknown path, a wrong method and a path, query or body
+//! the extractors refuse (see [`extract`]).
+
+mod extract;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +24,7 @@ use agentcg_core::record::ExitInfo;
 
 use crate::status::Status;
 use crate::supervisor::{self, Shared, Wakers};
+use extract::{Json, Path, Query};
 
 /// How long a finish report waits for its record to be on disk.
 const DURABLE_WAIT: Duration = Duration::from_secs(10);
@@ -66,14 +71,27 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/calls", post(declare_call).get(list_calls))
         .route("/v1/calls/{id}", get(show_call))
         .route("/v1/calls/{id}/finish", post(finish_call))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint (see docs/API.md)",
-            )
-        })
+        .fallback(not_found)
+        // After every route: it applies to the routes added so far.
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint (see docs/API.md)",
+    )
+}
+
+/// axum adds the `Allow` header (the methods the path takes) to this answer.
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("this endpoint does not take {method} (see the Allow header and docs/API.md)"),
+    )
 }
 
 /// An error response.
@@ -115,12 +133,6 @@ impl From<ControlError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.code(), e.to_string())
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())
     }
 }
 
@@ -195,7 +207,7 @@ async fn status(State(state): State<AppState>) -> ApiResult {
 
 async fn create_session(
     State(state): State<AppState>,
-    body: Result<Json<SessionRequest>, JsonRejection>,
+    body: Result<Json<SessionRequest>, ApiError>,
 ) -> ApiResult {
     let Json(req) = body?;
     to_json(with_controller(&state, move |c| c.create_session(&req)).await?)
@@ -257,7 +269,7 @@ struct AttachRequest {
 async fn attach_runtime(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Result<Json<AttachRequest>, JsonRejection>,
+    body: Result<Json<AttachRequest>, ApiError>,
 ) -> ApiResult {
     let Json(req) = body?;
     with_controller(&state, move |c| c.attach_runtime(&name, req.pid)).await?;
@@ -266,7 +278,7 @@ async fn attach_runtime(
 
 async fn declare_call(
     State(state): State<AppState>,
-    body: Result<Json<CallRequest>, JsonRejection>,
+    body: Result<Json<CallRequest>, ApiError>,
 ) -> ApiResult {
     let Json(req) = body?;
     let grant = with_controller(&state, move |c| c.declare_call(&req)).await?;
@@ -283,7 +295,7 @@ struct FinishRequest {
 async fn finish_call(
     State(state): State<AppState>,
     Path(id): Path<u64>,
-    body: Result<Json<FinishRequest>, JsonRejection>,
+    body: Result<Json<FinishRequest>, ApiError>,
 ) -> ApiResult {
     let Json(req) = body?;
     // Idempotent: a call that already ended (its tool's exit seen by the kernel

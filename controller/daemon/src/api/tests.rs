@@ -1,0 +1,423 @@
+//! The API's error contract (docs/API.md, "Errors"): every refusal, whether the router,
+//! an extractor or the controller makes it, is `{"error": {"code", "message"}}` with
+//! the documented status. Driven through the real router with `oneshot`, over a
+//! controller whose cgroupfs is a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use agentcg_core::cgroup::CgroupError;
+use agentcg_core::controller::{CONTROLLERS, ControlError, Controller, StartOptions};
+use agentcg_core::history::HistoryError;
+use agentcg_core::intent::IntentError;
+use agentcg_core::plan::PlanError;
+use agentcg_core::policy::Policy;
+use agentcg_core::probe::KernelFeatures;
+
+use super::{ApiError, AppState, router};
+use crate::status::Status;
+
+/// A directory that looks like a cgroup to the controller: the interface files it
+/// reads at start (on cgroupfs the kernel provides them).
+fn fake_cgroup(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let controllers = CONTROLLERS.join(" ");
+    std::fs::write(dir.join("cgroup.controllers"), &controllers).unwrap();
+    std::fs::write(dir.join("cgroup.subtree_control"), &controllers).unwrap();
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    app: axum::Router,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cgroup/agentcg");
+    fake_cgroup(root.parent().unwrap());
+    fake_cgroup(&root);
+    let state_dir = dir.path().join("state");
+    let (controller, _) = Controller::start(
+        Policy::default_policy(),
+        StartOptions {
+            root: &root,
+            state_dir: &state_dir,
+            on_written: Arc::new(|_, _| {}),
+        },
+    )
+    .unwrap_or_else(|e| panic!("controller over {}: {e}", root.display()));
+    let status = Status {
+        version: "test",
+        root: root.display().to_string(),
+        kernel: KernelFeatures {
+            kernel_release: "test".into(),
+            controllers: CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+            sched_ext_state: None,
+            psi: false,
+            memory_reclaim: false,
+            memory_peak: false,
+            pids_peak: false,
+            clone_into_cgroup: false,
+        },
+        btf: None,
+        modes: Vec::new(),
+        sched: Default::default(),
+        memory: Default::default(),
+    };
+    let state = AppState::new(
+        Arc::new(Mutex::new(controller)),
+        status,
+        Arc::new(crate::supervisor::Wakers::default()),
+    );
+    Fixture {
+        _dir: dir,
+        root,
+        app: router(state),
+    }
+}
+
+/// Sends one request; returns the status, the `Allow` header and the body as JSON
+/// (failing if it is not JSON).
+async fn send(
+    app: &axum::Router,
+    method: Method,
+    uri: &str,
+    body: Option<&str>,
+) -> (StatusCode, Option<String>, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    answer(app, req).await
+}
+
+async fn answer(app: &axum::Router, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+    let what = format!("{} {}", req.method(), req.uri());
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let allow = res
+        .headers()
+        .get(header::ALLOW)
+        .map(|v| v.to_str().unwrap().to_string());
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    let body: Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{what}: {status} body is not JSON ({e}): {text:?}"));
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/json"),
+        "{what}: {text}"
+    );
+    (status, allow, body)
+}
+
+/// Asserts the documented error body: exactly `{"error": {"code", "message"}}`, with
+/// this code and a message containing each of `needles`.
+#[track_caller]
+fn assert_error(body: &Value, code: &str, needles: &[&str]) {
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no error object in {body}"));
+    assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+    assert_eq!(error.len(), 2, "{body}");
+    assert_eq!(error["code"], code, "{body}");
+    let message = error["message"].as_str().unwrap();
+    for needle in needles {
+        assert!(message.contains(needle), "`{needle}` not in {body}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_path_is_a_json_404() {
+    let f = fixture();
+    for uri in [
+        "/",
+        "/v1/nope",
+        "/v1/calls/1/2/3",
+        "/v2/status",
+        "/v1/calls/1/finish/x",
+    ] {
+        let (status, _, body) = send(&f.app, Method::GET, uri, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+        assert_error(&body, "not_found", &["no such endpoint"]);
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_json_405_with_allow() {
+    let f = fixture();
+    let cases = [
+        (Method::DELETE, "/v1/calls", &["GET", "POST"][..]),
+        (Method::PUT, "/v1/status", &["GET"]),
+        (Method::GET, "/v1/calls/3/finish", &["POST"]),
+        (Method::POST, "/v1/sessions/x", &["GET", "DELETE"]),
+    ];
+    for (method, uri, allowed) in cases {
+        let (status, allow, body) = send(&f.app, method.clone(), uri, None).await;
+        assert_eq!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}: {body}"
+        );
+        assert_error(&body, "method_not_allowed", &[method.as_str()]);
+        let allow = allow.unwrap_or_else(|| panic!("{method} {uri}: no Allow header"));
+        for m in allowed {
+            assert!(allow.contains(m), "{method} {uri}: Allow: {allow}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_bad_path_parameter_is_a_json_400() {
+    let f = fixture();
+    let (status, _, body) = send(&f.app, Method::GET, "/v1/calls/abc", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, "bad_path", &["abc"]);
+    let (status, _, body) = send(
+        &f.app,
+        Method::POST,
+        "/v1/calls/-1/finish",
+        Some(r#"{"exit": {"code": 0, "signal": null}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, "bad_path", &["-1"]);
+    let (status, _, body) = send(
+        &f.app,
+        Method::GET,
+        "/v1/calls/99999999999999999999999",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, "bad_path", &[]);
+}
+
+#[tokio::test]
+async fn a_bad_query_is_a_json_400() {
+    let f = fixture();
+    let cases = [
+        (Method::GET, "/v1/calls?limit=x", "limit"),
+        (Method::GET, "/v1/calls?limit=-3", "limit"),
+        (Method::GET, "/v1/calls?bogus=1", "bogus"),
+        (Method::DELETE, "/v1/sessions/s?force=maybe", "force"),
+        (Method::DELETE, "/v1/sessions/s?forse=true", "forse"),
+    ];
+    for (method, uri, needle) in cases {
+        let (status, _, body) = send(&f.app, method.clone(), uri, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {body}");
+        assert_error(&body, "bad_query", &[needle]);
+    }
+    // A good query still answers.
+    let (status, _, body) = send(&f.app, Method::GET, "/v1/calls?limit=5", None).await;
+    assert_eq!((status, body), (StatusCode::OK, Value::Array(Vec::new())));
+}
+
+#[tokio::test]
+async fn a_malformed_body_is_a_json_400() {
+    let f = fixture();
+    for text in [
+        r#"{"name":"#,
+        "not json",
+        "",
+        r#"{"name": "a"} {"name": "b"}"#,
+    ] {
+        let (status, _, body) = send(&f.app, Method::POST, "/v1/sessions", Some(text)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text:?}: {body}");
+        assert_error(&body, "bad_json", &[]);
+    }
+    // The wrong shape: a number where a list belongs.
+    let (status, _, body) =
+        send(&f.app, Method::POST, "/v1/calls", Some(r#"{"command": 5}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, "bad_json", &["command"]);
+    // No JSON content type.
+    let req = Request::post("/v1/sessions")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(r#"{"name": "a"}"#))
+        .unwrap();
+    let (status, _, body) = answer(&f.app, req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, "bad_json", &["application/json"]);
+}
+
+#[tokio::test]
+async fn an_unknown_json_field_is_a_json_400() {
+    let f = fixture();
+    let cases = [
+        ("/v1/sessions", r#"{"name": "a", "bogus": 1}"#, "bogus"),
+        (
+            "/v1/calls",
+            r#"{"command": ["true"], "intnet": "mem=1G"}"#,
+            "intnet",
+        ),
+        ("/v1/sessions/a/runtime", r#"{"pid": 1, "uid": 0}"#, "uid"),
+        // ExitInfo refuses unknown fields too: a misspelt `signal` is not a clean exit.
+        (
+            "/v1/calls/1/finish",
+            r#"{"exit": {"code": 0, "sig": 9}}"#,
+            "sig",
+        ),
+    ];
+    for (uri, text, field) in cases {
+        let (status, _, body) = send(&f.app, Method::POST, uri, Some(text)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {text}: {body}");
+        assert_error(&body, "bad_json", &["unknown field", field]);
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_json_key_is_a_json_400_and_nothing_happens() {
+    let f = fixture();
+    let cases = [
+        (
+            "/v1/calls",
+            r#"{"command": ["true"], "intent": {"mem": "64M", "mem": "8G"}}"#,
+            "intent.mem",
+        ),
+        ("/v1/sessions", r#"{"name": "a", "name": "b"}"#, "name"),
+        (
+            "/v1/calls/1/finish",
+            r#"{"exit": {"code": 0, "code": 1}}"#,
+            "code",
+        ),
+    ];
+    for (uri, text, key) in cases {
+        let (status, _, body) = send(&f.app, Method::POST, uri, Some(text)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {text}: {body}");
+        assert_error(&body, "bad_json", &[key]);
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("twice") || message.contains("duplicate"),
+            "{body}"
+        );
+    }
+    // Refused before the controller saw it: no call was declared, no session made.
+    assert!(!f.root.join("session-default").exists());
+    assert!(!f.root.join("session-a").exists());
+    let (_, _, calls) = send(&f.app, Method::GET, "/v1/calls", None).await;
+    assert_eq!(calls, Value::Array(Vec::new()));
+}
+
+#[tokio::test]
+async fn controller_errors_keep_their_json_body() {
+    let f = fixture();
+    let (status, _, body) = send(&f.app, Method::GET, "/v1/calls/12345", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_error(&body, "no_such_call", &["12345"]);
+    let (status, _, body) = send(&f.app, Method::GET, "/v1/sessions/ghost", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_error(&body, "no_such_session", &["ghost"]);
+    let (status, _, body) = send(
+        &f.app,
+        Method::POST,
+        "/v1/calls",
+        Some(r#"{"command": ["true"], "intent": "cpu=0.0001"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, "bad_intent", &["cpu=0.0001", "millicpu"]);
+}
+
+#[test]
+fn control_errors_map_to_their_documented_status() {
+    let io = || std::io::Error::from_raw_os_error(libc::EACCES);
+    let cases: Vec<(ControlError, StatusCode, &str)> = vec![
+        (
+            IntentError::Empty.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_intent",
+        ),
+        (
+            PlanError::NoRoom("full".into()).into(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "no_room",
+        ),
+        (
+            PlanError::BadSessionName("a/b".into()).into(),
+            StatusCode::BAD_REQUEST,
+            "bad_session",
+        ),
+        (
+            CgroupError::Io {
+                op: "write",
+                path: "/sys/fs/cgroup/x/memory.max".into(),
+                value: Some("1".into()),
+                source: io(),
+            }
+            .into(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cgroup_error",
+        ),
+        (
+            HistoryError::Io {
+                op: "appending to",
+                path: "/var/lib/agentcg/calls.jsonl".into(),
+                source: io(),
+            }
+            .into(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "state_error",
+        ),
+        (
+            ControlError::State {
+                path: "/var/lib/agentcg/sessions.json".into(),
+                reason: "read-only".into(),
+            },
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "state_error",
+        ),
+        (
+            ControlError::NoSession("s".into()),
+            StatusCode::NOT_FOUND,
+            "no_such_session",
+        ),
+        (
+            ControlError::NoCall(7),
+            StatusCode::NOT_FOUND,
+            "no_such_call",
+        ),
+        (
+            ControlError::SessionExists("s".into()),
+            StatusCode::CONFLICT,
+            "session_exists",
+        ),
+        (
+            ControlError::RuntimeAlive {
+                name: "s".into(),
+                count: 2,
+            },
+            StatusCode::CONFLICT,
+            "runtime_alive",
+        ),
+        (
+            ControlError::BadRequest {
+                what: "command".into(),
+                reason: "empty".into(),
+            },
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+    ];
+    for (e, status, code) in cases {
+        let message = e.to_string();
+        let api = ApiError::from(e);
+        assert_eq!((api.status, api.code), (status, code), "{message}");
+        assert_eq!(api.message, message);
+    }
+}
