@@ -152,6 +152,7 @@ impl Controller {
                 ..CallMemory::default()
             },
             adopted_tool: tool,
+            tool_gone_at: tool.is_none().then_some(now),
             suggestion: st.suggestion,
             clamps: st.clamps,
             limits: st.limits,
@@ -187,19 +188,46 @@ impl Controller {
     }
 }
 
-/// The tool of a call, if it still runs: the oldest process in the cgroup whose parent
-/// is outside it (the agentcg client that spawned it, or init once the client is gone).
+/// The tool of a call, if it still runs: the process in the cgroup whose parent is
+/// outside it and alive (the client that spawned it). A process whose parent is init
+/// was orphaned: left behind by a tool that exited (or by a client that died), so it
+/// is not the tool.
 fn find_tool(cg: &Cgroup) -> Option<u32> {
     let pids = cg.procs().ok()?;
-    pids.iter()
+    let procs: Vec<(u32, u32, u64)> = pids
+        .iter()
         .filter_map(|&pid| {
             let stat = procfs::process::Process::new(pid as i32)
                 .ok()?
                 .stat()
                 .ok()?;
-            let parent_inside = pids.contains(&(stat.ppid as u32));
-            (!parent_inside).then_some((stat.starttime, pid))
+            Some((pid, stat.ppid as u32, stat.starttime))
         })
-        .min()
-        .map(|(_, pid)| pid)
+        .collect();
+    pick_tool(&procs)
+}
+
+/// Of (pid, parent pid, start time) of a cgroup's processes: the oldest whose parent
+/// is neither in the cgroup nor init.
+fn pick_tool(procs: &[(u32, u32, u64)]) -> Option<u32> {
+    procs
+        .iter()
+        .filter(|(_, ppid, _)| *ppid > 1 && !procs.iter().any(|(pid, _, _)| pid == ppid))
+        .min_by_key(|(_, _, start)| *start)
+        .map(|(pid, _, _)| *pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_tool;
+
+    #[test]
+    fn the_tool_is_the_child_of_a_live_client() {
+        // client 100 -> tool 200 -> child 300; 400 orphaned (parent init).
+        let procs = [(300, 200, 12), (200, 100, 10), (400, 1, 5)];
+        assert_eq!(pick_tool(&procs), Some(200));
+        // The tool exited: its child was re-parented to init, like the orphan.
+        assert_eq!(pick_tool(&[(300, 1, 12), (400, 1, 5)]), None);
+        assert_eq!(pick_tool(&[]), None);
+    }
 }

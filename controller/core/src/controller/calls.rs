@@ -103,6 +103,7 @@ impl Controller {
                 ..CallMemory::default()
             },
             adopted_tool: None,
+            tool_gone_at: None,
         };
         if let Err(e) = self.store.save(&call.state(id)) {
             // The call runs all the same (an agent's command is not refused for a full

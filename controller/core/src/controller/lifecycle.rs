@@ -18,6 +18,10 @@ use super::{ABANDON_AFTER, ControlError, Controller, RunningCall};
 use crate::cgroup::{cpu, memory, pids};
 use crate::record::{self, Accounting, CallRecord, Ceilings, Enforced, ExitInfo, Outcome};
 
+/// How long a call re-adopted without its tool waits for its client's report (the
+/// client waits up to 10 s for a restarting daemon).
+pub(super) const ADOPTED_REPORT_WAIT: Duration = Duration::from_secs(20);
+
 /// The exit of a call whose client never reported: no code, no signal.
 pub(super) const ABANDONED: ExitInfo = ExitInfo {
     code: None,
@@ -97,7 +101,12 @@ impl Controller {
                 call.tool_exit_swept = true;
                 continue;
             }
-            if abandoned(empty, &mut call.empty_since, now, ABANDON_AFTER) {
+            // A call re-adopted with its tool gone waits for its client's report only
+            // so long; then what is left is killed.
+            let unreported = call
+                .tool_gone_at
+                .is_some_and(|t| now.duration_since(t) >= ADOPTED_REPORT_WAIT);
+            if unreported || abandoned(empty, &mut call.empty_since, now, ABANDON_AFTER) {
                 ended.push((id, ABANDONED));
             }
         }

@@ -203,6 +203,9 @@ struct RunningCall {
     memory: CallMemory,
     /// Re-adopted after a restart with its tool still running: the tool's pid.
     adopted_tool: Option<u32>,
+    /// Re-adopted after a restart with its tool gone: when (the sweep ends it if its
+    /// client does not report).
+    tool_gone_at: Option<Instant>,
 }
 
 /// What the memory response has done to a running call.
