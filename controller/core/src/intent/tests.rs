@@ -58,6 +58,9 @@ fn cpus_are_exact_decimals_in_both_forms() {
         assert_eq!(string.millicpus, Some(*milli), "JSON string {text}");
         assert_eq!(format_millicpus(*milli), *text);
     }
+    // A JSON number is a number, exponent or not; its text form is not.
+    let exp = Intent::parse_json(r#"{"cpu": 1e-2, "mem": 1.5e9}"#).unwrap();
+    assert_eq!((exp.millicpus, exp.mem), (Some(10), Some(1_500_000_000)));
     // Every millicpu amount in range prints and parses back to itself.
     for m in (MIN_MILLICPUS..=5000).step_by(7) {
         let i = Intent::parse_compact(&format!("cpu={}", format_millicpus(m))).unwrap();
