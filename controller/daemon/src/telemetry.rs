@@ -68,10 +68,10 @@ impl KernelHooks for TelemetryHooks {
         if !self.watched.contains(&cgroup_id) {
             return None;
         }
-        match self.telemetry.counters(cgroup_id) {
-            Ok(c) => c?.tool_exit().map(|s| ExitInfo::from_wait_status(s as i32)),
+        match self.telemetry.tool_exit(cgroup_id) {
+            Ok(s) => s.map(|s| ExitInfo::from_wait_status(s as i32)),
             Err(e) => {
-                tracing::warn!(cgroup_id, "telemetry counters: {e}");
+                tracing::warn!(cgroup_id, "telemetry tool exit: {e}");
                 None
             }
         }
