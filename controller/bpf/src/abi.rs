@@ -449,7 +449,7 @@ pub enum MemRole {
     Call,
     /// A session cgroup (or its `calls/` ceiling).
     Session,
-    /// The agentcg root cgroup.
+    /// The agentcg root cgroup, or an ancestor of it (whose limit bounds the root).
     Root,
 }
 
