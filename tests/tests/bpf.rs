@@ -283,10 +283,7 @@ fn a_tool_watched_after_its_exec_keeps_its_own_exit() {
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
     // The tool (sh) blocks on the fifo (a builtin: no exec) until it is watched, then
     // runs a child that execs and exits 5, then exits 3 itself.
-    let script = format!(
-        "read go < {}; /bin/sh -c 'exit 5'; exit 3",
-        fifo.display()
-    );
+    let script = format!("read go < {}; /bin/sh -c 'exit 5'; exit 3", fifo.display());
     let argv = ["/bin/sh".into(), "-c".into(), script.into()];
     let pid = spawn_in_cgroup(&cg.path, &argv, None).expect("spawn");
     // Its exec is done once its comm is the shell's.
@@ -312,7 +309,11 @@ fn a_tool_watched_after_its_exec_keeps_its_own_exit() {
     let c = t.counters(cg.id()).expect("counters").expect("watched");
     eprintln!("{c:?}");
     assert_eq!(c.tool_pid, pid as u32, "{c:?}");
-    assert_eq!(t.tool_exit(cg.id()).expect("tool_exit"), Some(3 << 8), "{c:?}");
+    assert_eq!(
+        t.tool_exit(cg.id()).expect("tool_exit"),
+        Some(3 << 8),
+        "{c:?}"
+    );
     assert_eq!((c.execs, c.forks, c.exits), (1, 1, 2), "{c:?}");
     assert_eq!(c.first_exec_ns, ALREADY_STARTED_NS, "{c:?}");
 

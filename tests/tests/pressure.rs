@@ -378,7 +378,9 @@ fn a_parents_memory_max_is_defended() {
     let d = Daemon::start(&format!("{parent_name}/agentcg"));
     assert_eq!(d.root.parent(), Some(parent.path.as_path()));
     assert_eq!(
-        std::fs::read_to_string(d.root.join("memory.max")).expect("root memory.max").trim(),
+        std::fs::read_to_string(d.root.join("memory.max"))
+            .expect("root memory.max")
+            .trim(),
         "max"
     );
     let mut rt = FakeRuntime::start();
@@ -432,7 +434,13 @@ fn a_parents_memory_max_is_defended() {
     let counter = |k: &str| {
         events
             .lines()
-            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+            .find_map(|l| {
+                l.strip_prefix(k)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("no {k} in {events}"))
     };
     let hi_r = read_record(&hi_rec);
@@ -465,7 +473,10 @@ fn a_parents_memory_max_is_defended() {
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
     assert!(
-        text.contains(&format!("set by memory.max 640 MiB of {}", parent.path.display())),
+        text.contains(&format!(
+            "set by memory.max 640 MiB of {}",
+            parent.path.display()
+        )),
         "{text}"
     );
     drop(d);

@@ -142,12 +142,17 @@ mod tests {
             "defended": {"by": "memory.max", "cgroup": "/sys/fs/cgroup/svc", "value": 640u64 << 20, "outside": 0}});
         assert_eq!(
             defended_line(&m).as_deref(),
-            Some("root at 300 MiB of 640 MiB, set by memory.max 640 MiB of /sys/fs/cgroup/svc (0 B of it used outside agentcg)")
+            Some(
+                "root at 300 MiB of 640 MiB, set by memory.max 640 MiB of /sys/fs/cgroup/svc (0 B of it used outside agentcg)"
+            )
         );
         let m = serde_json::json!({"root_usage": 1u64 << 30, "root_limit": 4u64 << 30,
             "defended": {"by": "host", "cgroup": null, "value": 16u64 << 30, "outside": 12u64 << 30}});
         let line = defended_line(&m).expect("a line");
-        assert!(line.contains("of 4 GiB, set by the host (16 GiB in all, 12 GiB used outside"), "{line}");
+        assert!(
+            line.contains("of 4 GiB, set by the host (16 GiB in all, 12 GiB used outside"),
+            "{line}"
+        );
         assert_eq!(defended_line(&serde_json::json!({"defended": null})), None);
         assert_eq!(defended_line(&Value::Null), None);
     }

@@ -83,8 +83,12 @@ fn watch_ancestors(watch: &MemWatch, root: &Cgroup, spec: MemWatchSpec) {
             .map_err(|e| e.to_string())
             .and_then(|id| watch.watch(id, spec).map_err(|e| e.to_string()));
         match watched {
-            Ok(()) => tracing::info!(cgroup = %level.path.display(), max = ?level.max, "memory BPF: ancestor of the root watched"),
-            Err(e) => tracing::warn!(cgroup = %level.path.display(), "memory BPF: ancestor not watched: {e}"),
+            Ok(()) => {
+                tracing::info!(cgroup = %level.path.display(), max = ?level.max, "memory BPF: ancestor of the root watched")
+            }
+            Err(e) => {
+                tracing::warn!(cgroup = %level.path.display(), "memory BPF: ancestor not watched: {e}")
+            }
         }
     }
     for level in beyond.iter().filter(|l| l.max.is_some()) {

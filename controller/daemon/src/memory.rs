@@ -180,7 +180,11 @@ struct Response {
 impl Response {
     async fn run(mut self, mut sources: Sources, mut changes: mpsc::UnboundedReceiver<Change>) {
         let root = self.shared.lock().map(|c| c.layout().root().clone()).ok();
-        let first = self.shared.lock().ok().and_then(|c| c.memory_reading().ok());
+        let first = self
+            .shared
+            .lock()
+            .ok()
+            .and_then(|c| c.memory_reading().ok());
         if let Some(r) = first {
             tracing::info!(usage = r.usage, limit = r.limit, defended = ?r.defended, "memory response: the limit it defends");
             self.publish_reading(r);

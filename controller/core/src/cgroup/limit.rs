@@ -251,7 +251,10 @@ mod tests {
         // The root's own max, when tightest, is the limit itself.
         let chain = [lvl("/cg/agentcg", Some(640 * MIB), None, 10 * MIB)];
         let r = effective(&chain, host(16 * GIB, 12 * GIB));
-        assert_eq!((r.limit, r.defended.by), (640 * MIB, LimitSource::MemoryMax));
+        assert_eq!(
+            (r.limit, r.defended.by),
+            (640 * MIB, LimitSource::MemoryMax)
+        );
     }
 
     #[test]
@@ -307,7 +310,10 @@ mod tests {
         let svc = dir.path().join("mnt/svc");
         let root = svc.join("agentcg");
         std::fs::create_dir_all(&root).expect("mkdir");
-        for (d, max, high, cur) in [(&svc, "671088640\n", "max\n", "4096\n"), (&root, "max\n", "max\n", "1024\n")] {
+        for (d, max, high, cur) in [
+            (&svc, "671088640\n", "max\n", "4096\n"),
+            (&root, "max\n", "max\n", "1024\n"),
+        ] {
             std::fs::write(d.join(MAX), max).expect("write");
             std::fs::write(d.join(HIGH), high).expect("write");
             std::fs::write(d.join(CURRENT), cur).expect("write");
