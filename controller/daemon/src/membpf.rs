@@ -1,9 +1,8 @@
 //! The BPF memory programs (`ebpf/mem.bpf.c`) for the daemon: loads them with the
 //! `mem_state` map they share with the scheduler, watches agentcg's root and its
 //! ancestors (each with the policy's `pressure_at` as its watermark), every session and
-//! every call, and turns
-//! their ring-buffer events into the memory response's signals on a dedicated thread
-//! that sleeps in the ring buffer's epoll until the kernel writes.
+//! every call, and turns their ring-buffer events into the memory response's signals on
+//! a dedicated thread that sleeps in the ring buffer's epoll until the kernel writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,12 +61,12 @@ const ANCESTORS_IN_REACH: usize = 4;
 
 /// Watches the root's ancestors (up to the cgroup2 mount) like the root, so that the
 /// limit the kernel enforces on agentcg is seen where it is set: the memory.max of a
-/// slice, a service or a container above `--root` (docs/POLICY.md, `[memory]`). Each
-/// gets the root's watermark in basis points of its own memory.max against its own
-/// usage, which is the root's usage against the effective limit when that ancestor sets
-/// it (cgroup::limit); its MEMCG_MAX is the kernel at the limit. Every ancestor in
-/// reach is watched, limited or not yet: the BPF side reads memory.max at each charge,
-/// so a limit set later is defended too.
+/// slice, a service or a container above `--root` (docs/POLICY.md, "The limit
+/// defended"). Each gets the root's watermark in basis points of its own memory.max
+/// against its own usage, which is the root's usage against the effective limit when
+/// that ancestor sets it (cgroup::limit); its MEMCG_MAX is the kernel at the limit.
+/// Every ancestor in reach is watched, limited or not yet: the BPF side reads
+/// memory.max at each charge, so a limit set later is defended too.
 fn watch_ancestors(watch: &MemWatch, root: &Cgroup, spec: MemWatchSpec) {
     let chain = match limit::chain(root) {
         Ok(chain) => chain,
