@@ -448,9 +448,9 @@ fn a_parents_memory_max_is_defended() {
     println!("hi: {} {:?}", hi_r["outcome"], actions(&hi_r));
     println!("lo2: {} {:?}", lo2_r["outcome"], actions(&lo2_r));
 
-    // The kernel never had to step in at the parent: the response acted first.
+    // The kernel's OOM killer never fired below the parent: the response acted first.
     assert_eq!(
-        (counter("oom"), counter("oom_kill")),
+        (counter("oom_kill"), counter("oom_group_kill")),
         (0, 0),
         "the kernel OOM-killed below the parent: {events}"
     );
