@@ -162,7 +162,7 @@ _Static_assert(__builtin_offsetof(struct sched_budget_event, ts_ns) == 24, "sche
 /* Roles of struct mem_watch (informational for the BPF side, carried in events). */
 #define MEM_ROLE_CALL    1 /* a tool-call cgroup */
 #define MEM_ROLE_SESSION 2 /* a session cgroup (or its calls/ ceiling) */
-#define MEM_ROLE_ROOT    3 /* the agentcg root cgroup */
+#define MEM_ROLE_ROOT    3 /* the agentcg root cgroup, or an ancestor of it (its limit bounds the root) */
 
 /* Bits of struct mem_state.flags. */
 #define MEM_OVER_HIGH    (1ULL << 0) /* the kernel reported MEMCG_HIGH; cleared below 7/8 of memory.high */

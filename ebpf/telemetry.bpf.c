@@ -124,13 +124,24 @@ int BPF_PROG(tele_exit, struct task_struct *p, bool group_dead)
 	c->last_exit_ns = now;
 	if ((__u32)p->tgid == c->tool_pid) {
 		flags = TELE_F_TOOL;
-		c->tool_status = status;
 		/*
-		 * The status first: a reader that sees the time sees the status (the compiler
-		 * keeps the order; x86 does not reorder stores).
+		 * Publication: the status first, then the time with a fully ordered atomic.
+		 * A plain store then a compiler barrier only holds on x86 (TSO); a weakly
+		 * ordered CPU may make the time visible before the status. clang-19 has no
+		 * BPF store-release (BPF_STORE_REL came with LLVM 21 and kernel 6.15), but
+		 * the atomic read-modify-write instructions that return a value (BPF_FETCH,
+		 * BPF_XCHG, BPF_CMPXCHG) are fully ordered: the kernel memory model requires
+		 * it of value-returning read-modify-writes and the JITs emit them so (the
+		 * riscv and powerpc JITs were fixed to that end in 2024; instruction-set.rst
+		 * defines the operations but says nothing of ordering). So the xchg below
+		 * is at least a release: whoever sees tool_exit_ns != 0 can see the status.
+		 * XCHG always carries BPF_FETCH, so the compiler cannot relax it to a
+		 * non-fetching store although the old value is unused. The reader's side is
+		 * Telemetry::tool_exit in controller/bpf/src/telemetry.rs: it trusts the
+		 * status only from a lookup made after one that saw the time.
 		 */
-		asm volatile("" ::: "memory");
-		c->tool_exit_ns = now;
+		c->tool_status = status;
+		__sync_lock_test_and_set(&c->tool_exit_ns, now);
 	}
 	emit(TELE_EXIT, p->tgid, cgid, now, status, flags);
 	return 0;

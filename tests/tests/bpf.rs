@@ -264,3 +264,71 @@ fn an_unprivileged_load_error_carries_the_libbpf_log() {
     assert!(out.status.success(), "child failed: {}\n{text}", out.status);
     assert!(text.contains("1 passed"), "{text}");
 }
+
+/// Re-adoption (a restarted agentcgd): the tool exec'd before its cgroup was watched.
+/// Watched with `watch_tool`, its own exit is the one flagged and kept, not that of a
+/// child it runs afterwards (which, with a plain `watch`, would be the first exec seen
+/// and so taken for the tool).
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn a_tool_watched_after_its_exec_keeps_its_own_exit() {
+    use agentcg_bpf::ALREADY_STARTED_NS;
+    use agentcg_core::spawn::{spawn_in_cgroup, wait};
+    let t = load();
+    let cg = TestCgroup::root("bpftest", "adopted");
+    let fifo = std::env::temp_dir().join(format!("agentcg-bpftest-{}-go", std::process::id()));
+    let _ = fs::remove_file(&fifo);
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8 path")).expect("no NUL");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // The tool (sh) blocks on the fifo (a builtin: no exec) until it is watched, then
+    // runs a child that execs and exits 5, then exits 3 itself.
+    let script = format!("read go < {}; /bin/sh -c 'exit 5'; exit 3", fifo.display());
+    let argv = ["/bin/sh".into(), "-c".into(), script.into()];
+    let pid = spawn_in_cgroup(&cg.path, &argv, None).expect("spawn");
+    // Its exec is done once its comm is the shell's.
+    let comm = format!("/proc/{pid}/comm");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_to_string(&comm).unwrap_or_default().trim() != "sh" {
+        assert!(Instant::now() < deadline, "the tool did not exec /bin/sh");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    t.watch_tool(cg.id(), pid as u32).expect("watch_tool");
+    let before = t.counters(cg.id()).expect("counters").expect("watched");
+    assert_eq!(
+        (before.tool_pid, before.first_exec_ns, before.tool_exit_ns),
+        (pid as u32, ALREADY_STARTED_NS, 0),
+        "{before:?}"
+    );
+    fs::write(&fifo, "go\n").expect("write the fifo");
+    let exit = wait(pid).expect("wait");
+    let _ = fs::remove_file(&fifo);
+    assert_eq!(exit.code, Some(3), "{exit:?}");
+
+    let c = t.counters(cg.id()).expect("counters").expect("watched");
+    eprintln!("{c:?}");
+    assert_eq!(c.tool_pid, pid as u32, "{c:?}");
+    assert_eq!(
+        t.tool_exit(cg.id()).expect("tool_exit"),
+        Some(3 << 8),
+        "{c:?}"
+    );
+    assert_eq!((c.execs, c.forks, c.exits), (1, 1, 2), "{c:?}");
+    assert_eq!(c.first_exec_ns, ALREADY_STARTED_NS, "{c:?}");
+
+    let events = collect_events(&t, cg.id(), 4, Duration::from_secs(10));
+    let exec = events
+        .iter()
+        .find(|e| e.kind == TeleKind::Exec)
+        .expect("the child's exec");
+    assert_ne!(exec.pid, pid as u32, "{events:#?}");
+    let tool_exits: Vec<_> = events.iter().filter(|e| e.tool).collect();
+    assert_eq!(tool_exits.len(), 1, "{events:#?}");
+    assert_eq!(
+        (tool_exits[0].pid, tool_exits[0].status),
+        (pid as u32, Some(3 << 8)),
+        "{events:#?}"
+    );
+    t.unwatch(cg.id()).expect("unwatch");
+}

@@ -353,3 +353,131 @@ fn psi_triggers_are_polled_and_the_idle_daemon_sleeps() {
         "{r}"
     );
 }
+
+/// Deployed below a limited cgroup (a systemd service or slice, a container): the
+/// limit is the parent's memory.max (640 MiB), the root has none. The same calls as in
+/// `pressure_steps_in_order_and_spare_high_priority` fill it. Expected: the response
+/// defends the parent's limit (the status names it) and kills the most recent low call
+/// itself before the kernel's OOM killer fires at the parent; the high call finishes.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn a_parents_memory_max_is_defended() {
+    let parent = agentcg_vmtests::TestCgroup::root("pressure", "parent");
+    parent.write("cgroup.subtree_control", "+cpu +memory +pids");
+    parent.write("memory.max", &(640 * MIB).to_string());
+    let parent_name = parent
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("utf-8 name")
+        .trim_start_matches("agentcg-")
+        .to_string();
+    // Daemon::start puts the root at /sys/fs/cgroup/agentcg-<name>, its socket at
+    // /tmp/agentcg-<name>.sock: with a `/` in the name both land one level down.
+    std::fs::create_dir_all(format!("/tmp/agentcg-{parent_name}")).expect("socket dir");
+    let d = Daemon::start(&format!("{parent_name}/agentcg"));
+    assert_eq!(d.root.parent(), Some(parent.path.as_path()));
+    assert_eq!(
+        std::fs::read_to_string(d.root.join("memory.max"))
+            .expect("root memory.max")
+            .trim(),
+        "max"
+    );
+    let mut rt = FakeRuntime::start();
+    create_session(
+        &d,
+        &[
+            "hi",
+            "--priority",
+            "high",
+            "--memory",
+            "768M",
+            "--runtime-pid",
+            &rt.pid().to_string(),
+        ],
+    );
+    create_session(&d, &["lo", "--priority", "low", "--memory", "1G"]);
+    let defended = d.status()["memory"]["defended"].clone();
+    println!("defended at start: {defended:#}");
+
+    let (mut lo1, _) = spawn_call(
+        &d,
+        "plo1",
+        "lo",
+        "mem=256M,mem.max=512M,timeout=5m",
+        &["200", "25000", "16"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (mut lo2, lo2_rec) = spawn_call(
+        &d,
+        "plo2",
+        "lo",
+        "mem=256M,mem.max=512M,timeout=5m",
+        &["200", "25000", "16"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (mut hi, hi_rec) = spawn_call(
+        &d,
+        "phi1",
+        "hi",
+        "mem=400M,mem.max=600M,timeout=5m",
+        &["300", "5000", "16", "300"],
+    );
+    let hi_status = hi.wait().expect("wait hi");
+    let lo2_status = lo2.wait().expect("wait lo2");
+    let _ = lo1.wait();
+
+    let st = d.status();
+    println!("memory status: {:#}", st["memory"]);
+    let events = std::fs::read_to_string(parent.path.join("memory.events")).expect("events");
+    println!("parent memory.events:\n{events}");
+    let counter = |k: &str| {
+        events
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(k)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {k} in {events}"))
+    };
+    let hi_r = read_record(&hi_rec);
+    let lo2_r = read_record(&lo2_rec);
+    println!("hi: {} {:?}", hi_r["outcome"], actions(&hi_r));
+    println!("lo2: {} {:?}", lo2_r["outcome"], actions(&lo2_r));
+
+    // The kernel's OOM killer never fired below the parent: the response acted first.
+    assert_eq!(
+        (counter("oom_kill"), counter("oom_group_kill")),
+        (0, 0),
+        "the kernel OOM-killed below the parent: {events}"
+    );
+    let order = steps(&d);
+    assert!(order.iter().any(|s| s == "throttle"), "{order:?}");
+    assert!(order.iter().any(|s| s == "kill"), "{order:?}");
+    assert_eq!(lo2_status.code(), Some(137), "lo2: {lo2_status:?}");
+    assert_eq!(lo2_r["outcome"], "memory_pressure", "{lo2_r}");
+    assert!(hi_status.success(), "high call: {hi_status:?}");
+    assert_eq!(hi_r["outcome"], "ok", "{hi_r}");
+    assert!(rt.alive(), "the runtime must survive");
+
+    // The status names the parent's memory.max as the limit defended.
+    for d in [&defended, &st["memory"]["defended"]] {
+        assert_eq!(d["by"], "memory.max", "{d}");
+        assert_eq!(d["cgroup"].as_str(), parent.path.to_str(), "{d}");
+        assert_eq!(d["value"].as_u64(), Some(640 * MIB), "{d}");
+    }
+    let out = d.agentcg(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        text.contains(&format!(
+            "set by memory.max 640 MiB of {}",
+            parent.path.display()
+        )),
+        "{text}"
+    );
+    drop(d);
+}

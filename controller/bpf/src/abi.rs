@@ -82,7 +82,9 @@ impl CallCounters {
         })
     }
 
-    /// The tool's wait status once it has exited.
+    /// The tool's wait status once it has exited, as this one copy of the entry shows
+    /// it. A copy that shows the exit time may still hold an older status on a weakly
+    /// ordered CPU: while the tool may be exiting, ask [`crate::Telemetry::tool_exit`].
     pub fn tool_exit(&self) -> Option<u32> {
         (self.tool_exit_ns != 0).then_some(self.tool_status)
     }
@@ -447,7 +449,7 @@ pub enum MemRole {
     Call,
     /// A session cgroup (or its `calls/` ceiling).
     Session,
-    /// The agentcg root cgroup.
+    /// The agentcg root cgroup, or an ancestor of it (whose limit bounds the root).
     Root,
 }
 

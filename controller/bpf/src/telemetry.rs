@@ -149,7 +149,22 @@ impl Telemetry {
     /// with zeroed counters. Call it before the first process enters the cgroup.
     /// Watching a cgroup that is already watched resets its counters.
     pub fn watch(&self, cgid: u64) -> Result<(), BpfError> {
-        let value = CallCounters::default().to_bytes();
+        self.insert(cgid, CallCounters::default())
+    }
+
+    /// Starts counting the cgroup `cgid` whose tool, `tool_pid`, is already running (it
+    /// exec'd before the programs were loaded: a restarted daemon re-adopting a call).
+    /// The entry starts with the tool known and `first_exec_ns` at
+    /// [`ALREADY_STARTED_NS`], so no later exec in the cgroup is taken for the tool
+    /// and the tool's own exit is the one flagged and kept. The counters start at zero:
+    /// what happened before the watch is not known. Watching a cgroup that is already
+    /// watched resets its counters.
+    pub fn watch_tool(&self, cgid: u64, tool_pid: u32) -> Result<(), BpfError> {
+        self.insert(cgid, adopted(tool_pid))
+    }
+
+    fn insert(&self, cgid: u64, counters: CallCounters) -> Result<(), BpfError> {
+        let value = counters.to_bytes();
         self.watched
             .update(&cgid.to_ne_bytes(), &value, MapFlags::ANY)
             .map_err(|source| {
@@ -197,6 +212,27 @@ impl Telemetry {
                 source,
             })?;
         value.map(|v| decode_counters(&v)).transpose()
+    }
+
+    /// The wait status of `cgid`'s tool once it has exited, `None` while it runs (or
+    /// if the cgroup is not watched).
+    ///
+    /// The BPF side writes the status, then publishes the exit time with a fully
+    /// ordered xchg (ebpf/telemetry.bpf.c). A lookup copies the value with plain loads
+    /// in no promised order, so the status read in the same copy that first shows the
+    /// time may predate it on a weakly ordered CPU. Seeing the time is the acquire
+    /// point: the status is taken from a second lookup, made after the first returned
+    /// (a new system call, ordered after the branch on what the first one read), when
+    /// the store that precedes the time is visible (`settled_tool_exit`).
+    pub fn tool_exit(&self, cgid: u64) -> Result<Option<u32>, BpfError> {
+        let Some(first) = self.counters(cgid)? else {
+            return Ok(None);
+        };
+        if first.tool_exit_ns == 0 {
+            return Ok(None);
+        }
+        let again = self.counters(cgid)?;
+        Ok(settled_tool_exit(&first, again.as_ref()))
     }
 
     /// How many cgroups are watched. Walks the map's keys, so it is O(n) and only
@@ -257,4 +293,88 @@ fn decode_counters(bytes: &[u8]) -> Result<CallCounters, BpfError> {
         expected: CallCounters::SIZE,
         got: bytes.len(),
     })
+}
+
+/// `first_exec_ns` of a cgroup watched with [`Telemetry::watch_tool`]: not a time (the
+/// exec happened before the watch, when is not known), only "the tool has started",
+/// which keeps the BPF side from taking a later exec for the first one.
+pub const ALREADY_STARTED_NS: u64 = 1;
+
+/// The entry of a cgroup whose tool `tool_pid` already runs.
+fn adopted(tool_pid: u32) -> CallCounters {
+    CallCounters {
+        first_exec_ns: ALREADY_STARTED_NS,
+        tool_pid,
+        ..CallCounters::default()
+    }
+}
+
+/// The tool's status from two lookups of one entry, the second made after the first
+/// showed the exit time (the acquire point): trusted only when the second lookup shows
+/// the same exit, so that its status is the one stored before that time. A status
+/// without a time is never trusted; neither is an entry reset (re-watched) or removed
+/// between the lookups.
+fn settled_tool_exit(first: &CallCounters, again: Option<&CallCounters>) -> Option<u32> {
+    if first.tool_exit_ns == 0 {
+        return None;
+    }
+    let again = again?;
+    (again.tool_exit_ns == first.tool_exit_ns && again.tool_pid == first.tool_pid)
+        .then_some(again.tool_status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(ns: u64, pid: u32, status: u32) -> CallCounters {
+        CallCounters {
+            tool_exit_ns: ns,
+            tool_pid: pid,
+            tool_status: status,
+            ..CallCounters::default()
+        }
+    }
+
+    #[test]
+    fn a_status_without_its_exit_time_is_not_trusted() {
+        // The status became visible before the time: the tool still counts as running.
+        let first = exited(0, 7, 3 << 8);
+        assert_eq!(settled_tool_exit(&first, Some(&first)), None);
+    }
+
+    #[test]
+    fn the_status_comes_from_the_lookup_after_the_time() {
+        // The first copy saw the time but a stale status (0); the second has both.
+        let first = exited(500, 7, 0);
+        let again = exited(500, 7, 3 << 8);
+        assert_eq!(settled_tool_exit(&first, Some(&again)), Some(3 << 8));
+    }
+
+    #[test]
+    fn a_reset_or_removed_entry_between_the_lookups_gives_nothing() {
+        let first = exited(500, 7, 3 << 8);
+        assert_eq!(settled_tool_exit(&first, None), None);
+        assert_eq!(
+            settled_tool_exit(&first, Some(&CallCounters::default())),
+            None
+        );
+        assert_eq!(settled_tool_exit(&first, Some(&adopted(9))), None);
+    }
+
+    #[test]
+    fn decodes_from_map_bytes() {
+        let c = exited(500, 7, 9);
+        let bytes = c.to_bytes();
+        let decoded = decode_counters(&bytes).expect("56 bytes");
+        assert_eq!(settled_tool_exit(&decoded, Some(&decoded)), Some(9));
+        assert!(decode_counters(&bytes[..40]).is_err());
+    }
+
+    #[test]
+    fn an_adopted_tool_is_already_started() {
+        let c = adopted(4242);
+        assert_eq!((c.tool_pid, c.first_exec_ns), (4242, ALREADY_STARTED_NS));
+        assert_eq!((c.execs, c.tool_exit_ns, c.tool_exit()), (0, 0, None));
+    }
 }

@@ -2,6 +2,9 @@
 
 use std::process::ExitCode;
 
+use agentcg_core::units::HumanSize;
+use serde_json::Value;
+
 use crate::client::Client;
 use crate::{fail, print_json};
 
@@ -28,6 +31,9 @@ pub fn main(client: &Client, args: StatusArgs) -> ExitCode {
     );
     println!("root      {}", v["root"].as_str().unwrap_or("?"));
     println!("running   {} call(s)", v["running_calls"]);
+    if let Some(line) = defended_line(&v["memory"]) {
+        println!("memory    {line}");
+    }
     println!("features:");
     let controllers: Vec<&str> = k["controllers"]
         .as_array()
@@ -94,4 +100,60 @@ pub fn main(client: &Client, args: StatusArgs) -> ExitCode {
 
 fn present(b: Option<bool>) -> &'static str {
     if b == Some(true) { "present" } else { "absent" }
+}
+
+/// The limit the memory response defends, from the status's `memory` object:
+/// `root at 300 MiB of 640 MiB, set by memory.max of /sys/fs/cgroup/svc`.
+fn defended_line(memory: &Value) -> Option<String> {
+    let d = memory.get("defended").filter(|d| !d.is_null())?;
+    let size = |v: &Value| v.as_u64().map_or("?".into(), |b| HumanSize(b).to_string());
+    let by = d["by"].as_str().unwrap_or("?");
+    let what = match (by, d["cgroup"].as_str()) {
+        ("none", _) => "nothing limits it".to_string(),
+        ("host", _) => format!(
+            "set by the host ({} in all, {} used outside agentcg)",
+            size(&d["value"]),
+            size(&d["outside"])
+        ),
+        (file, Some(cg)) => format!(
+            "set by {file} {} of {cg} ({} of it used outside agentcg)",
+            size(&d["value"]),
+            size(&d["outside"])
+        ),
+        (file, None) => format!("set by {file}"),
+    };
+    if by == "none" {
+        return Some(format!("root at {}, {what}", size(&memory["root_usage"])));
+    }
+    Some(format!(
+        "root at {} of {}, {what}",
+        size(&memory["root_usage"]),
+        size(&memory["root_limit"])
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defended_limit_names_its_cgroup_or_the_host() {
+        let m = serde_json::json!({"root_usage": 300u64 << 20, "root_limit": 640u64 << 20,
+            "defended": {"by": "memory.max", "cgroup": "/sys/fs/cgroup/svc", "value": 640u64 << 20, "outside": 0}});
+        assert_eq!(
+            defended_line(&m).as_deref(),
+            Some(
+                "root at 300 MiB of 640 MiB, set by memory.max 640 MiB of /sys/fs/cgroup/svc (0 B of it used outside agentcg)"
+            )
+        );
+        let m = serde_json::json!({"root_usage": 1u64 << 30, "root_limit": 4u64 << 30,
+            "defended": {"by": "host", "cgroup": null, "value": 16u64 << 30, "outside": 12u64 << 30}});
+        let line = defended_line(&m).expect("a line");
+        assert!(
+            line.contains("of 4 GiB, set by the host (16 GiB in all, 12 GiB used outside"),
+            "{line}"
+        );
+        assert_eq!(defended_line(&serde_json::json!({"defended": null})), None);
+        assert_eq!(defended_line(&Value::Null), None);
+    }
 }

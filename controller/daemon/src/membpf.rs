@@ -1,14 +1,15 @@
 //! The BPF memory programs (`ebpf/mem.bpf.c`) for the daemon: loads them with the
-//! `mem_state` map they share with the scheduler, watches agentcg's root (with the
-//! policy's `pressure_at` as its watermark), every session and every call, and turns
-//! their ring-buffer events into the memory response's signals on a dedicated thread
-//! that sleeps in the ring buffer's epoll until the kernel writes.
+//! `mem_state` map they share with the scheduler, watches agentcg's root and its
+//! ancestors (each with the policy's `pressure_at` as its watermark), every session and
+//! every call, and turns their ring-buffer events into the memory response's signals on
+//! a dedicated thread that sleeps in the ring buffer's epoll until the kernel writes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentcg_bpf::{MemEvent, MemEventKind, MemRole, MemStateMap, MemWatch, MemWatchSpec};
 use agentcg_core::cgroup::Cgroup;
+use agentcg_core::cgroup::limit::{self, Level};
 use agentcg_core::controller::{CgroupRole, KernelHooks};
 use agentcg_core::policy::MemoryPolicy;
 use agentcg_core::record::ProcessCounts;
@@ -31,16 +32,13 @@ pub fn start(
 ) -> Result<MemBpf, String> {
     let state = MemStateMap::create().map_err(|e| e.to_string())?;
     let watch = Arc::new(MemWatch::load(&state).map_err(|e| e.to_string())?);
+    let spec = MemWatchSpec {
+        role: MemRole::Root,
+        near_max_bp: u32::from(policy.pressure_at) * 100,
+    };
     let root_id = root.id().map_err(|e| e.to_string())?;
-    watch
-        .watch(
-            root_id,
-            MemWatchSpec {
-                role: MemRole::Root,
-                near_max_bp: u32::from(policy.pressure_at) * 100,
-            },
-        )
-        .map_err(|e| e.to_string())?;
+    watch.watch(root_id, spec).map_err(|e| e.to_string())?;
+    watch_ancestors(&watch, root, spec);
     let t = watch.timings();
     tracing::info!(
         load_ms = t.load.as_millis(),
@@ -53,6 +51,55 @@ pub fn start(
         .spawn(move || forward(&w, &tx))
         .map_err(|e| format!("starting the memory event thread: {e}"))?;
     Ok(MemBpf { watch, state })
+}
+
+/// Ancestors of the root that the charge walk of mem.bpf.c reaches: it climbs
+/// MAX_DEPTH (8) memcgs from the charging one, and a call's cgroup sits three below the
+/// root (`session-<name>/calls/call-<id>`), so the root is the fourth and four
+/// ancestors remain.
+const ANCESTORS_IN_REACH: usize = 4;
+
+/// Watches the root's ancestors (up to the cgroup2 mount) like the root, so that the
+/// limit the kernel enforces on agentcg is seen where it is set: the memory.max of a
+/// slice, a service or a container above `--root` (docs/POLICY.md, "The limit
+/// defended"). Each gets the root's watermark in basis points of its own memory.max
+/// against its own usage, which is the root's usage against the effective limit when
+/// that ancestor sets it (cgroup::limit); its MEMCG_MAX is the kernel at the limit.
+/// Every ancestor in reach is watched, limited or not yet: the BPF side reads
+/// memory.max at each charge, so a limit set later is defended too.
+fn watch_ancestors(watch: &MemWatch, root: &Cgroup, spec: MemWatchSpec) {
+    let chain = match limit::chain(root) {
+        Ok(chain) => chain,
+        Err(e) => {
+            tracing::warn!("the root's ancestors are not watched: {e}");
+            return;
+        }
+    };
+    let (reached, beyond) = split_ancestors(&chain);
+    for level in reached {
+        let watched = Cgroup::new(&level.path)
+            .id()
+            .map_err(|e| e.to_string())
+            .and_then(|id| watch.watch(id, spec).map_err(|e| e.to_string()));
+        match watched {
+            Ok(()) => {
+                tracing::info!(cgroup = %level.path.display(), max = ?level.max, "memory BPF: ancestor of the root watched")
+            }
+            Err(e) => {
+                tracing::warn!(cgroup = %level.path.display(), "memory BPF: ancestor not watched: {e}")
+            }
+        }
+    }
+    for level in beyond.iter().filter(|l| l.max.is_some()) {
+        tracing::warn!(cgroup = %level.path.display(), max = ?level.max, "memory BPF cannot reach this ancestor's limit; PSI and the readings defend it");
+    }
+}
+
+/// The ancestors in the BPF walk's reach, and those beyond, from the chain of the root
+/// (first) and its ancestors.
+fn split_ancestors(chain: &[Level]) -> (&[Level], &[Level]) {
+    let ancestors = chain.get(1..).unwrap_or_default();
+    ancestors.split_at(ancestors.len().min(ANCESTORS_IN_REACH))
 }
 
 /// Drains the ring buffer until the response goes away.
@@ -136,6 +183,27 @@ mod tests {
             limit: 3,
             counter: 1,
         }
+    }
+
+    #[test]
+    fn ancestors_beyond_the_bpf_walk_are_told_apart() {
+        let level = |p: &str| Level {
+            path: p.into(),
+            max: None,
+            high: None,
+            usage: 0,
+        };
+        let chain: Vec<Level> = ["/r", "/a1", "/a2", "/a3", "/a4", "/a5", "/a6"]
+            .into_iter()
+            .map(level)
+            .collect();
+        let (reached, beyond) = split_ancestors(&chain);
+        assert_eq!(reached, &chain[1..5]);
+        assert_eq!(beyond, &chain[5..]);
+        let (reached, beyond) = split_ancestors(&chain[..2]);
+        assert_eq!((reached, beyond.len()), (&chain[1..2], 0));
+        assert_eq!(split_ancestors(&chain[..1]), (&[][..], &[][..]));
+        assert_eq!(split_ancestors(&[]), (&[][..], &[][..]));
     }
 
     #[test]

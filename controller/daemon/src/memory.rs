@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use agentcg_bpf::MemWatch;
+use agentcg_core::cgroup::limit::{Defended, MemoryReading};
 use agentcg_core::cgroup::psi;
 use agentcg_core::controller::ReclaimJob;
 use agentcg_core::controller::{CgroupRole, KernelHooks, StepReport};
@@ -83,8 +84,12 @@ pub struct MemoryStatus {
     pub step: String,
     /// Armed PSI triggers (root + sessions).
     pub psi_triggers: usize,
+    /// agentcg's root usage and the effective limit defended (bytes).
     pub root_usage: u64,
     pub root_limit: u64,
+    /// What sets `root_limit`: a cgroup's `memory.max` or `memory.high` (the root's
+    /// or an ancestor's), or the host; `None` before the first reading.
+    pub defended: Option<Defended>,
     /// Calls whose memory.high was raised because the host had slack.
     pub bursts: u64,
     /// The latest steps, oldest first.
@@ -184,6 +189,15 @@ struct Response {
 impl Response {
     async fn run(mut self, mut sources: Sources, mut changes: mpsc::UnboundedReceiver<Change>) {
         let root = self.shared.lock().map(|c| c.layout().root().clone()).ok();
+        let first = self
+            .shared
+            .lock()
+            .ok()
+            .and_then(|c| c.memory_reading().ok());
+        if let Some(r) = first {
+            tracing::info!(usage = r.usage, limit = r.limit, defended = ?r.defended, "memory response: the limit it defends");
+            self.publish_reading(r);
+        }
         if let Some(root) = root {
             match psi::memory_trigger(&root, self.policy.psi_stall, self.policy.psi_window) {
                 Ok(file) => {
@@ -215,6 +229,15 @@ impl Response {
             }
             self.evaluate().await;
             recheck = pressure::recheck_at(&self.policy, &self.state, Instant::now());
+        }
+    }
+
+    /// Shows the latest reading, and what sets the limit, in the status.
+    fn publish_reading(&self, r: MemoryReading) {
+        if let Ok(mut s) = self.status.lock() {
+            s.root_usage = r.usage;
+            s.root_limit = r.limit;
+            s.defended = Some(r.defended);
         }
     }
 
@@ -316,7 +339,17 @@ impl Response {
             let Ok(mut c) = self.shared.lock() else {
                 return;
             };
-            let (usage, limit) = c.memory_reading();
+            let (usage, limit) = match c.memory_reading() {
+                Ok(r) => {
+                    let out = (r.usage, r.limit);
+                    self.publish_reading(r);
+                    out
+                }
+                Err(e) => {
+                    tracing::warn!("memory response: no reading of agentcg's root: {e}");
+                    return;
+                }
+            };
             if self.state.step.is_none() && c.memory_victims().is_empty() {
                 // Nobody to give memory back to anyone: the kernel's limits decide.
                 self.psi_pending = false;
@@ -372,8 +405,6 @@ impl Response {
         let Ok(mut s) = self.status.lock() else {
             return;
         };
-        s.root_usage = reading.usage;
-        s.root_limit = reading.limit;
         s.step = self.state.step.map_or("none", |st| st.as_str()).to_string();
         if let Some(report) = report {
             tracing::info!(step = %report.step, calls = ?report.calls, details = ?report.details, "memory response: {}", report.reason);

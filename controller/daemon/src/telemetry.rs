@@ -60,6 +60,15 @@ impl KernelHooks for TelemetryHooks {
         }
     }
 
+    fn adopted_tool(&mut self, cgroup_id: u64, pid: u32) {
+        match self.telemetry.watch_tool(cgroup_id, pid) {
+            Ok(()) => {
+                self.watched.insert(cgroup_id);
+            }
+            Err(e) => tracing::warn!(cgroup_id, pid, "telemetry watch of a re-adopted tool: {e}"),
+        }
+    }
+
     fn sees_tool_exit(&self, cgroup_id: u64) -> bool {
         self.watched.contains(&cgroup_id)
     }
@@ -68,10 +77,10 @@ impl KernelHooks for TelemetryHooks {
         if !self.watched.contains(&cgroup_id) {
             return None;
         }
-        match self.telemetry.counters(cgroup_id) {
-            Ok(c) => c?.tool_exit().map(|s| ExitInfo::from_wait_status(s as i32)),
+        match self.telemetry.tool_exit(cgroup_id) {
+            Ok(s) => s.map(|s| ExitInfo::from_wait_status(s as i32)),
             Err(e) => {
-                tracing::warn!(cgroup_id, "telemetry counters: {e}");
+                tracing::warn!(cgroup_id, "telemetry tool exit: {e}");
                 None
             }
         }

@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod layout;
+pub mod limit;
 pub mod memory;
 pub mod pids;
 pub mod psi;

@@ -136,7 +136,7 @@ impl Controller {
                 .unwrap_or(0),
             // Cgroupfs reads, only when the feedback may name the host's limit.
             host: if matches!(outcome, Outcome::MemoryPressure | Outcome::OomKilled) {
-                self.memory_reading().1
+                self.memory_reading().map_or(0, |r| r.limit)
             } else {
                 0
             },

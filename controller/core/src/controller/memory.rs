@@ -43,18 +43,13 @@ impl ReclaimJob {
 }
 
 impl Controller {
-    /// The memory the response defends: (usage, limit) of agentcg's root, the limit
-    /// being its memory.max or, when that is `max`, the host's MemTotal.
-    pub fn memory_reading(&self) -> (u64, u64) {
-        let root = self.layout.root();
-        let usage = root.read_u64(memory::CURRENT).unwrap_or(0);
-        let limit = root
-            .read_u64(memory::MAX)
-            .ok()
-            .filter(|&m| m != u64::MAX)
-            .or_else(crate::probe::mem_total)
-            .unwrap_or(u64::MAX);
-        (usage, limit)
+    /// The memory the response defends: agentcg's root usage against the effective
+    /// limit, the tightest of the root's and its ancestors' memory.max / memory.high
+    /// and what the host has left (cgroup::limit).
+    pub fn memory_reading(
+        &self,
+    ) -> Result<crate::cgroup::limit::MemoryReading, crate::cgroup::limit::LimitError> {
+        crate::cgroup::limit::read(&self.layout.root())
     }
 
     /// Running calls as the memory response sees them (no I/O: evaluated on every
@@ -241,7 +236,8 @@ impl Controller {
     /// A call crossed its memory.high: raise it by the policy's burst step when the
     /// root has slack and no response is `in_force`. Returns the new memory.high.
     pub fn memory_burst(&mut self, cgroup_id: u64, in_force: bool) -> Option<(u64, u64)> {
-        let (root_usage, root_limit) = self.memory_reading();
+        let reading = self.memory_reading().ok()?;
+        let (root_usage, root_limit) = (reading.usage, reading.limit);
         let policy = &self.policy.memory;
         let (id, call) = self
             .running
