@@ -7,7 +7,7 @@ pub mod replay;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Directory of the agentcg binaries (set by xtask in the VM).
@@ -80,8 +80,17 @@ impl Daemon {
     }
 
     pub fn start_with(name: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_at(
+            PathBuf::from(format!("/sys/fs/cgroup/agentcg-{name}")),
+            name,
+            extra,
+        )
+    }
+
+    /// Starts agentcgd with its root at `root` (e.g. inside a parent cgroup with its own
+    /// limits); `name` names its socket and state dir.
+    pub fn start_at(root: PathBuf, name: &str, extra: &[&str]) -> Daemon {
         require_kernel();
-        let root = PathBuf::from(format!("/sys/fs/cgroup/agentcg-{name}"));
         let socket = PathBuf::from(format!("/tmp/agentcg-{name}.sock"));
         let state_dir = PathBuf::from(format!("/tmp/agentcg-{name}-state"));
         let _ = std::fs::remove_dir_all(&state_dir);
@@ -154,36 +163,64 @@ impl Daemon {
             .expect("running agentcg")
     }
 
-    /// A raw HTTP request to the API; returns (status, JSON body).
+    /// `agentcg run --verbose --record /tmp/<name>.json ARGS` (ARGS: options, `--`, the
+    /// command) with a fresh record file; returns the output and the record, after
+    /// checking that the record is the one of the call the CLI declared.
+    pub fn run_recorded(&self, name: &str, args: &[&str]) -> (Output, serde_json::Value) {
+        let path = fresh_record(name);
+        let out = self
+            .cli()
+            .args(["run", "--verbose", "--record"])
+            .arg(&path)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running agentcg run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let rec = read_record(&path);
+        assert_eq!(
+            rec["call_id"].as_u64(),
+            Some(verbose_call_id(&stderr)),
+            "{} holds another call's record: {rec}\n{stderr}",
+            path.display()
+        );
+        (out, rec)
+    }
+
+    /// A raw HTTP request to the API; returns (status, JSON body). Every answer of the
+    /// API is JSON (docs/API.md): a body that is not panics, naming the request, the
+    /// status and the body.
     pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let mut s = UnixStream::connect(&self.socket).expect("connect");
+        let mut s = UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.socket.display()));
         let req = format!(
             "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
-        s.write_all(req.as_bytes()).expect("write");
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).expect("read");
-        let status = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        // Tolerate chunked encoding: the JSON is the part between the first `{`/`[` and the last `}`/`]`.
-        let start = body.find(['{', '[']).unwrap_or(0);
-        let end = body.rfind(['}', ']']).map_or(body.len(), |e| e + 1);
-        (
-            status,
-            serde_json::from_str(&body[start..end]).unwrap_or(serde_json::Value::Null),
-        )
+        s.write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("{method} {path}: write: {e}"));
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp)
+            .unwrap_or_else(|e| panic!("{method} {path}: read: {e}"));
+        let (status, text) = parse_http_response(&resp).unwrap_or_else(|e| {
+            panic!("{method} {path}: {e}: {:?}", String::from_utf8_lossy(&resp))
+        });
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{method} {path}: status {status}, body is not JSON ({e}): {text:?}")
+        });
+        (status, json)
+    }
+
+    /// `GET path`, asserting it answers 200; the JSON body.
+    pub fn get_ok(&self, path: &str) -> serde_json::Value {
+        let (code, v) = self.http("GET", path, "");
+        assert_eq!(code, 200, "GET {path}: {v}");
+        v
     }
 
     /// `GET /v1/status`, asserting it answers 200.
     pub fn status(&self) -> serde_json::Value {
-        let (code, v) = self.http("GET", "/v1/status", "");
-        assert_eq!(code, 200, "{v}");
-        v
+        self.get_ok("/v1/status")
     }
 
     /// The calls/ cgroup of a session.
@@ -227,6 +264,50 @@ pub fn remove_cgroup_tree(dir: &Path, wait: Duration) {
     }
 }
 
+/// Splits a raw HTTP/1.1 response into its status and its body, decoding a chunked
+/// body; an error says what is malformed.
+pub fn parse_http_response(raw: &[u8]) -> Result<(u16, String), String> {
+    let text = std::str::from_utf8(raw).map_err(|e| format!("response is not UTF-8: {e}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("response has no end of headers")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let chunked = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    if !chunked {
+        return Ok((status, body.to_string()));
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest
+            .split_once("\r\n")
+            .ok_or("chunked body: no chunk size line")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|e| format!("chunked body: bad chunk size {size:?}: {e}"))?;
+        if size == 0 {
+            return Ok((status, out));
+        }
+        let chunk = after
+            .get(..size)
+            .ok_or_else(|| format!("chunked body: chunk of {size} bytes cut short"))?;
+        out.push_str(chunk);
+        rest = after[size..]
+            .strip_prefix("\r\n")
+            .ok_or("chunked body: no CRLF after a chunk")?;
+    }
+}
+
 /// A long-lived process standing in for an agent runtime.
 #[derive(Debug)]
 pub struct FakeRuntime {
@@ -257,6 +338,78 @@ impl Drop for FakeRuntime {
     }
 }
 
+/// An agent runtime that allocates `mib` MiB only once attached to its session (memory
+/// is charged to the cgroup a page is first touched in, and stays there when the
+/// process moves), then holds it until dropped.
+#[derive(Debug)]
+pub struct GrowingRuntime {
+    child: Child,
+    go: Option<ChildStdin>,
+    mib: u64,
+}
+
+impl GrowingRuntime {
+    pub fn start(mib: u64) -> Self {
+        let script = format!("read go && exec {} {mib} 600000 16", memhog());
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the runtime");
+        let go = child.stdin.take();
+        Self { child, go, mib }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Attaches it to `session` through the API, checks it is in runtime/, lets it grow
+    /// and waits until runtime/ holds its memory.
+    pub fn attach_and_grow(&mut self, d: &Daemon, session: &str) {
+        let (code, reply) = d.http(
+            "POST",
+            &format!("/v1/sessions/{session}/runtime"),
+            &serde_json::json!({ "pid": self.pid() }).to_string(),
+        );
+        assert_eq!(code, 200, "attach the runtime: {reply}");
+        let runtime = d.root.join(format!("session-{session}/runtime"));
+        let procs = std::fs::read_to_string(runtime.join("cgroup.procs")).expect("runtime procs");
+        assert!(
+            procs.lines().any(|p| p == self.pid().to_string()),
+            "runtime {} not in {}: {procs}",
+            self.pid(),
+            runtime.display()
+        );
+        let mut go = self.go.take().expect("grow once");
+        go.write_all(b"go\n").expect("tell the runtime to grow");
+        let current = || {
+            std::fs::read_to_string(runtime.join("memory.current"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        wait_for(
+            &format!("runtime/ to hold {} MiB", self.mib),
+            Duration::from_secs(30),
+            || current() >= self.mib << 20,
+        );
+    }
+
+    /// How it ended, if it did.
+    pub fn ended(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait the runtime")
+    }
+}
+
+impl Drop for GrowingRuntime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Polls `f` every 100 ms until it holds; fails after `timeout`, naming `what`.
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -269,6 +422,28 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 /// The memhog helper binary (built next to the agentcg binaries).
 pub fn memhog() -> String {
     bin_dir().join("memhog").display().to_string()
+}
+
+/// `/tmp/<name>.json`, removed if a previous call left it: a record read from there
+/// was written by the call that was given the path.
+pub fn fresh_record(name: &str) -> PathBuf {
+    let path = PathBuf::from(format!("/tmp/{name}.json"));
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("remove {}: {e}", path.display()),
+    }
+    path
+}
+
+/// The call id `agentcg run --verbose` printed on stderr (`agentcg: call N in ...`).
+pub fn verbose_call_id(stderr_text: &str) -> u64 {
+    stderr_text
+        .lines()
+        .find_map(|l| l.strip_prefix("agentcg: call "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no call id in {stderr_text:?}"))
 }
 
 /// Parses a record file written by `agentcg run --record`.
@@ -405,5 +580,47 @@ impl Drop for TestCgroup {
             }
         }
         eprintln!("warning: could not rmdir {}", self.path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_http_response;
+
+    #[test]
+    fn a_plain_body_is_returned_whole() {
+        let raw = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{\"a\": [1]}";
+        assert_eq!(
+            parse_http_response(raw),
+            Ok((404, "{\"a\": [1]}".to_string()))
+        );
+    }
+
+    #[test]
+    fn a_chunked_body_is_decoded() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n: 1\r\n1\r\n}\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_http_response(raw),
+            Ok((200, "{\"a\": 1}".to_string()))
+        );
+    }
+
+    #[test]
+    fn malformed_responses_are_errors() {
+        for (raw, needle) in [
+            (&b"HTTP/1.1 200 OK\r\n"[..], "no end of headers"),
+            (b"garbage\r\n\r\n{}", "bad status line"),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                "bad chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\nab\r\n",
+                "cut short",
+            ),
+        ] {
+            let err = parse_http_response(raw).expect_err(needle);
+            assert!(err.contains(needle), "{err}");
+        }
     }
 }

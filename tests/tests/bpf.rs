@@ -3,7 +3,7 @@
 //! the execs, forks and exits of a real cgroup. Need root; ignored elsewhere.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -42,8 +42,14 @@ fn collect_events(t: &Telemetry, cgid: u64, want: usize, within: Duration) -> Ve
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn probe_reports_the_7_3_kernel_features() {
-    let f =
-        probe_btf(Path::new(agentcg_bpf::VMLINUX_BTF)).unwrap_or_else(|e| panic!("probe_btf: {e}"));
+    let btf = Path::new(agentcg_bpf::VMLINUX_BTF);
+    assert!(
+        btf.is_file(),
+        "{} is missing: the probe needs the kernel's BTF (CONFIG_DEBUG_INFO_BTF=y, as in the \
+         7.3 VM kernel of `cargo xtask provision vm`; run with `cargo xtask vm-test`)",
+        btf.display()
+    );
+    let f = probe_btf(btf).unwrap_or_else(|e| panic!("probe_btf {}: {e}", btf.display()));
     eprintln!("{f:?}");
     assert!(f.sched_ext_ops, "{f:?}");
     assert!(f.cgroup_set_bandwidth, "{f:?}");
@@ -215,6 +221,25 @@ fn a_full_watch_map_is_a_typed_error() {
         .expect("room after an unwatch");
 }
 
+/// A copy of this test executable that `nobody` can run: the executable cargo built sits
+/// in the checkout, which may be below directories `nobody` cannot enter (a private home,
+/// the host's share in the VM). The copy goes to a fresh 0755 directory in /tmp.
+fn executable_by_nobody() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = std::env::temp_dir().join(format!("agentcg-bpftest-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    let copy = dir.join("bpftest");
+    fs::copy(&exe, &copy)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", exe.display(), copy.display()));
+    for (path, mode) in [(&dir, 0o755), (&copy, 0o755)] {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+    }
+    copy
+}
+
 /// Set in the child process of [`an_unprivileged_load_error_carries_the_libbpf_log`].
 const UNPRIVILEGED_CHILD: &str = "AGENTCG_BPFTEST_UNPRIVILEGED_CHILD";
 
@@ -234,8 +259,9 @@ fn an_unprivileged_load_error_carries_the_libbpf_log() {
         assert!(msg.contains("libbpf: "), "{msg}");
         return;
     }
-    let exe = std::env::current_exe().expect("current_exe");
+    let exe = executable_by_nobody();
     let out = Command::new(&exe)
+        .current_dir("/")
         .args([
             "--exact",
             "an_unprivileged_load_error_carries_the_libbpf_log",
@@ -245,20 +271,15 @@ fn an_unprivileged_load_error_carries_the_libbpf_log() {
         .env(UNPRIVILEGED_CHILD, "1")
         .uid(65534)
         .gid(65534)
-        .output();
-    let out = match out {
-        Ok(out) => out,
-        // The test binary sits below a directory `nobody` cannot enter (a private
-        // checkout): nothing to learn about BPF here.
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            eprintln!(
-                "skipped: {} is not executable by nobody: {e}",
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} as nobody ({e}): the test needs a directory every user can \
+                 enter and execute from (a /tmp mounted without noexec)",
                 exe.display()
-            );
-            return;
-        }
-        Err(e) => panic!("spawn {} as nobody: {e}", exe.display()),
-    };
+            )
+        });
+    let _ = fs::remove_dir_all(exe.parent().expect("the copy's directory"));
     let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     eprintln!("{text}");
     assert!(out.status.success(), "child failed: {}\n{text}", out.status);

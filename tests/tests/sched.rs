@@ -347,9 +347,13 @@ fn a_wakeup_heavy_call_gets_no_more_than_its_share() {
         stats.sync_local
     );
     assert_still_attached(&s);
+    // Both sides: more than half is taken from the busy sibling; well under half starves
+    // a call that always has work (4 ping-pong pairs keep 4 threads runnable, more than
+    // the 2 CPUs). Below, twice the tolerance: each wake-up waits its turn behind the
+    // sibling's slice, which the busy call never does (measured: 0.503).
     assert!(
-        shares[0] <= 0.5 + SHARE_TOLERANCE,
-        "the messaging call took {:.3} of the CPU",
+        (0.5 - 2.0 * SHARE_TOLERANCE..=0.5 + SHARE_TOLERANCE).contains(&shares[0]),
+        "the messaging call took {:.3} of the CPU, its share at equal weight is 0.5",
         shares[0]
     );
 }
@@ -426,33 +430,40 @@ fn tool(name: &str) -> String {
 /// took to deliver the timer interrupt to a busy vCPU, which no guest scheduler controls
 /// and which, with other VMs on the host, dominates its tail in both arms.
 ///
-/// The two arms alternate in short rounds and their samples are pooled, so that load on
-/// the emulating host falls on both arms alike.
+/// The two arms alternate in short rounds, each going first in half of them, and their
+/// samples are pooled, so that load on the emulating host falls on both arms alike.
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn runtime_wakeups_beat_busy_low_priority_calls() {
-    const ROUNDS: usize = 5;
+    const ROUNDS: usize = 6;
     const PER_ROUND: usize = 300;
     let root = TestCgroup::root("schedtest", "latency");
     let rt = root.child("runtime");
     let low = root.child("call-low");
     let (mut kernel, mut sched) = (Vec::new(), Vec::new());
     let mut boosted = 0;
-    for round in 0..ROUNDS {
-        let k = wake_latency(&rt, &low, PER_ROUND);
-        println!("round {round} kernel scheduler: {}", latency_summary(&k));
-        kernel.extend(k);
-
+    let mut with_sched = || {
         let s = load(&SchedOptions::default());
         s.set_cgroup(rt.id(), policy(SchedClass::Runtime))
             .expect("set_cgroup runtime");
         s.set_cgroup(low.id(), policy(SchedClass::Low))
             .expect("set_cgroup low");
         let a = wake_latency(&rt, &low, PER_ROUND);
-        println!("round {round} agentcg_sched: {}", latency_summary(&a));
-        sched.extend(a);
         boosted += s.stats().expect("stats").boosted_wakeups;
         assert_still_attached(&s);
+        a
+    };
+    for round in 0..ROUNDS {
+        let (k, a) = if round % 2 == 0 {
+            (wake_latency(&rt, &low, PER_ROUND), with_sched())
+        } else {
+            let a = with_sched();
+            (wake_latency(&rt, &low, PER_ROUND), a)
+        };
+        println!("round {round} kernel scheduler: {}", latency_summary(&k));
+        println!("round {round} agentcg_sched: {}", latency_summary(&a));
+        kernel.extend(k);
+        sched.extend(a);
     }
     println!(
         "kernel scheduler (EEVDF, equal cpu.weight): {}",
@@ -507,9 +518,13 @@ fn messaging_rate(cg: &TestCgroup) -> f64 {
 }
 
 /// Not an acceptance test (that is `cargo xtask bench cpu`, target loss <= 3 %): a
-/// wake-up-heavy workload with and without the scheduler, interleaved, for the log.
-/// Under software emulation the BPF callbacks cost far more than on hardware, so the
-/// bound is only a guard against pathological slowdowns.
+/// wake-up-heavy workload with and without the scheduler, interleaved, in rounds that
+/// alternate which arm goes first (a host that slows down or warms up over the test
+/// weighs on both arms alike). Under software emulation one arm's rounds vary by about
+/// 10 % (measured 68-74k msg/s for the kernel's scheduler), so the ratio of the means is
+/// held within 1/1.25..1.25 of parity: below, the scheduler costs messaging far more
+/// than its callbacks should; above, one arm did not run the same workload (measured:
+/// 1.07).
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn messaging_throughput_with_and_without_the_scheduler() {
@@ -517,15 +532,29 @@ fn messaging_throughput_with_and_without_the_scheduler() {
     let call = root.child("call-msg");
     let (mut kernel, mut sched) = (Vec::new(), Vec::new());
     messaging_rate(&call); // warm-up: page the binary in
-    for round in 0..3 {
-        let k = messaging_rate(&call);
+    let with_sched = || {
         let s = load(&SchedOptions::default());
         s.set_cgroup(call.id(), policy(SchedClass::Normal))
             .expect("set_cgroup");
         let a = messaging_rate(&call);
         assert_still_attached(&s);
-        drop(s);
-        println!("round {round}: kernel {k:.0} msg/s, agentcg_sched {a:.0} msg/s");
+        a
+    };
+    for round in 0..4 {
+        let (k, a) = if round % 2 == 0 {
+            (messaging_rate(&call), with_sched())
+        } else {
+            let a = with_sched();
+            (messaging_rate(&call), a)
+        };
+        println!(
+            "round {round} ({} first): kernel {k:.0} msg/s, agentcg_sched {a:.0} msg/s",
+            if round % 2 == 0 {
+                "kernel"
+            } else {
+                "agentcg_sched"
+            }
+        );
         kernel.push(k);
         sched.push(a);
     }
@@ -537,7 +566,10 @@ fn messaging_throughput_with_and_without_the_scheduler() {
         mean(&sched),
         (ratio - 1.0) * 100.0
     );
-    assert!(ratio >= 0.5, "throughput ratio {ratio:.3}");
+    assert!(
+        (1.0 / 1.25..=1.25).contains(&ratio),
+        "throughput ratio agentcg_sched/kernel {ratio:.3} outside 0.8..1.25"
+    );
 }
 
 fn monotonic_ns() -> u64 {
@@ -620,7 +652,11 @@ fn a_2s_cpu_budget_fires_once_within_100ms_then_throttles() {
     );
     assert_eq!(more, 0, "the budget event must fire once");
     assert_eq!(usage.exhausted, 1);
-    assert!(floor <= 0.10, "exhausted call still uses {floor:.3} CPUs");
+    // The floor share is 5 % of a CPU: throttled, not stopped (measured: 0.050).
+    assert!(
+        (0.025..=0.10).contains(&floor),
+        "an exhausted call runs at the floor of 0.05 CPUs, not at {floor:.3}"
+    );
     assert_still_attached(&s);
 }
 
@@ -880,8 +916,16 @@ fn partial_mode_lets_the_fair_class_starve_sched_ext_tasks() {
     fair.kill();
     ext.kill();
     assert_still_attached(&s);
+    // The fair class dominates, and SCHED_EXT tasks keep only the kernel's deadline-server
+    // reservation for them (ext_server: 50 ms per second on each CPU, 5 % of the total;
+    // measured 0.052). Zero would mean the reservation is gone and the tasks starve.
     assert!(
-        shares[0] < 0.25,
-        "expected the fair class to dominate: {shares:?}"
+        (EXT_SERVER_SHARE / 2.0..=EXT_SERVER_SHARE * 2.0).contains(&shares[0]),
+        "expected the fair class to dominate and SCHED_EXT tasks to keep about \
+         {EXT_SERVER_SHARE} of the CPUs: {shares:?}"
     );
 }
+
+/// The share of the CPUs the kernel's ext_server reserves for SCHED_EXT tasks when the
+/// fair class is busy: 50 ms of every 1 s (its default runtime and period).
+const EXT_SERVER_SHARE: f64 = 0.05;
