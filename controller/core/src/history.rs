@@ -376,7 +376,9 @@ mod tests {
     use crate::testutil::record;
     use std::sync::mpsc;
 
-    fn writer(dir: &Path) -> (HistoryWriter, mpsc::Receiver<(u64, Result<(), String>)>) {
+    type Acks = mpsc::Receiver<(u64, Result<(), String>)>;
+
+    fn writer(dir: &Path) -> (HistoryWriter, Acks) {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let w = HistoryWriter::start(

@@ -68,7 +68,7 @@ impl Controller {
         )?;
         // Taken before anything can fail: a failed declaration never leaves an id (or
         // a cgroup name) that a later one would trip over.
-        let id = self.ids.next()?;
+        let id = self.ids.take()?;
         let cg = self.layout.call(&name, id);
         cg.create(false)?;
         let cgroup_id = match apply_call_limits(&cg, &admitted.limits).and_then(|()| cg.id()) {

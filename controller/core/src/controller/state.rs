@@ -119,7 +119,7 @@ impl IdAllocator {
 
     /// The next id; reserves (durably) a new block first when the current one is used
     /// up. On an error no id is handed out.
-    pub fn next(&mut self) -> Result<u64, StateError> {
+    pub fn take(&mut self) -> Result<u64, StateError> {
         if self.next >= self.ceiling {
             self.reserve()?;
         }
@@ -249,12 +249,12 @@ mod tests {
     fn ids_never_repeat_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let mut ids = IdAllocator::open(dir.path(), 0).unwrap();
-        let first: Vec<u64> = (0..3).map(|_| ids.next().unwrap()).collect();
+        let first: Vec<u64> = (0..3).map(|_| ids.take().unwrap()).collect();
         assert_eq!(first, vec![1, 2, 3]);
         // kill -9: nothing but the ids file survives; no call was recorded.
         drop(ids);
         let mut again = IdAllocator::open(dir.path(), 0).unwrap();
-        let next = again.next().unwrap();
+        let next = again.take().unwrap();
         assert!(next > 3, "id {next} handed out twice");
         assert_eq!(next, 1 + ID_BLOCK);
     }
@@ -264,14 +264,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ids = IdAllocator::open(dir.path(), 0).unwrap();
         for _ in 0..ID_BLOCK {
-            ids.next().unwrap();
+            ids.take().unwrap();
         }
         // The disk goes away before the next block: no id without a durable ceiling.
         ids.path = dir.path().join("missing/dir/ids");
-        let err = ids.next().unwrap_err();
+        let err = ids.take().unwrap_err();
         assert!(err.path.ends_with("ids.tmp"), "{err}");
         assert!(
-            ids.next().is_err(),
+            ids.take().is_err(),
             "still nothing without a durable ceiling"
         );
         assert!(IdAllocator::open(&dir.path().join("missing"), 0).is_err());

@@ -182,11 +182,11 @@ fn ids_continue_above_everything_a_killed_daemon_handed_out() {
     let f = killed_daemon_tree();
     let (mut c, _) = start(&f);
     // The ids file said 3, but calls up to 9 exist: the next id is above all of them.
-    let id = c.ids.next().unwrap();
+    let id = c.ids.take().unwrap();
     assert_eq!(id, 10);
     drop(c);
     let (mut again, _) = start(&f);
-    let next = again.ids.next().unwrap();
+    let next = again.ids.take().unwrap();
     assert!(
         next >= 10 + ID_BLOCK,
         "id {next} may have been handed out before"
