@@ -66,6 +66,8 @@ vm_deps() {
       qemu-system-x86 qemu-utils >/dev/null
   fi
   need_pkgs udev kmod busybox-static zstd file
+  # tests/tests/lifecycle.rs makes a device whose reads stall (device-mapper `delay`).
+  need_pkgs dmsetup
   # `cargo xtask bench memory` draws memory.png with plotters/ab_glyph from DejaVu Sans.
   need_pkgs fonts-dejavu-core
   if ! command -v vng >/dev/null 2>&1; then
