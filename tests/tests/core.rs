@@ -759,7 +759,12 @@ fn session_lifecycle_and_status() {
     }
     let close = d.agentcg(&["session", "close", "hi", "--force"]);
     assert!(close.status.success(), "{}", stderr(&close));
-    assert!(!s.exists());
+    // Its cgroups go in the background, once the killed processes have left.
+    wait_for(
+        "the closed session's cgroup removed",
+        Duration::from_secs(10),
+        || !s.exists(),
+    );
     let out = running.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(137));
     assert!(

@@ -172,7 +172,13 @@ fn lifecycle_kill_9_restarts_lose_no_call_and_reuse_no_id() {
             "{kind:?} {record}: {err}\ndaemon log:\n{}",
             log_tail(&d)
         );
-        let rec = read_record(Path::new(record));
+        let Ok(text) = std::fs::read_to_string(record) else {
+            panic!(
+                "{kind:?}: no record {record}; stderr: {err}\ndaemon log:\n{}",
+                log_tail(&d)
+            );
+        };
+        let rec: serde_json::Value = serde_json::from_str(&text).expect("record JSON");
         assert_eq!(rec["outcome"], kind.outcome(), "{kind:?}: {rec}");
         if *kind == Kind::Leftover {
             assert!(rec["leftover_killed"].as_u64() >= Some(1), "{rec}");

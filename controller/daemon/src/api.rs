@@ -123,9 +123,9 @@ impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> ApiError {
         let status = match &e {
             ControlError::NoSession(_) | ControlError::NoCall(_) => StatusCode::NOT_FOUND,
-            ControlError::SessionExists(_) | ControlError::RuntimeAlive { .. } => {
-                StatusCode::CONFLICT
-            }
+            ControlError::SessionExists(_)
+            | ControlError::SessionClosing(_)
+            | ControlError::RuntimeAlive { .. } => StatusCode::CONFLICT,
             ControlError::Plan(agentcg_core::plan::PlanError::NoRoom(_)) => {
                 StatusCode::TOO_MANY_REQUESTS
             }

@@ -90,6 +90,8 @@ pub enum ControlError {
     NoSession(String),
     #[error("session `{0}` already exists")]
     SessionExists(String),
+    #[error("session `{0}` was closed and its cgroups are still being removed; retry in a moment")]
+    SessionClosing(String),
     #[error("no call {0}")]
     NoCall(u64),
     #[error(
@@ -122,6 +124,7 @@ impl ControlError {
             ControlError::History(_) | ControlError::State { .. } => "state_error",
             ControlError::NoSession(_) => "no_such_session",
             ControlError::SessionExists(_) => "session_exists",
+            ControlError::SessionClosing(_) => "session_closing",
             ControlError::NoCall(_) => "no_such_call",
             ControlError::RuntimeAlive { .. } => "runtime_alive",
             ControlError::BadRequest { .. } => "bad_request",

@@ -47,6 +47,10 @@ impl Controller {
             return Err(ControlError::SessionExists(plan.name));
         }
         let session = self.layout.session(&plan.name);
+        if session.exists() {
+            // A closed session's cgroup the reaper has not removed yet.
+            return Err(ControlError::SessionClosing(plan.name));
+        }
         session.create(false)?;
         if let Err(e) = self.apply_session(&plan) {
             self.reaper.reap(session);

@@ -398,6 +398,11 @@ fn control_errors_map_to_their_documented_status() {
             "session_exists",
         ),
         (
+            ControlError::SessionClosing("s".into()),
+            StatusCode::CONFLICT,
+            "session_closing",
+        ),
+        (
             ControlError::RuntimeAlive {
                 name: "s".into(),
                 count: 2,
