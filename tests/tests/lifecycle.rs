@@ -302,6 +302,7 @@ fn lifecycle_readopted_call_keeps_its_limits_deadline_and_budget() {
 
 /// A block device whose reads take 10 s (device-mapper `delay` over `zero`): a process
 /// reading it with O_DIRECT sleeps uninterruptibly, and SIGKILL waits for the read.
+/// `--noudevsync`: the VM runs no udev to confirm the device nodes.
 struct SlowDevice;
 
 impl SlowDevice {
@@ -319,6 +320,7 @@ impl SlowDevice {
         let _ = SlowDevice::remove();
         run(&[
             "dmsetup",
+            "--noudevsync",
             "create",
             "agentcg-zero",
             "--table",
@@ -326,6 +328,7 @@ impl SlowDevice {
         ]);
         run(&[
             "dmsetup",
+            "--noudevsync",
             "create",
             "agentcg-slow",
             "--table",
@@ -337,7 +340,7 @@ impl SlowDevice {
     fn remove() -> bool {
         ["agentcg-slow", "agentcg-zero"].iter().all(|n| {
             Command::new("dmsetup")
-                .args(["remove", n])
+                .args(["--noudevsync", "remove", n])
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
