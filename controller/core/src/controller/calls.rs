@@ -30,6 +30,11 @@ impl Controller {
         if let Some(t) = &req.client_token {
             check_token(t)?;
             if let Some(grant) = self.grant_for_token(t) {
+                // The client lost the reply and is about to start the tool: a call
+                // re-adopted empty is not waiting for a report any more.
+                if let Some(call) = self.running.get_mut(&grant.call_id) {
+                    call.tool_gone_at = None;
+                }
                 return Ok(grant);
             }
         }
