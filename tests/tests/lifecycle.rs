@@ -254,29 +254,41 @@ fn lifecycle_readopted_call_keeps_its_limits_deadline_and_budget() {
         "while :; do :; done",
     );
     let calls = d.calls_dir("default");
-    wait_for("two calls running", Duration::from_secs(20), || {
-        Daemon::child_cgroups(&calls).len() == 2
+    let populated = |c: &Path| {
+        std::fs::read_to_string(c.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1"))
+    };
+    wait_for("two tools running", Duration::from_secs(20), || {
+        let cgs = Daemon::child_cgroups(&calls);
+        cgs.len() == 2 && cgs.iter().all(|c| populated(c))
     });
-    let limits = |f: &str| {
-        let mut v: Vec<String> = Daemon::child_cgroups(&calls)
+    // Each call's limits, by cgroup.
+    let limits = || -> BTreeMap<String, (String, String)> {
+        Daemon::child_cgroups(&calls)
             .iter()
             .map(|c| {
-                std::fs::read_to_string(c.join(f))
-                    .unwrap()
-                    .trim()
-                    .to_string()
+                let read = |f: &str| {
+                    std::fs::read_to_string(c.join(f))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string()
+                };
+                (
+                    c.display().to_string(),
+                    (read("memory.max"), read("cpu.max")),
+                )
             })
-            .collect();
-        v.sort();
-        v
+            .collect()
     };
-    let before = (limits("memory.max"), limits("cpu.max"));
+    let before = limits();
     std::thread::sleep(Duration::from_secs(1));
     d.crash_and_restart();
     let restarted = started.elapsed();
-    assert_eq!((limits("memory.max"), limits("cpu.max")), before);
-    assert!(before.0.contains(&(64u64 << 20).to_string()), "{before:?}");
-    assert!(before.1.contains(&"50000 100000".to_string()), "{before:?}");
+    assert_eq!(limits(), before, "limits changed across the restart");
+    let values: Vec<&(String, String)> = before.values().collect();
+    assert!(
+        values.contains(&&((64u64 << 20).to_string(), "50000 100000".to_string())),
+        "{before:?}"
+    );
     assert_eq!(d.status()["running_calls"], 2);
     let out = sleeper.wait_with_output().unwrap();
     let took = started.elapsed();
@@ -326,6 +338,8 @@ impl SlowDevice {
             "--table",
             "0 2048 zero",
         ]);
+        // No udev in the VM: dmsetup makes the /dev/mapper nodes itself.
+        run(&["dmsetup", "mknodes"]);
         run(&[
             "dmsetup",
             "--noudevsync",
@@ -334,6 +348,7 @@ impl SlowDevice {
             "--table",
             "0 2048 delay /dev/mapper/agentcg-zero 0 10000",
         ]);
+        run(&["dmsetup", "mknodes"]);
         SlowDevice
     }
 

@@ -152,8 +152,9 @@ impl Client {
 
     /// One request, on the kept connection when it is still open; a JSON error body
     /// becomes [`ClientError::Api`]. A patient client sends a request whose reply was
-    /// lost (the daemon died with it) once more; only call this for requests that are
-    /// safe to repeat, which all of the CLI's are (see the module note).
+    /// lost (the daemon died with it) again until its patience runs out; only call this
+    /// for requests that are safe to repeat, which all of the CLI's are (see the module
+    /// note).
     pub fn request(
         &self,
         method: Method,
@@ -161,13 +162,18 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
         let req = encode(method, path, body);
-        match self.exchange(&req) {
-            Err(ClientError::Protocol(_)) if !self.patience.is_zero() => {
-                self.say_waiting();
-                self.conn.borrow_mut().take();
-                self.exchange(&req)
+        let deadline = Instant::now() + self.patience;
+        loop {
+            match self.exchange(&req) {
+                // The daemon died with the request (or a connection it accepted while
+                // dying was reset): send it again, on a new connection.
+                Err(ClientError::Protocol(_)) if Instant::now() < deadline => {
+                    self.say_waiting();
+                    self.conn.borrow_mut().take();
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
