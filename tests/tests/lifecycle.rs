@@ -244,12 +244,12 @@ fn lifecycle_readopted_call_keeps_its_limits_deadline_and_budget() {
     };
     let started = Instant::now();
     let sleeper = spawn(
-        "mem.max=64M,cpu=0.5,timeout=6s",
+        "mem.max=64M,cpu=0.5,timeout=10s",
         "/tmp/adopt-t.json",
         "sleep 60",
     );
     let spinner = spawn(
-        "cpu.budget=3s,timeout=120s",
+        "cpu.budget=8s,timeout=120s",
         "/tmp/adopt-b.json",
         "while :; do :; done",
     );
@@ -295,9 +295,9 @@ fn lifecycle_readopted_call_keeps_its_limits_deadline_and_budget() {
     assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
     let rec = read_record(Path::new("/tmp/adopt-t.json"));
     assert_eq!(rec["outcome"], "timeout", "{rec}");
-    println!("timeout 6 s: ended after {took:?} (daemon restarted at {restarted:?})");
+    println!("timeout 10 s: ended after {took:?} (daemon restarted at {restarted:?})");
     assert!(
-        took < restarted + Duration::from_secs(6),
+        took < restarted + Duration::from_secs(10),
         "the deadline restarted with the daemon: {took:?}"
     );
     let out = spinner.wait_with_output().unwrap();
@@ -305,9 +305,9 @@ fn lifecycle_readopted_call_keeps_its_limits_deadline_and_budget() {
     let rec = read_record(Path::new("/tmp/adopt-b.json"));
     assert_eq!(rec["outcome"], "cpu_budget_exceeded", "{rec}");
     let used = rec["accounting"]["cpu"]["usage_usec"].as_u64().unwrap();
-    println!("cpu budget 3 s across a restart: used {used} us");
+    println!("cpu budget 8 s across a restart: used {used} us");
     assert!(
-        (3_000_000..4_000_000).contains(&used),
+        (8_000_000..9_500_000).contains(&used),
         "the budget restarted with the daemon: used {used} us"
     );
 }
@@ -424,20 +424,22 @@ fn lifecycle_process_stuck_in_the_kernel_does_not_stall_the_daemon() {
         "the daemon waited for the stuck process: {worst:?}"
     );
     let status = d.status();
+    let stuck = rec["cgroup"].as_str().unwrap();
     let pending = status["reaper"]["pending"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(
-        pending.len(),
-        1,
+    assert!(
+        pending.iter().any(|p| p == stuck),
         "the stuck cgroup waits in the reaper: {status}"
     );
-    assert!(Path::new(pending[0].as_str().unwrap()).exists());
+    assert!(Path::new(stuck).exists());
     wait_for("the stuck cgroup removed", Duration::from_secs(30), || {
         Daemon::child_cgroups(&d.calls_dir("default")).is_empty()
     });
-    assert_eq!(d.status()["reaper"]["pending"], serde_json::json!([]));
+    wait_for("the reaper done", Duration::from_secs(5), || {
+        d.status()["reaper"]["pending"] == serde_json::json!([])
+    });
 }
 
 /// Acceptance 3: the history's disk fills up. The call runs, its client gets its
