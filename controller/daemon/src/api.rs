@@ -1,6 +1,6 @@
-//! The HTTP+JSON API (documented in docs/API.md). Handlers parse, hand the work to
-//! the controller on a blocking thread, and map errors to `{"error": {code, message}}`:
-//! every error, including an unknown path, a wrong method and a path, query or body
+//! The HTTP+JSON API (documented in docs/API.md). Handlers parse, run the work on the
+//! controller inline (under its mutex, never across anything slow), and map errors to
+//! `{"error": {code, message}}`: every error, including an unknown path, a wrong method and a path, query or body
 //! the extractors refuse (see [`extract`]).
 
 mod extract;
