@@ -1,7 +1,7 @@
 //! The HTTP+JSON API (documented in docs/API.md). Handlers parse, run the work on the
 //! controller inline (under its mutex, never across anything slow), and map errors to
-//! `{"error": {code, message}}`: every error, including an unknown path, a wrong method and a path, query or body
-//! the extractors refuse (see [`extract`]).
+//! `{"error": {code, message}}`: every error, including an unknown path, a wrong
+//! method and a path, query or body the extractors refuse (see [`extract`]).
 
 mod extract;
 #[cfg(test)]
