@@ -307,13 +307,31 @@ fn a_tool_watched_after_its_exec_keeps_its_own_exit() {
     let script = format!("read go < {}; /bin/sh -c 'exit 5'; exit 3", fifo.display());
     let argv = ["/bin/sh".into(), "-c".into(), script.into()];
     let pid = spawn_in_cgroup(&cg.path, &argv, None).expect("spawn");
-    // Its exec is done once its comm is the shell's.
-    let comm = format!("/proc/{pid}/comm");
+    // Its exec (tracepoint included) is over once it sits in the open(2) of the fifo:
+    // the new comm alone shows up before the exec's end.
+    let syscall = format!("/proc/{pid}/syscall");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::read_to_string(&comm).unwrap_or_default().trim() != "sh" {
-        assert!(Instant::now() < deadline, "the tool did not exec /bin/sh");
+    let in_open = || {
+        let text = fs::read_to_string(&syscall).unwrap_or_default();
+        let nr = text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<i64>().ok());
+        nr == Some(libc::SYS_openat) || nr == Some(libc::SYS_open)
+    };
+    while !in_open() {
+        assert!(
+            Instant::now() < deadline,
+            "the tool did not block opening the fifo"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim(),
+        "sh"
+    );
 
     t.watch_tool(cg.id(), pid as u32).expect("watch_tool");
     let before = t.counters(cg.id()).expect("counters").expect("watched");
