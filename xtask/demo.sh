@@ -50,6 +50,21 @@ say "tool call 6: a malformed intent is refused before anything runs"
 show "$B/agentcg" run --session demo --intent 'memory:a[$(touch /tmp/pwned)]g' -- touch /tmp/pwned
 [ -e /tmp/pwned ] && echo "SOMETHING RAN" || echo "nothing ran"
 
+say "tool call 7: agentcgd is killed (kill -9) while a call runs, and restarted"
+"$B/agentcg" run --session demo --intent timeout=30s --record /tmp/demo-crash.json \
+  -- sh -c 'sleep 3; echo "the tool finished on its own"; exit 5' &
+CALL=$!
+sleep 1
+kill -9 "$DAEMON"; wait "$DAEMON" 2>/dev/null
+echo "agentcgd killed; the tool runs on in its cgroup"
+"$B/agentcgd" --root "$ROOT" --socket "$AGENTCG_SOCKET" --state-dir /tmp/agentcg-demo-state \
+  2>> /tmp/agentcgd-demo.log &
+DAEMON=$!
+wait "$CALL"; echo "(exit status $?)"
+grep -o 're-adopted running calls.*' /tmp/agentcgd-demo.log | head -1
+echo "its record after the restart:"
+grep -o '"outcome": "[a-z_]*"' /tmp/demo-crash.json
+
 say "history of the session"
 show "$B/agentcg" call list --session demo
 echo "call cgroups left under calls/: $(find "$ROOT/session-demo/calls" -mindepth 1 -type d | wc -l)"
