@@ -797,9 +797,11 @@ fn restart_keeps_state_and_cleans_orphans() {
     let orphan = d.calls_dir("keep").join("call-999999");
     std::fs::create_dir(&orphan).unwrap();
     d.restart();
-    wait_for("orphaned call cgroup removed", Duration::from_secs(10), || {
-        !orphan.exists()
-    });
+    wait_for(
+        "orphaned call cgroup removed",
+        Duration::from_secs(10),
+        || !orphan.exists(),
+    );
     let out = d.agentcg(&["session", "show", "keep", "--json"]);
     assert!(
         out.status.success(),

@@ -434,9 +434,35 @@ fn lifecycle_process_stuck_in_the_kernel_does_not_stall_the_daemon() {
         "the stuck cgroup waits in the reaper: {status}"
     );
     assert!(Path::new(stuck).exists());
-    wait_for("the stuck cgroup removed", Duration::from_secs(30), || {
-        Daemon::child_cgroups(&d.calls_dir("default")).is_empty()
-    });
+    let start = Instant::now();
+    while !Daemon::child_cgroups(&d.calls_dir("default")).is_empty() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let left: Vec<String> = Daemon::child_cgroups(&d.calls_dir("default"))
+                .iter()
+                .map(|c| {
+                    let procs = std::fs::read_to_string(c.join("cgroup.procs")).unwrap_or_default();
+                    let states: Vec<String> = procs
+                        .split_whitespace()
+                        .map(|p| {
+                            let st = std::fs::read_to_string(format!("/proc/{p}/status"))
+                                .unwrap_or_default();
+                            let line = st.lines().find(|l| l.starts_with("State:")).unwrap_or("");
+                            let stack = std::fs::read_to_string(format!("/proc/{p}/stack"))
+                                .unwrap_or_default();
+                            format!("pid {p} {line}\n{stack}")
+                        })
+                        .collect();
+                    format!("{}: {}", c.display(), states.join("; "))
+                })
+                .collect();
+            panic!(
+                "call cgroups not removed after 60 s: {left:#?}\nreaper: {}\n{}",
+                d.status()["reaper"],
+                log_tail(&d)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     wait_for("the reaper done", Duration::from_secs(5), || {
         d.status()["reaper"]["pending"] == serde_json::json!([])
     });
