@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: benchmarks run in the sched_ext VM (DESIGN.md §8).
+//! `cargo xtask bench`: benchmarks run in the sched_ext VM (README, section Benchmarks).
 
 mod calls;
 mod cpu;
