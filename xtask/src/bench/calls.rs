@@ -494,13 +494,13 @@ mod tests {
 
     #[test]
     fn a_failed_call_is_the_worst_value_everywhere() {
-        let report = Report::new(&raw(Some(arm("agentcg", &[50, 50, 50], 3, 50, 12))));
+        let report = Report::new(&raw(Some(arm("agentcg", &[50, 50, 50], 4, 50, 12))));
         let c = &report.arms[2];
-        assert!(c.latency.expect("stats").p50.is_infinite(), "3 of 6 failed");
+        assert!(c.latency.expect("stats").p50.is_infinite(), "4 of 7 failed");
         assert!(c.cost.expect("cost").wall.is_infinite());
         assert_eq!((report.wall.ratio, report.verdict()), (None, "MISS"));
         let md = markdown(&report, &test_args());
-        assert!(md.contains("| (c) `agentcg run -- true` | 6 | 3 | failed |"), "{md}");
+        assert!(md.contains("| (c) `agentcg run -- true` | 7 | 4 | failed |"), "{md}");
     }
 
     #[test]

@@ -513,11 +513,10 @@ mod tests {
         ));
         let seq: Vec<(usize, u32, char)> =
             p.iter().map(|i| (i.run, i.limit, i.arm.letter())).collect();
-        let group = |run, limit, order: &str| order.chars().map(move |c| (run, limit, c));
-        let expected: Vec<(usize, u32, char)> = group(1, 1100, "abe")
-            .chain(group(1, 1300, "bea"))
-            .chain(group(2, 1100, "eab"))
-            .chain(group(2, 1300, "abe"))
+        let groups = [(1, 1100, "abe"), (1, 1300, "bea"), (2, 1100, "eab"), (2, 1300, "abe")];
+        let expected: Vec<(usize, u32, char)> = groups
+            .iter()
+            .flat_map(|&(run, limit, order)| order.chars().map(move |c| (run, limit, c)))
             .collect();
         assert_eq!(seq, expected);
     }

@@ -17,11 +17,6 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Statistics of nanosecond samples; `None` without samples.
-    pub fn from_ns(samples: &[u64]) -> Option<Self> {
-        Self::with_failures_ns(samples, 0)
-    }
-
     /// Nanosecond samples plus `failures` infinite ones; `None` when there are none.
     pub fn with_failures_ns(samples: &[u64], failures: usize) -> Option<Self> {
         let ms: Vec<f64> = samples.iter().map(|&ns| ns as f64 / 1e6).collect();
@@ -83,7 +78,7 @@ mod tests {
     #[test]
     fn nearest_rank_percentiles() {
         let samples: Vec<u64> = (1..=100).rev().map(|i| i * 1_000_000).collect();
-        let stats = Stats::from_ns(&samples).expect("samples");
+        let stats = Stats::with_failures_ns(&samples, 0).expect("samples");
         assert_eq!(
             (stats.n, stats.p50, stats.p90, stats.p99),
             (100, 50.0, 90.0, 99.0)
@@ -91,7 +86,7 @@ mod tests {
         assert_eq!(stats.p95, 95.0);
         assert_eq!(Stats::from_ms(&[1.5]).map(|s| s.p99), Some(1.5));
         assert!((stats.mean - 50.5).abs() < 1e-9);
-        assert!(Stats::from_ns(&[]).is_none());
+        assert!(Stats::with_failures_ns(&[], 0).is_none());
     }
 
     /// A failure is the worst sample of every statistic, never dropped.
