@@ -476,8 +476,14 @@ mod tests {
         assert_eq!(report.cpu.ratio, Some(0.25));
         assert_eq!(report.verdict(), "MISS", "the wall time misses");
         let md = markdown(&report, &test_args());
-        assert!(md.contains("ratio (c − a)/(b − a) = 0.67: **MISS**"), "{md}");
-        assert!(md.contains("ratio (c − a)/(b − a) = 0.25: **PASS**"), "{md}");
+        assert!(
+            md.contains("ratio (c − a)/(b − a) = 0.67: **MISS**"),
+            "{md}"
+        );
+        assert!(
+            md.contains("ratio (c − a)/(b − a) = 0.25: **PASS**"),
+            "{md}"
+        );
     }
 
     /// The old figure stopped at the client's exit: a cheap latency does not make the
@@ -500,7 +506,10 @@ mod tests {
         assert!(c.cost.expect("cost").wall.is_infinite());
         assert_eq!((report.wall.ratio, report.verdict()), (None, "MISS"));
         let md = markdown(&report, &test_args());
-        assert!(md.contains("| (c) `agentcg run -- true` | 7 | 4 | failed |"), "{md}");
+        assert!(
+            md.contains("| (c) `agentcg run -- true` | 7 | 4 | failed |"),
+            "{md}"
+        );
     }
 
     #[test]

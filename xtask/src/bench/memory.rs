@@ -513,7 +513,12 @@ mod tests {
         ));
         let seq: Vec<(usize, u32, char)> =
             p.iter().map(|i| (i.run, i.limit, i.arm.letter())).collect();
-        let groups = [(1, 1100, "abe"), (1, 1300, "bea"), (2, 1100, "eab"), (2, 1300, "abe")];
+        let groups = [
+            (1, 1100, "abe"),
+            (1, 1300, "bea"),
+            (2, 1100, "eab"),
+            (2, 1300, "abe"),
+        ];
         let expected: Vec<(usize, u32, char)> = groups
             .iter()
             .flat_map(|&(run, limit, order)| order.chars().map(move |c| (run, limit, c)))

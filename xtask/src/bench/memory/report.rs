@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{
-    Arm, Args, BASE_MIB, Instance, PROCS, Replay, SESSIONS, TARGET_ALIVE_LIMIT,
+    Args, Arm, BASE_MIB, Instance, PROCS, Replay, SESSIONS, TARGET_ALIVE_LIMIT,
     TARGET_LOW_DONE_RATIO, TARGET_P95_RATIO, TRACE_HIGH, TRACE_LOW, planned_peak,
 };
 use crate::bench::stats::{Stats, fmt_ms, mean_sd};
@@ -63,7 +63,11 @@ impl Cell {
             .iter()
             .flat_map(|i| [i.low_done(0), i.low_done(1)])
             .collect();
-        let low_done: Vec<f64> = lows.iter().flatten().map(|r| r.completion_ms / 1e3).collect();
+        let low_done: Vec<f64> = lows
+            .iter()
+            .flatten()
+            .map(|r| r.completion_ms / 1e3)
+            .collect();
         let pooled: Vec<f64> = highs.iter().flat_map(|r| r.growth_ms.clone()).collect();
         let p95s: Vec<f64> = mine.iter().map(|i| i.high_p95()).collect();
         let high_done: Vec<f64> = highs.iter().map(|r| r.completion_ms / 1e3).collect();
@@ -150,10 +154,8 @@ impl Report {
                 for cell in &mut group {
                     let base = base.as_ref();
                     let median = |s: Option<Stats>| s.map(|s| s.p50);
-                    cell.p95_ratio = ratio(
-                        median(cell.high_p95),
-                        base.and_then(|b| median(b.high_p95)),
-                    );
+                    cell.p95_ratio =
+                        ratio(median(cell.high_p95), base.and_then(|b| median(b.high_p95)));
                     cell.low_done_ratio = ratio(
                         median(cell.low_done_s),
                         base.and_then(|b| median(b.low_done_s)),
@@ -551,9 +553,15 @@ mod tests {
         let t = &report.targets[0];
         assert_eq!((t.all_alive, t.p95), (Some(false), Some(false)));
         let md = markdown(&report, &a);
-        assert!(md.contains("failed / failed / failed (n=60, 40 failed)"), "{md}");
+        assert!(
+            md.contains("failed / failed / failed (n=60, 40 failed)"),
+            "{md}"
+        );
         let y = cell(Arm::Unlimited);
         assert_eq!((y.runs, y.failed_instances, y.all_alive), (3, 1, 2));
-        assert!(md.contains("| (a) parent unlimited (yardstick) | 3 (1 not set up) | 2/3 |"), "{md}");
+        assert!(
+            md.contains("| (a) parent unlimited (yardstick) | 3 (1 not set up) | 2/3 |"),
+            "{md}"
+        );
     }
 }

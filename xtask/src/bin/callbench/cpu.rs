@@ -46,7 +46,10 @@ pub fn process_ns(pid: i32) -> Result<u64, String> {
     let stat = procfs::process::Process::new(pid)
         .and_then(|p| p.stat())
         .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
-    Ok(ticks_to_ns(stat.utime + stat.stime, procfs::ticks_per_second()))
+    Ok(ticks_to_ns(
+        stat.utime + stat.stime,
+        procfs::ticks_per_second(),
+    ))
 }
 
 fn ticks_to_ns(ticks: u64, per_second: u64) -> u64 {
@@ -70,9 +73,24 @@ mod tests {
     #[test]
     fn ticks_and_deltas() {
         assert_eq!(ticks_to_ns(250, 100), 2_500_000_000);
-        let before = Cpu { own_ns: 5, children_ns: 10, daemon_ns: 20 };
-        let after = Cpu { own_ns: 7, children_ns: 15, daemon_ns: 20 };
-        assert_eq!(after.since(before), Cpu { own_ns: 2, children_ns: 5, daemon_ns: 0 });
+        let before = Cpu {
+            own_ns: 5,
+            children_ns: 10,
+            daemon_ns: 20,
+        };
+        let after = Cpu {
+            own_ns: 7,
+            children_ns: 15,
+            daemon_ns: 20,
+        };
+        assert_eq!(
+            after.since(before),
+            Cpu {
+                own_ns: 2,
+                children_ns: 5,
+                daemon_ns: 0
+            }
+        );
         let mut total = Cpu::default();
         total.add(after.since(before));
         total.add(after.since(before));

@@ -415,11 +415,28 @@ mod tests {
     #[test]
     fn arms_need_their_context() {
         let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let err = parse_args(args(&["--iterations", "1", "--out", "x", "--agentcg-arm", "c=a"]));
+        let err = parse_args(args(&[
+            "--iterations",
+            "1",
+            "--out",
+            "x",
+            "--agentcg-arm",
+            "c=a",
+        ]));
         assert!(err.is_err_and(|e| e.contains("--socket")));
         let ok = parse_args(args(&[
-            "--iterations", "3", "--out", "x", "--socket", "/s", "--daemon-pid", "7",
-            "--block", "2", "--agentcg-arm", "c=agentcg run --verbose -- true",
+            "--iterations",
+            "3",
+            "--out",
+            "x",
+            "--socket",
+            "/s",
+            "--daemon-pid",
+            "7",
+            "--block",
+            "2",
+            "--agentcg-arm",
+            "c=agentcg run --verbose -- true",
         ]))
         .expect("parses");
         assert_eq!((ok.iterations, ok.block, ok.daemon_pid), (3, 2, Some(7)));

@@ -64,8 +64,8 @@ pub fn parse_call_reply(response: &str) -> Result<CallState, String> {
 
 /// One `GET /v1/calls/{id}` over the daemon's unix socket.
 fn get_call(socket: &Path, call_id: u64) -> Result<CallState, String> {
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    let mut stream =
+        UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
     let request =
         format!("GET /v1/calls/{call_id} HTTP/1.1\r\nHost: agentcg\r\nConnection: close\r\n\r\n");
     stream
@@ -90,7 +90,11 @@ pub fn wait_settled(socket: &Path, grant: &Grant) -> Result<(), String> {
                 "call {} not settled after {SETTLE_TIMEOUT:?} (cgroup {} {})",
                 grant.call_id,
                 grant.cgroup.display(),
-                if grant.cgroup.exists() { "still there" } else { "gone" }
+                if grant.cgroup.exists() {
+                    "still there"
+                } else {
+                    "gone"
+                }
             ));
         }
         sleep(POLL);
