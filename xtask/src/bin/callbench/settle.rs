@@ -103,7 +103,70 @@ pub fn wait_settled(socket: &Path, grant: &Grant) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::net::UnixListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+
+    /// Deferred work is waited for: the cgroup directory disappears late, and the API
+    /// says "running" twice before it has the record.
+    #[test]
+    fn waits_for_the_cgroup_to_go_and_the_record_to_come() {
+        let dir = std::env::temp_dir().join(format!("callbench-settle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cgroup = dir.join("call-000001");
+        std::fs::create_dir_all(&cgroup).expect("cgroup dir");
+        let socket = dir.join("sock");
+        let listener = UnixListener::bind(&socket).expect("bind");
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        let server = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.expect("accept");
+                let mut request = [0u8; 512];
+                let _ = stream.read(&mut request).expect("request");
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let body = if n < 2 {
+                    r#"{"call_id":1,"running":true}"#
+                } else {
+                    r#"{"call_id":1,"outcome":"ok"}"#
+                };
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(reply.as_bytes()).expect("reply");
+                if n >= 2 {
+                    return;
+                }
+            }
+        });
+        let remove = cgroup.clone();
+        let remover = std::thread::spawn(move || {
+            sleep(Duration::from_millis(50));
+            std::fs::remove_dir(&remove).expect("rmdir");
+        });
+        let start = Instant::now();
+        let grant = Grant {
+            call_id: 1,
+            cgroup: cgroup.clone(),
+        };
+        wait_settled(&socket, &grant).expect("settles");
+        assert!(
+            start.elapsed() >= Duration::from_millis(50),
+            "waited for the rmdir"
+        );
+        assert!(!cgroup.exists());
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            3,
+            "asked until the record came"
+        );
+        remover.join().expect("remover");
+        server.join().expect("server");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 
     #[test]
     fn the_verbose_line_names_the_call() {
