@@ -214,7 +214,7 @@ fn run_guest(
     fs::write(&plan_file, text).with_context(|| format!("cannot write {}", plan_file.display()))?;
     eprintln!(
         "[xtask] {} instances ({} runs x {} arms x {} speeds x {} limits); measured in the VM: \
-         ~20-25 s each at 10x, ~12-18 s at 50x (every arm starts and stops agentcgd)",
+         ~18-21 s each at 10x (every arm starts and stops agentcgd)",
         plan.len(),
         args.runs,
         args.arms.len(),
