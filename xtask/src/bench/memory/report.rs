@@ -245,9 +245,9 @@ pub(super) fn markdown(report: &Report, args: &Args) -> String {
             md += &format!(
                 "\n## Parent memory.max {limit} MiB, {speed}x\n\n\
                  | arm | runs | all 3 alive | HIGH alive | LOWs alive | SIGKILLs | oom_kill | \
-                 HIGH p50 / p95 / p99 ms (pooled) | HIGH p95 ms per run | HIGH done s | \
-                 LOW done s | p95 vs (a) | LOW done vs (a) | parent peak MiB |\n\
-                 | | | | | | | | | median / mean | median / mean | median / mean | | | |\n\
+                 HIGH p50 / p95 / p99 ms (pooled) | HIGH p95 ms per run (median / mean) | \
+                 HIGH done s (median / mean) | LOW done s (median / mean) | p95 vs (a) | \
+                 LOW done vs (a) | parent peak MiB |\n\
                  |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
             );
             let group = report
