@@ -1,10 +1,12 @@
 #!/bin/sh
-# Guest side of `cargo xtask bench calls` (docs/ARCHITECTURE.md#measured-baselines), run
-# as root inside the VM from the workspace root. Starts agentcgd, then lets callbench time
-# three arms, interleaved in rounds: (a) spawning /bin/true, (b) the reference approach (a
-# fresh cgroup with memory+pids limits, sh -c 'echo $$ > cgroup.procs && exec /bin/true',
-# rmdir) and (c) `agentcg run -- /bin/true`. Arm (c) is left out, with the reason printed,
-# when the agentcg binaries are missing or the daemon does not come up.
+# Guest side of `cargo xtask bench calls`, run as root inside the VM from the workspace
+# root. Starts agentcgd, then lets callbench measure three arms: (a) spawning /bin/true,
+# (b) the reference approach (a fresh cgroup with memory+pids limits, sh -c 'echo $$ >
+# cgroup.procs && exec /bin/true', rmdir) and (c) `agentcg run --verbose -- /bin/true`
+# (--verbose names the call, so that callbench can wait for its record and the removal
+# of its cgroup). agentcgd runs during every arm and its CPU time counts in every arm's
+# full cost. Arm (c) is left out, with the reason printed (and the host reports it as
+# missing), when the agentcg binaries are missing or the daemon does not come up.
 #
 # Every executable the arms start (true, sh, agentcg) runs from the guest's tmpfs, as from
 # the page cache on a real machine: under emulation an exec from the 9p-shared host tree
@@ -12,10 +14,10 @@
 # would tilt the comparison. xtask's guest script stages agentcg the same way.
 #
 # Environment (set by xtask): AGENTCG_BIN_DIR, CALLBENCH (the callbench binary), BENCH_OUT
-# (a directory the host can read), ITERATIONS, WARMUP; AGENTCG_UNAVAILABLE (optional) says
-# why arm (c) cannot run.
+# (a directory the host can read), ITERATIONS, WARMUP, BLOCK; AGENTCG_UNAVAILABLE
+# (optional) says why arm (c) cannot run.
 set -u
-: "${AGENTCG_BIN_DIR:?}" "${CALLBENCH:?}" "${BENCH_OUT:?}" "${ITERATIONS:?}" "${WARMUP:?}"
+: "${AGENTCG_BIN_DIR:?}" "${CALLBENCH:?}" "${BENCH_OUT:?}" "${ITERATIONS:?}" "${WARMUP:?}" "${BLOCK:?}"
 
 SOCK=/tmp/agentcg.sock
 BIN=/tmp/bench-bin
@@ -75,11 +77,12 @@ mkdir -p "$REF_PARENT" && echo '+memory +pids' > "$REF_PARENT/cgroup.subtree_con
   exit 1
 }
 
-set -- --iterations "$ITERATIONS" --warmup "$WARMUP" --out "$BENCH_OUT/calls-raw.json" \
-  --cgroup-parent "$REF_PARENT" --shell "$BIN/sh" \
+set -- --iterations "$ITERATIONS" --warmup "$WARMUP" --block "$BLOCK" \
+  --out "$BENCH_OUT/calls-raw.json" --cgroup-parent "$REF_PARENT" --shell "$BIN/sh" \
   --arm "direct=$TRUE" --reference-arm "reference=$TRUE"
 if start_daemon; then
-  set -- "$@" --arm "agentcg=$AGENTCG_BIN_DIR/agentcg --socket $SOCK run -- $TRUE"
+  set -- "$@" --socket "$SOCK" --daemon-pid "$DAEMON_PID" \
+    --agentcg-arm "agentcg=$AGENTCG_BIN_DIR/agentcg --socket $SOCK run --verbose -- $TRUE"
 fi
 "$CALLBENCH" "$@"
 status=$?

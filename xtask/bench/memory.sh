@@ -1,27 +1,39 @@
 #!/bin/sh
-# Guest side of `cargo xtask bench memory` (issue 4), run as root inside the VM from the
-# workspace root: the AgentCgroup multi-tenant memory experiment
-# (docs/ARCHITECTURE.md#measured-baselines).
+# Guest side of `cargo xtask bench memory`, run as root inside the VM from the workspace
+# root: the AgentCgroup multi-tenant memory experiment.
 #
-# Three sessions share a parent cgroup $P (memory.max = LIMIT MiB, memory.swap.max = 0):
-# HIGH replays $TRACE_HIGH next to a separate process holding $BASE_MIB MiB (the agent
-# runtime); LOW1 and LOW2 replay $TRACE_LOW. All replays start at the same instant.
-# Arms:
+# The memory limit sits on a parent $P (memory.max = LIMIT MiB, memory.swap.max = 0), as a
+# systemd slice or a Kubernetes pod would hold it; agentcg's root is $P/agentcg below it.
+# Three sessions share $P: HIGH replays $TRACE_HIGH next to a separate process holding
+# $BASE_MIB MiB (the agent runtime); LOW1 and LOW2 replay $TRACE_LOW. All replays start
+# at the same instant.
+#
+# Every arm runs with the same CPU setup and the same knowledge of the workload:
+#   - agentcgd (--root $P/agentcg) runs in every arm, so its sched_ext scheduler
+#     schedules every arm; in the kernel-knob arms its root stays empty and the sessions
+#     are $P/tenants/<name> with the policy's cpu.weight of their priority (HIGH 400,
+#     LOWs 25), as agentcg gives its sessions;
+#   - every tool starts with the oom_score_adj agentcg gives its priority (HIGH 0, LOWs
+#     1000; the runtime keeps its own);
+#   - every replay runs in a per-call cgroup (<session>/call) whose memory.high is the
+#     trace's declared peak, which the agentcg arm declares as `--intent mem=`.
+# Arms (what differs):
 #   unlimited      parent memory.max = max (the yardstick)
 #   no_isolation   parent memory.max only
 #   static_split   each session memory.max = LIMIT/3
-#   low_high_400m  memory.high = 400M on the two LOW sessions only
-#   agentcg        agentcgd --root $P; sessions from `agentcg session create` (HIGH
-#                  --priority high with the base as --runtime-pid, LOWs --priority low),
-#                  each replay a tool call `agentcg run --session NAME`
+#   low_high_400m  memory.high = 400M on the two LOW sessions
+#   agentcg        sessions from `agentcg session create` (HIGH --priority high with the
+#                  base as --runtime-pid, LOWs --priority low), each replay a tool call
+#                  `agentcg run --session NAME --intent mem=<peak>`; agentcg's own
+#                  runtime protection and memory response act
 #
-# $PLAN has one instance per line: `RUN LIMIT_MIB SPEED ARM`. Each instance writes
-# $BENCH_OUT/r<RUN>-<LIMIT>M-<SPEED>x-<ARM>/: `status` (`PROC WAIT_STATUS` for high,
-# base, low1, low2: 0 = done, 143 = base ended by us, 137 = SIGKILL), `events-<NAME>`
-# (memory.events of each session cgroup and of the parent, read before teardown),
-# `peak-parent`, the replays' JSON (<proc>.json, written only by a replay that finished),
-# their stderr (<proc>.log), for agentcg the call records (<proc>.record.json) and
-# `elapsed_ms`. The host parses all of it.
+# $PLAN has one instance per line: `RUN LIMIT_MIB SPEED ARM` (the host rotates the arm
+# order per run). Each instance writes $BENCH_OUT/r<RUN>-<LIMIT>M-<SPEED>x-<ARM>/:
+# `status` (`PROC WAIT_STATUS` for high, base, low1, low2: 0 = done, 143 = base ended by
+# us, 137 = SIGKILL), `events-<NAME>` (memory.events of each session cgroup and of the
+# parent, read before teardown), `peak-parent`, the replays' JSON (<proc>.json, written
+# only by a replay that finished), their stderr (<proc>.log), for agentcg the call
+# records (<proc>.record.json) and `elapsed_ms`. The host parses all of it.
 #
 # Environment (set by xtask): AGENTCG_BIN_DIR, BENCH_OUT, PLAN, TRACE_HIGH, TRACE_LOW,
 # BASE_MIB.
@@ -29,6 +41,13 @@ set -u
 : "${AGENTCG_BIN_DIR:?}" "${BENCH_OUT:?}" "${PLAN:?}" "${TRACE_HIGH:?}" "${TRACE_LOW:?}" "${BASE_MIB:?}"
 
 P=/sys/fs/cgroup/agentcg-mem
+R=$P/agentcg
+T=$P/tenants
+# The default policy's cpu.weight and oom_score_adj of each priority (policies/default.toml).
+WEIGHT_HIGH=400
+WEIGHT_LOW=25
+ADJ_HIGH=0
+ADJ_LOW=1000
 SOCK=/tmp/agentcg-mem.sock
 STATE=/tmp/agentcg-mem-state
 BIN=$AGENTCG_BIN_DIR
@@ -43,7 +62,7 @@ now_ms() { date +%s%3N; }
 
 # The cgroup of session $1 in the current arm.
 session_cg() {
-  if [ "$ARM" = agentcg ]; then echo "$P/session-$1"; else echo "$P/$1"; fi
+  if [ "$ARM" = agentcg ]; then echo "$R/session-$1"; else echo "$T/$1"; fi
 }
 
 write() {
@@ -52,7 +71,7 @@ write() {
 
 start_daemon() {
   rm -rf "$STATE" "$SOCK"
-  "$BIN/agentcgd" --root "$P" --socket "$SOCK" --state-dir "$STATE" \
+  "$BIN/agentcgd" --root "$R" --socket "$SOCK" --state-dir "$STATE" \
     >> "$BENCH_OUT/agentcgd.log" 2>&1 < /dev/null &
   DAEMON_PID=$!
   tries=0
@@ -98,15 +117,23 @@ setup_parent() {
   if [ -e "$P/memory.swap.max" ]; then
     write "$P/memory.swap.max" 0 || return 1
   fi
+  write "$P/cgroup.subtree_control" "+cpu +memory +pids" || return 1
   [ "$ARM" = agentcg ] && return 0
-  write "$P/cgroup.subtree_control" "+memory +pids" || return 1
-  for s in high low1 low2; do mkdir "$P/$s" || return 1; done
+  mkdir "$T" && write "$T/cgroup.subtree_control" "+cpu +memory +pids" || return 1
+  for s in high low1 low2; do
+    mkdir "$T/$s" && write "$T/$s/cgroup.subtree_control" "+cpu +memory +pids" &&
+      mkdir "$T/$s/call" || return 1
+    weight=$WEIGHT_LOW peak=$PEAK_LOW
+    [ "$s" = high ] && weight=$WEIGHT_HIGH peak=$PEAK_HIGH
+    write "$T/$s/cpu.weight" "$weight" && write "$T/$s/call/memory.high" "${peak}M" || return 1
+  done
+  mkdir "$T/high/runtime" || return 1
   case $ARM in
     static_split)
       third=$((LIMIT * MIB / 3 / 4096 * 4096))
-      for s in high low1 low2; do write "$P/$s/memory.max" "$third" || return 1; done ;;
+      for s in high low1 low2; do write "$T/$s/memory.max" "$third" || return 1; done ;;
     low_high_400m)
-      for s in low1 low2; do write "$P/$s/memory.high" 400M || return 1; done ;;
+      for s in low1 low2; do write "$T/$s/memory.high" 400M || return 1; done ;;
   esac
 }
 
@@ -130,7 +157,7 @@ start_base() {
     echo go > "$go"
   else
     sh -c 'echo $$ > "$1/cgroup.procs" && exec "$2/memreplay" --base-mib "$3" --ready "$4"' _ \
-      "$P/high" "$BIN" "$BASE_MIB" "$ready" < /dev/null 2> "$DIR/base.log" &
+      "$T/high/runtime" "$BIN" "$BASE_MIB" "$ready" < /dev/null 2> "$DIR/base.log" &
     BASE_PID=$!
   fi
   tries=0
@@ -155,11 +182,13 @@ start_replay() {
     cli run --session "$name" --intent "mem=${peak}M" --record "$DIR/$name.record.json" \
       -- "$BIN/memreplay" "$@" < /dev/null 2> "$DIR/$name.log" &
   else
-    cg=$P/$1
+    cg=$T/$1/call
+    adj=$ADJ_LOW
+    [ "$1" = high ] && adj=$ADJ_HIGH
     name=$1
     shift
-    sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' _ "$cg" "$BIN/memreplay" "$@" \
-      < /dev/null 2> "$DIR/$name.log" &
+    sh -c 'echo $$ > "$1/cgroup.procs" && echo "$2" > /proc/self/oom_score_adj && shift 2 &&
+      exec "$@"' _ "$cg" "$adj" "$BIN/memreplay" "$@" < /dev/null 2> "$DIR/$name.log" &
   fi
   REPLAY_PID=$!
 }
@@ -170,7 +199,7 @@ instance() {
   rm -rf "$DIR" && mkdir -p "$DIR" || return 1
   t0=$(now_ms)
   setup_parent || return 1
-  if [ "$ARM" = agentcg ]; then start_daemon || return 1; fi
+  start_daemon || return 1
   start_base || return 1
   # Replays start together, 3 s from now (agentcg run needs its round trip first).
   START=$(($(now_ms) + 3000))
@@ -193,8 +222,8 @@ instance() {
   cat "$P/memory.peak" > "$DIR/peak-parent" 2>/dev/null
   if [ "$ARM" = agentcg ]; then
     for s in high low1 low2; do cli session close "$s" --force > /dev/null; done
-    stop_daemon
   fi
+  stop_daemon
   remove_parent
   echo $(($(now_ms) - t0)) > "$DIR/elapsed_ms"
   kills=$(for s in high low1 low2; do printf '%s=%s ' "$s" "$(awk '$1 == "oom_kill" {print $2}' "$DIR/events-$s" 2>/dev/null)"; done)
@@ -220,14 +249,15 @@ done
 for t in "$TRACE_HIGH" "$TRACE_LOW"; do
   [ -r "$t" ] || { say "trace $t is not readable in the guest"; exit 1; }
 done
-# Arm agentcg declares each replay's trace peak, rounded up to 64 MiB, as its expected
-# memory (`--intent mem=`), as an agent that knows its tool would.
+# Every arm knows each replay's trace peak, rounded up to 64 MiB: the agentcg arm declares
+# it as the call's expected memory (`--intent mem=`, which becomes the call's
+# memory.high), the others write it as memory.high of the replay's call cgroup.
 PEAK_HIGH=$("$BIN/memreplay" --trace "$TRACE_HIGH" --peak-mib) || exit 1
 PEAK_LOW=$("$BIN/memreplay" --trace "$TRACE_LOW" --peak-mib) || exit 1
 PEAK_HIGH=$(((PEAK_HIGH + 63) / 64 * 64))
 PEAK_LOW=$(((PEAK_LOW + 63) / 64 * 64))
 mkdir -p "$BENCH_OUT" && rm -rf "${BENCH_OUT:?}"/r* "$BENCH_OUT/agentcgd.log"
-say "swap: $(awk 'NR > 1' /proc/swaps | wc -l) device(s); agentcg arm declares mem=${PEAK_HIGH}M (HIGH), mem=${PEAK_LOW}M (LOW)"
+say "swap: $(awk 'NR > 1' /proc/swaps | wc -l) device(s); declared peaks (call memory.high): ${PEAK_HIGH}M (HIGH), ${PEAK_LOW}M (LOW)"
 while read -r RUN LIMIT SPEED ARM <&3; do
   [ -n "${ARM:-}" ] || continue
   if ! instance; then

@@ -1,5 +1,4 @@
-//! `cargo xtask bench`: benchmarks run in the sched_ext VM
-//! (docs/ARCHITECTURE.md#benchmarks).
+//! `cargo xtask bench`: benchmarks run in the sched_ext VM (README, section Benchmarks).
 
 mod calls;
 mod cpu;

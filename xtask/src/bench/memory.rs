@@ -1,19 +1,22 @@
 //! `cargo xtask bench memory`: the AgentCgroup multi-tenant memory experiment replayed in
-//! the VM, with agentcg as one arm (issue 4; docs/ARCHITECTURE.md#measured-baselines).
-//! Not part of CI.
+//! the VM, with agentcg as one arm (issue 4). Not part of CI.
 //!
-//! A parent cgroup (memory.max 1100 or 1300 MiB, no swap) holds three sessions: HIGH
-//! replays `dask__dask-11628` next to a process holding a 100 MiB base (the agent
-//! runtime), two LOWs replay `sigmavirus24__github3.py-673`, all starting together,
-//! time compressed 10x and 50x (memreplay: 64 MiB touched chunks, latency of every
-//! growth step). Arms (xtask/bench/memory.sh): (a) parent unlimited, the yardstick;
-//! (b) no isolation; (c) static split; (d) memory.high=400M on the LOWs; (e) agentcg.
-//! Runs interleave the arms (run 1 of every arm, then run 2, ...). Kills are read from
-//! the wait status and each session cgroup's `memory.events` `oom_kill`, never from a
-//! missing file. The host writes DIR/memory.md (also printed), memory.json and
-//! memory.png. The traces are read in place from `--traces` (the project ships none).
+//! A parent cgroup (memory.max per `--limits`, no swap) holds three sessions, as a
+//! systemd slice or a Kubernetes pod holds agentcg's root: HIGH replays
+//! `dask__dask-11628` next to a process holding a 100 MiB base (the agent runtime), two
+//! LOWs replay `sigmavirus24__github3.py-673`, all starting together, time compressed
+//! (memreplay: 64 MiB touched chunks, latency of every growth step). Arms
+//! (xtask/bench/memory.sh): (a) parent unlimited, the yardstick; (b) no isolation;
+//! (c) static split; (d) memory.high=400M on the LOWs; (e) agentcg. Every arm runs under
+//! agentcgd's sched_ext scheduler with the same CPU weights, oom_score_adj and declared
+//! peaks; only the memory handling differs. Runs interleave the arms (run 1 of every
+//! arm, then run 2, ...), the order rotated from group to group. Kills are read from the
+//! wait status and each session cgroup's `memory.events` `oom_kill`, never from a
+//! missing file. The host writes DIR/memory.md (also printed, report.rs), memory.json
+//! and memory.png. The traces are read in place from `--traces` (the project ships none).
 
 mod chart;
+mod report;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,9 +25,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::stats::{Stats, mean_sd};
+use self::report::{Report, markdown, to_json};
+use super::stats::Stats;
 use crate::host::Workspace;
 use crate::provision::{self, Which};
 use crate::vm::{self, Job, VmOptions, sh_quote_path};
@@ -111,8 +115,7 @@ pub struct Args {
     /// Directory for memory.md, memory.json and memory.png [default: target/bench]
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// The recorded runs (docs/ARCHITECTURE.md#agent-traces)
-    /// [default: ../shared/traces from the workspace]
+    /// The recorded agent runs [default: ../shared/traces from the workspace]
     #[arg(long, value_name = "DIR")]
     traces: Option<PathBuf>,
     /// Repetitions per arm, speed and limit (interleaved: run 1 of every arm, then run 2, ...)
@@ -149,8 +152,8 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
         if !trace.is_file() {
             bail!(
                 "trace {} is missing: the memory benchmark replays the recorded agent runs of \
-                 ../shared/traces (docs/ARCHITECTURE.md#agent-traces), which the project \
-                 does not ship; pass --traces DIR",
+                 ../shared/traces, which the project does not ship; pass \
+                 --traces DIR",
                 trace.display()
             );
         }
@@ -211,8 +214,7 @@ fn run_guest(
     fs::write(&plan_file, text).with_context(|| format!("cannot write {}", plan_file.display()))?;
     eprintln!(
         "[xtask] {} instances ({} runs x {} arms x {} speeds x {} limits); measured in the VM: \
-         ~14-21 s each at 10x, ~7-13 s at 50x (agentcg: +5 s for the daemon), ~4.5 min per \
-         run of all 20 combinations",
+         ~18-21 s each at 10x (every arm starts and stops agentcgd)",
         plan.len(),
         args.runs,
         args.arms.len(),
@@ -246,20 +248,25 @@ struct Planned {
     arm: Arm,
 }
 
-/// Every instance, arms interleaved: run 1 of every arm (for each limit and speed), then run 2, ...
+/// Every instance, arms interleaved: run 1 of every arm (for each limit and speed), then
+/// run 2, ...; the arm order rotates by one from each group of arms to the next, so that
+/// no arm always runs first or last.
 fn plan(args: &Args) -> Vec<Planned> {
     let mut out = Vec::new();
+    let n = args.arms.len();
+    let mut group = 0;
     for run in 1..=args.runs {
         for &limit in &args.limits {
             for &speed in &args.speeds {
-                for &arm in &args.arms {
+                for k in 0..n {
                     out.push(Planned {
                         run,
                         limit,
                         speed,
-                        arm,
+                        arm: args.arms[(group + k) % n],
                     });
                 }
+                group += 1;
             }
         }
     }
@@ -408,12 +415,23 @@ impl Instance {
         (0..4).filter(|&p| self.fate(p) == Fate::Killed).count()
     }
 
-    /// The HIGH replay's per-run p95 growth latency (a finished replay only).
-    fn high_p95(&self) -> Option<f64> {
-        self.replays[0]
+    /// HIGH's replay when the session survived (replay and base alive, results written).
+    fn high_done(&self) -> Option<&Replay> {
+        self.replays[0].as_ref().filter(|_| self.high_alive())
+    }
+
+    /// LOW `i` (0 or 1)'s replay when it survived.
+    fn low_done(&self, i: usize) -> Option<&Replay> {
+        self.replays[1 + i]
             .as_ref()
+            .filter(|_| self.fate(2 + i) == Fate::Alive)
+    }
+
+    /// The HIGH replay's p95 growth latency in this run; infinite when HIGH did not survive.
+    fn high_p95(&self) -> f64 {
+        self.high_done()
             .and_then(|r| Stats::from_ms(&r.growth_ms))
-            .map(|s| s.p95)
+            .map_or(f64::INFINITY, |s| s.p95)
     }
 }
 
@@ -462,355 +480,11 @@ fn oom_kills(events: &str) -> Option<u64> {
     })
 }
 
-/// One arm at one limit and speed, over its runs.
-#[derive(Debug, Clone)]
-struct Cell {
-    limit: u32,
-    speed: u32,
-    arm: Arm,
-    runs: usize,
-    failed_instances: usize,
-    all_alive: usize,
-    high_alive: usize,
-    lows_alive: usize,
-    kills: usize,
-    oom_kill_events: u64,
-    /// Pooled growth-step latencies of the finished HIGH replays.
-    high: Option<Stats>,
-    /// Per-run HIGH p95, mean and sd.
-    high_p95: Option<(f64, f64)>,
-    high_done_s: Option<(f64, f64)>,
-    low_done_s: Option<(f64, f64)>,
-    /// Mean schedule length and HIGH's mean largest lag, s.
-    scheduled_s: Option<f64>,
-    high_max_lag_s: Option<f64>,
-    parent_peak_mib: Option<f64>,
-    /// [`planned_peak`] of a run whose three replays finished, MiB.
-    planned_peak_mib: Option<f64>,
-    /// Against arm (a) at the same limit and speed.
-    p95_ratio: Option<f64>,
-    low_done_ratio: Option<f64>,
-}
-
-impl Cell {
-    fn new(limit: u32, speed: u32, arm: Arm, all: &[Instance]) -> Self {
-        let mine: Vec<&Instance> = all
-            .iter()
-            .filter(|i| {
-                let p = i.planned;
-                (p.limit, p.speed, p.arm) == (limit, speed, arm)
-            })
-            .collect();
-        let ok: Vec<&Instance> = mine.iter().copied().filter(|i| i.error.is_none()).collect();
-        let high_runs: Vec<&Replay> = ok.iter().filter_map(|i| i.replays[0].as_ref()).collect();
-        let lows: Vec<f64> = ok
-            .iter()
-            .flat_map(|i| i.replays[1..].iter().flatten())
-            .map(|r| r.completion_ms / 1e3)
-            .collect();
-        let pooled: Vec<f64> = high_runs.iter().flat_map(|r| r.growth_ms.clone()).collect();
-        let p95s: Vec<f64> = ok.iter().filter_map(|i| i.high_p95()).collect();
-        let high_done: Vec<f64> = high_runs.iter().map(|r| r.completion_ms / 1e3).collect();
-        let mean = |v: Vec<f64>| mean_sd(&v).map(|m| m.0);
-        Self {
-            limit,
-            speed,
-            arm,
-            runs: ok.len(),
-            failed_instances: mine.len() - ok.len(),
-            all_alive: ok.iter().filter(|i| i.all_alive()).count(),
-            high_alive: ok.iter().filter(|i| i.high_alive()).count(),
-            lows_alive: ok.iter().map(|i| i.lows_alive()).sum(),
-            kills: ok.iter().map(|i| i.kills()).sum(),
-            oom_kill_events: ok
-                .iter()
-                .map(|i| i.oom_kill.iter().flatten().sum::<u64>())
-                .sum(),
-            high: Stats::from_ms(&pooled),
-            high_p95: mean_sd(&p95s),
-            high_done_s: mean_sd(&high_done),
-            low_done_s: mean_sd(&lows),
-            scheduled_s: mean(high_runs.iter().map(|r| r.scheduled_ms / 1e3).collect()),
-            high_max_lag_s: mean(high_runs.iter().map(|r| r.max_lag_ms / 1e3).collect()),
-            parent_peak_mib: mean(
-                ok.iter()
-                    .filter_map(|i| i.parent_peak)
-                    .map(|b| b as f64 / f64::from(1 << 20))
-                    .collect(),
-            ),
-            planned_peak_mib: ok.iter().find_map(|i| {
-                let done: Vec<&Replay> = i.replays.iter().flatten().collect();
-                (done.len() == 3).then(|| {
-                    planned_peak(&done, u64::from(BASE_MIB) << 20) as f64 / f64::from(1 << 20)
-                })
-            }),
-            p95_ratio: None,
-            low_done_ratio: None,
-        }
-    }
-}
-
-/// Pass/miss of arm (e) at one limit and speed.
-#[derive(Debug, Clone)]
-struct Targets {
-    limit: u32,
-    speed: u32,
-    /// `None` when the target does not apply at this limit.
-    all_alive: Option<bool>,
-    p95: Option<bool>,
-    low_done: Option<bool>,
-}
-
-#[derive(Debug)]
-struct Report {
-    cells: Vec<Cell>,
-    targets: Vec<Targets>,
-}
-
-impl Report {
-    fn new(results: &[Instance], args: &Args) -> Self {
-        let mut cells = Vec::new();
-        let mut targets = Vec::new();
-        for &limit in &args.limits {
-            for &speed in &args.speeds {
-                let mut group: Vec<Cell> = args
-                    .arms
-                    .iter()
-                    .map(|&arm| Cell::new(limit, speed, arm, results))
-                    .collect();
-                let base = group.iter().find(|c| c.arm == Arm::Unlimited).cloned();
-                for cell in &mut group {
-                    let base = base.as_ref();
-                    cell.p95_ratio = ratio(
-                        cell.high_p95.map(|m| m.0),
-                        base.and_then(|b| b.high_p95.map(|m| m.0)),
-                    );
-                    cell.low_done_ratio = ratio(
-                        cell.low_done_s.map(|m| m.0),
-                        base.and_then(|b| b.low_done_s.map(|m| m.0)),
-                    );
-                }
-                if let Some(e) = group.iter().find(|c| c.arm == Arm::Agentcg) {
-                    targets.push(Targets {
-                        limit,
-                        speed,
-                        all_alive: (limit == TARGET_ALIVE_LIMIT)
-                            .then_some(e.runs > 0 && e.all_alive == e.runs),
-                        p95: e.p95_ratio.map(|r| r <= TARGET_P95_RATIO),
-                        low_done: e.low_done_ratio.map(|r| r <= TARGET_LOW_DONE_RATIO),
-                    });
-                }
-                cells.extend(group);
-            }
-        }
-        Self { cells, targets }
-    }
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
-fn verdict(v: Option<bool>) -> &'static str {
-    match v {
-        Some(true) => "PASS",
-        Some(false) => "MISS",
-        None => "n/a (no data)",
-    }
-}
-
-fn fmt(value: Option<f64>, digits: usize) -> String {
-    value.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
-}
-
-fn fmt_sd(value: Option<(f64, f64)>, digits: usize) -> String {
-    value.map_or_else(
-        || "–".to_owned(),
-        |(m, sd)| format!("{m:.digits$} ± {sd:.digits$}"),
-    )
-}
-
-fn markdown(report: &Report, args: &Args) -> String {
-    let mut md = format!(
-        "# Multi-tenant memory replay (`cargo xtask bench memory`)\n\n\
-         sched_ext VM (software-emulated, {cpus} CPUs, {mem} memory, kernel {kernel}); compare \
-         only within this setup. Parent cgroup memory.max as given per table, \
-         memory.swap.max = 0. HIGH replays `{high}` plus a separate process holding \
-         {BASE_MIB} MiB (the agent runtime); LOW1 and LOW2 replay `{low}`; all three start \
-         together. memreplay reaches every ~1 s sample (time compressed by the speed factor) \
-         in mmap'ed chunks of at most 64 MiB with every page written, and unmaps on shrink; \
-         sizes use decimal units (`MB` = 10^6 bytes), targets rounded up to a 4 KiB page. \
-         Latency = one growth step (all chunks of one sample). {runs} run(s) per arm, arms \
-         interleaved. Alive = replay exited 0 (base: ended by the harness); killed = SIGKILL \
-         wait status; `oom_kill` = sum of the session cgroups' memory.events counters. \
-         HIGH alive = its replay and its base both alive. Latency, completion times and \
-         their ratios count finished replays only; \"p95 vs (a)\" compares the mean of the \
-         per-run p95, \"LOW done vs (a)\" the mean LOW completion time, with arm (a) at \
-         the same limit and speed. \
-         Arm (e): agentcgd (default policy) with --root = the parent; each replay is \
-         `agentcg run --session NAME --intent mem=<trace peak rounded up to 64 MiB>`.\n\n\
-         Under emulation the reference's Python replay could not keep a 50x schedule \
-         (docs/ARCHITECTURE.md#measured-baselines); whether memreplay kept it shows as \
-         \"HIGH done\" against the schedule under each table. Latency at 50x is noisier; \
-         prefer 10x for it.\n",
-        cpus = args.vm.cpus,
-        mem = args.vm.memory,
-        kernel = args.vm.kernel.display(),
-        high = TRACE_HIGH,
-        low = TRACE_LOW,
-        runs = args.runs,
-    );
-    for &limit in &args.limits {
-        for &speed in &args.speeds {
-            md += &format!(
-                "\n## Parent memory.max {limit} MiB, {speed}x\n\n\
-                 | arm | runs | all 3 alive | HIGH alive | LOWs alive | SIGKILLs | oom_kill | \
-                 HIGH p50 / p95 / p99 ms (pooled) | HIGH p95 ms per run | HIGH done s | \
-                 LOW done s | p95 vs (a) | LOW done vs (a) | parent peak MiB |\n\
-                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-            );
-            let group = report
-                .cells
-                .iter()
-                .filter(|c| c.limit == limit && c.speed == speed);
-            let mut schedule = None;
-            let mut planned = None;
-            for c in group {
-                let failed = if c.failed_instances > 0 {
-                    format!(" ({} failed)", c.failed_instances)
-                } else {
-                    String::new()
-                };
-                md += &format!(
-                    "| ({}) {} | {}{failed} | {}/{} | {}/{} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                    c.arm.letter(),
-                    c.arm.describe(limit),
-                    c.runs,
-                    c.all_alive,
-                    c.runs,
-                    c.high_alive,
-                    c.runs,
-                    c.lows_alive,
-                    2 * c.runs,
-                    c.kills,
-                    c.oom_kill_events,
-                    c.high.map_or_else(
-                        || "–".to_owned(),
-                        |s| format!("{:.0} / {:.0} / {:.0} (n={})", s.p50, s.p95, s.p99, s.n)
-                    ),
-                    fmt_sd(c.high_p95, 0),
-                    fmt_sd(c.high_done_s, 1),
-                    fmt_sd(c.low_done_s, 1),
-                    fmt(c.p95_ratio, 2),
-                    fmt(c.low_done_ratio, 2),
-                    fmt(c.parent_peak_mib, 0),
-                );
-                schedule = schedule.or(c.scheduled_s.zip(c.high_max_lag_s));
-                planned = planned.or(c.planned_peak_mib);
-            }
-            if let Some((sched, lag)) = schedule {
-                md += &format!(
-                    "\nSchedule: HIGH's {sched:.1} s (trace / {speed}); its largest lag behind \
-                     the schedule averaged {lag:.1} s in the first arm listed.\n"
-                );
-            }
-            if let Some(mib) = planned {
-                md += &format!(
-                    "Demand on schedule: the three sessions together (base included) ask for at \
-                     most {mib:.0} MiB at any instant when every replay keeps its schedule; \
-                     more is in use at once only when replays fall behind and peaks meet.\n"
-                );
-            }
-        }
-    }
-    md += &format!(
-        "\n## Targets for (e) agentcg\n\n\
-         | limit | speed | all 3 alive every run (at {TARGET_ALIVE_LIMIT} MiB) | HIGH p95 ≤ \
-         {TARGET_P95_RATIO}x (a) | LOW done ≤ {TARGET_LOW_DONE_RATIO}x (a) |\n|---:|---:|---|---|---|\n"
-    );
-    for t in &report.targets {
-        md += &format!(
-            "| {} MiB | {}x | {} | {} | {} |\n",
-            t.limit,
-            t.speed,
-            t.all_alive.map_or("–", |v| verdict(Some(v))),
-            verdict(t.p95),
-            verdict(t.low_done),
-        );
-    }
-    md
-}
-
-fn to_json(report: &Report, args: &Args, results: &[Instance]) -> Value {
-    let cells: Vec<Value> = report
-        .cells
-        .iter()
-        .map(|c| {
-            json!({
-                "limit_mib": c.limit, "speed": c.speed, "arm": c.arm.name(),
-                "letter": c.arm.letter().to_string(),
-                "runs": c.runs, "failed_instances": c.failed_instances,
-                "all_alive": c.all_alive, "high_alive": c.high_alive, "lows_alive": c.lows_alive,
-                "sigkills": c.kills, "oom_kill_events": c.oom_kill_events,
-                "high_growth_ms": c.high.map(|s| json!({
-                    "n": s.n, "p50": s.p50, "p95": s.p95, "p99": s.p99, "mean": s.mean})),
-                "high_p95_ms_per_run": c.high_p95.map(|(m, sd)| json!({"mean": m, "sd": sd})),
-                "high_done_s": c.high_done_s.map(|(m, sd)| json!({"mean": m, "sd": sd})),
-                "low_done_s": c.low_done_s.map(|(m, sd)| json!({"mean": m, "sd": sd})),
-                "scheduled_s": c.scheduled_s, "high_max_lag_s": c.high_max_lag_s,
-                "parent_peak_mib": c.parent_peak_mib, "planned_peak_mib": c.planned_peak_mib,
-                "p95_ratio_vs_a": c.p95_ratio, "low_done_ratio_vs_a": c.low_done_ratio,
-            })
-        })
-        .collect();
-    let targets: Vec<Value> = report
-        .targets
-        .iter()
-        .map(|t| {
-            json!({"limit_mib": t.limit, "speed": t.speed,
-                   "all_alive": t.all_alive.map(|v| verdict(Some(v))),
-                   "high_p95": verdict(t.p95), "low_done": verdict(t.low_done)})
-        })
-        .collect();
-    let instances: Vec<Value> = results
-        .iter()
-        .map(|i| {
-            let p = i.planned;
-            json!({
-                "run": p.run, "limit_mib": p.limit, "speed": p.speed, "arm": p.arm.name(),
-                "error": i.error,
-                "status": PROCS.iter().zip(i.status).map(|(n, s)| (n.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
-                "oom_kill": SESSIONS.iter().zip(i.oom_kill).map(|(n, s)| (n.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
-                "parent_oom_kill": i.parent_oom_kill,
-                "parent_peak_bytes": i.parent_peak,
-                "high_p95_ms": i.high_p95(),
-                "completion_ms": SESSIONS.iter().zip(&i.replays).map(|(n, r)| (n.to_string(), json!(r.as_ref().map(|r| r.completion_ms)))).collect::<serde_json::Map<_, _>>(),
-            })
-        })
-        .collect();
-    json!({
-        "vm": { "kernel": args.vm.kernel, "cpus": args.vm.cpus, "memory": args.vm.memory },
-        "traces": { "high": TRACE_HIGH, "low": TRACE_LOW, "units": "decimal (MB = 10^6 bytes)" },
-        "base_mib": BASE_MIB, "chunk_mib": 64, "runs": args.runs,
-        "targets_for_agentcg": {
-            "all_alive_at_limit_mib": TARGET_ALIVE_LIMIT,
-            "high_p95_ratio_max": TARGET_P95_RATIO,
-            "low_done_ratio_max": TARGET_LOW_DONE_RATIO,
-            "verdicts": targets,
-        },
-        "cells": cells,
-        "instances": instances,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(runs: usize, arms: &[Arm], speeds: &[u32], limits: &[u32]) -> Args {
+    pub(super) fn args(runs: usize, arms: &[Arm], speeds: &[u32], limits: &[u32]) -> Args {
         Args {
             vm: VmOptions {
                 memory: "2G".into(),
@@ -828,28 +502,28 @@ mod tests {
         }
     }
 
+    /// Run by run, and within a run the arm order rotates from one group to the next.
     #[test]
-    fn arms_interleave_run_by_run() {
+    fn arms_interleave_run_by_run_in_rotated_order() {
         let p = plan(&args(
             2,
-            &[Arm::Unlimited, Arm::Agentcg],
+            &[Arm::Unlimited, Arm::NoIsolation, Arm::Agentcg],
             &[10],
             &[1100, 1300],
         ));
-        let seq: Vec<(usize, u32, Arm)> = p.iter().map(|i| (i.run, i.limit, i.arm)).collect();
-        assert_eq!(
-            seq,
-            [
-                (1, 1100, Arm::Unlimited),
-                (1, 1100, Arm::Agentcg),
-                (1, 1300, Arm::Unlimited),
-                (1, 1300, Arm::Agentcg),
-                (2, 1100, Arm::Unlimited),
-                (2, 1100, Arm::Agentcg),
-                (2, 1300, Arm::Unlimited),
-                (2, 1300, Arm::Agentcg),
-            ]
-        );
+        let seq: Vec<(usize, u32, char)> =
+            p.iter().map(|i| (i.run, i.limit, i.arm.letter())).collect();
+        let groups = [
+            (1, 1100, "abe"),
+            (1, 1300, "bea"),
+            (2, 1100, "eab"),
+            (2, 1300, "abe"),
+        ];
+        let expected: Vec<(usize, u32, char)> = groups
+            .iter()
+            .flat_map(|&(run, limit, order)| order.chars().map(move |c| (run, limit, c)))
+            .collect();
+        assert_eq!(seq, expected);
     }
 
     #[test]
@@ -869,95 +543,10 @@ mod tests {
         assert_eq!(oom_kills("low 0\n"), None);
     }
 
-    fn replay_json(done_ms: f64, growth: &[f64]) -> String {
-        json!({"completion_ms": done_ms, "scheduled_ms": 9800.0, "growth_ms": growth,
+    pub(super) fn replay_json(done_ms: f64, growth: &[f64]) -> String {
+        serde_json::json!({"completion_ms": done_ms, "scheduled_ms": 9800.0, "growth_ms": growth,
                "steps": [{"lag_ms": 5.0}, {"lag_ms": 40.0}]})
         .to_string()
-    }
-
-    /// A fake raw directory: `arm` with the given statuses and replays.
-    fn write_instance(raw: &Path, p: Planned, status: &str, p95_ms: f64, low_ms: f64) {
-        let dir = Instance::dir(raw, p);
-        fs::create_dir_all(&dir).expect("dir");
-        fs::write(dir.join("status"), status).expect("status");
-        let killed = |proc: &str| status.contains(&format!("{proc} 137"));
-        for s in SESSIONS {
-            let kills = u64::from(killed(s) || (s == "high" && killed("base")));
-            fs::write(
-                dir.join(format!("events-{s}")),
-                format!("oom {kills}\noom_kill {kills}\n"),
-            )
-            .expect("events");
-        }
-        let growth: Vec<f64> = (1..=20).map(|i| f64::from(i) * p95_ms / 19.0).collect();
-        if !killed("high") {
-            fs::write(dir.join("high.json"), replay_json(10_000.0, &growth)).expect("high");
-        }
-        for s in ["low1", "low2"] {
-            if !killed(s) {
-                fs::write(dir.join(format!("{s}.json")), replay_json(low_ms, &[1.0])).expect("low");
-            }
-        }
-    }
-
-    #[test]
-    fn report_counts_survivors_and_compares_with_the_yardstick() {
-        let tmp = std::env::temp_dir().join(format!("xtask-memory-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        let a = args(
-            2,
-            &[Arm::Unlimited, Arm::NoIsolation, Arm::Agentcg],
-            &[10],
-            &[1100],
-        );
-        let plan = plan(&a);
-        for p in &plan {
-            let (status, p95, low) = match p.arm {
-                Arm::Unlimited => ("high 0\nbase 143\nlow1 0\nlow2 0\n", 100.0, 10_000.0),
-                Arm::NoIsolation => ("high 0\nbase 143\nlow1 137\nlow2 0\n", 90.0, 10_000.0),
-                _ => ("high 0\nbase 143\nlow1 0\nlow2 0\n", 120.0, 15_000.0),
-            };
-            write_instance(&tmp, *p, status, p95, low);
-        }
-        let results: Vec<Instance> = plan.iter().map(|p| Instance::read(&tmp, *p)).collect();
-        let report = Report::new(&results, &a);
-        let cell = |arm| report.cells.iter().find(|c| c.arm == arm).expect("cell");
-        let b = cell(Arm::NoIsolation);
-        assert_eq!(
-            (b.runs, b.all_alive, b.high_alive, b.lows_alive),
-            (2, 0, 2, 2)
-        );
-        assert_eq!((b.kills, b.oom_kill_events), (2, 2));
-        let e = cell(Arm::Agentcg);
-        assert_eq!((e.all_alive, e.runs), (2, 2));
-        let p95 = e.p95_ratio.expect("ratio");
-        assert!((p95 - 1.2).abs() < 0.01, "{p95}");
-        assert_eq!(e.low_done_ratio, Some(1.5));
-        assert_eq!(cell(Arm::Unlimited).high_p95.map(|m| m.1), Some(0.0));
-        let t = &report.targets[0];
-        assert_eq!(
-            (t.all_alive, t.p95, t.low_done),
-            (Some(true), Some(true), Some(true))
-        );
-        let md = markdown(&report, &a);
-        assert!(
-            md.contains(
-                "| (b) no isolation (parent memory.max only) | 2 | 0/2 | 2/2 | 2/4 | 2 | 2 |"
-            ),
-            "{md}"
-        );
-        assert!(
-            md.contains("| 1100 MiB | 10x | PASS | PASS | PASS |"),
-            "{md}"
-        );
-        let json = to_json(&report, &a, &results);
-        assert_eq!(json["cells"][1]["all_alive"], 0);
-        assert_eq!(json["instances"][1]["status"]["low1"], 137);
-        chart::draw(&tmp.join("memory.png"), &report).expect("chart");
-        assert!(fs::metadata(tmp.join("memory.png")).expect("png").len() > 1000);
-        let missing = Instance::read(&tmp, Planned { run: 9, ..plan[0] });
-        assert!(missing.error.is_some());
-        fs::remove_dir_all(&tmp).expect("cleanup");
     }
 
     #[test]

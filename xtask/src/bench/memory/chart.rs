@@ -1,5 +1,7 @@
 //! memory.png: per arm, the share of runs with all three sessions alive and HIGH's
-//! per-run p95 growth latency (mean ± sd), one bar per parent limit and speed.
+//! per-run p95 growth latency (median, whisker to the worst run), one bar per parent
+//! limit and speed. A run where HIGH did not survive is infinite: its bar or whisker
+//! reaches the top of the axis, drawn hollow.
 //!
 //! plotters renders text with ab_glyph from DejaVu Sans (Debian fonts-dejavu-core,
 //! installed by xtask/provision.sh), so no system font library is needed.
@@ -10,7 +12,8 @@ use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::{Arm, Report};
+use super::Arm;
+use super::report::Report;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const COLORS: [RGBColor; 6] = [
@@ -106,16 +109,19 @@ pub fn draw(path: &Path, report: &Report) -> Result<()> {
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
 
-    // Right: HIGH per-run p95 growth latency, mean ± sd.
+    // Right: HIGH per-run p95 growth latency, median and worst; failures at the top.
     let top = report
         .cells
         .iter()
-        .filter_map(|c| c.high_p95.map(|(m, sd)| m + sd))
+        .filter_map(|c| c.high_p95)
+        .flat_map(|s| [s.p50, s.p99])
+        .filter(|v| v.is_finite())
         .fold(1.0, f64::max)
         * 1.15;
+    let clamp = |v: f64| if v.is_finite() { v } else { top };
     let mut chart = ChartBuilder::on(&right)
         .caption(
-            "HIGH p95 growth-step latency per run (ms, mean ± sd)",
+            "HIGH p95 growth-step latency per run (ms, median; worst)",
             ("sans-serif", 20),
         )
         .margin(12)
@@ -138,18 +144,23 @@ pub fn draw(path: &Path, report: &Report) -> Result<()> {
             .cells
             .iter()
             .filter(|c| cfg_of(c.limit, c.speed) == Some(j))
-            .filter_map(|c| c.high_p95.map(|m| (x_of(c.arm, j), m)))
+            .filter_map(|c| c.high_p95.map(|s| (x_of(c.arm, j), s.p50, s.p99)))
             .collect();
         chart
-            .draw_series(cells.iter().map(|&(x, (m, _))| {
-                Rectangle::new([(x, 0.0), (x + width * 0.9, m)], color.filled())
+            .draw_series(cells.iter().map(|&(x, median, _)| {
+                let style = if median.is_finite() {
+                    color.filled()
+                } else {
+                    color.stroke_width(2)
+                };
+                Rectangle::new([(x, 0.0), (x + width * 0.9, clamp(median))], style)
             }))
             .map_err(|e| anyhow!("{e}"))?;
         chart
-            .draw_series(cells.iter().map(|&(x, (m, sd))| {
+            .draw_series(cells.iter().map(|&(x, median, worst)| {
                 let mid = x + width * 0.45;
                 PathElement::new(
-                    vec![(mid, (m - sd).max(0.0)), (mid, m + sd)],
+                    vec![(mid, clamp(median)), (mid, clamp(worst))],
                     BLACK.stroke_width(2),
                 )
             }))
