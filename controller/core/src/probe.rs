@@ -59,28 +59,9 @@ pub fn version_at_least(release: &str, want: (u32, u32)) -> bool {
     }
 }
 
-/// The host's memory (`MemTotal` of /proc/meminfo) in bytes.
-pub fn mem_total() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_mem_total(&text)
-}
-
-fn parse_mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mem_total_is_read_in_kib() {
-        let text = "MemTotal:        2014392 kB\nMemFree:  1 kB\n";
-        assert_eq!(parse_mem_total(text), Some(2014392 * 1024));
-        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
-    }
 
     #[test]
     fn versions() {
