@@ -5,14 +5,15 @@
 //! then chooses among the runtime and the tools; the runtime must survive and a call be
 //! the victim.
 //!
-//! Sizes: the runtime holds 256 MiB (twice the 128 MiB reserve) at the oom_score_adj it
-//! started with (0); two normal-priority calls (tools at oom_score_adj 500) grow to
-//! 140 MiB each against a 512 MiB limit. The kernel ranks candidates by rss plus
-//! oom_score_adj/1000 of the domain's limit (oom_badness, mm/oom_kill.c): 256 MiB for
-//! the runtime, about 140 + 256 MiB for each tool. Without the tools' oom_score_adj the
-//! runtime, the largest process, is the victim: both tests then fail (checked with the
-//! policy's normal oom_score_adj set to 0). `memory.min`/`memory.low` of runtime/ play no
-//! part in that choice (they steer reclaim, and anonymous memory without swap cannot be
+//! Sizes: the runtime holds 256 MiB (twice the 128 MiB reserve) at the oom_score_adj
+//! agentcgd gives it when it attaches it (-900); two calls (tools at their priority's
+//! oom_score_adj: 500 normal, 0 high) grow to 140 MiB each against a 512 MiB limit. The
+//! kernel ranks candidates by rss plus oom_score_adj/1000 of the domain's limit
+//! (oom_badness, mm/oom_kill.c). Without the tools' and the runtime's oom_score_adj the
+//! runtime, the largest process, is the victim: the tests then fail (checked with the
+//! policy's normal oom_score_adj set to 0, and with a high-priority session before
+//! agentcgd set the runtime's). `memory.min`/`memory.low` of runtime/ play no part in
+//! that choice (they steer reclaim, and anonymous memory without swap cannot be
 //! reclaimed): with both set to 0 the tests still pass.
 
 use std::path::Path;
@@ -37,8 +38,16 @@ fn local_event(cgroup: &Path, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in {}: {text}", path.display()))
 }
 
-fn create_session(d: &Daemon, name: &str, memory: &str) {
-    let out = d.agentcg(&["session", "create", name, "--memory", memory]);
+fn create_session(d: &Daemon, name: &str, memory: &str, priority: &str) {
+    let out = d.agentcg(&[
+        "session",
+        "create",
+        name,
+        "--memory",
+        memory,
+        "--priority",
+        priority,
+    ]);
     assert!(
         out.status.success(),
         "session create {name}: {}",
@@ -54,6 +63,12 @@ fn runtime_survives_an_oom_of(d: &Daemon, session: &str, domain: &Path) {
     let mut rt = GrowingRuntime::start(RUNTIME_MIB);
     let started = Instant::now();
     rt.attach_and_grow(d, session);
+    let adj = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", rt.pid())).unwrap();
+    assert_eq!(
+        adj.trim(),
+        "-900",
+        "agentcgd protects the runtime it attached"
+    );
     println!(
         "runtime grew to {RUNTIME_MIB} MiB in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -148,7 +163,19 @@ fn runtime_survives_an_oom_of(d: &Daemon, session: &str, domain: &Path) {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn the_runtime_survives_an_oom_of_its_session() {
     let d = Daemon::start("rtoom-session");
-    create_session(&d, "s", &format!("{LIMIT_MIB}M"));
+    create_session(&d, "s", &format!("{LIMIT_MIB}M"), "normal");
+    let session = d.root.join("session-s");
+    runtime_survives_an_oom_of(&d, "s", &session);
+}
+
+/// The same in a high-priority session, whose tools start at oom_score_adj 0 like any
+/// process: only the runtime's own oom_score_adj (-900, written by agentcgd when it
+/// attaches the runtime) makes a tool the victim.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn the_runtime_survives_an_oom_of_its_high_priority_session() {
+    let d = Daemon::start("rtoom-high");
+    create_session(&d, "s", &format!("{LIMIT_MIB}M"), "high");
     let session = d.root.join("session-s");
     runtime_survives_an_oom_of(&d, "s", &session);
 }
@@ -163,6 +190,6 @@ fn the_runtime_survives_an_oom_of_a_parent_of_the_root() {
     parent.write("cgroup.subtree_control", "+cpu +memory +pids");
     parent.write("memory.max", &(LIMIT_MIB * MIB).to_string());
     let d = Daemon::start_at(parent.path.join("agentcg-rtoom-host"), "rtoom-host", &[]);
-    create_session(&d, "s", "1G");
+    create_session(&d, "s", "1G", "normal");
     runtime_survives_an_oom_of(&d, "s", &parent.path);
 }

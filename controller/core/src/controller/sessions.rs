@@ -11,6 +11,25 @@ use crate::cgroup::{cpu, memory, pids};
 use crate::plan::{self, SessionLoad, SessionPlan, SessionRequest};
 use crate::record::{CallRecord, ExitInfo};
 
+/// `oom_score_adj` agentcgd gives an attached agent runtime. Tools start at 0..=1000
+/// (policy `[priority.*] oom_score_adj`), so whatever their priority the kernel's OOM
+/// killer takes a tool before the runtime in any OOM domain that holds both (a session's
+/// `memory.max`, a parent's, the host); `memory.min`/`memory.low` of runtime/ steer
+/// reclaim only and play no part in that choice. Not -1000: a runtime that alone
+/// overruns its domain stays killable. Written by root, it is also the runtime's floor
+/// (`oom_score_adj_min`): its children inherit it, and a tool's client raising its own
+/// back to the policy's value needs no privilege.
+pub const RUNTIME_OOM_SCORE_ADJ: i16 = -900;
+
+/// Gives the runtime [`RUNTIME_OOM_SCORE_ADJ`].
+fn protect_from_oom_killer(pid: u32) -> Result<(), ControlError> {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    std::fs::write(&path, RUNTIME_OOM_SCORE_ADJ.to_string()).map_err(|e| ControlError::BadRequest {
+        what: format!("runtime pid {pid}"),
+        reason: format!("cannot write {RUNTIME_OOM_SCORE_ADJ} to {path}: {e}"),
+    })
+}
+
 impl Controller {
     fn sessions_path(&self) -> PathBuf {
         self.state_dir.join(SESSIONS_FILE)
@@ -114,7 +133,7 @@ impl Controller {
             });
         }
         self.layout.runtime(name).attach(pid)?;
-        Ok(())
+        protect_from_oom_killer(pid)
     }
 
     pub fn session_info(&self, name: &str) -> Result<SessionInfo, ControlError> {
