@@ -141,6 +141,9 @@ fn log_adoption(r: &AdoptReport) {
     if !r.adopted.is_empty() {
         tracing::info!(calls = ?r.adopted, tool_gone = ?r.already_exited, "re-adopted running calls");
     }
+    if !r.recovered.is_empty() {
+        tracing::info!(calls = ?r.recovered, "records of calls that had ended, recovered from their state files");
+    }
     if !r.lost.is_empty() {
         tracing::warn!(calls = ?r.lost, "calls whose cgroup was gone at start: recorded as abandoned");
     }

@@ -28,6 +28,8 @@ pub struct AdoptReport {
     pub already_exited: Vec<u64>,
     /// Calls whose cgroup was gone: recorded as abandoned.
     pub lost: Vec<u64>,
+    /// Calls that had ended, their record not yet in the history: recorded as they ended.
+    pub recovered: Vec<u64>,
     /// Call cgroups no state knew: killed and removed.
     pub orphans: Vec<String>,
     /// State files that could not be read (removed).
@@ -76,6 +78,13 @@ impl Controller {
                 self.store.remove(id);
                 continue;
             }
+            if let Some(rec) = st.ended {
+                // Ended, but the daemon died before the record was durable.
+                self.history.remember((*rec).clone());
+                self.writer.submit(&rec, Some(self.store.path(id)), None);
+                report.recovered.push(id);
+                continue;
+            }
             let cg = self.layout.call(&st.session, id);
             let known = self.sessions.contains_key(&st.session);
             match cg.id() {
@@ -102,7 +111,14 @@ impl Controller {
                 continue;
             }
             for cg in self.layout.calls(&name).children() {
-                if call_id_of(&cg).is_some_and(|id| self.running.contains_key(&id)) {
+                let id = call_id_of(&cg);
+                if id.is_some_and(|id| self.running.contains_key(&id)) {
+                    continue;
+                }
+                if id.is_some_and(|id| self.history.get(id).is_some()) {
+                    // An ended call's cgroup, left for the reaper by the last run.
+                    let _ = cg.kill();
+                    self.reaper.reap(cg);
                     continue;
                 }
                 // Declared but never granted (no state file), or unknown: nothing of it

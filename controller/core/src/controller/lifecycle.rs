@@ -142,6 +142,7 @@ impl Controller {
             },
         };
         let cgroup_id = call.cgroup_id;
+        let mut state = call.state(id);
         let processes = self.hooks_removing(cgroup_id);
         let call = self.running.remove(&id).expect("looked up above");
         let rec = CallRecord {
@@ -162,6 +163,12 @@ impl Controller {
             clamps: call.clamps,
             memory_actions: call.memory.actions,
         };
+        // The record goes into the call's state file first (not fsynced, like the rest
+        // of it): a daemon killed before the history has it recovers it from there.
+        state.ended = Some(Box::new(rec.clone()));
+        if let Err(e) = self.store.save(&state) {
+            self.state_errors.note(e);
+        }
         self.history.remember(rec.clone());
         // The cgroup stays until the record is durable: a daemon killed meanwhile finds
         // it and re-adopts the call instead of taking it for lost.

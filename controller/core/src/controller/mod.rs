@@ -481,6 +481,7 @@ impl RunningCall {
             budget_exceeded: self.budget_exceeded,
             pressure_killed: self.memory.killed,
             memory_actions: self.memory.actions.clone(),
+            ended: None,
         }
     }
 }

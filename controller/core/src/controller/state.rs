@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::intent::Intent;
 use crate::plan::{CallLimits, Clamp};
-use crate::record::MemoryAction;
+use crate::record::{CallRecord, MemoryAction};
 
 /// The reserved-ids file.
 pub const IDS_FILE: &str = "ids";
@@ -162,6 +162,11 @@ pub struct RunningState {
     pub pressure_killed: bool,
     #[serde(default)]
     pub memory_actions: Vec<MemoryAction>,
+    /// The call's record, once it ended and until the record is in the history: a
+    /// daemon killed in between recovers the record as it was (exit, accounting,
+    /// leftovers killed) instead of ending the call a second time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Box<CallRecord>>,
 }
 
 /// The `running/` directory.
@@ -306,6 +311,7 @@ mod tests {
             budget_exceeded: true,
             pressure_killed: false,
             memory_actions: vec![],
+            ended: None,
         };
         store.save(&s).unwrap();
         std::fs::write(store.path(7), "{\"call_id\": 7, \"sess").unwrap();

@@ -69,6 +69,7 @@ fn running_state(id: u64, session: &str) -> RunningState {
         budget_exceeded: false,
         pressure_killed: false,
         memory_actions: vec![],
+        ended: None,
     }
 }
 
@@ -175,6 +176,40 @@ fn a_restarted_controller_readopts_records_the_lost_and_kills_orphans() {
         left <= limits().timeout() - Duration::from_millis(1_900),
         "deadline re-armed from the start time, {left:?} left"
     );
+}
+
+#[test]
+fn a_call_that_ended_before_its_record_was_durable_keeps_that_record() {
+    let f = killed_daemon_tree();
+    // Call 5 had ended (its tool exited 0, a leftover was killed), the daemon died
+    // before the history had its record.
+    let store = RunningStore::open(&f.state).unwrap();
+    let mut st = running_state(5, "s");
+    let mut rec = crate::testutil::record(5);
+    rec.leftover_killed = 1;
+    rec.exit = ExitInfo {
+        code: Some(0),
+        signal: None,
+    };
+    st.ended = Some(Box::new(rec.clone()));
+    store.save(&st).unwrap();
+    let (mut c, report) = start(&f);
+    assert_eq!(report.recovered, vec![5]);
+    assert!(report.adopted.is_empty(), "{report:?}");
+    assert!(
+        !report.orphans.iter().any(|o| o.ends_with("call-000005")),
+        "an ended call's cgroup is no orphan: {report:?}"
+    );
+    let cg = f.root.join("session-s/calls/call-000005");
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cgroup.kill")).unwrap(),
+        "1"
+    );
+    // Its client's report after the restart gets the record as it ended.
+    let got = c.finish_call(5, ExitInfo::default()).unwrap();
+    assert_eq!(got, rec);
+    wait_durable(&c, 5);
+    assert!(!store.path(5).exists());
 }
 
 #[test]
