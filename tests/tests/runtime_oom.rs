@@ -63,7 +63,8 @@ fn runtime_survives_an_oom_of(d: &Daemon, session: &str, domain: &Path) {
     let mut rt = GrowingRuntime::start(RUNTIME_MIB);
     let started = Instant::now();
     rt.attach_and_grow(d, session);
-    let adj = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", rt.pid())).unwrap();
+    let adj = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", rt.pid()))
+        .expect("the runtime's oom_score_adj");
     assert_eq!(
         adj.trim(),
         "-900",
