@@ -120,13 +120,9 @@ impl Controller {
     pub(super) fn end_call(&mut self, id: u64, exit: ExitInfo) -> Result<CallRecord, ControlError> {
         let call = self.running.get(&id).ok_or(ControlError::NoCall(id))?;
         let acc = self.final_accounting(call);
-        // What the tool left behind is counted and killed now; the reaper waits for it
-        // to be gone and removes the cgroup.
+        // What the tool left behind is counted now and killed once the record is in
+        // the state file (a daemon killed in between recovers a record that says so).
         let leftover = call.cgroup.count_procs();
-        if leftover > 0 {
-            // Best effort: the reaper kills again until the cgroup is empty.
-            let _ = call.cgroup.kill();
-        }
         let outcome = outcome_of(call, exit, &acc);
         let ceilings = Ceilings {
             calls: self
@@ -168,6 +164,10 @@ impl Controller {
         state.ended = Some(Box::new(rec.clone()));
         if let Err(e) = self.store.save(&state) {
             self.state_errors.note(e);
+        }
+        if leftover > 0 {
+            // Best effort: the reaper kills again until the cgroup is empty.
+            let _ = call.cgroup.kill();
         }
         self.history.remember(rec.clone());
         // The cgroup stays until the record is durable: a daemon killed meanwhile finds
