@@ -2,6 +2,7 @@
 //! sched_ext VM (`cargo xtask vm-test`): start an agentcgd on a private cgroup root,
 //! run the CLI against it, speak raw HTTP to its socket, inspect cgroups.
 
+pub mod memory;
 pub mod replay;
 
 use std::io::{Read, Write};

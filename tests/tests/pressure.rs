@@ -5,25 +5,17 @@
 //! triggers and stays idle when nothing happens.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use agentcg_vmtests::{Daemon, FakeRuntime, GrowingRuntime, memhog, read_record, wait_for};
+use agentcg_vmtests::memory::memory_event;
+use agentcg_vmtests::{
+    Daemon, FakeRuntime, GrowingRuntime, fresh_record, memhog, read_record, wait_for,
+};
 
 const MIB: u64 = 1 << 20;
 
-fn create_session(d: &Daemon, args: &[&str]) {
-    let mut all = vec!["session", "create"];
-    all.extend_from_slice(args);
-    let out = d.agentcg(&all);
-    assert!(
-        out.status.success(),
-        "session create {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `agentcg run` in the background, its record in /tmp/<name>.json.
+/// `agentcg run` of memhog in the background, its record in /tmp/<name>.json.
 fn spawn_call(
     d: &Daemon,
     name: &str,
@@ -31,21 +23,81 @@ fn spawn_call(
     intent: &str,
     hog: &[&str],
 ) -> (Child, PathBuf) {
-    let record = PathBuf::from(format!("/tmp/{name}.json"));
-    let _ = std::fs::remove_file(&record);
-    let child = d
-        .cli()
-        .args(["run", "--session", session, "--intent", intent, "--record"])
-        .arg(&record)
-        .arg("--")
-        .arg(memhog())
-        .args(hog)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agentcg run");
-    (child, record)
+    let record = fresh_record(name);
+    (d.spawn_memhog(&record, session, intent, hog), record)
+}
+
+/// The sessions of the pressure scenario: `hi` (high priority, 768 MiB, with a runtime)
+/// and `lo` (low priority, 1 GiB).
+fn create_hi_and_lo(d: &Daemon) -> FakeRuntime {
+    let rt = FakeRuntime::start();
+    let pid = rt.pid().to_string();
+    d.create_session(&[
+        "hi",
+        "--priority",
+        "high",
+        "--memory",
+        "768M",
+        "--runtime-pid",
+        &pid,
+    ]);
+    d.create_session(&["lo", "--priority", "low", "--memory", "1G"]);
+    rt
+}
+
+/// How a call of the scenario ended: its client's exit status and its record.
+struct Ended {
+    status: ExitStatus,
+    record: serde_json::Value,
+}
+
+/// The calls of the pressure scenario: two low calls take 200 MiB each quickly and
+/// hold it 25 s; then the high call grows 16 MiB every 300 ms to 300 MiB and holds it
+/// 5 s. Returns (hi, lo1, lo2) once all have ended.
+fn hi_grows_over_two_lows(d: &Daemon, prefix: &str) -> (Ended, Ended, Ended) {
+    let low = "mem=256M,mem.max=512M,timeout=5m";
+    let (lo1, lo1_rec) = spawn_call(
+        d,
+        &format!("{prefix}lo1"),
+        "lo",
+        low,
+        &["200", "25000", "16"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (lo2, lo2_rec) = spawn_call(
+        d,
+        &format!("{prefix}lo2"),
+        "lo",
+        low,
+        &["200", "25000", "16"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    let (hi, hi_rec) = spawn_call(
+        d,
+        &format!("{prefix}hi1"),
+        "hi",
+        "mem=400M,mem.max=600M,timeout=5m",
+        &["300", "5000", "16", "300"],
+    );
+    let end = |mut child: Child, record: PathBuf| {
+        let status = child.wait().expect("wait agentcg run");
+        Ended {
+            status,
+            record: read_record(&record),
+        }
+    };
+    let hi = end(hi, hi_rec);
+    println!("high call took {:.1} s", started.elapsed().as_secs_f64());
+    let lo2 = end(lo2, lo2_rec);
+    let lo1 = end(lo1, lo1_rec);
+    for (n, e) in [("hi", &hi), ("lo1", &lo1), ("lo2", &lo2)] {
+        println!(
+            "{n}: {} outcome {} actions {:?}",
+            e.status, e.record["outcome"], e.record["memory_actions"]
+        );
+    }
+    (hi, lo1, lo2)
 }
 
 fn steps(d: &Daemon) -> Vec<String> {
@@ -85,63 +137,13 @@ fn write(path: &Path, value: &str) {
 fn pressure_steps_in_order_and_spare_high_priority() {
     let d = Daemon::start("pressure");
     write(&d.root.join("memory.max"), &(640 * MIB).to_string());
-    let mut rt = FakeRuntime::start();
-    create_session(
-        &d,
-        &[
-            "hi",
-            "--priority",
-            "high",
-            "--memory",
-            "768M",
-            "--runtime-pid",
-            &rt.pid().to_string(),
-        ],
-    );
-    create_session(&d, &["lo", "--priority", "low", "--memory", "1G"]);
-
-    // Low calls: 200 MiB each, quickly, then hold 25 s.
-    let (mut lo1, lo1_rec) = spawn_call(
-        &d,
-        "lo1",
-        "lo",
-        "mem=256M,mem.max=512M,timeout=5m",
-        &["200", "25000", "16"],
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let (mut lo2, lo2_rec) = spawn_call(
-        &d,
-        "lo2",
-        "lo",
-        "mem=256M,mem.max=512M,timeout=5m",
-        &["200", "25000", "16"],
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    // The high call grows 16 MiB every 300 ms to 300 MiB, holds 5 s.
-    let started = Instant::now();
-    let (mut hi, hi_rec) = spawn_call(
-        &d,
-        "hi1",
-        "hi",
-        "mem=400M,mem.max=600M,timeout=5m",
-        &["300", "5000", "16", "300"],
-    );
-    let hi_status = hi.wait().unwrap();
-    println!("high call took {:.1} s", started.elapsed().as_secs_f64());
-    let lo2_status = lo2.wait().unwrap();
-    let lo1_status = lo1.wait().unwrap();
-
+    let mut rt = create_hi_and_lo(&d);
+    let (hi, lo1, lo2) = hi_grows_over_two_lows(&d, "");
+    let (hi_status, hi_r) = (hi.status, hi.record);
+    let (lo1_status, lo1_r) = (lo1.status, lo1.record);
+    let (lo2_status, lo2_r) = (lo2.status, lo2.record);
     let st = d.status();
     println!("memory status: {:#}", st["memory"]);
-    let hi_r = read_record(&hi_rec);
-    let lo1_r = read_record(&lo1_rec);
-    let lo2_r = read_record(&lo2_rec);
-    for (n, r) in [("hi", &hi_r), ("lo1", &lo1_r), ("lo2", &lo2_r)] {
-        println!(
-            "{n}: outcome {} actions {:?}",
-            r["outcome"], r["memory_actions"]
-        );
-    }
     // Acceptance 4: the high-priority call was never a victim and finished.
     assert!(hi_status.success(), "high call: {hi_status:?}");
     assert_eq!(hi_r["outcome"], "ok");
@@ -197,7 +199,7 @@ fn pressure_steps_in_order_and_spare_high_priority() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn memory_bombs_never_take_the_runtime() {
     let d = Daemon::start("bomb");
-    create_session(&d, &["agent", "--memory", "1G"]);
+    d.create_session(&["agent", "--memory", "1G"]);
     let mut rt = GrowingRuntime::start(256);
     rt.attach_and_grow(&d, "agent");
     let session = d.root.join("session-agent");
@@ -291,8 +293,8 @@ fn psi_triggers_are_polled_and_the_idle_daemon_sleeps() {
         agentcg_core::policy::DEFAULT_POLICY.replace("burst_step = \"128M\"", "burst_step = \"0\"");
     std::fs::write(policy, text).unwrap();
     let d = Daemon::start_with("psi", &["--policy", policy]);
-    create_session(&d, &["hi", "--priority", "high", "--memory", "1G"]);
-    create_session(&d, &["lo", "--priority", "low", "--memory", "1G"]);
+    d.create_session(&["hi", "--priority", "high", "--memory", "1G"]);
+    d.create_session(&["lo", "--priority", "low", "--memory", "1G"]);
     let pid = daemon_pid(&d);
     let pressure_fds = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -375,94 +377,31 @@ fn a_parents_memory_max_is_defended() {
     let parent = agentcg_vmtests::TestCgroup::root("pressure", "parent");
     parent.write("cgroup.subtree_control", "+cpu +memory +pids");
     parent.write("memory.max", &(640 * MIB).to_string());
-    let parent_name = parent
-        .path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("utf-8 name")
-        .trim_start_matches("agentcg-")
-        .to_string();
-    // Daemon::start puts the root at /sys/fs/cgroup/agentcg-<name>, its socket at
-    // /tmp/agentcg-<name>.sock: with a `/` in the name both land one level down.
-    std::fs::create_dir_all(format!("/tmp/agentcg-{parent_name}")).expect("socket dir");
-    let d = Daemon::start(&format!("{parent_name}/agentcg"));
-    assert_eq!(d.root.parent(), Some(parent.path.as_path()));
+    let d = Daemon::start_at(
+        parent.path.join("agentcg-pressure-parent"),
+        "pressure-parent",
+        &[],
+    );
     assert_eq!(
         std::fs::read_to_string(d.root.join("memory.max"))
             .expect("root memory.max")
             .trim(),
         "max"
     );
-    let mut rt = FakeRuntime::start();
-    create_session(
-        &d,
-        &[
-            "hi",
-            "--priority",
-            "high",
-            "--memory",
-            "768M",
-            "--runtime-pid",
-            &rt.pid().to_string(),
-        ],
-    );
-    create_session(&d, &["lo", "--priority", "low", "--memory", "1G"]);
+    let mut rt = create_hi_and_lo(&d);
     let defended = d.status()["memory"]["defended"].clone();
     println!("defended at start: {defended:#}");
-
-    let (mut lo1, _) = spawn_call(
-        &d,
-        "plo1",
-        "lo",
-        "mem=256M,mem.max=512M,timeout=5m",
-        &["200", "25000", "16"],
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let (mut lo2, lo2_rec) = spawn_call(
-        &d,
-        "plo2",
-        "lo",
-        "mem=256M,mem.max=512M,timeout=5m",
-        &["200", "25000", "16"],
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    let (mut hi, hi_rec) = spawn_call(
-        &d,
-        "phi1",
-        "hi",
-        "mem=400M,mem.max=600M,timeout=5m",
-        &["300", "5000", "16", "300"],
-    );
-    let hi_status = hi.wait().expect("wait hi");
-    let lo2_status = lo2.wait().expect("wait lo2");
-    let _ = lo1.wait();
-
+    let (hi, _, lo2) = hi_grows_over_two_lows(&d, "p");
+    let (hi_status, hi_r) = (hi.status, hi.record);
+    let (lo2_status, lo2_r) = (lo2.status, lo2.record);
     let st = d.status();
     println!("memory status: {:#}", st["memory"]);
-    let events = std::fs::read_to_string(parent.path.join("memory.events")).expect("events");
-    println!("parent memory.events:\n{events}");
-    let counter = |k: &str| {
-        events
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(k)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no {k} in {events}"))
-    };
-    let hi_r = read_record(&hi_rec);
-    let lo2_r = read_record(&lo2_rec);
-    println!("hi: {} {:?}", hi_r["outcome"], actions(&hi_r));
-    println!("lo2: {} {:?}", lo2_r["outcome"], actions(&lo2_r));
-
+    let counter = |k: &str| memory_event(&parent.path, "memory.events", k);
     // The kernel's OOM killer never fired below the parent: the response acted first.
     assert_eq!(
         (counter("oom_kill"), counter("oom_group_kill")),
         (0, 0),
-        "the kernel OOM-killed below the parent: {events}"
+        "the kernel OOM-killed below the parent"
     );
     let order = steps(&d);
     assert!(order.iter().any(|s| s == "throttle"), "{order:?}");

@@ -17,10 +17,10 @@
 //! reclaimed): with both set to 0 the tests still pass.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Instant;
 
-use agentcg_vmtests::{Daemon, GrowingRuntime, TestCgroup, fresh_record, memhog, read_record};
+use agentcg_vmtests::memory::memory_event;
+use agentcg_vmtests::{Daemon, GrowingRuntime, TestCgroup, fresh_record, read_record};
 
 const MIB: u64 = 1 << 20;
 /// The limit that is hit: the session's memory.max, or the parent's.
@@ -30,29 +30,7 @@ const CALL_MIB: u64 = 140;
 
 /// A counter of a cgroup's `memory.events.local` (events of this cgroup alone).
 fn local_event(cgroup: &Path, key: &str) -> u64 {
-    let path = cgroup.join("memory.events.local");
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {}: {text}", path.display()))
-}
-
-fn create_session(d: &Daemon, name: &str, memory: &str, priority: &str) {
-    let out = d.agentcg(&[
-        "session",
-        "create",
-        name,
-        "--memory",
-        memory,
-        "--priority",
-        priority,
-    ]);
-    assert!(
-        out.status.success(),
-        "session create {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    memory_event(cgroup, "memory.events.local", key)
 }
 
 /// The runtime of `session` grows to RUNTIME_MIB, then two calls grow to CALL_MIB each,
@@ -78,25 +56,12 @@ fn runtime_survives_an_oom_of(d: &Daemon, session: &str, domain: &Path) {
     let calls: Vec<_> = (1..=2)
         .map(|n| {
             let record = fresh_record(&format!("rtoom-{session}-{n}"));
-            let child = d
-                .cli()
-                .args([
-                    "run",
-                    "--session",
-                    session,
-                    "--intent",
-                    "mem=150M,mem.max=200M",
-                ])
-                .arg("--record")
-                .arg(&record)
-                .arg("--")
-                .arg(memhog())
-                .args([&CALL_MIB.to_string(), "2000", "16"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("agentcg run");
+            let child = d.spawn_memhog(
+                &record,
+                session,
+                "mem=150M,mem.max=200M",
+                &[&CALL_MIB.to_string(), "2000", "16"],
+            );
             (child, record)
         })
         .collect();
@@ -158,15 +123,25 @@ fn runtime_survives_an_oom_of(d: &Daemon, session: &str, domain: &Path) {
     );
 }
 
+/// The runtime of a `priority` session survives an OOM of the session itself.
+fn runtime_survives_an_oom_of_its(priority: &str) {
+    let d = Daemon::start(&format!("rtoom-{priority}"));
+    d.create_session(&[
+        "s",
+        "--memory",
+        &format!("{LIMIT_MIB}M"),
+        "--priority",
+        priority,
+    ]);
+    runtime_survives_an_oom_of(&d, "s", &d.root.join("session-s"));
+}
+
 /// The session's memory.max (512 MiB: 128 MiB reserve, 384 MiB calls/ ceiling) is hit
 /// by the runtime (256 MiB) and two calls (2 x 140 MiB, within the calls/ ceiling).
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn the_runtime_survives_an_oom_of_its_session() {
-    let d = Daemon::start("rtoom-session");
-    create_session(&d, "s", &format!("{LIMIT_MIB}M"), "normal");
-    let session = d.root.join("session-s");
-    runtime_survives_an_oom_of(&d, "s", &session);
+    runtime_survives_an_oom_of_its("normal");
 }
 
 /// The same in a high-priority session, whose tools start at oom_score_adj 0 like any
@@ -175,10 +150,7 @@ fn the_runtime_survives_an_oom_of_its_session() {
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn the_runtime_survives_an_oom_of_its_high_priority_session() {
-    let d = Daemon::start("rtoom-high");
-    create_session(&d, "s", &format!("{LIMIT_MIB}M"), "high");
-    let session = d.root.join("session-s");
-    runtime_survives_an_oom_of(&d, "s", &session);
+    runtime_survives_an_oom_of_its("high");
 }
 
 /// agentcg's root inside a parent with memory.max 512 MiB (as under a systemd slice or
@@ -191,6 +163,6 @@ fn the_runtime_survives_an_oom_of_a_parent_of_the_root() {
     parent.write("cgroup.subtree_control", "+cpu +memory +pids");
     parent.write("memory.max", &(LIMIT_MIB * MIB).to_string());
     let d = Daemon::start_at(parent.path.join("agentcg-rtoom-host"), "rtoom-host", &[]);
-    create_session(&d, "s", "1G", "normal");
+    d.create_session(&["s", "--memory", "1G"]);
     runtime_survives_an_oom_of(&d, "s", &parent.path);
 }
