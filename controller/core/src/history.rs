@@ -123,7 +123,7 @@ pub struct WriterStatus {
     pub path: PathBuf,
     /// Records written and fsynced since start.
     pub written: u64,
-    /// Records not yet durable.
+    /// Records not yet durable (counted when the status is taken).
     pub pending: usize,
     /// Writes that failed (each retried).
     pub failures: u64,
@@ -222,7 +222,6 @@ impl HistoryWriter {
         line.push('\n');
         if let Ok(mut s) = self.shared.lock() {
             s.pending.insert(r.call_id, None);
-            s.status.pending = s.pending.len();
         }
         let _ = self.tx.send(Job {
             call_id: r.call_id,
@@ -246,7 +245,10 @@ impl HistoryWriter {
     pub fn status(&self) -> WriterStatus {
         self.shared
             .lock()
-            .map(|s| s.status.clone())
+            .map(|s| WriterStatus {
+                pending: s.pending.len(),
+                ..s.status.clone()
+            })
             .unwrap_or_default()
     }
 }
@@ -337,7 +339,6 @@ impl Worker {
                 s.pending.remove(&job.call_id);
             }
             s.status.written += batch.len() as u64;
-            s.status.pending = s.pending.len();
             s.status.last_error = None;
         }
         for job in &batch {
@@ -361,7 +362,6 @@ impl Worker {
                 *slot = Some(error.clone());
             }
             s.status.failures += 1;
-            s.status.pending = s.pending.len();
             s.status.last_error = Some(error.clone());
         }
         for id in first_failures {

@@ -228,18 +228,13 @@ async fn settled(state: &AppState, ids: impl Fn(&Controller) -> Vec<u64>) {
     .await;
 }
 
-/// The running calls, for [`settled`].
-fn running_ids(c: &Controller) -> Vec<u64> {
-    c.running_ids()
-}
-
 async fn list_sessions(State(state): State<AppState>) -> ApiResult {
-    settled(&state, running_ids).await;
+    settled(&state, Controller::running_ids).await;
     to_json(with_controller(&state, |c| Ok(c.list_sessions())).await?)
 }
 
 async fn show_session(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    settled(&state, running_ids).await;
+    settled(&state, Controller::running_ids).await;
     to_json(with_controller(&state, |c| c.session_info(&name)).await?)
 }
 
@@ -359,7 +354,7 @@ fn default_limit() -> usize {
 
 async fn list_calls(State(state): State<AppState>, Query(q): Query<ListCalls>) -> ApiResult {
     let limit = q.limit.min(10_000);
-    settled(&state, running_ids).await;
+    settled(&state, Controller::running_ids).await;
     let records = with_controller(&state, |c| {
         Ok(c.recent_records(q.session.as_deref(), limit)
             .into_iter()

@@ -196,13 +196,6 @@ impl Controller {
         Ok(true)
     }
 
-    /// When a running call's timeout expires, if it is still running.
-    pub fn call_deadline(&self, id: u64) -> Option<Instant> {
-        self.running
-            .get(&id)
-            .map(|c| c.started + c.limits.timeout())
-    }
-
     /// The earliest deadline among the running calls that have not timed out yet: the
     /// daemon's one timer sleeps until then (no timer outlives its call).
     pub fn next_deadline(&self) -> Option<(Instant, u64)> {

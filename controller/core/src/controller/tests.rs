@@ -170,7 +170,8 @@ fn a_restarted_controller_readopts_records_the_lost_and_kills_orphans() {
     wait_durable(&c, 7);
     assert!(!RunningStore::open(&f.state).unwrap().path(7).exists());
     // The adopted call keeps its deadline (started 2 s before the restart).
-    let deadline = c.call_deadline(5).unwrap();
+    let (deadline, id) = c.next_deadline().unwrap();
+    assert_eq!(id, 5);
     let left = deadline.saturating_duration_since(Instant::now());
     assert!(
         left <= limits().timeout() - Duration::from_millis(1_900),
