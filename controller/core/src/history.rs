@@ -132,11 +132,13 @@ pub struct WriterStatus {
 }
 
 /// Called once per record when it is durable (`Ok`) or its write failed (`Err`, the
-/// record is retried); runs on the writer's thread.
-pub type OnWritten = Arc<dyn Fn(u64, Result<(), String>) + Send + Sync>;
+/// record is retried); runs on the writer's thread. What follows a durable record (its
+/// `call_finished` event, its count in the metrics) hangs off this.
+pub type OnWritten = Arc<dyn Fn(&CallRecord, Result<(), String>) + Send + Sync>;
 
 struct Job {
     call_id: u64,
+    record: Box<CallRecord>,
     line: String,
     /// Removed once the record is durable (the running call's state file).
     then_remove: Option<PathBuf>,
@@ -225,6 +227,7 @@ impl HistoryWriter {
         }
         let _ = self.tx.send(Job {
             call_id: r.call_id,
+            record: Box::new(r.clone()),
             line,
             then_remove,
             then_reap,
@@ -342,7 +345,7 @@ impl Worker {
             s.status.last_error = None;
         }
         for job in &batch {
-            (self.on_written)(job.call_id, Ok(()));
+            (self.on_written)(&job.record, Ok(()));
         }
     }
 
@@ -357,15 +360,15 @@ impl Worker {
             for job in batch.iter() {
                 let slot = s.pending.entry(job.call_id).or_insert(None);
                 if slot.is_none() {
-                    first_failures.push(job.call_id);
+                    first_failures.push(&*job.record);
                 }
                 *slot = Some(error.clone());
             }
             s.status.failures += 1;
             s.status.last_error = Some(error.clone());
         }
-        for id in first_failures {
-            (self.on_written)(id, Err(error.clone()));
+        for r in first_failures {
+            (self.on_written)(r, Err(error.clone()));
         }
     }
 }
@@ -384,8 +387,8 @@ mod tests {
         let w = HistoryWriter::start(
             dir,
             Reaper::start().unwrap(),
-            Arc::new(move |id, r| {
-                let _ = tx.lock().unwrap().send((id, r));
+            Arc::new(move |rec: &CallRecord, r| {
+                let _ = tx.lock().unwrap().send((rec.call_id, r));
             }),
         )
         .unwrap();
@@ -437,8 +440,8 @@ mod tests {
             File::open(&path).unwrap(),
             false,
             Reaper::start().unwrap(),
-            Arc::new(move |id, r| {
-                let _ = tx.lock().unwrap().send((id, r));
+            Arc::new(move |rec: &CallRecord, r| {
+                let _ = tx.lock().unwrap().send((rec.call_id, r));
             }),
         )
         .unwrap();

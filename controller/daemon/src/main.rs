@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use agentcg_core::controller::{AdoptReport, Controller, StartOptions};
 use agentcg_core::policy::Policy;
+use agentcg_core::record::CallRecord;
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
@@ -46,8 +47,9 @@ async fn run(args: args::Args) -> Result<(), String> {
     let wakers = Arc::new(supervisor::Wakers::default());
     let on_written = {
         let wakers = wakers.clone();
-        Arc::new(move |call_id: u64, result: Result<(), String>| {
+        Arc::new(move |record: &CallRecord, result: Result<(), String>| {
             if let Err(e) = result {
+                let call_id = record.call_id;
                 tracing::error!(call_id, "record not written (kept, retried): {e}");
             }
             wakers.ended.notify_waiters();

@@ -128,7 +128,7 @@ fn start(f: &Fixture) -> (Controller, AdoptReport) {
         StartOptions {
             root: &f.root,
             state_dir: &f.state,
-            on_written: Arc::new(|_, _| {}),
+            on_written: Arc::new(|_: &_, _| {}),
         },
     )
     .unwrap()

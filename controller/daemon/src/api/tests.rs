@@ -48,7 +48,7 @@ fn fixture() -> Fixture {
         StartOptions {
             root: &root,
             state_dir: &state_dir,
-            on_written: Arc::new(|_, _| {}),
+            on_written: Arc::new(|_: &_, _| {}),
         },
     )
     .unwrap_or_else(|e| panic!("controller over {}: {e}", root.display()));
