@@ -325,3 +325,20 @@ fn the_sweep_leaves_a_call_with_processes_alone() {
     assert!(c.sweep().is_empty());
     assert!(c.is_running(5));
 }
+
+#[test]
+fn an_adopted_call_whose_tool_is_gone_is_ended_when_nobody_reports_it() {
+    let f = killed_daemon_tree();
+    let call = f.root.join("session-s/calls/call-000005");
+    write(&call.join("cgroup.events"), "populated 1\nfrozen 0\n");
+    let (mut c, report) = start(&f);
+    assert_eq!(report.already_exited, vec![5]);
+    assert!(c.sweep().is_empty(), "its client may still report it");
+    let gone = Instant::now() - super::lifecycle::ADOPTED_REPORT_WAIT;
+    c.running.get_mut(&5).expect("adopted").tool_gone_at = Some(gone);
+    let ended = c.sweep();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].call_id, 5);
+    assert_eq!(ended[0].outcome, Outcome::Abandoned);
+    assert!(!c.is_running(5));
+}
