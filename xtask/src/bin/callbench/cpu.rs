@@ -41,6 +41,11 @@ fn rusage_ns(who: UsageWho) -> Result<u64, String> {
     Ok(tv_ns(usage.user_time()) + tv_ns(usage.system_time()))
 }
 
+/// CPU time of the calling thread so far (the settle probe runs on it).
+pub fn thread_ns() -> Result<u64, String> {
+    rusage_ns(UsageWho::RUSAGE_THREAD)
+}
+
 /// utime + stime of process `pid` in nanoseconds.
 pub fn process_ns(pid: i32) -> Result<u64, String> {
     let stat = procfs::process::Process::new(pid)
@@ -109,5 +114,24 @@ mod tests {
         let pid = i32::try_from(std::process::id()).expect("pid");
         assert!(process_ns(pid).expect("stat") > 0);
         assert!(snapshot(Some(pid)).expect("snapshot").own_ns > 0);
+    }
+
+    fn spin_ms(ms: u128) {
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed().as_millis() < ms {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+    }
+
+    #[test]
+    fn thread_time_counts_this_thread_only() {
+        let before = thread_ns().expect("rusage");
+        std::thread::spawn(|| spin_ms(60)).join().expect("spinner");
+        let waiting = thread_ns().expect("rusage") - before;
+        spin_ms(60);
+        let spinning = thread_ns().expect("rusage") - before - waiting;
+        assert!(waiting < 20_000_000, "joining cost {waiting} ns");
+        assert!(spinning > 30_000_000, "spinning cost {spinning} ns");
     }
 }

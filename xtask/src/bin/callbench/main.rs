@@ -10,7 +10,10 @@
 //! 2. full cost: blocks of `--block` calls of one arm back to back, the arms' blocks in
 //!    rotated order; the clock covers the whole block, each call waited to completion
 //!    (record and rmdir included), and the CPU time of callbench, its children and
-//!    agentcgd (`--daemon-pid`) over the block is counted (cpu.rs).
+//!    agentcgd (`--daemon-pid`) over the block is counted (cpu.rs). The CPU callbench
+//!    itself spends watching for the agentcg arm's end (settle.rs polls) is the
+//!    measurement's, not agentcg's: it is taken out of that arm's own CPU and reported
+//!    apart (`probe_cpu_ns`).
 //!
 //! A call that fails is counted as a failure of its arm (and the arm keeps running); the
 //! host counts failures as the worst value in every statistic.
@@ -61,6 +64,8 @@ struct Cost {
     failures: usize,
     wall_ns: u64,
     cpu: Cpu,
+    /// callbench's own CPU spent watching for calls to settle (not in `cpu`).
+    probe_ns: u64,
     /// Wall time per call of each block.
     block_per_call_ns: Vec<u64>,
 }
@@ -259,17 +264,23 @@ impl Arm {
     fn block(&mut self, n: usize, daemon: Option<i32>) -> Result<(), String> {
         let before = cpu::snapshot(daemon)?;
         let start = Instant::now();
+        let mut probe_ns = 0;
         for _ in 0..n {
-            let result = self
-                .call()
-                .and_then(|(_, grant)| self.settle(grant.as_ref()));
+            let result = self.call().and_then(|(_, grant)| {
+                let watching = cpu::thread_ns()?;
+                let settled = self.settle(grant.as_ref());
+                probe_ns += cpu::thread_ns()?.saturating_sub(watching);
+                settled
+            });
             if let Err(err) = result {
                 self.cost.failures += 1;
                 self.failed(format!("full cost: {err}"));
             }
         }
         let wall = nanos(start);
-        let spent = cpu::snapshot(daemon)?.since(before);
+        let mut spent = cpu::snapshot(daemon)?.since(before);
+        spent.own_ns = spent.own_ns.saturating_sub(probe_ns);
+        self.cost.probe_ns += probe_ns;
         self.cost.calls += n;
         self.cost.wall_ns += wall;
         self.cost.cpu.add(spent);
@@ -385,6 +396,7 @@ fn to_json(config: &Config, cost_error: Option<&str>) -> Value {
                     "failures": cost.failures,
                     "wall_ns": cost.wall_ns,
                     "own_cpu_ns": cost.cpu.own_ns,
+                    "probe_cpu_ns": cost.probe_ns,
                     "children_cpu_ns": cost.cpu.children_ns,
                     "daemon_cpu_ns": cost.cpu.daemon_ns,
                     "block_per_call_ns": cost.block_per_call_ns,
