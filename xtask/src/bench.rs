@@ -4,6 +4,7 @@ mod calls;
 mod cpu;
 mod memory;
 mod stats;
+mod telemetry;
 
 use std::fs;
 use std::path::Path;
@@ -20,6 +21,7 @@ pub enum Bench {
     Calls(calls::Args),
     Cpu(cpu::Args),
     Memory(memory::Args),
+    Telemetry(telemetry::Args),
 }
 
 pub fn main(ws: &Workspace, bench: &Bench) -> Result<ExitCode> {
@@ -27,6 +29,7 @@ pub fn main(ws: &Workspace, bench: &Bench) -> Result<ExitCode> {
         Bench::Calls(args) => calls::main(ws, args),
         Bench::Cpu(args) => cpu::main(ws, args),
         Bench::Memory(args) => memory::main(ws, args),
+        Bench::Telemetry(args) => telemetry::main(ws, args),
     }
 }
 

@@ -358,8 +358,9 @@ fn markdown(report: &Report, args: &Args) -> String {
         "\n## 2. Full cost per call\n\n\
          {} calls per arm in blocks of {} back-to-back calls, the arms' blocks in rotated \
          order; each call waited to completion inside the clock (for (c): record and rmdir, \
-         the wait polls every 0.2 ms and counts against agentcg). CPU = callbench (the \
-         reference arm's mkdir, writes and rmdir are its own syscalls, and (c)'s polling) + \
+         the wait polls every 0.2 ms: its wall time counts against agentcg, its own CPU is the \
+         measurement's and is left out). CPU = callbench (the reference arm's mkdir, writes \
+         and rmdir are its own syscalls) + \
          its children (tool, `sh`, `agentcg` client) + agentcgd (utime + stime from \
          /proc/PID/stat, 10 ms ticks summed over the run), per call.\n\n\
          | arm | calls | failed | wall ms/call | CPU ms/call | client CPU | agentcgd CPU |\n\
