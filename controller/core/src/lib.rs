@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod controller;
+pub mod events;
 pub mod history;
 pub mod intent;
 pub mod plan;

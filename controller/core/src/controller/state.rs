@@ -85,13 +85,19 @@ impl IdAllocator {
     /// Continues above the persisted ceiling and above `seen` (the largest id in the
     /// history, the running state and the cgroup tree).
     pub fn open(state_dir: &Path, seen: u64) -> Result<IdAllocator, StateError> {
-        let path = state_dir.join(IDS_FILE);
+        IdAllocator::open_at(&state_dir.join(IDS_FILE), seen)
+    }
+
+    /// The same for any ceiling file (event sequence numbers use one too).
+    pub fn open_at(path: &Path, seen: u64) -> Result<IdAllocator, StateError> {
+        let path = path.to_path_buf();
         let persisted = match std::fs::read_to_string(&path) {
             Ok(text) => parse_ceiling(&text).ok_or_else(|| StateError {
                 path: path.clone(),
                 reason: format!(
-                    "expected one number, found `{}` (the ids file is agentcgd's own: \
-                     set it to a number above every call id in calls.jsonl)",
+                    "expected one number, found `{}` (the file is agentcgd's own: set it \
+                     to a number above every number it handed out, or remove it only \
+                     when the state dir is new)",
                     text.trim().chars().take(40).collect::<String>()
                 ),
             })?,
@@ -123,9 +129,17 @@ impl IdAllocator {
         if self.next >= self.ceiling {
             self.reserve()?;
         }
+        Ok(self.take_unreserved())
+    }
+
+    /// The next number even past the reserved ceiling (when reserving failed and a
+    /// number cannot wait). A daemon killed before a later reserve succeeds may hand
+    /// such a number out again after its restart; callers that cannot allow this use
+    /// [`IdAllocator::take`].
+    pub fn take_unreserved(&mut self) -> u64 {
         let id = self.next;
         self.next += 1;
-        Ok(id)
+        id
     }
 }
 
