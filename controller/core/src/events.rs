@@ -263,6 +263,10 @@ pub struct BusStatus {
 impl EventBus {
     /// A bus whose sequence numbers are reserved in `<state_dir>/events.seq`.
     pub fn open(state_dir: &Path) -> Result<EventBus, StateError> {
+        std::fs::create_dir_all(state_dir).map_err(|e| StateError {
+            path: state_dir.to_path_buf(),
+            reason: format!("creating: {e}"),
+        })?;
         let seqs = IdAllocator::open_at(&state_dir.join(SEQ_FILE), 0)?;
         Ok(EventBus::with(Some(seqs)))
     }

@@ -14,6 +14,7 @@ mod telemetry;
 use std::sync::{Arc, Mutex};
 
 use agentcg_core::controller::{AdoptReport, Controller, StartOptions};
+use agentcg_core::events::EventBus;
 use agentcg_core::policy::Policy;
 use agentcg_core::record::CallRecord;
 use clap::Parser;
@@ -55,12 +56,17 @@ async fn run(args: args::Args) -> Result<(), String> {
             wakers.ended.notify_waiters();
         })
     };
+    let events = Arc::new(
+        EventBus::open(&args.state_dir)
+            .map_err(|e| format!("cannot number events in {}: {e}", args.state_dir.display()))?,
+    );
     let (mut controller, adopted) = Controller::start(
         policy,
         StartOptions {
             root: &args.root,
             state_dir: &args.state_dir,
             on_written,
+            events: events.clone(),
         },
     )
     .map_err(|e| format!("cannot take over {}: {e}", args.root.display()))?;
@@ -107,6 +113,7 @@ async fn run(args: args::Args) -> Result<(), String> {
             signals,
             sender,
             bpf: mem_bpf.as_ref().map(|b| b.watch.clone()),
+            events: events.clone(),
         },
         memory_status.clone(),
     );
@@ -120,12 +127,13 @@ async fn run(args: args::Args) -> Result<(), String> {
         cpu_policy,
         sched_ext_present,
         mem_bpf.map(|b| b.state),
+        events.clone(),
     );
     status.memory = memory_status;
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
-    let state = api::AppState::new(shared.clone(), status, wakers.clone());
+    let state = api::AppState::new(shared.clone(), status, wakers.clone(), events);
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
     let server = axum::serve(listener, api::router(state))
