@@ -109,4 +109,3 @@ pub fn log_tail(d: &Daemon) -> String {
 pub fn sh(script: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), script.into()]
 }
-

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         Command::Shell(args) => shell::main(&patient(), args),
         Command::Status(args) => status::main(&client, args),
         Command::Call(cmd) => call::main(&client, cmd),
-        Command::Events(args) => events::main(&client, args),
+        Command::Events(args) => events::main(&patient(), args),
     }
 }
 

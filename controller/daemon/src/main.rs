@@ -133,11 +133,14 @@ async fn run(args: args::Args) -> Result<(), String> {
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
-    let state = api::AppState::new(shared.clone(), status, wakers.clone(), events);
+    let state = api::AppState::new(shared.clone(), status, wakers.clone(), events.clone());
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
-    let server = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(supervisor::shutdown_signal());
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        supervisor::shutdown_signal().await;
+        // Followers of the event stream would hold the shutdown open.
+        events.close();
+    });
     let result = server
         .await
         .map_err(|e| format!("serving {}: {e}", args.socket.display()));
