@@ -181,6 +181,7 @@ async fn status(State(state): State<AppState>) -> ApiResult {
     v["history"] = json!(history);
     v["reaper"] = json!(reaper);
     v["state_file_errors"] = json!(state_files);
+    v["events"] = json!(state.events.status());
     let sched = state
         .status
         .sched
