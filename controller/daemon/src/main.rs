@@ -74,8 +74,9 @@ async fn run(args: args::Args) -> Result<(), String> {
     let cpu_policy = controller.policy().cpu;
     let telemetry = match telemetry::load() {
         Ok((hooks, loaded)) => {
+            let processes = hooks.processes();
             controller.add_hooks(Box::new(hooks));
-            Ok(loaded)
+            Ok((loaded, processes))
         }
         Err(why) => {
             tracing::warn!(
