@@ -168,22 +168,8 @@ fn stalled_follower(d: &Daemon) -> UnixStream {
     s
 }
 
-/// Acceptance 5: a consumer that reads nothing while 500 calls run gets a `lagged`
-/// event, and the calls' median latency stays within 10 % of the runs around it with
-/// no consumer (baseline halves before and after, against drift).
-#[test]
-#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
-fn events_a_stalled_consumer_is_told_it_lagged_and_slows_no_call() {
-    let d = Daemon::start("events-stall");
-    call_latencies(&d, 20); // warm caches
-    let mut base = call_latencies(&d, 200);
-    let mut stalled = stalled_follower(&d);
-    let t = Instant::now();
-    let with = call_latencies(&d, 500);
-    let stall_time = t.elapsed();
-    base.extend(call_latencies(&d, 200));
-    let status = d.status();
-    // Now read what the stalled consumer was sent: a lagged event must be in it.
+/// Reads what a stalled follower was sent, until a `lagged` event; that event.
+fn read_lag(mut stalled: UnixStream) -> Option<Value> {
     stalled
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -196,28 +182,50 @@ fn events_a_stalled_consumer_is_told_it_lagged_and_slows_no_call() {
             Ok(n) => text.extend_from_slice(&buf[..n]),
         }
     }
-    let text = String::from_utf8_lossy(&text);
-    let lag: Value = text
+    String::from_utf8_lossy(&text)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|e| e["type"] == "lagged")
-        .unwrap_or_else(|| {
-            panic!(
-                "no lagged event in {} bytes read; status {status}",
-                text.len()
-            )
-        });
+}
+
+/// Acceptance 5: a consumer that reads nothing while hundreds of calls run gets a
+/// `lagged` event, and the calls' median latency stays within 10 % of runs with no
+/// consumer. Fair against drift (these VMs are noisy): no-consumer and stalled phases
+/// alternate (A B A B A), 300 calls without, 500 or more with, two stalled consumers
+/// each reading nothing for at least 250 calls and 10 s.
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn events_a_stalled_consumer_is_told_it_lagged_and_slows_no_call() {
+    let d = Daemon::start("events-stall");
+    call_latencies(&d, 20); // warm caches
+    let mut base = call_latencies(&d, 100);
+    let mut with = Vec::new();
+    for round in 0..2 {
+        let stalled = stalled_follower(&d);
+        let t = Instant::now();
+        let mut calls = 0;
+        // At least 250 calls and 10 s of reading nothing.
+        while calls < 250 || t.elapsed() < Duration::from_secs(10) {
+            with.extend(call_latencies(&d, 50));
+            calls += 50;
+        }
+        let stall_time = t.elapsed();
+        let lag = read_lag(stalled)
+            .unwrap_or_else(|| panic!("round {round}: no lagged event; status {}", d.status()));
+        println!(
+            "round {round}: stalled for {stall_time:.1?} over {calls} calls, then told it missed {}",
+            lag["missed"]
+        );
+        assert!(lag["missed"].as_u64() > Some(0), "{lag}");
+        assert!(
+            stall_time >= Duration::from_secs(10),
+            "the stall lasted only {stall_time:?}"
+        );
+        base.extend(call_latencies(&d, 100));
+    }
     let (b, w) = (median(base), median(with));
     let ratio = w.as_secs_f64() / b.as_secs_f64();
-    println!(
-        "stalled for {stall_time:.1?} over 500 calls: missed {}; p50 {w:?} vs {b:?} without (x{ratio:.3})",
-        lag["missed"]
-    );
-    assert!(lag["missed"].as_u64() > Some(0), "{lag}");
-    assert!(
-        stall_time >= Duration::from_secs(10),
-        "the stall lasted only {stall_time:?}"
-    );
+    println!("p50 with a stalled consumer {w:?}, without {b:?}: x{ratio:.3}");
     assert!(
         ratio <= 1.10,
         "a stalled consumer slowed calls: p50 {w:?} vs {b:?}"
@@ -253,7 +261,7 @@ fn events_bad_queries_and_vanishing_consumers_leak_nothing() {
         let msg = body["error"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains(needle), "{path}: {body}");
     }
-    let out = d.agentcg(&["events", "--session", "nobody"]);
+    let out = d.agentcg(&["events", "--follow", "--session", "nobody"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no session named `nobody`"),
