@@ -19,8 +19,11 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Starts `agentcg events --follow --json EXTRA` against `d`.
+    /// Starts `agentcg events --follow --json EXTRA` against `d`; returns once the
+    /// daemon counts it as a subscriber (what happens from then on, it sees).
     pub fn follow(d: &Daemon, extra: &[&str]) -> Consumer {
+        let subscribers = || d.status()["events"]["subscribers"].as_u64().unwrap_or(0);
+        let before = subscribers();
         let mut child = d
             .cli()
             .args(["events", "--follow", "--json"])
@@ -42,11 +45,15 @@ impl Consumer {
                 }
             })
         };
-        Consumer {
+        let consumer = Consumer {
             child,
             seen,
             reader: Some(reader),
-        }
+        };
+        crate::wait_for("the consumer to subscribe", Duration::from_secs(30), || {
+            subscribers() > before
+        });
+        consumer
     }
 
     /// The events read so far.
