@@ -47,7 +47,7 @@ fn top_shows_a_running_call_with_its_memory_bar_and_q_quits_cleanly() {
         },
     );
     // The text frame first (no terminal): the call's row with a filled bar.
-    let once = d.agentcg(&["top", "--once"]);
+    let once = d.agentcg(&["top", "--once", "--width", "160"]);
     let frame = String::from_utf8_lossy(&once.stdout);
     assert!(once.status.success(), "{once:?}");
     let row = frame
@@ -58,7 +58,11 @@ fn top_shows_a_running_call_with_its_memory_bar_and_q_quits_cleanly() {
         row.contains("s1") && row.contains("##") && row.contains("memhog"),
         "{row}"
     );
-    assert!(frame.lines().count() <= 24, "{frame}");
+    assert!(row.contains("running"), "{row}");
+    let small = d.agentcg(&["top", "--once"]);
+    let small = String::from_utf8_lossy(&small.stdout);
+    assert!(small.lines().count() <= 24, "{small}");
+    assert!(small.lines().all(|l| l.chars().count() <= 80), "{small}");
     // The live view in an 80x24 pseudo-terminal.
     let _ = tmux(&["kill-server"]);
     let script = format!(
