@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use crate::record::CallRecord;
 pub use import::ImportReport;
+/// A connection to the history database (for [`query`]'s callers).
+pub use rusqlite::Connection;
 pub use writer::{Durability, HistoryWriter, OnWritten, WriterStatus};
 
 /// History database file name inside the state directory.
