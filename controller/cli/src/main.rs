@@ -2,9 +2,11 @@
 
 mod call;
 mod client;
+mod history;
 mod run;
 mod session;
 mod shell;
+mod since;
 mod status;
 
 use std::path::PathBuf;
@@ -42,6 +44,8 @@ enum Command {
     /// Show finished calls.
     #[command(subcommand)]
     Call(call::CallCmd),
+    /// The durable call history: list with filters, or per-class statistics (`stats`).
+    History(history::HistoryArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Shell(args) => shell::main(&patient(), args),
         Command::Status(args) => status::main(&client, args),
         Command::Call(cmd) => call::main(&client, cmd),
+        Command::History(args) => history::main(&client, args),
     }
 }
 
