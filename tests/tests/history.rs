@@ -122,7 +122,16 @@ fn history_kill_9_mid_burst_keeps_one_whole_row_per_granted_call() {
     wait_for("clients progressing", Duration::from_secs(600), || {
         done.load(Ordering::SeqCst) >= CLIENTS * CALLS * 2 / 5
     });
+    let at_crash = done.load(Ordering::SeqCst);
     d.crash_and_restart();
+    assert!(
+        at_crash < CLIENTS * CALLS,
+        "the burst ended before agentcgd was killed ({at_crash} calls)"
+    );
+    println!(
+        "agentcgd killed with SIGKILL after {at_crash} of {} calls",
+        CLIENTS * CALLS
+    );
     let results: Vec<Done> = clients
         .into_iter()
         .flat_map(|t| t.join().expect("client thread"))
