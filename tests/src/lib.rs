@@ -181,6 +181,23 @@ impl Daemon {
             .expect("running agentcg")
     }
 
+    /// `agentcg history --json --limit 10000 ARGS`: the rows of the durable history,
+    /// newest first.
+    pub fn history(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.agentcg(&[&["history", "--json", "--limit", "10000"], args].concat());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "agentcg history: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).expect("history --json");
+        v["calls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("history --json has no calls list: {text}"))
+            .clone()
+    }
+
     /// `agentcg run --verbose --record /tmp/<name>.json ARGS` (ARGS: options, `--`, the
     /// command) with a fresh record file; returns the output and the record, after
     /// checking that the record is the one of the call the CLI declared.

@@ -3,9 +3,11 @@
 mod call;
 mod client;
 mod events;
+mod history;
 mod run;
 mod session;
 mod shell;
+mod since;
 mod status;
 mod top;
 
@@ -48,6 +50,8 @@ enum Command {
     Events(events::EventsArgs),
     /// A live view: sessions, running calls, the latest events (q quits).
     Top(top::TopArgs),
+    /// The durable call history: list with filters, or per-class statistics (`stats`).
+    History(history::HistoryArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Call(cmd) => call::main(&client, cmd),
         Command::Events(args) => events::main(&patient(), args),
         Command::Top(args) => top::main(&cli.socket, args),
+        Command::History(args) => history::main(&client, args),
     }
 }
 

@@ -37,6 +37,24 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order they are documented.
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Ok,
+        Outcome::Failed,
+        Outcome::OomKilled,
+        Outcome::Timeout,
+        Outcome::PidsLimited,
+        Outcome::CpuBudgetExceeded,
+        Outcome::MemoryPressure,
+        Outcome::Killed,
+        Outcome::Abandoned,
+    ];
+
+    /// The outcome named `name` (as [`Outcome::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",

@@ -1,10 +1,13 @@
 //! The HTTP+JSON API (documented in docs/API.md). Handlers parse, run the work on the
 //! controller inline (under its mutex, never across anything slow), and map errors to
 //! `{"error": {code, message}}`: every error, including an unknown path, a wrong
-//! method and a path, query or body the extractors refuse (see [`extract`]).
+//! method and a path, query or body the extractors refuse (see [`extract`]). History
+//! queries run on a blocking thread with a database connection of their own
+//! ([`history`]).
 
 mod events;
 mod extract;
+mod history;
 #[cfg(test)]
 mod tests;
 
@@ -82,6 +85,8 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/calls/{id}/finish", post(finish_call))
         .route("/v1/events", get(events::events))
         .route("/v1/running", get(list_running))
+        .route("/v1/history", get(history::list))
+        .route("/v1/history/stats", get(history::stats))
         .fallback(not_found)
         // After every route: it applies to the routes added so far.
         .method_not_allowed_fallback(method_not_allowed)

@@ -167,4 +167,10 @@ fn log_adoption(r: &AdoptReport) {
     for bad in &r.bad_state_files {
         tracing::warn!("dropped an unreadable running-call state file: {bad}");
     }
+    if let Some(i) = &r.history_import {
+        tracing::info!(records = i.records, from = %i.from.display(), "imported the history of an earlier version (renamed to calls.jsonl.imported)");
+        if !i.bad_lines.is_empty() {
+            tracing::warn!(lines = ?i.bad_lines, from = %i.from.display(), "history lines that did not parse were skipped");
+        }
+    }
 }

@@ -34,6 +34,8 @@ pub struct AdoptReport {
     pub orphans: Vec<String>,
     /// State files that could not be read (removed).
     pub bad_state_files: Vec<String>,
+    /// The `calls.jsonl` of an earlier version, imported into the history database.
+    pub history_import: Option<crate::history::ImportReport>,
 }
 
 /// The largest call id in the state files and the cgroup tree.

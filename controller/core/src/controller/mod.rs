@@ -279,6 +279,8 @@ pub struct Controller {
     policy: Policy,
     layout: Layout,
     state_dir: PathBuf,
+    /// The history database, for queries on connections of their own.
+    history_db: PathBuf,
     sessions: BTreeMap<String, SessionState>,
     running: BTreeMap<u64, RunningCall>,
     /// Recent records, in memory (a record is here the moment its call ends).
@@ -359,7 +361,8 @@ impl Controller {
         }
         layout.root().create(true)?;
         layout.root().enable_controllers(&adopt::CONTROLLERS)?;
-        let history = History::load(opts.state_dir)?;
+        let loaded = History::load(opts.state_dir)?;
+        let history = loaded.history;
         let store = RunningStore::open(opts.state_dir)?;
         let (states, bad_states) = store.load_all();
         let seen = adopt::largest_id(&layout, &states).max(history.max_id());
@@ -369,11 +372,13 @@ impl Controller {
             reason: format!("starting the reaper thread: {e}"),
         })?;
         let on_written = finished_then(opts.events.clone(), opts.on_written);
-        let writer = HistoryWriter::start(opts.state_dir, reaper.clone(), on_written)?;
+        let writer =
+            HistoryWriter::start(&loaded.db, policy.history.keep, reaper.clone(), on_written)?;
         let mut c = Controller {
             policy,
             layout,
             state_dir: opts.state_dir.to_path_buf(),
+            history_db: loaded.db,
             sessions: BTreeMap::new(),
             running: BTreeMap::new(),
             history,
@@ -388,6 +393,7 @@ impl Controller {
         c.load_sessions()?;
         let mut report = c.adopt(states)?;
         report.bad_state_files = bad_states.iter().map(ToString::to_string).collect();
+        report.history_import = loaded.import;
         Ok((c, report))
     }
 
@@ -470,6 +476,12 @@ impl Controller {
 
     pub fn running_count(&self) -> usize {
         self.running.len()
+    }
+
+    /// The history database: queries open read-only connections of their own
+    /// ([`crate::history::query`]), so they never hold the controller.
+    pub fn history_db(&self) -> &Path {
+        &self.history_db
     }
 
     /// The history writer's state (pending records, failures), for `agentcg status`.

@@ -259,8 +259,11 @@ fn a_client_finishes_an_adopted_call_once_and_gets_the_same_record_again() {
         "{report:?}"
     );
     assert_eq!(c.record(5).map(|r| r.outcome), Some(Outcome::Ok));
-    let text = std::fs::read_to_string(f.state.join(crate::history::HISTORY_FILE)).unwrap();
-    assert_eq!(text.matches("\"call_id\":5,").count(), 1, "{text}");
+    let db = c.history_db();
+    let conn = crate::history::schema::open_read_only(db).unwrap();
+    let rows = crate::history::query::newest(&conn, db, 100).unwrap();
+    let fives: Vec<_> = rows.iter().filter(|r| r.call_id == 5).collect();
+    assert_eq!(fives, vec![&rec], "one row for call 5, its record");
 }
 
 #[test]

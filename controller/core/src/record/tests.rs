@@ -362,3 +362,13 @@ fn a_pressure_kill_is_explained() {
     );
     assert!(f.suggestion.contains("run one file"), "{}", f.suggestion);
 }
+
+#[test]
+fn outcome_names_round_trip_as_serde_writes_them() {
+    for o in Outcome::ALL {
+        assert_eq!(Outcome::from_name(o.as_str()), Some(o));
+        assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+    }
+    assert_eq!(Outcome::from_name("OK"), None);
+    assert_eq!(Outcome::from_name("oom"), None);
+}

@@ -32,14 +32,16 @@ fn fake_cgroup(dir: &Path) {
     std::fs::write(dir.join("cgroup.subtree_control"), &controllers).unwrap();
 }
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
-    app: axum::Router,
+    /// The controller's state directory (its history database).
+    pub(super) state: PathBuf,
+    pub(super) app: axum::Router,
     events: Arc<EventBus>,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("cgroup/agentcg");
     fake_cgroup(root.parent().unwrap());
@@ -83,6 +85,7 @@ fn fixture() -> Fixture {
     Fixture {
         _dir: dir,
         root,
+        state: state_dir,
         app: router(state),
         events,
     }
@@ -90,7 +93,7 @@ fn fixture() -> Fixture {
 
 /// Sends one request; returns the status, the `Allow` header and the body as JSON
 /// (failing if it is not JSON).
-async fn send(
+pub(super) async fn send(
     app: &axum::Router,
     method: Method,
     uri: &str,
@@ -135,7 +138,7 @@ async fn answer(app: &axum::Router, req: Request<Body>) -> (StatusCode, Option<S
 /// Asserts the documented error body: exactly `{"error": {"code", "message"}}`, with
 /// this code and a message containing each of `needles`.
 #[track_caller]
-fn assert_error(body: &Value, code: &str, needles: &[&str]) {
+pub(super) fn assert_error(body: &Value, code: &str, needles: &[&str]) {
     let error = body["error"]
         .as_object()
         .unwrap_or_else(|| panic!("no error object in {body}"));
@@ -373,7 +376,7 @@ fn control_errors_map_to_their_documented_status() {
         (
             HistoryError::Io {
                 op: "appending to",
-                path: "/var/lib/agentcg/calls.jsonl".into(),
+                path: "/var/lib/agentcg/history.db".into(),
                 source: io(),
             }
             .into(),
