@@ -37,6 +37,8 @@ struct {
 
 /* Events lost because the ring buffer was full (userspace did not drain it in time). */
 __u64 ringbuf_drops = 0;
+/* Events written to the ring buffer. */
+__u64 ringbuf_events = 0;
 
 static __always_inline void emit(__u32 kind, __u32 pid, __u64 cgid, __u64 now,
 				 __u32 status, __u32 flags)
@@ -56,6 +58,7 @@ static __always_inline void emit(__u32 kind, __u32 pid, __u64 cgid, __u64 now,
 	e->status = status;
 	e->flags = flags;
 	bpf_ringbuf_submit(e, 0);
+	__sync_fetch_and_add(&ringbuf_events, 1);
 }
 
 SEC("tp_btf/sched_process_exec")

@@ -6,6 +6,7 @@ mod api;
 mod args;
 mod membpf;
 mod memory;
+mod metrics;
 mod sched;
 mod status;
 mod supervisor;
@@ -14,6 +15,7 @@ mod telemetry;
 use std::sync::{Arc, Mutex};
 
 use agentcg_core::controller::{AdoptReport, Controller, StartOptions};
+use agentcg_core::events::EventBus;
 use agentcg_core::policy::Policy;
 use agentcg_core::record::CallRecord;
 use clap::Parser;
@@ -65,6 +67,13 @@ async fn run(args: args::Args) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot take over {}: {e}", args.root.display()))?;
     log_adoption(&adopted);
+    // The one event bus of the daemon; the metrics count every event on it.
+    let events = Arc::new(
+        EventBus::open(&args.state_dir)
+            .map_err(|e| format!("opening the event bus in {}: {e}", args.state_dir.display()))?,
+    );
+    let counters = Arc::new(metrics::Counters::default());
+    counters.observe(&events);
     let cpu_policy = controller.policy().cpu;
     let telemetry = match telemetry::load() {
         Ok((hooks, loaded)) => {
@@ -97,6 +106,7 @@ async fn run(args: args::Args) -> Result<(), String> {
             None
         }
     };
+    let tele_handle = telemetry.as_ref().ok().cloned();
     let shared = Arc::new(Mutex::new(controller));
     let telemetry =
         telemetry.map(|loaded| telemetry::start(loaded, shared.clone(), wakers.clone()));
@@ -115,6 +125,7 @@ async fn run(args: args::Args) -> Result<(), String> {
     }
     let mut status = status::Status::probe(&args, telemetry);
     let sched_ext_present = status.kernel.sched_ext_state.is_some();
+    let mem_watch = mem_bpf.as_ref().map(|b| b.watch.clone());
     status.sched = sched::start(
         shared.clone(),
         cpu_policy,
@@ -122,6 +133,19 @@ async fn run(args: args::Args) -> Result<(), String> {
         mem_bpf.map(|b| b.state),
     );
     status.memory = memory_status;
+    if let Some(addr) = args.metrics_listen.0 {
+        let registry = metrics::registry(
+            &counters,
+            Box::new(metrics::ControllerSessions(shared.clone())),
+            metrics::KernelSources {
+                telemetry: tele_handle,
+                memory: mem_watch,
+                sched: status.sched.clone(),
+                bus: events.clone(),
+            },
+        );
+        metrics::start(addr, registry).await;
+    }
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;

@@ -21,7 +21,11 @@ async fn events_are_numbered_in_order_and_reach_every_matching_subscriber() {
     let a = only_a.next().await.map(|e| e.seq);
     assert_eq!(a, Some(1));
     bus.publish(closed("a"));
-    assert_eq!(only_a.next().await.map(|e| e.seq), Some(4), "b's and global events skipped");
+    assert_eq!(
+        only_a.next().await.map(|e| e.seq),
+        Some(4),
+        "b's and global events skipped"
+    );
 }
 
 #[tokio::test]
@@ -33,7 +37,11 @@ async fn a_full_queue_drops_and_the_consumer_is_told_how_many_it_missed() {
     }
     assert_eq!(bus.status().dropped, 5);
     let first = slow.next().await.expect("event");
-    assert_eq!(first.body, EventBody::Lagged { missed: 5 }, "lag reported first");
+    assert_eq!(
+        first.body,
+        EventBody::Lagged { missed: 5 },
+        "lag reported first"
+    );
     for want in 1..=QUEUE as u64 {
         assert_eq!(slow.next().await.map(|e| e.seq), Some(want));
     }
@@ -60,7 +68,10 @@ fn since_replays_what_is_kept_and_counts_what_is_not() {
     }
     let sub = bus.subscribe(Some(RING as u64 + 5), None);
     let seqs: Vec<u64> = sub.backlog.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, ((RING as u64 + 6)..=(RING as u64 + 10)).collect::<Vec<_>>());
+    assert_eq!(
+        seqs,
+        ((RING as u64 + 6)..=(RING as u64 + 10)).collect::<Vec<_>>()
+    );
     assert_eq!(sub.missed_before, 0);
     let old = bus.subscribe(Some(3), None);
     assert_eq!(old.backlog.len(), RING);
