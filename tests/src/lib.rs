@@ -3,6 +3,7 @@
 //! run the CLI against it, speak raw HTTP to its socket, inspect cgroups.
 
 pub mod memory;
+pub mod mix;
 pub mod replay;
 
 use std::io::{Read, Write};

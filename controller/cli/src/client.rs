@@ -119,6 +119,61 @@ impl Client {
         self.request(Method::Delete, path, None)
     }
 
+    /// A streamed GET: hands each line of the body to `each` as it arrives, until the
+    /// daemon ends the stream or `each` returns false. Asked as HTTP/1.0, so the body
+    /// is the rest of the connection (no chunked encoding to undo); an error status is
+    /// the usual [`ClientError::Api`].
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let proto = ClientError::Protocol;
+        let mut stream = self.connect()?;
+        let req = format!("GET {path} HTTP/1.0\r\nhost: agentcgd\r\n\r\n");
+        stream
+            .write_all(req.as_bytes())
+            .map_err(|e| proto(e.to_string()))?;
+        let mut buf = Vec::with_capacity(8192);
+        let mut chunk = [0u8; 8192];
+        let mut head = None;
+        loop {
+            if head.is_none() {
+                head = parse_head(&buf).map_err(proto)?;
+                if let Some(h) = head {
+                    if !(200..300).contains(&h.status) {
+                        let rest = buf.split_off(h.len);
+                        return decode(h.status, &finish_body(&mut stream, rest, h)?).map(drop);
+                    }
+                    buf.drain(..h.len);
+                }
+            }
+            if head.is_some() {
+                while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    if !each(String::from_utf8_lossy(&line[..end]).trim_end()) {
+                        return Ok(());
+                    }
+                }
+                if buf.len() > MAX_REPLY {
+                    return Err(proto("a streamed line is too long".into()));
+                }
+            }
+            let n = match stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(proto(e.to_string())),
+            };
+            if n == 0 {
+                return match head {
+                    Some(_) => Ok(()),
+                    None => Err(proto("agentcgd closed the connection mid-reply".into())),
+                };
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
     /// Connects; a patient client waits while the daemon is down (the socket refuses
     /// or is missing), up to its patience.
     fn connect(&self) -> Result<UnixStream, ClientError> {
@@ -345,6 +400,26 @@ fn read_reply(stream: &mut impl Read) -> Result<Reply, ClientError> {
         body: buf[head.len..end].to_vec(),
         keep_alive: head.keep_alive,
     })
+}
+
+/// The rest of a body whose head is read: `length` bytes or up to EOF (bounded).
+fn finish_body(
+    stream: &mut impl Read,
+    mut body: Vec<u8>,
+    head: Head,
+) -> Result<Vec<u8>, ClientError> {
+    let want = head.length.unwrap_or(MAX_REPLY);
+    let mut chunk = [0u8; 8192];
+    while body.len() < want {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        }
+    }
+    body.truncate(want);
+    Ok(body)
 }
 
 /// The JSON body of a reply; an error status becomes [`ClientError::Api`].

@@ -2,6 +2,7 @@
 
 mod call;
 mod client;
+mod events;
 mod run;
 mod session;
 mod shell;
@@ -42,6 +43,8 @@ enum Command {
     /// Show finished calls.
     #[command(subcommand)]
     Call(call::CallCmd),
+    /// Watch what happens: sessions, calls, memory steps, pressure, the scheduler.
+    Events(events::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Shell(args) => shell::main(&patient(), args),
         Command::Status(args) => status::main(&client, args),
         Command::Call(cmd) => call::main(&client, cmd),
+        Command::Events(args) => events::main(&client, args),
     }
 }
 

@@ -9,6 +9,8 @@
 //! Sequence numbers are reserved on disk in blocks, like call ids, so a restarted
 //! daemon never hands one out twice.
 
+pub mod describe;
+
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +30,7 @@ pub const SEQ_FILE: &str = "events.seq";
 /// Events kept for consumers that resume with `since`.
 pub const RING: usize = 1024;
 /// Events queued for one consumer before it starts missing them.
-pub const QUEUE: usize = 1024;
+pub const QUEUE: usize = 256;
 
 /// One event as it goes over the wire: `{"seq":..,"time_ms":..,"type":"..",...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,6 +265,10 @@ pub struct BusStatus {
 impl EventBus {
     /// A bus whose sequence numbers are reserved in `<state_dir>/events.seq`.
     pub fn open(state_dir: &Path) -> Result<EventBus, StateError> {
+        std::fs::create_dir_all(state_dir).map_err(|e| StateError {
+            path: state_dir.to_path_buf(),
+            reason: format!("creating: {e}"),
+        })?;
         let seqs = IdAllocator::open_at(&state_dir.join(SEQ_FILE), 0)?;
         Ok(EventBus::with(Some(seqs)))
     }

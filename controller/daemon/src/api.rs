@@ -3,6 +3,7 @@
 //! `{"error": {code, message}}`: every error, including an unknown path, a wrong
 //! method and a path, query or body the extractors refuse (see [`extract`]).
 
+mod events;
 mod extract;
 #[cfg(test)]
 mod tests;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use agentcg_core::controller::{CallRequest, ControlError, Controller};
+use agentcg_core::events::EventBus;
 use agentcg_core::history::Durability;
 use agentcg_core::plan::SessionRequest;
 use agentcg_core::record::ExitInfo;
@@ -37,14 +39,21 @@ pub struct AppState {
     controller: Shared,
     status: Arc<Status>,
     wakers: Arc<Wakers>,
+    events: Arc<EventBus>,
 }
 
 impl AppState {
-    pub fn new(controller: Shared, status: Status, wakers: Arc<Wakers>) -> AppState {
+    pub fn new(
+        controller: Shared,
+        status: Status,
+        wakers: Arc<Wakers>,
+        events: Arc<EventBus>,
+    ) -> AppState {
         AppState {
             controller,
             status: Arc::new(status),
             wakers,
+            events,
         }
     }
 
@@ -71,6 +80,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/calls", post(declare_call).get(list_calls))
         .route("/v1/calls/{id}", get(show_call))
         .route("/v1/calls/{id}/finish", post(finish_call))
+        .route("/v1/events", get(events::events))
         .fallback(not_found)
         // After every route: it applies to the routes added so far.
         .method_not_allowed_fallback(method_not_allowed)

@@ -57,23 +57,24 @@ async fn run(args: args::Args) -> Result<(), String> {
             wakers.ended.notify_waiters();
         })
     };
+    let events = Arc::new(
+        EventBus::open(&args.state_dir)
+            .map_err(|e| format!("cannot number events in {}: {e}", args.state_dir.display()))?,
+    );
+    // The metrics count every event from the first (recovered calls at start included).
+    let counters = Arc::new(metrics::Counters::default());
+    counters.observe(&events);
     let (mut controller, adopted) = Controller::start(
         policy,
         StartOptions {
             root: &args.root,
             state_dir: &args.state_dir,
             on_written,
+            events: events.clone(),
         },
     )
     .map_err(|e| format!("cannot take over {}: {e}", args.root.display()))?;
     log_adoption(&adopted);
-    // The one event bus of the daemon; the metrics count every event on it.
-    let events = Arc::new(
-        EventBus::open(&args.state_dir)
-            .map_err(|e| format!("opening the event bus in {}: {e}", args.state_dir.display()))?,
-    );
-    let counters = Arc::new(metrics::Counters::default());
-    counters.observe(&events);
     let cpu_policy = controller.policy().cpu;
     let telemetry = match telemetry::load() {
         Ok((hooks, loaded)) => {
@@ -117,6 +118,7 @@ async fn run(args: args::Args) -> Result<(), String> {
             signals,
             sender,
             bpf: mem_bpf.as_ref().map(|b| b.watch.clone()),
+            events: events.clone(),
         },
         memory_status.clone(),
     );
@@ -131,6 +133,7 @@ async fn run(args: args::Args) -> Result<(), String> {
         cpu_policy,
         sched_ext_present,
         mem_bpf.map(|b| b.state),
+        events.clone(),
     );
     status.memory = memory_status;
     if let Some(addr) = args.metrics_listen.0 {
@@ -149,7 +152,7 @@ async fn run(args: args::Args) -> Result<(), String> {
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
-    let state = api::AppState::new(shared.clone(), status, wakers.clone());
+    let state = api::AppState::new(shared.clone(), status, wakers.clone(), events);
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
     let server = axum::serve(listener, api::router(state))

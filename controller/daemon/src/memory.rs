@@ -16,6 +16,7 @@ use agentcg_core::cgroup::limit::{Defended, MemoryReading};
 use agentcg_core::cgroup::psi;
 use agentcg_core::controller::ReclaimJob;
 use agentcg_core::controller::{CgroupRole, KernelHooks, StepReport};
+use agentcg_core::events::{EventBody, EventBus};
 use agentcg_core::intent::Priority;
 use agentcg_core::policy::MemoryPolicy;
 use agentcg_core::pressure::{self, Decision, Reading, State, Step};
@@ -133,6 +134,8 @@ pub struct Sources {
     /// The BPF memory programs, when loaded: their events feed `signals`, and the
     /// scheduler learns the victims through their shared state map.
     pub bpf: Option<Arc<MemWatch>>,
+    /// Where pressure signals are published.
+    pub events: Arc<EventBus>,
 }
 
 /// Starts the response task; returns the hooks to add to the controller.
@@ -152,6 +155,7 @@ pub fn start(shared: Shared, sources: Sources, status: SharedMemoryStatus) -> Me
     }
     let response = Response {
         bpf: sources.bpf.clone(),
+        events: sources.events.clone(),
         shared,
         policy,
         state: State::default(),
@@ -168,6 +172,7 @@ pub fn start(shared: Shared, sources: Sources, status: SharedMemoryStatus) -> Me
 /// A session's PSI trigger: the task waiting on it.
 #[derive(Debug)]
 struct SessionTrigger {
+    name: String,
     priority: Priority,
     task: tokio::task::JoinHandle<()>,
 }
@@ -175,6 +180,7 @@ struct SessionTrigger {
 struct Response {
     shared: Shared,
     bpf: Option<Arc<MemWatch>>,
+    events: Arc<EventBus>,
     policy: MemoryPolicy,
     state: State,
     status: SharedMemoryStatus,
@@ -261,10 +267,14 @@ impl Response {
                     Ok(file) => {
                         let task =
                             tokio::spawn(wait_trigger(file, sender.clone(), Some(cgroup_id)));
-                        if let Some(old) = self
-                            .sessions
-                            .insert(cgroup_id, SessionTrigger { priority, task })
-                        {
+                        if let Some(old) = self.sessions.insert(
+                            cgroup_id,
+                            SessionTrigger {
+                                name,
+                                priority,
+                                task,
+                            },
+                        ) {
                             old.task.abort();
                         }
                         self.publish_triggers();
@@ -282,6 +292,9 @@ impl Response {
     }
 
     fn signal(&mut self, signal: Signal) {
+        if let Some(body) = self.pressure_event(signal) {
+            self.events.publish(body);
+        }
         match signal {
             Signal::Psi { session: None } => self.psi_pending = true,
             Signal::Psi {
@@ -333,6 +346,44 @@ impl Response {
         }
     }
 
+    /// The `pressure` event a signal is, if it is one.
+    fn pressure_event(&self, signal: Signal) -> Option<EventBody> {
+        let psi = format!(
+            "memory.pressure trigger: some stall of {} us in {} us",
+            self.policy.psi_stall.as_micros(),
+            self.policy.psi_window.as_micros()
+        );
+        let (scope, session, source, level, detail) = match signal {
+            Signal::Psi { session: None } => ("root", None, "psi", "pressure", psi),
+            Signal::Psi { session: Some(id) } => {
+                let name = self.sessions.get(&id)?.name.clone();
+                ("session", Some(name), "psi", "pressure", psi)
+            }
+            Signal::NearMax => (
+                "root",
+                None,
+                "watermark",
+                "pressure",
+                "agentcg's root crossed its pressure watermark".to_string(),
+            ),
+            Signal::AtMax => (
+                "root",
+                None,
+                "watermark",
+                "critical",
+                "the kernel hit memory.max at agentcg's root".to_string(),
+            ),
+            Signal::OverHigh { .. } | Signal::OomKill { .. } => return None,
+        };
+        Some(EventBody::Pressure {
+            scope: scope.into(),
+            session,
+            source: source.into(),
+            level: level.into(),
+            detail,
+        })
+    }
+
     /// Reads the root, decides, applies.
     async fn evaluate(&mut self) {
         let (act, reading) = {
@@ -369,11 +420,21 @@ impl Response {
                 Decision::Hold => Act::Done(None),
                 Decision::Escalate(Step::Reclaim) => Act::Reclaim(c.reclaim_jobs()),
                 Decision::Escalate(step) => Act::Done(Some(c.memory_step(step, &reason(&reading)))),
-                Decision::Relent => Act::Done(Some(c.memory_relent(&format!(
-                    "pressure subsided: agentcg root at {} of {}",
-                    HumanSize(usage),
-                    HumanSize(limit)
-                )))),
+                Decision::Relent => {
+                    let why = format!(
+                        "pressure subsided: agentcg root at {} of {}",
+                        HumanSize(usage),
+                        HumanSize(limit)
+                    );
+                    self.events.publish(EventBody::Pressure {
+                        scope: "root".into(),
+                        session: None,
+                        source: "watermark".into(),
+                        level: "calm".into(),
+                        detail: why.clone(),
+                    });
+                    Act::Done(Some(c.memory_relent(&why)))
+                }
             };
             (act, reading)
         };

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use agentcg_bpf::{CgroupPolicy, MemStateMap, SchedClass, SchedFlags, SchedOptions, Scheduler};
 use agentcg_core::controller::{CgroupRole, KernelHooks};
+use agentcg_core::events::{EventBody, EventBus};
 use agentcg_core::intent::Priority;
 use agentcg_core::policy::{CpuPolicy, SchedulerExit};
 use agentcg_core::record::ProcessCounts;
@@ -140,6 +141,7 @@ pub fn start(
     cpu: CpuPolicy,
     sched_ext_present: bool,
     mem_state: Option<MemStateMap>,
+    events: Arc<EventBus>,
 ) -> SharedStatus {
     let status: SharedStatus = Arc::default();
     use agentcg_core::policy::SchedulerChoice;
@@ -159,7 +161,7 @@ pub fn start(
             let status2 = status.clone();
             let spawned = std::thread::Builder::new()
                 .name("sched-supervisor".into())
-                .spawn(move || supervise(shared, cpu, sched, status2, mem_state));
+                .spawn(move || supervise(shared, cpu, sched, status2, mem_state, events));
             if let Err(e) = spawned {
                 tracing::error!("starting the scheduler supervisor: {e}");
             }
@@ -168,6 +170,9 @@ pub fn start(
             tracing::warn!(
                 "sched_ext scheduler not loaded ({why}); using the kernel cpu controller"
             );
+            events.publish(EventBody::SchedulerFallback {
+                reason: format!("failed to load: {why}"),
+            });
             kernel_mode(
                 &status,
                 format!("sched_ext scheduler failed to load: {why}"),
@@ -184,6 +189,7 @@ fn supervise(
     mut sched: Arc<Scheduler>,
     status: SharedStatus,
     mem_state: Option<MemStateMap>,
+    events: Arc<EventBus>,
 ) {
     let mut reloads = 0;
     loop {
@@ -192,10 +198,11 @@ fn supervise(
             let Some(call_id) = c.call_by_cgroup(ev.cgid) else {
                 return;
             };
-            match c.cpu_budget_exceeded(call_id, cpu.on_budget_exceeded) {
+            let used_ms = ev.used_ns / 1_000_000;
+            match c.cpu_budget_exceeded(call_id, cpu.on_budget_exceeded, used_ms) {
                 Ok(_) => tracing::info!(
                     call_id,
-                    used_ms = ev.used_ns / 1_000_000,
+                    used_ms,
                     budget_ms = ev.budget_ns / 1_000_000,
                     action = ?cpu.on_budget_exceeded,
                     "CPU budget exhausted"
@@ -215,6 +222,9 @@ fn supervise(
             c.remove_hooks(HOOKS);
         }
         let reason = format!("{:?}: {} {}", exit.kind, exit.reason, exit.message);
+        events.publish(EventBody::SchedulerExit {
+            reason: reason.clone(),
+        });
         if let Ok(mut s) = status.lock() {
             s.last_exit = Some(exit);
         }
@@ -225,12 +235,14 @@ fn supervise(
                 &status,
                 format!("fell back after the scheduler exited ({reason})"),
             );
+            events.publish(EventBody::SchedulerFallback { reason });
             return;
         }
         reloads += 1;
         match attach(&shared, &status, mem_state.as_ref()) {
             Ok(s) => {
                 tracing::info!(reloads, "sched_ext scheduler reloaded");
+                events.publish(EventBody::SchedulerReloaded { attempt: reloads });
                 if let Ok(mut st) = status.lock() {
                     st.reloads = reloads;
                 }
@@ -241,6 +253,9 @@ fn supervise(
                     &status,
                     format!("reload after exit ({reason}) failed: {why}"),
                 );
+                events.publish(EventBody::SchedulerFallback {
+                    reason: format!("reload after exit ({reason}) failed: {why}"),
+                });
                 return;
             }
         }

@@ -9,18 +9,35 @@ use super::{
     RunningCall, unix_ms,
 };
 use crate::cgroup::{Cgroup, CgroupError, cpu, memory, pids};
+use crate::events::EventBody;
 use crate::intent::Intent;
 use crate::plan::{self, CallLimits, SessionRequest};
 use crate::policy::BudgetAction;
 
 /// Longest client token accepted.
 const MAX_TOKEN: usize = 64;
+/// Characters of a refused session name repeated in its `call_rejected` event.
+const MAX_ECHO: usize = 128;
 
 impl Controller {
     /// Declares a call: validates the intent, admits it into its session, and creates
     /// its cgroup with every limit written before anything runs in it. The call's id
-    /// is reserved durably and its state is on disk before the grant goes out.
+    /// is reserved durably and its state is on disk before the grant goes out. A new
+    /// call is published as `call_declared`, a refusal as `call_rejected`.
     pub fn declare_call(&mut self, req: &CallRequest) -> Result<CallGrant, ControlError> {
+        let result = self.declare(req);
+        if let Err(e) = &result {
+            let session = req.session.as_deref().unwrap_or(DEFAULT_SESSION);
+            self.events.publish(EventBody::CallRejected {
+                session: session.chars().take(MAX_ECHO).collect(),
+                reason: e.code().to_string(),
+                message: e.to_string(),
+            });
+        }
+        result
+    }
+
+    fn declare(&mut self, req: &CallRequest) -> Result<CallGrant, ControlError> {
         if req.command.is_empty() || req.command.iter().any(|a| a.contains('\0')) {
             return Err(ControlError::BadRequest {
                 what: "command".into(),
@@ -116,6 +133,15 @@ impl Controller {
             self.state_errors.note(e);
         }
         self.hooks_created(cgroup_id, CgroupRole::Call(&call.limits));
+        self.events.publish(EventBody::CallDeclared {
+            call_id: id,
+            session: call.session.clone(),
+            class: call.limits.class.clone(),
+            priority: call.limits.priority,
+            command: call.command.clone(),
+            limits: call.limits.clone(),
+            clamps: call.clamps.clone(),
+        });
         self.running.insert(id, call);
         Ok(self.grant_of(id).expect("inserted above"))
     }
@@ -176,17 +202,25 @@ impl Controller {
             .map(|(id, _)| *id)
     }
 
-    /// The scheduler reported that a call used up its CPU budget: apply `action`. The
-    /// call's record will say `cpu_budget_exceeded` if it ends by a signal.
+    /// The scheduler reported that a call used up its CPU budget (`used_ms` so far):
+    /// apply `action`. The call's record will say `cpu_budget_exceeded` if it ends by a
+    /// signal.
     pub fn cpu_budget_exceeded(
         &mut self,
         id: u64,
         action: BudgetAction,
+        used_ms: u64,
     ) -> Result<bool, ControlError> {
         let Some(call) = self.running.get_mut(&id) else {
             return Ok(false);
         };
         call.budget_exceeded = true;
+        self.events.publish(EventBody::CpuBudgetExceeded {
+            call_id: id,
+            session: call.session.clone(),
+            budget_ms: call.limits.cpu_budget_ms.unwrap_or(0),
+            used_ms,
+        });
         match action {
             BudgetAction::Throttle => {}
             BudgetAction::Freeze => call.cgroup.freeze(true)?,

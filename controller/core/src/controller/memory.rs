@@ -125,8 +125,7 @@ impl Controller {
                 Ok(()) => detail,
                 Err(e) => format!("{detail} failed: {e}"),
             };
-            call.memory
-                .act(call.started, step.as_str(), format!("{detail}: {reason}"));
+            call.act(&self.events, id, step.as_str(), &detail, reason);
             report.calls.push(id);
             report.cgroup_ids.push(call.cgroup_id);
             report.details.push(format!("call {id}: {detail}"));
@@ -183,8 +182,7 @@ impl Controller {
                 let Some(call) = self.running.get_mut(&id) else {
                     continue;
                 };
-                call.memory
-                    .act(call.started, "reclaim", format!("{detail}: {reason}"));
+                call.act(&self.events, id, "reclaim", &detail, reason);
                 report.calls.push(id);
                 report.cgroup_ids.push(call.cgroup_id);
             }
@@ -224,7 +222,7 @@ impl Controller {
                 }
             }
             for (action, detail) in done {
-                m.act(call.started, action, format!("{detail}: {reason}"));
+                call.act(&self.events, *id, action, &detail, reason);
                 report.details.push(format!("call {id}: {detail}"));
             }
             report.calls.push(*id);
@@ -257,10 +255,12 @@ impl Controller {
         )?;
         memory::set_high(&call.cgroup, Some(new)).ok()?;
         call.memory.high = Some(new);
-        call.memory.act(
-            call.started,
+        call.act(
+            &self.events,
+            *id,
             "burst",
-            format!("memory.high {high} -> {new}: crossed it while the host had slack"),
+            &format!("memory.high {high} -> {new}"),
+            "crossed it while the host had slack",
         );
         Some((*id, new))
     }

@@ -21,6 +21,7 @@ pub use memory::{ReclaimDone, ReclaimJob};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,7 @@ use crate::cgroup::layout::Layout;
 use crate::cgroup::memory::MemoryEvents;
 use crate::cgroup::reaper::{Reaper, ReaperStatus};
 use crate::cgroup::{Cgroup, CgroupError};
+use crate::events::{EventBody, EventBus};
 use crate::history::{Durability, History, HistoryError, HistoryWriter, OnWritten, WriterStatus};
 use crate::intent::{Intent, IntentError};
 use crate::plan::{CallLimits, Clamp, PlanError, SessionPlan};
@@ -222,13 +224,22 @@ struct CallMemory {
     actions: Vec<MemoryAction>,
 }
 
-impl CallMemory {
-    /// Notes an action on the call, timed from the call's start.
-    fn act(&mut self, started: Instant, action: &str, detail: String) {
-        self.actions.push(MemoryAction {
-            at_ms: started.elapsed().as_millis() as u64,
+impl RunningCall {
+    /// Notes a memory action on the call (timed from its start) and publishes it.
+    fn act(&mut self, events: &EventBus, id: u64, action: &str, detail: &str, reason: &str) {
+        self.memory.actions.push(MemoryAction {
+            at_ms: self.started.elapsed().as_millis() as u64,
             action: action.to_string(),
-            detail,
+            detail: format!("{detail}: {reason}"),
+        });
+        events.publish(EventBody::MemoryStep {
+            call_id: Some(id),
+            session: Some(self.session.clone()),
+            action: action.to_string(),
+            reason: reason.to_string(),
+            detail: detail.to_string(),
+            usage_bytes: self.cgroup.read_u64(crate::cgroup::memory::CURRENT).ok(),
+            limit_bytes: Some(self.limits.memory_max),
         });
     }
 }
@@ -273,6 +284,8 @@ pub struct Controller {
     /// Running-call state files that could not be written.
     state_errors: state::StateErrors,
     hooks: Vec<Box<dyn KernelHooks>>,
+    /// Where what happens is published (docs/API.md#events).
+    events: Arc<EventBus>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -292,12 +305,27 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Publishes `call_finished` for every durable record, then calls `then`.
+fn finished_then(events: Arc<EventBus>, then: OnWritten) -> OnWritten {
+    Arc::new(move |record: &CallRecord, result: Result<(), String>| {
+        if result.is_ok() {
+            events.publish(EventBody::CallFinished {
+                record: Box::new(record.clone()),
+            });
+        }
+        then(record, result)
+    })
+}
+
 /// What [`Controller::start`] needs besides the policy.
 pub struct StartOptions<'a> {
     pub root: &'a Path,
     pub state_dir: &'a Path,
     /// Told, on the history writer's thread, when a record is durable or its write failed.
     pub on_written: OnWritten,
+    /// The event bus; a record's `call_finished` goes out once it is durable, before
+    /// `on_written` runs.
+    pub events: Arc<EventBus>,
 }
 
 impl std::fmt::Debug for StartOptions<'_> {
@@ -332,7 +360,8 @@ impl Controller {
             path: opts.state_dir.to_path_buf(),
             reason: format!("starting the reaper thread: {e}"),
         })?;
-        let writer = HistoryWriter::start(opts.state_dir, reaper.clone(), opts.on_written)?;
+        let on_written = finished_then(opts.events.clone(), opts.on_written);
+        let writer = HistoryWriter::start(opts.state_dir, reaper.clone(), on_written)?;
         let mut c = Controller {
             policy,
             layout,
@@ -346,6 +375,7 @@ impl Controller {
             store,
             state_errors: state::StateErrors::default(),
             hooks: Vec::new(),
+            events: opts.events,
         };
         c.load_sessions()?;
         let mut report = c.adopt(states)?;

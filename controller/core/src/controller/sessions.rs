@@ -9,6 +9,7 @@ use super::{
     adopt::CONTROLLERS, state,
 };
 use crate::cgroup::{cpu, memory, pids};
+use crate::events::EventBody;
 use crate::plan::{self, SessionLoad, SessionPlan, SessionRequest};
 use crate::record::{CallRecord, ExitInfo};
 
@@ -85,6 +86,10 @@ impl Controller {
         self.hooks_created(ids[0], CgroupRole::Session(&plan));
         self.hooks_created(ids[1], CgroupRole::Runtime(&plan));
         self.hooks_created(ids[2], CgroupRole::Calls(&plan));
+        self.events.publish(EventBody::SessionCreated {
+            session: name.clone(),
+            plan: plan.clone(),
+        });
         self.sessions.insert(
             name.clone(),
             SessionState {
@@ -228,6 +233,10 @@ impl Controller {
         session.kill()?;
         self.reaper.reap(session);
         self.sessions.remove(name);
+        self.events.publish(EventBody::SessionClosed {
+            session: name.to_string(),
+            forced: force,
+        });
         self.save_sessions()?;
         Ok(records)
     }

@@ -129,6 +129,7 @@ fn start(f: &Fixture) -> (Controller, AdoptReport) {
             root: &f.root,
             state_dir: &f.state,
             on_written: Arc::new(|_: &_, _| {}),
+            events: Arc::new(crate::events::EventBus::in_memory()),
         },
     )
     .unwrap()

@@ -127,3 +127,33 @@ fn events_serialize_flat_with_their_type() {
     let back: Event = serde_json::from_value(v).expect("parse");
     assert_eq!(back, e);
 }
+
+#[test]
+fn each_event_reads_as_one_line_that_says_what_happened() {
+    let e = Event {
+        seq: 42,
+        time_ms: 3_600_000 + 61_005,
+        body: EventBody::CpuBudgetExceeded {
+            call_id: 3,
+            session: "s1".into(),
+            budget_ms: 100,
+            used_ms: 105,
+        },
+    };
+    let line = describe::line(&e);
+    assert!(
+        line.starts_with("01:01:01.005 #42 cpu_budget_exceeded"),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("call 3 in s1: used 105 ms of its 100 ms CPU budget"),
+        "{line}"
+    );
+    let lag = describe::line(&lagged(5));
+    assert!(
+        lag.contains(" - lagged") && lag.contains("missed 5 event(s)"),
+        "{lag}"
+    );
+    assert_eq!(describe::shorten("abcdef", 4), "abc…");
+    assert_eq!(describe::shorten("abc", 4), "abc");
+}

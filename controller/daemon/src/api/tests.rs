@@ -13,6 +13,7 @@ use tower::ServiceExt;
 
 use agentcg_core::cgroup::CgroupError;
 use agentcg_core::controller::{CONTROLLERS, ControlError, Controller, StartOptions};
+use agentcg_core::events::{EventBody, EventBus};
 use agentcg_core::history::HistoryError;
 use agentcg_core::intent::IntentError;
 use agentcg_core::plan::PlanError;
@@ -35,6 +36,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
     app: axum::Router,
+    events: Arc<EventBus>,
 }
 
 fn fixture() -> Fixture {
@@ -43,12 +45,14 @@ fn fixture() -> Fixture {
     fake_cgroup(root.parent().unwrap());
     fake_cgroup(&root);
     let state_dir = dir.path().join("state");
+    let events = Arc::new(EventBus::in_memory());
     let (controller, _) = Controller::start(
         Policy::default_policy(),
         StartOptions {
             root: &root,
             state_dir: &state_dir,
             on_written: Arc::new(|_: &_, _| {}),
+            events: events.clone(),
         },
     )
     .unwrap_or_else(|e| panic!("controller over {}: {e}", root.display()));
@@ -74,11 +78,13 @@ fn fixture() -> Fixture {
         Arc::new(Mutex::new(controller)),
         status,
         Arc::new(crate::supervisor::Wakers::default()),
+        events.clone(),
     );
     Fixture {
         _dir: dir,
         root,
         app: router(state),
+        events,
     }
 }
 
@@ -425,4 +431,90 @@ fn control_errors_map_to_their_documented_status() {
         assert_eq!((api.status, api.code), (status, code), "{message}");
         assert_eq!(api.message, message);
     }
+}
+
+#[tokio::test]
+async fn bad_event_queries_are_json_errors_that_name_the_parameter() {
+    let f = fixture();
+    let cases = [
+        (
+            "/v1/events?since=abc",
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "since",
+        ),
+        (
+            "/v1/events?since=-1",
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "since",
+        ),
+        (
+            "/v1/events?follow=maybe",
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "follow",
+        ),
+        (
+            "/v1/events?session=a%2Fb",
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "session",
+        ),
+        (
+            "/v1/events?sesion=x",
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "sesion",
+        ),
+        (
+            "/v1/events?session=nobody",
+            StatusCode::NOT_FOUND,
+            "no_such_session",
+            "nobody",
+        ),
+    ];
+    for (uri, status, code, needle) in cases {
+        let (got, _, body) = send(&f.app, Method::GET, uri, None).await;
+        assert_eq!(got, status, "{uri}: {body}");
+        assert_error(&body, code, &[needle]);
+    }
+    assert_eq!(
+        f.events.status().subscribers,
+        0,
+        "no refused query subscribed"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_without_follow_is_the_kept_events_as_ndjson_then_ends() {
+    let f = fixture();
+    for s in ["a", "b", "a"] {
+        f.events.publish(EventBody::SessionClosed {
+            session: s.into(),
+            forced: false,
+        });
+    }
+    let req = Request::builder()
+        .uri("/v1/events?since=1&session=a&follow=false")
+        .body(Body::empty())
+        .unwrap();
+    let res = f.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()[header::CONTENT_TYPE].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let lines: Vec<Value> = String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["seq"], 3);
+    assert_eq!(lines[0]["type"], "session_closed");
+    assert_eq!(lines[0]["session"], "a");
 }
