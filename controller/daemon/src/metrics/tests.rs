@@ -182,7 +182,7 @@ fn every_finished_call_is_counted_once_by_class_outcome_and_priority() {
 #[test]
 fn rejections_clamps_memory_steps_and_policy_reloads_are_counted() {
     let (bus, reg, _) = setup();
-    for reason in ["bad_intent", "bad_intent", "no_session"] {
+    for reason in ["bad_intent", "bad_intent", "no_room"] {
         bus.publish(EventBody::CallRejected {
             session: "s".into(),
             reason: reason.into(),
@@ -236,7 +236,7 @@ fn rejections_clamps_memory_steps_and_policy_reloads_are_counted() {
             2.0,
         ),
         (
-            r#"agentcg_intents_rejected_total{reason="no_session"}"#,
+            r#"agentcg_intents_rejected_total{reason="no_room"}"#,
             1.0,
         ),
         (r#"agentcg_clamps_total{field="mem.max"}"#, 1.0),
