@@ -232,6 +232,27 @@ fn metrics_count_every_call_and_prometheus_reads_them() {
         s.get(r#"agentcg_bpf_ringbuf_drops_total{ring="telemetry"}"#),
         Some(&0.0)
     );
+    // The VM's kernel has sched_ext and the memory kfuncs: every set of programs runs.
+    for (series, want) in [
+        (r#"agentcg_scheduler_state{state="sched_ext"}"#, 1.0),
+        (r#"agentcg_scheduler_state{state="kernel"}"#, 0.0),
+        (r#"agentcg_bpf_programs_loaded{programs="memory"}"#, 1.0),
+        (r#"agentcg_bpf_programs_loaded{programs="scheduler"}"#, 1.0),
+        (r#"agentcg_bpf_ringbuf_drops_total{ring="memory"}"#, 0.0),
+        (
+            r#"agentcg_bpf_ringbuf_drops_total{ring="sched_budget"}"#,
+            0.0,
+        ),
+        ("agentcg_scheduler_fallbacks_total", 0.0),
+    ] {
+        assert_eq!(s.get(series), Some(&want), "{series}: {text}");
+    }
+    // The default session's three cgroups (session, runtime/, calls/) have a policy.
+    assert!(
+        s.get(r#"agentcg_bpf_map_entries{map="sched_policies"}"#)
+            .is_some_and(|&v| v >= 3.0),
+        "{text}"
+    );
     assert!(s.get("process_open_fds").is_some_and(|&v| v > 0.0));
 
     let (ok, out) = promtool(&["check", "metrics"], Some(&text));

@@ -235,10 +235,7 @@ fn rejections_clamps_memory_steps_and_policy_reloads_are_counted() {
             r#"agentcg_intents_rejected_total{reason="bad_intent"}"#,
             2.0,
         ),
-        (
-            r#"agentcg_intents_rejected_total{reason="no_room"}"#,
-            1.0,
-        ),
+        (r#"agentcg_intents_rejected_total{reason="no_room"}"#, 1.0),
         (r#"agentcg_clamps_total{field="mem.max"}"#, 1.0),
         (r#"agentcg_clamps_total{field="cpu"}"#, 1.0),
         (r#"agentcg_memory_actions_total{action="throttle"}"#, 1.0),
