@@ -17,6 +17,10 @@
 
 /* Bits of struct tele_event's `flags`. */
 #define TELE_F_TOOL 1 /* TELE_EXIT of the call's tool: the first process to exec in the cgroup */
+#define TELE_F_ARGV_CUT 2 /* TELE_EXEC: the arguments were longer than TELE_ARGV_BYTES */
+
+/* Bytes of a process's arguments carried by a TELE_EXEC event (NUL-separated). */
+#define TELE_ARGV_BYTES 256
 
 /* Capacity of the `watched` map: tool-call cgroups tracked at once. */
 #define AGENTCG_MAX_WATCHED 16384
@@ -54,6 +58,9 @@ struct tele_event {
 	char comm[16];  /* task comm (TASK_COMM_LEN), NUL-padded; after exec the new program's */
 	__u32 status;   /* TELE_EXIT: the process's wait status; 0 otherwise */
 	__u32 flags;    /* TELE_F_* */
+	__u32 ppid;     /* TELE_EXEC, TELE_FORK: the parent's process id; 0 otherwise */
+	__u32 argv_len; /* TELE_EXEC: bytes of argv used (at most TELE_ARGV_BYTES) */
+	char argv[TELE_ARGV_BYTES]; /* TELE_EXEC: the arguments, NUL-separated */
 };
 
 _Static_assert(sizeof(struct call_counters) == 56, "call_counters ABI size");
@@ -66,7 +73,7 @@ _Static_assert(__builtin_offsetof(struct call_counters, tool_exit_ns) == 40, "ca
 _Static_assert(__builtin_offsetof(struct call_counters, tool_pid) == 48, "call_counters.tool_pid");
 _Static_assert(__builtin_offsetof(struct call_counters, tool_status) == 52, "call_counters.tool_status");
 
-_Static_assert(sizeof(struct tele_event) == 48, "tele_event ABI size");
+_Static_assert(sizeof(struct tele_event) == 312, "tele_event ABI size");
 _Static_assert(__builtin_offsetof(struct tele_event, kind) == 0, "tele_event.kind");
 _Static_assert(__builtin_offsetof(struct tele_event, pid) == 4, "tele_event.pid");
 _Static_assert(__builtin_offsetof(struct tele_event, cgid) == 8, "tele_event.cgid");
@@ -74,6 +81,9 @@ _Static_assert(__builtin_offsetof(struct tele_event, ts_ns) == 16, "tele_event.t
 _Static_assert(__builtin_offsetof(struct tele_event, comm) == 24, "tele_event.comm");
 _Static_assert(__builtin_offsetof(struct tele_event, status) == 40, "tele_event.status");
 _Static_assert(__builtin_offsetof(struct tele_event, flags) == 44, "tele_event.flags");
+_Static_assert(__builtin_offsetof(struct tele_event, ppid) == 48, "tele_event.ppid");
+_Static_assert(__builtin_offsetof(struct tele_event, argv_len) == 52, "tele_event.argv_len");
+_Static_assert(__builtin_offsetof(struct tele_event, argv) == 56, "tele_event.argv");
 
 /* ---- agentcg_sched (sched.bpf.c): the sched_ext scheduler's maps ---- */
 

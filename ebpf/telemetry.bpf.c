@@ -12,6 +12,9 @@
  * the daemon spawns straight into a call cgroup (clone3 CLONE_INTO_CGROUP) is therefore
  * not counted as a fork of that call, but its exec and exit are.
  *
+ * Exec events carry the parent's pid and the first TELE_ARGV_BYTES of the arguments,
+ * fork events the parent's pid: userspace builds each call's process list from them.
+ *
  * The first process to exec in a watched cgroup is the call's tool. Its exit status is
  * kept in the map and its exit event flagged (TELE_F_TOOL): agentcgd ends the call
  * there, without waiting for the client that started it to report.
@@ -40,25 +43,54 @@ __u64 ringbuf_drops = 0;
 /* Events written to the ring buffer. */
 __u64 ringbuf_events = 0;
 
-static __always_inline void emit(__u32 kind, __u32 pid, __u64 cgid, __u64 now,
-				 __u32 status, __u32 flags)
+/* Reserves an event and fills the common fields; NULL (counted as a drop) when full. */
+static __always_inline struct tele_event *start_event(__u32 kind, __u32 pid, __u64 cgid,
+						      __u64 now, __u32 ppid)
 {
 	struct tele_event *e;
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		__sync_fetch_and_add(&ringbuf_drops, 1);
-		return;
+		return NULL;
 	}
 	e->kind = kind;
 	e->pid = pid;
 	e->cgid = cgid;
 	e->ts_ns = now;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->status = status;
-	e->flags = flags;
-	bpf_ringbuf_submit(e, 0);
-	__sync_fetch_and_add(&ringbuf_events, 1);
+	e->status = 0;
+	e->flags = 0;
+	e->ppid = ppid;
+	e->argv_len = 0;
+	return e;
+}
+
+/*
+ * The new program's arguments: mm->arg_start..arg_end of the task that just exec'd,
+ * which is the current task, so its user memory is readable here (exec wrote those
+ * pages a moment ago). At most TELE_ARGV_BYTES; longer ones are cut and flagged.
+ */
+static __always_inline void fill_argv(struct tele_event *e, struct task_struct *p)
+{
+	struct mm_struct *mm = p->mm;
+	__u64 len;
+
+	if (!mm)
+		return;
+	len = mm->arg_end - mm->arg_start;
+	/* Two reads the verifier can bound: a constant size, or a masked one below it. */
+	if (len >= TELE_ARGV_BYTES) {
+		if (len > TELE_ARGV_BYTES)
+			e->flags |= TELE_F_ARGV_CUT;
+		len = TELE_ARGV_BYTES;
+		if (bpf_probe_read_user(e->argv, TELE_ARGV_BYTES, (void *)mm->arg_start) == 0)
+			e->argv_len = len;
+		return;
+	}
+	len &= TELE_ARGV_BYTES - 1;
+	if (bpf_probe_read_user(e->argv, len, (void *)mm->arg_start) == 0)
+		e->argv_len = len;
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -66,6 +98,7 @@ int BPF_PROG(tele_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 {
 	__u64 cgid = bpf_get_current_cgroup_id();
 	struct call_counters *c;
+	struct tele_event *e;
 	__u64 now;
 
 	c = bpf_map_lookup_elem(&watched, &cgid);
@@ -76,7 +109,12 @@ int BPF_PROG(tele_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 	/* Only the first exec sets it; needs BPF atomics (-mcpu=v3). */
 	__sync_val_compare_and_swap(&c->first_exec_ns, 0, now);
 	__sync_val_compare_and_swap(&c->tool_pid, 0, (__u32)p->tgid);
-	emit(TELE_EXEC, p->tgid, cgid, now, 0, 0);
+	e = start_event(TELE_EXEC, p->tgid, cgid, now, p->real_parent->tgid);
+	if (!e)
+		return 0;
+	fill_argv(e, p);
+	bpf_ringbuf_submit(e, 0);
+	__sync_fetch_and_add(&ringbuf_events, 1);
 	return 0;
 }
 
@@ -85,6 +123,7 @@ int BPF_PROG(tele_fork, struct task_struct *parent, struct task_struct *child)
 {
 	__u64 cgid;
 	struct call_counters *c;
+	struct tele_event *e;
 
 	/* The tracepoint also fires for new threads (CLONE_THREAD): count processes only. */
 	if (child->pid != child->tgid)
@@ -94,7 +133,11 @@ int BPF_PROG(tele_fork, struct task_struct *parent, struct task_struct *child)
 	if (!c)
 		return 0;
 	__sync_fetch_and_add(&c->forks, 1);
-	emit(TELE_FORK, child->tgid, cgid, bpf_ktime_get_ns(), 0, 0);
+	e = start_event(TELE_FORK, child->tgid, cgid, bpf_ktime_get_ns(), parent->tgid);
+	if (e) {
+		bpf_ringbuf_submit(e, 0);
+		__sync_fetch_and_add(&ringbuf_events, 1);
+	}
 	return 0;
 }
 
@@ -104,6 +147,7 @@ int BPF_PROG(tele_exit, struct task_struct *p, bool group_dead)
 	__u64 cgid, now;
 	__u32 status, flags = 0;
 	struct call_counters *c;
+	struct tele_event *e;
 
 	/*
 	 * Count whole processes: group_dead is true for the last thread of a thread group
@@ -146,6 +190,12 @@ int BPF_PROG(tele_exit, struct task_struct *p, bool group_dead)
 		c->tool_status = status;
 		__sync_lock_test_and_set(&c->tool_exit_ns, now);
 	}
-	emit(TELE_EXIT, p->tgid, cgid, now, status, flags);
+	e = start_event(TELE_EXIT, p->tgid, cgid, now, 0);
+	if (!e)
+		return 0;
+	e->status = status;
+	e->flags = flags;
+	bpf_ringbuf_submit(e, 0);
+	__sync_fetch_and_add(&ringbuf_events, 1);
 	return 0;
 }

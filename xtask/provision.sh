@@ -65,7 +65,7 @@ vm_deps() {
     $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
       qemu-system-x86 qemu-utils >/dev/null
   fi
-  need_pkgs udev kmod busybox-static zstd file
+  need_pkgs udev kmod busybox-static zstd file tmux
   # tests/tests/lifecycle.rs makes a device whose reads stall (device-mapper `delay`).
   need_pkgs dmsetup
   # `cargo xtask bench memory` draws memory.png with plotters/ab_glyph from DejaVu Sans.

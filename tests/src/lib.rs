@@ -2,6 +2,7 @@
 //! sched_ext VM (`cargo xtask vm-test`): start an agentcgd on a private cgroup root,
 //! run the CLI against it, speak raw HTTP to its socket, inspect cgroups.
 
+pub mod events;
 pub mod memory;
 pub mod mix;
 pub mod replay;
@@ -119,9 +120,19 @@ impl Daemon {
     /// Kills the daemon with SIGKILL (no cleanup of any kind) and starts it again at
     /// once on the same root and state.
     pub fn crash_and_restart(&mut self) {
+        self.crash();
+        self.start_again();
+    }
+
+    /// Kills the daemon with SIGKILL; [`Daemon::start_again`] brings it back.
+    pub fn crash(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
         let _ = self.child.wait();
+    }
+
+    /// Starts the daemon again on the same root and state (after [`Daemon::crash`]).
+    pub fn start_again(&mut self) {
         self.child = spawn_daemon(&self.root, &self.socket, &self.state_dir, &self.extra);
         self.wait_ready();
     }
@@ -142,6 +153,11 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// agentcgd's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A CLI command against this daemon.

@@ -31,7 +31,7 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
         ws,
         &vm_test::Args {
             vm: args.vm.clone(),
-            filter: None,
+            filter: Vec::new(),
         },
     );
     match (host, vm) {

@@ -1,4 +1,4 @@
-//! `cargo xtask vm-test [FILTER]`: builds the daemon, the CLI and the kernel integration
+//! `cargo xtask vm-test [FILTER...]`: builds the daemon, the CLI and the kernel integration
 //! tests (crate agentcg-vmtests) on the host, runs every test executable in ONE VM boot with
 //! `--include-ignored --test-threads=1 --nocapture` (the kernel tests are `#[ignore]` on the host),
 //! continuing after failures, and reports per-executable results from the libtest
@@ -19,8 +19,8 @@ use crate::vm::{self, Job, VmOptions, sh_quote, sh_quote_path};
 pub struct Args {
     #[command(flatten)]
     pub vm: VmOptions,
-    /// Run only the tests whose names contain FILTER (libtest filter)
-    pub filter: Option<String>,
+    /// Run only the tests whose names contain one of the FILTERs (libtest filters)
+    pub filter: Vec<String>,
 }
 
 pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
@@ -34,13 +34,13 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     let exes = build_tests(ws)?;
     let env = vec![("AGENTCG_BIN_DIR", bin_dir.to_string_lossy().into_owned())];
     let job = Job {
-        script: guest_script(&exes, args.filter.as_deref()),
+        script: guest_script(&exes, &args.filter),
         env,
     };
     let outcome = vm::run(ws, &args.vm, &job)?;
     let results: Vec<ExeResult<'_>> = exes
         .iter()
-        .map(|exe| ExeResult::from_log(exe, &outcome.log, args.filter.is_some()))
+        .map(|exe| ExeResult::from_log(exe, &outcome.log, !args.filter.is_empty()))
         .collect();
     report(&results);
     outcome.check()?;
@@ -54,10 +54,8 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<ExitCode> {
             results.len()
         );
     }
-    if let Some(filter) = &args.filter
-        && !results.iter().any(|r| matches!(r.verdict, Verdict::Passed))
-    {
-        bail!("no kernel test matches the filter {filter:?}");
+    if !args.filter.is_empty() && !results.iter().any(|r| matches!(r.verdict, Verdict::Passed)) {
+        bail!("no kernel test matches the filters {:?}", args.filter);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -132,7 +130,7 @@ const BEGIN: &str = "=== vm-test: running ";
 const END: &str = "=== vm-test: exit status ";
 
 /// The guest side: every executable in turn, between markers the host parses.
-fn guest_script(exes: &[TestExe], filter: Option<&str>) -> String {
+fn guest_script(exes: &[TestExe], filters: &[String]) -> String {
     let mut script = format!(
         "failed=0\n\
          run_exe() {{\n\
@@ -144,9 +142,10 @@ fn guest_script(exes: &[TestExe], filter: Option<&str>) -> String {
          \x20 [ \"$rc\" -eq 0 ] || failed=1\n\
          }}\n"
     );
-    let filter = filter
+    let filter: String = filters
+        .iter()
         .map(|f| format!(" {}", sh_quote(f)))
-        .unwrap_or_default();
+        .collect();
     for exe in exes {
         script += &format!(
             "run_exe {} {} {} --include-ignored --test-threads=1 --nocapture{filter}\n",

@@ -20,6 +20,10 @@ const TELE_EXIT: u32 = 2;
 const TELE_FORK: u32 = 3;
 /// `TELE_F_TOOL` in `intf.h`.
 const TELE_F_TOOL: u32 = 1;
+/// `TELE_F_ARGV_CUT` in `intf.h`.
+const TELE_F_ARGV_CUT: u32 = 2;
+/// `TELE_ARGV_BYTES` in `intf.h`: bytes of arguments an exec event carries.
+pub const TELE_ARGV_BYTES: usize = 256;
 
 /// `AGENTCG_MAX_WATCHED` in `intf.h`: capacity of the `watched` map.
 pub const MAX_WATCHED: u32 = 16384;
@@ -124,9 +128,12 @@ struct RawTeleEvent {
     comm: [u8; 16],
     status: u32,
     flags: u32,
+    ppid: u32,
+    argv_len: u32,
+    argv: [u8; TELE_ARGV_BYTES],
 }
 
-const _: () = assert!(size_of::<RawTeleEvent>() == 48);
+const _: () = assert!(size_of::<RawTeleEvent>() == 312);
 const _: () = assert!(offset_of!(RawTeleEvent, kind) == 0);
 const _: () = assert!(offset_of!(RawTeleEvent, pid) == 4);
 const _: () = assert!(offset_of!(RawTeleEvent, cgid) == 8);
@@ -134,6 +141,9 @@ const _: () = assert!(offset_of!(RawTeleEvent, ts_ns) == 16);
 const _: () = assert!(offset_of!(RawTeleEvent, comm) == 24);
 const _: () = assert!(offset_of!(RawTeleEvent, status) == 40);
 const _: () = assert!(offset_of!(RawTeleEvent, flags) == 44);
+const _: () = assert!(offset_of!(RawTeleEvent, ppid) == 48);
+const _: () = assert!(offset_of!(RawTeleEvent, argv_len) == 52);
+const _: () = assert!(offset_of!(RawTeleEvent, argv) == 56);
 
 /// What a [`TeleEvent`] reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -165,6 +175,27 @@ pub struct TeleEvent {
     /// [`TeleKind::Exit`] of the call's tool (the first process to exec in the cgroup):
     /// the call has ended.
     pub tool: bool,
+    /// [`TeleKind::Exec`] and [`TeleKind::Fork`]: the parent's process id.
+    pub ppid: Option<u32>,
+    /// [`TeleKind::Exec`]: the arguments (at most [`TELE_ARGV_BYTES`] of them, lossily
+    /// UTF-8; the last one may be cut).
+    pub argv: Vec<String>,
+    /// The arguments were longer than [`TELE_ARGV_BYTES`].
+    pub argv_cut: bool,
+}
+
+/// NUL-separated arguments as a list (trailing NULs end the last one: an empty last
+/// argument is not told apart from none).
+fn split_argv(bytes: &[u8]) -> Vec<String> {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let bytes = &bytes[..end];
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 impl TeleEvent {
@@ -185,6 +216,14 @@ impl TeleEvent {
         let comm_at = offset_of!(RawTeleEvent, comm);
         let comm = bytes.get(comm_at..comm_at + 16)?;
         let comm = comm.split(|&b| b == 0).next().unwrap_or_default();
+        let flags = u32_at(bytes, offset_of!(RawTeleEvent, flags))?;
+        let argv_at = offset_of!(RawTeleEvent, argv);
+        let argv_len =
+            (u32_at(bytes, offset_of!(RawTeleEvent, argv_len))? as usize).min(TELE_ARGV_BYTES);
+        let argv = match kind {
+            TeleKind::Exec => split_argv(bytes.get(argv_at..argv_at + argv_len)?),
+            _ => Vec::new(),
+        };
         Some(Self {
             kind,
             pid: u32_at(bytes, offset_of!(RawTeleEvent, pid))?,
@@ -194,7 +233,12 @@ impl TeleEvent {
             status: (kind == TeleKind::Exit)
                 .then(|| u32_at(bytes, offset_of!(RawTeleEvent, status)))
                 .flatten(),
-            tool: u32_at(bytes, offset_of!(RawTeleEvent, flags))? & TELE_F_TOOL != 0,
+            tool: flags & TELE_F_TOOL != 0,
+            ppid: (kind != TeleKind::Exit)
+                .then(|| u32_at(bytes, offset_of!(RawTeleEvent, ppid)))
+                .flatten(),
+            argv,
+            argv_cut: kind == TeleKind::Exec && flags & TELE_F_ARGV_CUT != 0,
         })
     }
 }
@@ -789,7 +833,38 @@ mod tests {
         b.extend_from_slice(&c);
         b.extend_from_slice(&status.to_ne_bytes());
         b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&[0u8; 8 + TELE_ARGV_BYTES]);
         b
+    }
+
+    /// An exec event of `ppid` with these argument bytes.
+    fn raw_exec_event(pid: u32, ppid: u32, argv: &[u8], flags: u32) -> Vec<u8> {
+        let mut b = raw_exit_event(1, pid, 7, 99, b"sh", 0, flags);
+        b[48..52].copy_from_slice(&ppid.to_ne_bytes());
+        b[52..56].copy_from_slice(&(argv.len() as u32).to_ne_bytes());
+        b[56..56 + argv.len()].copy_from_slice(argv);
+        b
+    }
+
+    #[test]
+    fn exec_events_carry_the_parent_and_the_arguments() {
+        let e = TeleEvent::decode(&raw_exec_event(42, 41, b"sh\0-c\0echo hi\0", 0)).unwrap();
+        assert_eq!(e.ppid, Some(41));
+        assert_eq!(e.argv, ["sh", "-c", "echo hi"]);
+        assert!(!e.argv_cut);
+        let long = [b'a'; TELE_ARGV_BYTES];
+        let cut = TeleEvent::decode(&raw_exec_event(42, 41, &long, TELE_F_ARGV_CUT)).unwrap();
+        assert_eq!(cut.argv, [String::from_utf8(long.to_vec()).unwrap()]);
+        assert!(cut.argv_cut);
+        let empty = TeleEvent::decode(&raw_exec_event(42, 41, b"", 0)).unwrap();
+        assert!(empty.argv.is_empty());
+        let mut lying = raw_exec_event(42, 41, b"x\0", 0);
+        lying[52..56].copy_from_slice(&9999u32.to_ne_bytes());
+        assert_eq!(
+            TeleEvent::decode(&lying).map(|e| e.argv.len()),
+            Some(1),
+            "length bounded"
+        );
     }
 
     #[test]
@@ -858,6 +933,9 @@ mod tests {
                 comm: "true".into(),
                 status: None,
                 tool: false,
+                ppid: Some(0),
+                argv: Vec::new(),
+                argv_cut: false,
             }
         );
         let tool_exit = TeleEvent::decode(&raw_exit_event(2, 42, 7, 99, b"sh", 15, 1)).unwrap();
@@ -873,7 +951,7 @@ mod tests {
         );
         assert_eq!(TeleEvent::decode(&raw_event(0, 1, 1, 1, b"x")), None);
         assert_eq!(TeleEvent::decode(&raw_event(4, 1, 1, 1, b"x")), None);
-        assert_eq!(TeleEvent::decode(&raw_event(1, 1, 1, 1, b"x")[..47]), None);
+        assert_eq!(TeleEvent::decode(&raw_event(1, 1, 1, 1, b"x")[..311]), None);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! `agentcg events`: the daemon's event stream, one readable line per event, or the
 //! raw NDJSON with `--json`. Without `--follow` it prints the events the daemon still
-//! keeps (after `--since`) and exits; with it, it goes on until interrupted.
+//! keeps (after `--since`) and exits; with it, it goes on until interrupted, and rides
+//! out a daemon restart: it reconnects and resumes after the last event it printed
+//! (sequence numbers only grow across restarts, so nothing is printed twice).
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use agentcg_core::events::{Event, describe};
 
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::fail;
 
 #[derive(Debug, clap::Args)]
@@ -49,23 +51,42 @@ pub fn main(client: &Client, args: EventsArgs) -> ExitCode {
         return ExitCode::from(crate::EXIT_USAGE);
     }
     let mut out = std::io::stdout().lock();
-    let result = client.stream_lines(&path(&args), |line| {
-        let text = if args.json {
-            line.to_string()
-        } else {
-            match serde_json::from_str::<Event>(line) {
-                Ok(e) => describe::line(&e),
-                Err(_) => format!("(unreadable event) {line}"),
+    let mut args = args;
+    let mut last_seq = None;
+    let mut stdout_closed = false;
+    loop {
+        let result = client.stream_lines(&path(&args), |line| {
+            let event = serde_json::from_str::<Event>(line).ok();
+            if let Some(e) = event.as_ref().filter(|e| e.seq > 0) {
+                last_seq = Some(e.seq);
             }
-        };
-        // A closed stdout (`| head`) ends the stream.
-        writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+            let text = match (&event, args.json) {
+                (Some(e), false) => describe::line(e),
+                (None, false) => format!("(unreadable event) {line}"),
+                (_, true) => line.to_string(),
+            };
+            // A closed stdout (`| head`) ends the stream.
+            stdout_closed = writeln!(out, "{text}").and_then(|()| out.flush()).is_err();
+            !stdout_closed
+        });
+        match result {
+            Ok(()) if !args.follow || stdout_closed => return ExitCode::SUCCESS,
+            // The daemon stopped (its stream ended) or died: resume after the last one.
+            Ok(()) | Err(ClientError::Protocol(_)) => {
+                eprintln!(
+                    "agentcg: the event stream ended (agentcgd restarting?); resuming after #{}",
+                    last_seq.map_or("-".into(), |s| s.to_string())
+                );
+                args.since = last_seq.or(args.since);
+                std::thread::sleep(RESUME_PAUSE);
+            }
+            Err(e) => return fail(&e),
+        }
     }
 }
+
+/// Pause before reconnecting to a daemon whose stream ended.
+const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {

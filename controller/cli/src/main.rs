@@ -7,6 +7,7 @@ mod run;
 mod session;
 mod shell;
 mod status;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ enum Command {
     Call(call::CallCmd),
     /// Watch what happens: sessions, calls, memory steps, pressure, the scheduler.
     Events(events::EventsArgs),
+    /// A live view: sessions, running calls, the latest events (q quits).
+    Top(top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,7 +61,8 @@ fn main() -> ExitCode {
         Command::Shell(args) => shell::main(&patient(), args),
         Command::Status(args) => status::main(&client, args),
         Command::Call(cmd) => call::main(&client, cmd),
-        Command::Events(args) => events::main(&client, args),
+        Command::Events(args) => events::main(&patient(), args),
+        Command::Top(args) => top::main(&cli.socket, args),
     }
 }
 

@@ -191,6 +191,8 @@ struct Inner {
     dropped: u64,
     /// The latest failure to reserve sequence numbers on disk.
     seq_error: Option<String>,
+    /// The daemon is stopping: streams end, new ones end at once.
+    closed: bool,
 }
 
 /// What a consumer reads: first `backlog` (from the ring), then `next()`.
@@ -204,9 +206,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next event; a `lagged` first when the queue overflowed since the last read.
-    /// `None` once the bus is gone.
+    /// The next event. What overflowed is reported as `lagged` where it happened: the
+    /// bus queues it in the first free slot after the gap, and a consumer that drained
+    /// its queue gets it before waiting. `None` once the stream ended.
     pub async fn next(&mut self) -> Option<Arc<Event>> {
+        match self.rx.try_recv() {
+            Ok(event) => return Some(event),
+            Err(mpsc::error::TryRecvError::Disconnected) => return self.take_lag(),
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
         if let Some(lag) = self.take_lag() {
             return Some(lag);
         }
@@ -289,6 +297,7 @@ impl EventBus {
                 subscribers: Vec::new(),
                 dropped: 0,
                 seq_error: None,
+                closed: false,
             }),
         }
     }
@@ -324,14 +333,14 @@ impl EventBus {
             if !matches(&event, s.session.as_deref()) {
                 return !s.tx.is_closed();
             }
-            match s.tx.try_send(event.clone()) {
+            match offer(s, &event) {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(mpsc::error::TrySendError::Full(())) => {
                     s.missed.fetch_add(1, Ordering::Relaxed);
                     dropped += 1;
                     true
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Closed(())) => false,
             }
         });
         i.dropped += dropped;
@@ -349,17 +358,27 @@ impl EventBus {
             Some(since) => i.replay(since, session),
         };
         i.subscribers.retain(|s| !s.tx.is_closed());
-        i.subscribers.push(Subscriber {
-            session: session.map(str::to_string),
-            tx,
-            missed: missed.clone(),
-        });
+        if !i.closed {
+            i.subscribers.push(Subscriber {
+                session: session.map(str::to_string),
+                tx,
+                missed: missed.clone(),
+            });
+        }
         Subscription {
             backlog,
             missed_before,
             rx,
             missed,
         }
+    }
+
+    /// Ends every stream after what it has queued (the daemon is stopping: a follower
+    /// must not hold its graceful shutdown open). Events still go to the observers.
+    pub fn close(&self) {
+        let mut i = self.lock();
+        i.closed = true;
+        i.subscribers.clear();
     }
 
     pub fn status(&self) -> BusStatus {
@@ -372,6 +391,26 @@ impl EventBus {
             seq_error: i.seq_error.clone(),
         }
     }
+}
+
+/// Queues `event` for one subscriber, after a `lagged` for what it missed before, so
+/// the lag sits where the gap is.
+fn offer(s: &Subscriber, event: &Arc<Event>) -> Result<(), mpsc::error::TrySendError<()>> {
+    use mpsc::error::TrySendError;
+    let missed = s.missed.swap(0, Ordering::Relaxed);
+    if missed > 0
+        && let Err(e) = s.tx.try_send(Arc::new(lagged(missed)))
+    {
+        s.missed.fetch_add(missed, Ordering::Relaxed);
+        return Err(match e {
+            TrySendError::Full(_) => TrySendError::Full(()),
+            TrySendError::Closed(_) => TrySendError::Closed(()),
+        });
+    }
+    s.tx.try_send(event.clone()).map_err(|e| match e {
+        TrySendError::Full(_) => TrySendError::Full(()),
+        TrySendError::Closed(_) => TrySendError::Closed(()),
+    })
 }
 
 impl Inner {

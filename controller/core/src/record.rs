@@ -295,11 +295,22 @@ pub struct MemoryAction {
 }
 
 /// Process activity of a call as seen by the telemetry BPF programs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessCounts {
     pub execs: u64,
     pub forks: u64,
     pub exits: u64,
+    /// The call's processes, in the order they appeared (at most
+    /// [`processes::LIST_MAX`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub list: Vec<processes::ProcessInfo>,
+    /// Processes beyond the list.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Everything known about one finished call: what was asked, what was granted, what
@@ -329,5 +340,6 @@ pub struct CallRecord {
     pub memory_actions: Vec<MemoryAction>,
 }
 
+pub mod processes;
 #[cfg(test)]
 mod tests;

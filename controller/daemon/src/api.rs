@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/calls/{id}", get(show_call))
         .route("/v1/calls/{id}/finish", post(finish_call))
         .route("/v1/events", get(events::events))
+        .route("/v1/running", get(list_running))
         .fallback(not_found)
         // After every route: it applies to the routes added so far.
         .method_not_allowed_fallback(method_not_allowed)
@@ -181,6 +182,7 @@ async fn status(State(state): State<AppState>) -> ApiResult {
     v["history"] = json!(history);
     v["reaper"] = json!(reaper);
     v["state_file_errors"] = json!(state_files);
+    v["events"] = json!(state.events.status());
     let sched = state
         .status
         .sched
@@ -360,6 +362,24 @@ struct ListCalls {
 
 fn default_limit() -> usize {
     50
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListRunning {
+    session: Option<String>,
+}
+
+/// The running calls, read from their cgroups now (`agentcg top`).
+async fn list_running(State(state): State<AppState>, Query(q): Query<ListRunning>) -> ApiResult {
+    let views = with_controller(&state, |c| {
+        if let Some(s) = &q.session {
+            c.session_info(s)?;
+        }
+        Ok(c.running_views(q.session.as_deref()))
+    })
+    .await?;
+    to_json(views)
 }
 
 async fn list_calls(State(state): State<AppState>, Query(q): Query<ListCalls>) -> ApiResult {

@@ -78,8 +78,9 @@ async fn run(args: args::Args) -> Result<(), String> {
     let cpu_policy = controller.policy().cpu;
     let telemetry = match telemetry::load() {
         Ok((hooks, loaded)) => {
+            let processes = hooks.processes();
             controller.add_hooks(Box::new(hooks));
-            Ok(loaded)
+            Ok((loaded, processes))
         }
         Err(why) => {
             tracing::warn!(
@@ -107,7 +108,7 @@ async fn run(args: args::Args) -> Result<(), String> {
             None
         }
     };
-    let tele_handle = telemetry.as_ref().ok().cloned();
+    let tele_handle = telemetry.as_ref().ok().map(|(t, _)| t.clone());
     let shared = Arc::new(Mutex::new(controller));
     let telemetry =
         telemetry.map(|loaded| telemetry::start(loaded, shared.clone(), wakers.clone()));
@@ -152,11 +153,14 @@ async fn run(args: args::Args) -> Result<(), String> {
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
-    let state = api::AppState::new(shared.clone(), status, wakers.clone(), events);
+    let state = api::AppState::new(shared.clone(), status, wakers.clone(), events.clone());
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
-    let server = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(supervisor::shutdown_signal());
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        supervisor::shutdown_signal().await;
+        // Followers of the event stream would hold the shutdown open.
+        events.close();
+    });
     let result = server
         .await
         .map_err(|e| format!("serving {}: {e}", args.socket.display()));

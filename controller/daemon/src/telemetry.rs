@@ -1,15 +1,17 @@
 //! Kernel telemetry for calls: the BPF programs count execs, forks and exits per call
-//! cgroup and stream them on a ring buffer. The exit of a call's tool ends the call
+//! cgroup and stream them on a ring buffer, from which each call's process list is
+//! built (pid, parent, arguments, exit, times). The exit of a call's tool ends the call
 //! here, without waiting for the client's report. Loaded at start when the kernel
 //! allows; without it calls run the same, their records just lack process counts and
 //! their clients report every end.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentcg_bpf::{TeleKind, Telemetry};
+use agentcg_bpf::{TeleEvent, TeleKind, Telemetry};
 use agentcg_core::controller::{CgroupRole, KernelHooks, ToolExit};
+use agentcg_core::record::processes::CallProcesses;
 use agentcg_core::record::{ExitInfo, ProcessCounts};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -27,7 +29,12 @@ pub struct TelemetryHooks {
     telemetry: Arc<Telemetry>,
     /// Call cgroups in the map.
     watched: HashSet<u64>,
+    /// The process lists of the watched calls, fed by the event thread.
+    processes: Processes,
 }
+
+/// Process lists by call cgroup id.
+pub type Processes = Arc<Mutex<HashMap<u64, CallProcesses>>>;
 
 impl KernelHooks for TelemetryHooks {
     fn name(&self) -> &'static str {
@@ -36,6 +43,9 @@ impl KernelHooks for TelemetryHooks {
 
     fn created(&mut self, cgroup_id: u64, role: CgroupRole<'_>) {
         if let CgroupRole::Call(_) = role {
+            if let Ok(mut p) = self.processes.lock() {
+                p.insert(cgroup_id, CallProcesses::default());
+            }
             match self.telemetry.watch(cgroup_id) {
                 Ok(()) => {
                     self.watched.insert(cgroup_id);
@@ -47,11 +57,19 @@ impl KernelHooks for TelemetryHooks {
 
     fn removing(&mut self, cgroup_id: u64) -> Option<ProcessCounts> {
         self.watched.remove(&cgroup_id);
+        let procs = self
+            .processes
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&cgroup_id));
+        let (list, omitted) = procs.map(CallProcesses::finish).unwrap_or_default();
         match self.telemetry.unwatch(cgroup_id) {
             Ok(c) => c.map(|c| ProcessCounts {
                 execs: c.execs,
                 forks: c.forks,
                 exits: c.exits,
+                list,
+                omitted,
             }),
             Err(e) => {
                 tracing::warn!(cgroup_id, "telemetry unwatch: {e}");
@@ -100,31 +118,91 @@ pub fn load() -> Result<(TelemetryHooks, Arc<Telemetry>), String> {
     let hooks = TelemetryHooks {
         telemetry: telemetry.clone(),
         watched: HashSet::new(),
+        processes: Processes::default(),
     };
     Ok((hooks, telemetry))
+}
+
+/// What [`start`] needs: the programs and the process lists their hooks keep.
+pub type Loaded = (Arc<Telemetry>, Processes);
+
+impl TelemetryHooks {
+    /// The process lists, for the event thread.
+    pub fn processes(&self) -> Processes {
+        self.processes.clone()
+    }
+}
+
+/// Converts a `CLOCK_MONOTONIC` time (the BPF programs' clock) to unix milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Clocks {
+    mono_ns: u64,
+    unix_ms: u64,
+}
+
+impl Clocks {
+    fn now() -> Option<Clocks> {
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+        Some(Clocks {
+            mono_ns: mono.tv_sec() as u64 * 1_000_000_000 + mono.tv_nsec() as u64,
+            unix_ms: unix.as_millis() as u64,
+        })
+    }
+
+    fn unix_ms(self, mono_ns: u64) -> u64 {
+        let back = self.mono_ns.saturating_sub(mono_ns) / 1_000_000;
+        self.unix_ms.saturating_sub(back)
+    }
+}
+
+/// Adds one process event to its call's list.
+fn note_process(processes: &Processes, ev: &TeleEvent, clocks: Option<Clocks>) {
+    let at = clocks.map_or(0, |c| c.unix_ms(ev.ts_ns));
+    let Ok(mut table) = processes.lock() else {
+        return;
+    };
+    let Some(call) = table.get_mut(&ev.cgid) else {
+        return;
+    };
+    match ev.kind {
+        TeleKind::Fork => call.fork(ev.pid, ev.ppid.unwrap_or(0), at),
+        TeleKind::Exec => call.exec(ev.pid, ev.ppid, ev.argv.clone(), ev.argv_cut, at),
+        TeleKind::Exit => call.exit(ev.pid, ev.status.unwrap_or(0), at),
+    }
 }
 
 /// Starts draining the ring buffer: a dedicated thread sleeps in its epoll and hands
 /// tool exits to a task that ends the calls (trigger 2 of
 /// docs/ARCHITECTURE.md#who-ends-a-call).
-pub fn start(telemetry: Arc<Telemetry>, shared: Shared, wakers: Arc<Wakers>) {
+pub fn start((telemetry, processes): Loaded, shared: Shared, wakers: Arc<Wakers>) {
     let (sender, exits) = unbounded_channel();
-    spawn_event_thread(telemetry, sender);
+    spawn_event_thread(telemetry, processes, sender);
     tokio::spawn(end_calls(shared, wakers, exits));
 }
 
 /// A call's tool exited: (cgroup id, how).
 type ToolExitEvent = (u64, ExitInfo);
 
-/// Drains the ring buffer on a dedicated thread, logging each process event and
-/// forwarding the exits of tools.
-fn spawn_event_thread(telemetry: Arc<Telemetry>, exits: UnboundedSender<ToolExitEvent>) {
+/// Drains the ring buffer on a dedicated thread: each process event goes into its
+/// call's process list (before a tool's exit is forwarded, so the call's record has
+/// it), and the exits of tools are forwarded.
+fn spawn_event_thread(
+    telemetry: Arc<Telemetry>,
+    processes: Processes,
+    exits: UnboundedSender<ToolExitEvent>,
+) {
     let spawned = std::thread::Builder::new()
         .name("bpf-events".into())
         .spawn(move || {
             loop {
                 // Sleeps in the ring buffer's epoll until the kernel writes.
+                let clocks = std::cell::Cell::new(None);
                 let res = telemetry.poll_events(Duration::MAX, |ev| {
+                    if clocks.get().is_none() {
+                        clocks.set(Clocks::now());
+                    }
+                    note_process(&processes, &ev, clocks.get());
                     tracing::debug!(kind = ?ev.kind, pid = ev.pid, cgid = ev.cgid, comm = %ev.comm, status = ?ev.status, tool = ev.tool, "process event");
                     if ev.kind == TeleKind::Exit && ev.tool {
                         let exit = ExitInfo::from_wait_status(ev.status.unwrap_or(0) as i32);

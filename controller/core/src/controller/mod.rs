@@ -14,10 +14,12 @@ mod lifecycle;
 mod memory;
 mod sessions;
 pub mod state;
+mod views;
 
 pub use adopt::{AdoptReport, CONTROLLERS};
 pub use lifecycle::ToolExit;
 pub use memory::{ReclaimDone, ReclaimJob};
+pub use views::RunningView;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -175,7 +177,7 @@ pub struct CallGrant {
 }
 
 /// A session as shown by the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub plan: SessionPlan,
     pub cgroup: String,
@@ -183,6 +185,12 @@ pub struct SessionInfo {
     pub runtime_pids: Vec<u32>,
     pub memory_current: Option<u64>,
     pub calls_finished: u64,
+    /// cpu.stat usage_usec of the session's cgroup.
+    #[serde(default)]
+    pub cpu_usec: Option<u64>,
+    /// memory.pressure of the session's cgroup.
+    #[serde(default)]
+    pub memory_pressure: Option<crate::cgroup::psi::Psi>,
 }
 
 #[derive(Debug)]

@@ -160,6 +160,8 @@ impl Controller {
             runtime_pids: self.layout.runtime(name).procs().unwrap_or_default(),
             memory_current: cg.read_u64(memory::CURRENT).ok(),
             calls_finished: s.calls_finished,
+            cpu_usec: cpu::usage(&cg).ok().map(|u| u.usage_usec),
+            memory_pressure: crate::cgroup::psi::read_memory(&cg).ok(),
         })
     }
 

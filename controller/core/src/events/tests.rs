@@ -36,17 +36,40 @@ async fn a_full_queue_drops_and_the_consumer_is_told_how_many_it_missed() {
         bus.publish(closed("a"));
     }
     assert_eq!(bus.status().dropped, 5);
-    let first = slow.next().await.expect("event");
-    assert_eq!(
-        first.body,
-        EventBody::Lagged { missed: 5 },
-        "lag reported first"
-    );
     for want in 1..=QUEUE as u64 {
         assert_eq!(slow.next().await.map(|e| e.seq), Some(want));
     }
+    let lag = slow.next().await.expect("event");
+    assert_eq!(
+        lag.body,
+        EventBody::Lagged { missed: 5 },
+        "lag after the kept ones"
+    );
     bus.publish(closed("a"));
     assert_eq!(slow.next().await.map(|e| e.seq), Some(QUEUE as u64 + 6));
+}
+
+#[tokio::test]
+async fn the_lag_is_queued_where_the_gap_is() {
+    let bus = EventBus::in_memory();
+    let mut slow = bus.subscribe(None, None);
+    for _ in 0..QUEUE + 3 {
+        bus.publish(closed("a"));
+    }
+    assert_eq!(slow.next().await.map(|e| e.seq), Some(1));
+    // One slot free: the lag takes it, so this event is missed too.
+    bus.publish(closed("a"));
+    for want in 2..=QUEUE as u64 {
+        assert_eq!(slow.next().await.map(|e| e.seq), Some(want));
+    }
+    let lag = slow.next().await.expect("lag");
+    assert_eq!(lag.body, EventBody::Lagged { missed: 3 });
+    let lag = slow.next().await.expect("lag");
+    assert_eq!(
+        lag.body,
+        EventBody::Lagged { missed: 1 },
+        "reported once drained"
+    );
 }
 
 #[test]
@@ -156,4 +179,20 @@ fn each_event_reads_as_one_line_that_says_what_happened() {
     );
     assert_eq!(describe::shorten("abcdef", 4), "abc…");
     assert_eq!(describe::shorten("abc", 4), "abc");
+}
+
+#[tokio::test]
+async fn closing_ends_every_stream_after_what_it_queued() {
+    let bus = EventBus::in_memory();
+    let mut sub = bus.subscribe(None, None);
+    bus.publish(closed("a"));
+    bus.close();
+    assert_eq!(sub.next().await.map(|e| e.seq), Some(1));
+    assert!(sub.next().await.is_none(), "ended");
+    let mut late = bus.subscribe(None, None);
+    bus.publish(closed("a"));
+    assert!(
+        late.next().await.is_none(),
+        "a stream opened while stopping ends at once"
+    );
 }

@@ -518,3 +518,14 @@ async fn a_replay_without_follow_is_the_kept_events_as_ndjson_then_ends() {
     assert_eq!(lines[0]["type"], "session_closed");
     assert_eq!(lines[0]["session"], "a");
 }
+
+#[tokio::test]
+async fn the_running_view_is_a_list_and_refuses_an_unknown_session() {
+    let f = fixture();
+    let (status, _, body) = send(&f.app, Method::GET, "/v1/running", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, serde_json::json!([]));
+    let (status, _, body) = send(&f.app, Method::GET, "/v1/running?session=nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_error(&body, "no_such_session", &["nope"]);
+}
