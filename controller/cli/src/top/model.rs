@@ -51,7 +51,7 @@ impl Model {
     /// Takes a new snapshot in.
     pub fn update(&mut self, s: Snapshot) {
         self.error = None;
-        self.header = header(&s.status, s.sessions.len(), s.running.len());
+        self.header = header(&s.status, &s.sessions, s.running.len());
         let mut cpu = BTreeMap::new();
         self.sessions = s
             .sessions
@@ -97,18 +97,35 @@ pub fn cpu_percent(then_usec: u64, now_usec: u64, elapsed_usec: u64) -> Option<f
         .then(|| now_usec.saturating_sub(then_usec) as f64 * 100.0 / elapsed_usec as f64)
 }
 
-/// The top line: counts, agentcg's root against the limit it defends, the modes.
-pub fn header(status: &Value, sessions: usize, running: usize) -> String {
+/// The top line: counts, the sessions' memory against the limit agentcg defends, the
+/// CPU scheduler and the memory response's step.
+pub fn header(status: &Value, sessions: &[SessionInfo], running: usize) -> String {
     let memory = &status["memory"];
-    let root = match (memory["root_usage"].as_u64(), memory["root_limit"].as_u64()) {
-        (Some(u), Some(l)) if l > 0 => format!("root {} of {}", HumanSize(u), HumanSize(l)),
-        _ => "root ?".into(),
+    let used: u64 = sessions.iter().filter_map(|s| s.memory_current).sum();
+    let limit = match memory["root_limit"].as_u64() {
+        Some(l) if l > 0 => format!("/{}", HumanSize(l)),
+        _ => String::new(),
     };
-    let cpu = status["sched"]["active"].as_str().unwrap_or("?");
+    let cpu = status["scheduler"]["active"].as_str().unwrap_or("?");
     let step = memory["step"].as_str().unwrap_or("?");
     format!(
-        "agentcg top: {sessions} sessions, {running} calls running, {root}, cpu {cpu}, memory step {step}"
+        "{} sessions, {running} running | mem {}{limit} | cpu {cpu} | step {step}",
+        sessions.len(),
+        HumanSize(used)
     )
+}
+
+/// A command for a narrow column: the program's file name, then its arguments.
+pub fn command_line(argv: &[String]) -> String {
+    let mut parts = argv.iter().map(String::as_str);
+    let program = parts
+        .next()
+        .map(|p| p.rsplit('/').next().unwrap_or(p))
+        .unwrap_or_default();
+    std::iter::once(program)
+        .chain(parts)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A bar of `width` cells filled in proportion to `part / whole`.
@@ -142,15 +159,28 @@ mod tests {
     }
 
     #[test]
-    fn the_header_says_counts_root_and_modes() {
+    fn the_header_says_counts_memory_and_modes() {
         let status = serde_json::json!({
-            "memory": {"root_usage": 1u64 << 30, "root_limit": 4u64 << 30, "step": "none"},
-            "sched": {"active": "sched_ext"}
+            "memory": {"root_limit": 4u64 << 30, "step": "none"},
+            "scheduler": {"active": "sched_ext"}
         });
-        let h = header(&status, 2, 3);
-        assert!(h.contains("2 sessions, 3 calls running"), "{h}");
-        assert!(h.contains("root 1 GiB of 4 GiB"), "{h}");
-        assert!(h.contains("cpu sched_ext, memory step none"), "{h}");
+        let h = header(&status, &[], 3);
+        assert_eq!(
+            h,
+            "0 sessions, 3 running | mem 0 B/4 GiB | cpu sched_ext | step none"
+        );
+        assert!(h.chars().count() <= 80);
+    }
+
+    #[test]
+    fn commands_show_the_program_name_then_the_arguments() {
+        let argv = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_line(&argv(&["/usr/bin/python3", "-m", "pytest"])),
+            "python3 -m pytest"
+        );
+        assert_eq!(command_line(&argv(&["make"])), "make");
+        assert_eq!(command_line(&[]), "");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
 
-use super::model::{Model, bar};
+use super::model::{Model, bar, command_line};
 
 /// Cells of a memory bar.
 const BAR: usize = 10;
@@ -88,8 +88,8 @@ fn session_table(m: &Model) -> Table<'_> {
 }
 
 fn call_table(m: &Model, width: u16) -> Table<'_> {
-    // Fixed columns take 55 cells with their gaps; the command gets the rest.
-    let command_w = (width as usize).saturating_sub(56).max(8);
+    // The fixed columns take 58 cells and the gaps 7; the command gets the rest.
+    let command_w = (width as usize).saturating_sub(65).max(8);
     let rows = m.running.iter().map(|c| {
         let mem = c.memory_current.unwrap_or(0);
         Row::new(vec![
@@ -102,7 +102,7 @@ fn call_table(m: &Model, width: u16) -> Table<'_> {
             c.cpu_usec
                 .map_or("-".into(), |u| format!("{:.1}s", u as f64 / 1e6)),
             format!("{}s", c.age_ms / 1000),
-            shorten(&c.command.join(" "), command_w),
+            shorten(&command_line(&c.command), command_w),
         ])
     });
     Table::new(
