@@ -40,6 +40,8 @@ struct {
 
 /* Events lost because the ring buffer was full (userspace did not drain it in time). */
 __u64 ringbuf_drops = 0;
+/* Events written to the ring buffer. */
+__u64 ringbuf_events = 0;
 
 /* Reserves an event and fills the common fields; NULL (counted as a drop) when full. */
 static __always_inline struct tele_event *start_event(__u32 kind, __u32 pid, __u64 cgid,
@@ -112,6 +114,7 @@ int BPF_PROG(tele_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 		return 0;
 	fill_argv(e, p);
 	bpf_ringbuf_submit(e, 0);
+	__sync_fetch_and_add(&ringbuf_events, 1);
 	return 0;
 }
 
@@ -131,8 +134,10 @@ int BPF_PROG(tele_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	__sync_fetch_and_add(&c->forks, 1);
 	e = start_event(TELE_FORK, child->tgid, cgid, bpf_ktime_get_ns(), parent->tgid);
-	if (e)
+	if (e) {
 		bpf_ringbuf_submit(e, 0);
+		__sync_fetch_and_add(&ringbuf_events, 1);
+	}
 	return 0;
 }
 
@@ -191,5 +196,6 @@ int BPF_PROG(tele_exit, struct task_struct *p, bool group_dead)
 	e->status = status;
 	e->flags = flags;
 	bpf_ringbuf_submit(e, 0);
+	__sync_fetch_and_add(&ringbuf_events, 1);
 	return 0;
 }

@@ -70,6 +70,10 @@ vm_deps() {
   need_pkgs dmsetup
   # `cargo xtask bench memory` draws memory.png with plotters/ab_glyph from DejaVu Sans.
   need_pkgs fonts-dejavu-core
+  # tests/tests/metrics.rs scrapes agentcgd with a real Prometheus server and checks the
+  # scrape and deploy/prometheus/agentcg.rules.yml with promtool (the guest runs the
+  # host's root filesystem, so installing them here puts them in the VM too).
+  need_pkgs prometheus
   if ! command -v vng >/dev/null 2>&1; then
     say "pip install virtme-ng"
     pip3 install -q virtme-ng 2>&1 | grep -v 'running pip as the' || true

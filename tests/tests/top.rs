@@ -52,7 +52,7 @@ fn top_shows_a_running_call_with_its_memory_bar_and_q_quits_cleanly() {
     assert!(once.status.success(), "{once:?}");
     let row = frame
         .lines()
-        .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+        .find(|l| l.trim_start().starts_with(&format!("{id} ")) && l.contains("memhog"))
         .unwrap_or_else(|| panic!("no row for call {id} in\n{frame}"));
     assert!(
         row.contains("s1") && row.contains("##") && row.contains("memhog"),

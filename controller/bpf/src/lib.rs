@@ -89,7 +89,7 @@ pub use error::BpfError;
 pub use mem::{MemLoadTimings, MemStateMap, MemStats, MemWatch};
 pub use probe::{BtfFeatures, VMLINUX_BTF, probe_btf};
 pub use sched::{ExitInfo, ExitKind, SchedLoadTimings, SchedOptions, SchedStats, Scheduler};
-pub use telemetry::{ALREADY_STARTED_NS, LoadTimings, Telemetry};
+pub use telemetry::{ALREADY_STARTED_NS, LoadTimings, TeleStats, Telemetry};
 
 #[cfg(test)]
 mod tests {

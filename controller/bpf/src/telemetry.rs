@@ -19,13 +19,22 @@ use crate::abi::{CallCounters, MAX_WATCHED, TeleEvent};
 use crate::error::BpfError;
 use crate::events::EventQueue;
 use crate::libbpf_log::Capture;
-use crate::skel::TelemetrySkelBuilder;
+use crate::skel::{TelemetrySkelBuilder, types};
 
 /// Name of the BPF object, for error messages.
 const OBJECT: &str = "telemetry.bpf.o";
 const WATCHED: &str = "watched";
 const EVENTS: &str = "events";
 const BSS: &str = ".bss";
+
+/// Counters of the BPF side (its `.bss`), cumulative since load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TeleStats {
+    /// Events written to the ring buffer.
+    pub events: u64,
+    /// Events lost because the ring buffer was full.
+    pub drops: u64,
+}
 
 /// How long each phase of [`Telemetry::load`] took.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -241,10 +250,10 @@ impl Telemetry {
         Ok(self.watched.keys().count())
     }
 
-    /// Events the BPF side could not deliver because the ring buffer was full
-    /// (cumulative since load). Drain with [`Telemetry::poll_events`] often enough.
-    pub fn ringbuf_drops(&self) -> Result<u64, BpfError> {
-        let value = self
+    /// The ring buffer's counters on the BPF side, cumulative since load. Drain with
+    /// [`Telemetry::poll_events`] often enough that `drops` stays 0.
+    pub fn stats(&self) -> Result<TeleStats, BpfError> {
+        let bss = self
             .bss
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .map_err(|source| BpfError::Map {
@@ -254,16 +263,20 @@ impl Telemetry {
                 source,
             })?
             .unwrap_or_default();
-        let bytes: [u8; 8] =
-            value
-                .get(..8)
+        let at = |off: usize| {
+            bss.get(off..off + 8)
                 .and_then(|b| b.try_into().ok())
+                .map(u64::from_ne_bytes)
                 .ok_or(BpfError::ValueSize {
                     map: BSS,
-                    expected: 8,
-                    got: value.len(),
-                })?;
-        Ok(u64::from_ne_bytes(bytes))
+                    expected: off + 8,
+                    got: bss.len(),
+                })
+        };
+        Ok(TeleStats {
+            events: at(std::mem::offset_of!(types::bss, ringbuf_events))?,
+            drops: at(std::mem::offset_of!(types::bss, ringbuf_drops))?,
+        })
     }
 
     /// Ring-buffer records that did not decode (wrong size or unknown kind), cumulative.

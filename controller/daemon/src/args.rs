@@ -1,6 +1,7 @@
 //! Command-line flags of agentcgd. The real paths appear here, as defaults, and
 //! nowhere else.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// agentcgd: per-tool-call cgroups for AI agents, enforced in the kernel.
@@ -26,6 +27,27 @@ pub struct Args {
     /// Socket file mode, octal: who may talk to the daemon.
     #[arg(long, default_value = "660", value_parser = parse_mode)]
     pub socket_mode: u32,
+    /// TCP address of the Prometheus endpoint (`GET /metrics`); `none` turns it off.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9464",
+        env = "AGENTCG_METRICS_LISTEN",
+        value_parser = parse_listen
+    )]
+    pub metrics_listen: MetricsListen,
+}
+
+/// Where the metrics endpoint listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<MetricsListen, String> {
+    if s == "none" {
+        return Ok(MetricsListen(None));
+    }
+    s.parse()
+        .map(|a| MetricsListen(Some(a)))
+        .map_err(|_| format!("`{s}` is not an address such as 127.0.0.1:9464 (or `none`)"))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -33,4 +55,20 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("`{s}` is not an octal file mode such as 660"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_listen_takes_an_address_or_none() {
+        assert_eq!(parse_listen("none"), Ok(MetricsListen(None)));
+        assert_eq!(
+            parse_listen("[::1]:9000"),
+            Ok(MetricsListen(Some("[::1]:9000".parse().expect("addr"))))
+        );
+        let err = parse_listen("localhost").expect_err("a host name is not an address");
+        assert!(err.contains("`localhost`"), "{err}");
+    }
 }

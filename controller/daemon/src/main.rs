@@ -6,6 +6,7 @@ mod api;
 mod args;
 mod membpf;
 mod memory;
+mod metrics;
 mod sched;
 mod status;
 mod supervisor;
@@ -60,6 +61,9 @@ async fn run(args: args::Args) -> Result<(), String> {
         EventBus::open(&args.state_dir)
             .map_err(|e| format!("cannot number events in {}: {e}", args.state_dir.display()))?,
     );
+    // The metrics count every event from the first (recovered calls at start included).
+    let counters = Arc::new(metrics::Counters::default());
+    counters.observe(&events);
     let (mut controller, adopted) = Controller::start(
         policy,
         StartOptions {
@@ -104,6 +108,7 @@ async fn run(args: args::Args) -> Result<(), String> {
             None
         }
     };
+    let tele_handle = telemetry.as_ref().ok().map(|(t, _)| t.clone());
     let shared = Arc::new(Mutex::new(controller));
     let telemetry =
         telemetry.map(|loaded| telemetry::start(loaded, shared.clone(), wakers.clone()));
@@ -123,6 +128,7 @@ async fn run(args: args::Args) -> Result<(), String> {
     }
     let mut status = status::Status::probe(&args, telemetry);
     let sched_ext_present = status.kernel.sched_ext_state.is_some();
+    let mem_watch = mem_bpf.as_ref().map(|b| b.watch.clone());
     status.sched = sched::start(
         shared.clone(),
         cpu_policy,
@@ -131,6 +137,19 @@ async fn run(args: args::Args) -> Result<(), String> {
         events.clone(),
     );
     status.memory = memory_status;
+    if let Some(addr) = args.metrics_listen.0 {
+        let registry = metrics::registry(
+            &counters,
+            Box::new(metrics::ControllerSessions(shared.clone())),
+            metrics::KernelSources {
+                telemetry: tele_handle,
+                memory: mem_watch,
+                sched: status.sched.clone(),
+                bus: events.clone(),
+            },
+        );
+        metrics::start(addr, registry).await;
+    }
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;

@@ -34,6 +34,9 @@ pub struct SchedStatus {
     pub detail: String,
     pub reloads: u32,
     pub last_exit: Option<agentcg_bpf::ExitInfo>,
+    /// The attached scheduler, for the metrics scrape (its counters and map sizes).
+    #[serde(skip)]
+    pub attached: Option<Arc<Scheduler>>,
 }
 
 pub type SharedStatus = Arc<Mutex<SchedStatus>>;
@@ -91,6 +94,7 @@ fn kernel_mode(status: &SharedStatus, detail: String) {
     if let Ok(mut s) = status.lock() {
         s.active = "kernel".into();
         s.detail = detail;
+        s.attached = None;
     }
 }
 
@@ -119,6 +123,7 @@ fn attach(
     }
     if let Ok(mut s) = status.lock() {
         s.active = "sched_ext".into();
+        s.attached = Some(sched.clone());
         s.detail = format!(
             "{} (classes, hierarchical cpu.weight, cpu.max, per-call CPU budgets), over the kernel cpu controller",
             sched.ops_name()

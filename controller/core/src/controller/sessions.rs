@@ -1,6 +1,7 @@
 //! Sessions: an agent's budget, its runtime leaf and the ceiling its calls share;
 //! created, shown, attached to and closed here, and kept in `sessions.json`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{
@@ -168,6 +169,25 @@ impl Controller {
         self.sessions
             .keys()
             .filter_map(|n| self.session_info(n).ok())
+            .collect()
+    }
+
+    /// Each session's plan and how many of its calls run, read from memory only (no
+    /// cgroup file), for callers that must hold the controller no longer than a copy
+    /// takes (the metrics scrape).
+    pub fn session_plans(&self) -> Vec<(SessionPlan, usize)> {
+        let mut running: BTreeMap<&str, usize> = BTreeMap::new();
+        for call in self.running.values() {
+            *running.entry(call.session.as_str()).or_default() += 1;
+        }
+        self.sessions
+            .iter()
+            .map(|(name, s)| {
+                (
+                    s.plan.clone(),
+                    running.get(name.as_str()).copied().unwrap_or(0),
+                )
+            })
             .collect()
     }
 
