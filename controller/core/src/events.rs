@@ -396,21 +396,22 @@ impl EventBus {
 /// Queues `event` for one subscriber, after a `lagged` for what it missed before, so
 /// the lag sits where the gap is.
 fn offer(s: &Subscriber, event: &Arc<Event>) -> Result<(), mpsc::error::TrySendError<()>> {
-    use mpsc::error::TrySendError;
     let missed = s.missed.swap(0, Ordering::Relaxed);
     if missed > 0
         && let Err(e) = s.tx.try_send(Arc::new(lagged(missed)))
     {
         s.missed.fetch_add(missed, Ordering::Relaxed);
-        return Err(match e {
-            TrySendError::Full(_) => TrySendError::Full(()),
-            TrySendError::Closed(_) => TrySendError::Closed(()),
-        });
+        return Err(without_event(e));
     }
-    s.tx.try_send(event.clone()).map_err(|e| match e {
-        TrySendError::Full(_) => TrySendError::Full(()),
-        TrySendError::Closed(_) => TrySendError::Closed(()),
-    })
+    s.tx.try_send(event.clone()).map_err(without_event)
+}
+
+/// A send error without the event it carried back.
+fn without_event<T>(e: mpsc::error::TrySendError<T>) -> mpsc::error::TrySendError<()> {
+    match e {
+        mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+        mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+    }
 }
 
 impl Inner {

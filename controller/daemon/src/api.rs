@@ -378,8 +378,10 @@ struct ListRunning {
 /// The running calls, read from their cgroups now (`agentcg top`).
 async fn list_running(State(state): State<AppState>, Query(q): Query<ListRunning>) -> ApiResult {
     let views = with_controller(&state, |c| {
-        if let Some(s) = &q.session {
-            c.session_info(s)?;
+        if let Some(s) = &q.session
+            && !c.has_session(s)
+        {
+            return Err(ControlError::NoSession(s.clone()));
         }
         Ok(c.running_views(q.session.as_deref()))
     })

@@ -165,6 +165,11 @@ impl Controller {
         })
     }
 
+    /// Whether a session of that name exists (no cgroup file is read).
+    pub fn has_session(&self, name: &str) -> bool {
+        self.sessions.contains_key(name)
+    }
+
     pub fn list_sessions(&self) -> Vec<SessionInfo> {
         self.sessions
             .keys()

@@ -82,7 +82,7 @@ pub async fn events(
     if let Some(name) = &wanted.session {
         // A session that is gone may still have events in the ring: replaying them is
         // fine; following a name that never existed is a typo worth an error.
-        let known = state.lock()?.session_info(name).is_ok();
+        let known = state.lock()?.has_session(name);
         if !known && wanted.since.is_none() {
             return Err(ControlError::NoSession(name.clone()).into());
         }
