@@ -135,15 +135,16 @@ impl Client {
             .write_all(req.as_bytes())
             .map_err(|e| proto(e.to_string()))?;
         let mut buf = Vec::with_capacity(8192);
-        let mut chunk = [0u8; 8192];
         let mut head = None;
         loop {
             if head.is_none() {
                 head = parse_head(&buf).map_err(proto)?;
                 if let Some(h) = head {
                     if !(200..300).contains(&h.status) {
-                        let rest = buf.split_off(h.len);
-                        return decode(h.status, &finish_body(&mut stream, rest, h)?).map(drop);
+                        // An error answer: read it whole, from what is already here on.
+                        let mut rest = std::io::Cursor::new(buf).chain(&mut stream);
+                        let reply = read_reply(&mut rest)?;
+                        return decode(reply.status, &reply.body).map(drop);
                     }
                     buf.drain(..h.len);
                 }
@@ -159,18 +160,12 @@ impl Client {
                     return Err(proto("a streamed line is too long".into()));
                 }
             }
-            let n = match stream.read(&mut chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(proto(e.to_string())),
-            };
-            if n == 0 {
+            if read_more(&mut stream, &mut buf)? == 0 {
                 return match head {
                     Some(_) => Ok(()),
                     None => Err(proto("agentcgd closed the connection mid-reply".into())),
                 };
             }
-            buf.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -362,7 +357,6 @@ impl Read for ReadableFirst<'_> {
 fn read_reply(stream: &mut impl Read) -> Result<Reply, ClientError> {
     let proto = ClientError::Protocol;
     let mut buf = Vec::with_capacity(8192);
-    let mut chunk = [0u8; 8192];
     let mut head = None;
     loop {
         if head.is_none() {
@@ -377,21 +371,15 @@ fn read_reply(stream: &mut impl Read) -> Result<Reply, ClientError> {
         {
             break;
         }
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(proto(e.to_string())),
-        };
-        if n == 0 {
+        if read_more(stream, &mut buf)? == 0 {
             match head {
                 Some(Head { length: None, .. }) => break,
                 _ => return Err(proto("agentcgd closed the connection mid-reply".into())),
             }
         }
-        if buf.len() + n > MAX_REPLY {
+        if buf.len() > MAX_REPLY {
             return Err(proto("reply too large".into()));
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
     let head = head.ok_or_else(|| proto("empty reply".into()))?;
     let end = head.length.map_or(buf.len(), |l| head.len + l);
@@ -402,24 +390,19 @@ fn read_reply(stream: &mut impl Read) -> Result<Reply, ClientError> {
     })
 }
 
-/// The rest of a body whose head is read: `length` bytes or up to EOF (bounded).
-fn finish_body(
-    stream: &mut impl Read,
-    mut body: Vec<u8>,
-    head: Head,
-) -> Result<Vec<u8>, ClientError> {
-    let want = head.length.unwrap_or(MAX_REPLY);
+/// Reads what the stream has (one read; 0 at its end) onto `buf`, again after EINTR.
+fn read_more(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<usize, ClientError> {
     let mut chunk = [0u8; 8192];
-    while body.len() < want {
+    loop {
         match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(ClientError::Protocol(e.to_string())),
         }
     }
-    body.truncate(want);
-    Ok(body)
 }
 
 /// The JSON body of a reply; an error status becomes [`ClientError::Api`].
@@ -519,5 +502,53 @@ mod tests {
             decode(200, b"<html>"),
             Err(ClientError::Protocol(_))
         ));
+    }
+
+    /// Serves one canned answer on a temporary socket; the client for it.
+    fn serve(answer: &'static [u8]) -> (tempfile::TempDir, Client, std::thread::JoinHandle<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = conn.read(&mut req).unwrap();
+            for part in answer.chunks(7) {
+                conn.write_all(part).unwrap();
+            }
+        });
+        (dir, Client::new(&path), server)
+    }
+
+    #[test]
+    fn a_stream_hands_out_lines_and_an_error_answer_is_an_api_error() {
+        let (_d, client, server) = serve(b"HTTP/1.0 200 OK\r\n\r\n{\"seq\":1}\n{\"seq\":2}\n");
+        let mut lines = Vec::new();
+        client
+            .stream_lines("/v1/events", |l| {
+                lines.push(l.to_string());
+                true
+            })
+            .unwrap();
+        server.join().unwrap();
+        assert_eq!(lines, [r#"{"seq":1}"#, r#"{"seq":2}"#]);
+        let body = br#"{"error":{"code":"no_such_session","message":"no session named `x`"}}"#;
+        let answer: &'static [u8] = Box::leak(
+            [
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: ".as_slice(),
+                body.len().to_string().as_bytes(),
+                b"\r\n\r\n",
+                body,
+            ]
+            .concat()
+            .into_boxed_slice(),
+        );
+        let (_d, client, server) = serve(answer);
+        let err = client.stream_lines("/v1/events", |_| true).unwrap_err();
+        server.join().unwrap();
+        assert!(
+            matches!(err, ClientError::Api { status: 404, ref code, .. } if code == "no_such_session"),
+            "{err}"
+        );
     }
 }
