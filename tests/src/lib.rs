@@ -6,6 +6,7 @@ pub mod events;
 pub mod memory;
 pub mod mix;
 pub mod replay;
+pub mod scrape;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -1,7 +1,8 @@
 //! The event stream on the real kernel (docs/API.md#events): every call declared and
-//! finished exactly once in the stream under concurrent mixed load, a stalled consumer
-//! that slows no call and is told what it missed, bad queries and vanishing consumers
-//! that leak nothing, and sequence numbers that keep growing across a kill -9.
+//! finished exactly once in the stream, the history and the metrics under concurrent
+//! mixed load, a stalled consumer that slows no call and is told what it missed, bad
+//! queries and vanishing consumers that leak nothing, and sequence numbers that keep
+//! growing across a kill -9.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use agentcg_vmtests::events::{Consumer, finished_ids, of_type};
 use agentcg_vmtests::mix::{Kind, log_tail, run_bounded};
-use agentcg_vmtests::{Daemon, read_record, wait_for};
+use agentcg_vmtests::{Daemon, read_record, scrape, wait_for};
 use serde_json::Value;
 
 /// Runs `calls` calls of the mix from `clients` threads; (kind, record) of each.
@@ -45,9 +46,33 @@ fn run_mix(d: &Daemon, clients: usize, calls: usize, tag: &str) -> Vec<(Kind, Va
         .collect()
 }
 
-/// Acceptance 1 (the event stream's part): 4 clients, mixed outcomes; every call has
-/// exactly one `call_declared` and one `call_finished` with its record's outcome, the
-/// refused declarations are `call_rejected`, seqs only grow, nobody lagged.
+/// Where the exactly-once test's daemon serves its metrics.
+const METRICS: &str = "127.0.0.1:19465";
+
+/// The counters the exactly-once test reads before and after its calls: calls by
+/// outcome, and the BPF ring buffers' drops.
+fn counters() -> (BTreeMap<&'static str, f64>, f64) {
+    let s = scrape::samples(&scrape::scrape(METRICS, "text/plain"));
+    let outcomes = ["ok", "failed", "oom_killed", "timeout"]
+        .into_iter()
+        .map(|o| {
+            let label = format!("outcome=\"{o}\"");
+            (o, scrape::sum(&s, "agentcg_calls_total", &label))
+        })
+        .collect();
+    (
+        outcomes,
+        scrape::sum(&s, "agentcg_bpf_ringbuf_drops_total", ""),
+    )
+}
+
+/// Telemetry acceptance 1: 2,000 calls (500 per client; `AGENTCG_EVENTS_CALLS` per
+/// client to change it) from 4 concurrent clients, mixed outcomes (ok, failing,
+/// OOM-killed, timed out, leaving processes behind). Every call has exactly one
+/// `call_declared` and one `call_finished` event with its record's outcome, exactly one
+/// history row with that outcome, and adds exactly 1 to `agentcg_calls_total` under its
+/// outcome; refused declarations are `call_rejected`; seqs only grow; nobody lagged; the
+/// BPF ring buffers dropped nothing. Prints the calls/s reached.
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn events_every_call_is_declared_and_finished_exactly_once() {
@@ -55,14 +80,15 @@ fn events_every_call_is_declared_and_finished_exactly_once() {
     let calls: usize = std::env::var("AGENTCG_EVENTS_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
-    let d = Daemon::start("events-once");
+        .unwrap_or(500);
+    let d = Daemon::start_with("events-once", &["--metrics-listen", METRICS]);
     let consumer = Consumer::follow(&d, &[]);
     // The consumer is connected once it sees the first event.
     d.agentcg(&["session", "create", "warmup"]);
     consumer.wait_until("the consumer's first event", Duration::from_secs(30), |e| {
         !e.is_empty()
     });
+    let (before, _) = counters();
     let start = Instant::now();
     let results = run_mix(&d, CLIENTS, calls, "events-once");
     let took = start.elapsed();
@@ -80,7 +106,7 @@ fn events_every_call_is_declared_and_finished_exactly_once() {
         .map(|(k, r)| (r["call_id"].as_u64().expect("id"), k.outcome()))
         .collect();
     assert_eq!(ids.len(), CLIENTS * calls, "an id given twice");
-    consumer.wait_until("every call_finished", Duration::from_secs(60), |e| {
+    consumer.wait_until("every call_finished", Duration::from_secs(120), |e| {
         ids.keys().all(|id| finished_ids(e).contains(id))
             && of_type(e, "call_rejected").len() >= rejected
     });
@@ -116,12 +142,42 @@ fn events_every_call_is_declared_and_finished_exactly_once() {
     let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs not increasing");
     assert!(of_type(&events, "lagged").is_empty(), "the consumer lagged");
+
+    let mut rows: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for row in d.history(&[]) {
+        let id = row["call_id"]
+            .as_u64()
+            .expect("history row without call_id");
+        rows.entry(id)
+            .or_default()
+            .push(row["outcome"].as_str().unwrap_or("?").to_string());
+    }
+    for (id, outcome) in &ids {
+        assert_eq!(
+            rows.get(id).map(Vec::as_slice),
+            Some(&[outcome.to_string()][..]),
+            "history rows of call {id}"
+        );
+    }
+    assert_eq!(rows.len(), ids.len(), "history rows of calls nobody ran");
+
+    let (after, drops) = counters();
+    for (outcome, n) in &after {
+        let want = ids.values().filter(|o| *o == outcome).count() as f64;
+        assert_eq!(
+            n - before[outcome],
+            want,
+            "agentcg_calls_total{{outcome={outcome}}}"
+        );
+    }
+    assert_eq!(drops, 0.0, "the BPF ring buffers dropped events");
     let oom_steps = of_type(&events, "memory_step").len();
     println!(
-        "{} calls from {CLIENTS} clients in {took:.1?}: {:.1} calls/s; {} events read ({oom_steps} memory steps)",
+        "{} calls from {CLIENTS} clients in {took:.1?}: {:.1} calls/s; {} events read ({oom_steps} memory steps), {} history rows, 0 ring-buffer drops",
         ids.len(),
         ids.len() as f64 / took.as_secs_f64(),
-        events.len()
+        events.len(),
+        rows.len()
     );
 }
 

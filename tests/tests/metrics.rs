@@ -4,49 +4,20 @@
 //! loopback scrapes agentcgd every second and answers the same counts through its
 //! query API. Also checks deploy/prometheus/agentcg.rules.yml with `promtool`.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use agentcg_vmtests::{Daemon, memhog, parse_http_response, wait_for};
+use agentcg_vmtests::scrape::{self, get, samples};
+use agentcg_vmtests::{Daemon, memhog, wait_for};
 
 const METRICS: &str = "127.0.0.1:19464";
 const PROMETHEUS: &str = "127.0.0.1:19090";
 
-/// `GET path` on `addr` with an `Accept` header; the status and body.
-fn get(addr: &str, path: &str, accept: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: {accept}\r\nconnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    parse_http_response(&raw)
-}
-
 /// A scrape of agentcgd's endpoint in the given format.
 fn scrape(accept: &str) -> String {
-    let (status, body) = get(METRICS, "/metrics", accept).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The samples of a text exposition, `name{labels}` to value (exemplars dropped).
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let l = l.split(" # ").next()?;
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
+    scrape::scrape(METRICS, accept)
 }
 
 /// `agentcg run --intent class=CLASS[,EXTRA] -- ARGV`; asserts the exit code.
@@ -192,12 +163,7 @@ fn metrics_count_every_call_and_prometheus_reads_them() {
         Some(1.0),
         "{text}"
     );
-    let total: f64 = s
-        .iter()
-        .filter(|(k, _)| k.starts_with("agentcg_calls_total{"))
-        .map(|(_, v)| v)
-        .sum();
-    assert_eq!(total, 6.0, "{text}");
+    assert_eq!(scrape::sum(&s, "agentcg_calls_total", ""), 6.0, "{text}");
     assert_eq!(
         s.get(r#"agentcg_oom_kills_total{priority="normal"}"#),
         Some(&1.0)
