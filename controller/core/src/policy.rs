@@ -5,6 +5,7 @@
 
 pub mod check;
 mod cross;
+pub mod edit;
 pub mod keys;
 
 use std::path::{Path, PathBuf};
