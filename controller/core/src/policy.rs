@@ -5,6 +5,7 @@
 
 pub mod check;
 mod cross;
+pub mod diff;
 pub mod edit;
 pub mod keys;
 

@@ -7,11 +7,14 @@ mod args;
 mod membpf;
 mod memory;
 mod metrics;
+mod policy;
+mod reload;
 mod sched;
 mod status;
 mod supervisor;
 mod telemetry;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use agentcg_core::controller::{AdoptReport, Controller, StartOptions};
@@ -42,10 +45,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: args::Args) -> Result<(), String> {
-    let policy = match &args.policy {
-        Some(path) => Policy::load(path).map_err(|e| e.to_string())?,
-        None => Policy::default_policy(),
-    };
+    let (policy_file, policy_text, policy_source) = policy_source(&args)?;
+    let policy = Policy::parse(&policy_text, &policy_source).map_err(|e| e.to_string())?;
     let wakers = Arc::new(supervisor::Wakers::default());
     let on_written = {
         let wakers = wakers.clone();
@@ -153,7 +154,25 @@ async fn run(args: args::Args) -> Result<(), String> {
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
-    let state = api::AppState::new(shared.clone(), status, wakers.clone(), events.clone());
+    let store = Arc::new(policy::PolicyStore::new(
+        policy_file,
+        policy_text,
+        policy_source,
+        &args.state_dir,
+        shared.clone(),
+        events.clone(),
+    ));
+    reload::on_sighup(store.clone());
+    if let Err(why) = reload::watch_file(store.clone()) {
+        tracing::warn!("the policy file is not watched ({why}); SIGHUP reloads it");
+    }
+    let state = api::AppState::new(
+        shared.clone(),
+        status,
+        wakers.clone(),
+        events.clone(),
+        store,
+    );
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
     let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
@@ -167,6 +186,27 @@ async fn run(args: args::Args) -> Result<(), String> {
     let _ = std::fs::remove_file(&args.socket);
     tracing::info!("agentcgd stopped");
     result
+}
+
+/// The policy file (where API changes are written), its text and where that came
+/// from: `--policy FILE`; else `<state-dir>/policy.toml` if an earlier run wrote one;
+/// else the embedded default (and changes create that file).
+fn policy_source(args: &args::Args) -> Result<(PathBuf, String, String), String> {
+    if let Some(path) = &args.policy {
+        let text = agentcg_core::policy::read_text(path).map_err(|e| e.to_string())?;
+        return Ok((path.clone(), text, path.display().to_string()));
+    }
+    let file = args.state_dir.join("policy.toml");
+    if file.exists() {
+        let text = agentcg_core::policy::read_text(&file).map_err(|e| e.to_string())?;
+        let source = file.display().to_string();
+        return Ok((file, text, source));
+    }
+    Ok((
+        file,
+        agentcg_core::policy::DEFAULT_POLICY.to_string(),
+        "embedded default".into(),
+    ))
 }
 
 /// Says what the start took over from a previous run.
