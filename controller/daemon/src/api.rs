@@ -226,7 +226,7 @@ async fn status(State(state): State<AppState>) -> ApiResult {
         ),
     };
     if let Some(modes) = v["modes"].as_array_mut() {
-        modes.insert(1, json!({"part": "cpu", "mode": cpu_mode}));
+        modes.insert(modes.len().min(1), json!({"part": "cpu", "mode": cpu_mode}));
     }
     v["scheduler"] = serde_json::to_value(&sched).unwrap_or_default();
     let memory = state

@@ -68,10 +68,11 @@ fn too_large(text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn refused(r: Refusal) -> ApiError {
+/// A refusal as an error answer; `origin` names the text in its lines.
+fn refused(r: Refusal, origin: &str) -> ApiError {
     match r {
         Refusal::Invalid(problems) => {
-            let message = Refusal::Invalid(problems.clone()).render("policy");
+            let message = Refusal::Invalid(problems.clone()).render(origin);
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", message)
                 .with("problems", json!(problems))
         }
@@ -84,23 +85,26 @@ fn refused(r: Refusal) -> ApiError {
 /// belongs here, before anything is read or built.
 async fn change_policy(state: &AppState, change: PolicyChange) -> ApiResult {
     let store = &state.policy;
-    let (text, source) = match change {
+    let file = store.file().display().to_string();
+    let (text, source, origin) = match change {
         PolicyChange::Replace(text) => {
             too_large(&text)?;
-            (text, "PUT /v1/policy".to_string())
+            (text, "PUT /v1/policy".to_string(), "request".to_string())
         }
         PolicyChange::Set(assignments) => {
             let (current, _) = store.text();
             let text = edit::set(&current, &assignments)
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_key", e))?;
-            (text, "PATCH /v1/policy".to_string())
+            (text, "PATCH /v1/policy".to_string(), file)
         }
         PolicyChange::Rollback(back) => {
-            let text = store.version_text(back).map_err(refused)?;
-            (text, format!("rollback {back}"))
+            let text = store.version_text(back).map_err(|r| refused(r, &file))?;
+            (text, format!("rollback {back}"), file)
         }
     };
-    let outcome = store.swap(text, &source, true).map_err(refused)?;
+    let outcome = store
+        .swap(text, &source, true)
+        .map_err(|r| refused(r, &origin))?;
     to_json(outcome)
 }
 
@@ -170,3 +174,6 @@ pub async fn check(State(state): State<AppState>, Json(body): Json<TextBody>) ->
 pub async fn history(State(state): State<AppState>) -> ApiResult {
     to_json(json!({"versions": state.policy.versions()}))
 }
+
+#[cfg(test)]
+mod tests;
