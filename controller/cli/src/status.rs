@@ -34,6 +34,9 @@ pub fn main(client: &Client, args: StatusArgs) -> ExitCode {
     if let Some(line) = defended_line(&v["memory"]) {
         println!("memory    {line}");
     }
+    for line in policy_lines(&v["policy"]) {
+        println!("{line}");
+    }
     println!("features:");
     let controllers: Vec<&str> = k["controllers"]
         .as_array()
@@ -132,9 +135,60 @@ fn defended_line(memory: &Value) -> Option<String> {
     ))
 }
 
+/// The policy in force (source, hash, load time) and the last reload's result, with
+/// the errors of a refused one.
+fn policy_lines(p: &serde_json::Value) -> Vec<String> {
+    if p.is_null() {
+        return Vec::new();
+    }
+    let mut out = vec![format!(
+        "policy    {} (hash {}, loaded {})",
+        p["source"].as_str().unwrap_or("?"),
+        p["hash"].as_str().unwrap_or("?"),
+        crate::since::show_utc(p["loaded_at_ms"].as_u64().unwrap_or(0))
+    )];
+    let last = &p["last_reload"];
+    if last.is_object() {
+        let result = if last["ok"] == true {
+            "ok"
+        } else {
+            "REFUSED, the policy above stays"
+        };
+        out.push(format!(
+            "          last reload {} from {}: {result}",
+            crate::since::show_utc(last["at_ms"].as_u64().unwrap_or(0)),
+            last["source"].as_str().unwrap_or("?")
+        ));
+        for e in last["errors"].as_array().into_iter().flatten() {
+            out.push(format!("            {}", e.as_str().unwrap_or_default()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_reload_shows_its_errors_under_the_policy_in_force() {
+        let p = serde_json::json!({
+            "source": "/etc/agentcg/policy.toml", "hash": "00ff", "loaded_at_ms": 0,
+            "last_reload": {"ok": false, "at_ms": 0, "source": "SIGHUP",
+                            "errors": ["p.toml:2:15: memory.pressure_at: 500 is out of range 0..=100"]}
+        });
+        let lines = policy_lines(&p);
+        assert!(
+            lines[0].starts_with("policy    /etc/agentcg/policy.toml (hash 00ff"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].ends_with("from SIGHUP: REFUSED, the policy above stays"),
+            "{lines:?}"
+        );
+        assert!(lines[2].ends_with("p.toml:2:15: memory.pressure_at: 500 is out of range 0..=100"));
+        assert!(policy_lines(&serde_json::Value::Null).is_empty());
+    }
 
     #[test]
     fn the_defended_limit_names_its_cgroup_or_the_host() {
