@@ -31,6 +31,10 @@ pub struct SessionRequest {
     pub pids: Option<u32>,
     #[serde(default)]
     pub runtime_pid: Option<u32>,
+    /// The uid the session belongs to: set by agentcgd from the caller's socket
+    /// credentials, never taken from the request body.
+    #[serde(skip)]
+    pub owner: u32,
 }
 
 /// The limits of a session's cgroups.

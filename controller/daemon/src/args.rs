@@ -27,6 +27,9 @@ pub struct Args {
     /// Socket file mode, octal: who may talk to the daemon.
     #[arg(long, default_value = "660", value_parser = parse_mode)]
     pub socket_mode: u32,
+    /// Members of this group (and root) see and act on every user's sessions and calls.
+    #[arg(long, default_value = "agentcg-admin", env = "AGENTCG_ADMIN_GROUP")]
+    pub admin_group: String,
     /// TCP address of the Prometheus endpoint (`GET /metrics`); `none` turns it off.
     #[arg(
         long,

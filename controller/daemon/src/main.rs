@@ -153,10 +153,17 @@ async fn run(args: args::Args) -> Result<(), String> {
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
     supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
-    let state = api::AppState::new(shared.clone(), status, wakers.clone(), events.clone());
+    let state = api::AppState::new(
+        shared.clone(),
+        status,
+        wakers.clone(),
+        events.clone(),
+        &args.admin_group,
+    );
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+    let app = api::router(state).into_make_service_with_connect_info::<api::guard::PeerCred>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         supervisor::shutdown_signal().await;
         // Followers of the event stream would hold the shutdown open.
         events.close();
