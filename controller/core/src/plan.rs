@@ -85,7 +85,13 @@ pub fn check_session_name(name: &str) -> Result<(), PlanError> {
     if ok {
         Ok(())
     } else {
-        Err(PlanError::BadSessionName(name.chars().take(80).collect()))
+        Err(PlanError::BadSessionName(
+            name.chars()
+                .take(80)
+                .collect::<String>()
+                .escape_debug()
+                .to_string(),
+        ))
     }
 }
 

@@ -456,10 +456,11 @@ async fn list_calls(
     let limit = q.limit.min(10_000);
     settled(&state, Controller::running_ids).await;
     let c = state.lock()?;
-    if let Some(s) = &q.session
-        && let Some(owner) = c.session_owner(s)
-    {
-        guard::check_owner(&caller, owner, &format!("session `{s}`"))?;
+    if let Some(s) = &q.session {
+        agentcg_core::plan::check_session_name(s).map_err(ControlError::from)?;
+        if let Some(owner) = c.session_owner(s) {
+            guard::check_owner(&caller, owner, &format!("session `{s}`"))?;
+        }
     }
     let records: Vec<_> = c
         .recent_records(q.session.as_deref(), limit)

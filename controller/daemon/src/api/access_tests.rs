@@ -153,3 +153,46 @@ async fn a_request_without_credentials_is_refused() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_error(&body, "forbidden", &["SO_PEERCRED"]);
 }
+
+#[tokio::test]
+async fn crafted_names_are_refused_with_a_400_that_names_the_rule() {
+    let f = fixture_with_sessions(&[("a", A)]);
+    let long = "x".repeat(10 * 1024);
+    let crafted = [
+        "%2e%2e".to_string(),
+        "..".into(),
+        "%2E%2E%2Fx".into(),
+        "a%00b".into(),
+        "a%2Fb".into(),
+        long.clone(),
+    ];
+    for name in &crafted {
+        for (method, uri) in [
+            (Method::GET, format!("/v1/sessions/{name}")),
+            (Method::DELETE, format!("/v1/sessions/{name}")),
+            (Method::GET, format!("/v1/running?session={name}")),
+            (Method::GET, format!("/v1/calls?session={name}")),
+        ] {
+            let (status, body) = send_as(&f, A, method.clone(), &uri, None).await;
+            let shown: String = uri.chars().take(60).collect();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {shown}: {body}");
+            assert_error(&body, "bad_session", &["1-64 characters"]);
+        }
+    }
+    let body = format!(r#"{{"name": "{long}"}}"#);
+    let (status, answer) = send_as(&f, A, Method::POST, "/v1/sessions", Some(&body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let (status, answer) = send_as(
+        &f,
+        A,
+        Method::POST,
+        "/v1/sessions",
+        Some(r#"{"name": "a\u0000b"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_error(&answer, "bad_session", &[r"a\0b"]);
+    // `../x` in a path is a path of its own (no route), never a session.
+    let (status, answer) = send_as(&f, A, Method::GET, "/v1/sessions/../x", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+}

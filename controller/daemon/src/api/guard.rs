@@ -16,6 +16,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Group, Uid, User};
 
 use agentcg_core::controller::{ControlError, Controller};
+use agentcg_core::plan;
 
 use super::{ApiError, AppState};
 
@@ -163,8 +164,10 @@ pub fn check_owner(caller: &Caller, owner: u32, what: &str) -> Result<(), ApiErr
     )))
 }
 
-/// Session `name` exists and the caller may act on it.
+/// Session `name` is a valid name (a path parameter arrives percent-decoded: `%2e%2e`
+/// is `..`), exists, and the caller may act on it.
 pub fn own_session(caller: &Caller, c: &Controller, name: &str) -> Result<(), ApiError> {
+    plan::check_session_name(name).map_err(ControlError::from)?;
     let owner = c
         .session_owner(name)
         .ok_or_else(|| ControlError::NoSession(name.to_string()))?;
