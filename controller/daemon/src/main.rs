@@ -8,6 +8,7 @@ mod membpf;
 mod memory;
 mod metrics;
 mod sched;
+mod server;
 mod status;
 mod supervisor;
 mod telemetry;
@@ -162,8 +163,11 @@ async fn run(args: args::Args) -> Result<(), String> {
     );
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
-    let app = api::router(state).into_make_service_with_connect_info::<api::guard::PeerCred>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let app = api::router(state)
+        .layer(axum::middleware::from_fn(server::track))
+        .into_make_service_with_connect_info::<server::Conn>();
+    let front = server::Front::new(listener, args.limits());
+    let server = axum::serve(front, app).with_graceful_shutdown(async move {
         supervisor::shutdown_signal().await;
         // Followers of the event stream would hold the shutdown open.
         events.close();

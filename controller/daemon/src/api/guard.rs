@@ -40,26 +40,11 @@ impl Peer {
     }
 }
 
-/// What the server attaches to every request of a connection: its peer, or `None`
-/// when the credentials could not be read (every request is then refused).
+/// What the server (`crate::server::track`) attaches to every request: the peer of
+/// its connection, or `None` when the credentials could not be read (every request is
+/// then refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCred(pub Option<Peer>);
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
-    > for PeerCred
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        match Peer::of(stream.io()) {
-            Ok(p) => PeerCred(Some(p)),
-            Err(e) => {
-                tracing::warn!("cannot read a connection's SO_PEERCRED ({e}): refused");
-                PeerCred(None)
-            }
-        }
-    }
-}
 
 /// The caller of a request. Whether it is an admin is looked up (in the group
 /// database) only when a decision needs it.
