@@ -4,6 +4,7 @@ mod call;
 mod client;
 mod events;
 mod history;
+mod replay;
 mod run;
 mod session;
 mod shell;
@@ -52,6 +53,8 @@ enum Command {
     Top(top::TopArgs),
     /// The durable call history: list with filters, or per-class statistics (`stats`).
     History(history::HistoryArgs),
+    /// Replay recorded agent runs through a policy, without a kernel (docs/REPLAY.md).
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Events(args) => events::main(&patient(), args),
         Command::Top(args) => top::main(&cli.socket, args),
         Command::History(args) => history::main(&client, args),
+        Command::Replay(args) => replay::main(args),
     }
 }
 
