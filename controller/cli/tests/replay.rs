@@ -110,7 +110,7 @@ fn bad_input_is_refused_with_a_reason() {
         (vec!["--sessions", "0", dir], "--sessions 0"),
         (
             vec!["--policy", file.to_str().expect("utf-8"), dir],
-            "policy",
+            "file:1:2: syntax",
         ),
     ];
     for (args, expect) in cases {
