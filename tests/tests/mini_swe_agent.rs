@@ -38,7 +38,10 @@ fn mini(d: &Daemon, server: &ModelServer, session: &str, memory: &str) -> Output
     let home = format!("/tmp/mini-home-{session}");
     std::fs::create_dir_all(&home).expect("mini's home");
     let set = |k: &str, v: &str| format!("{k}={v}");
-    Command::new(mini_program())
+    // A hung client fails the test instead of the VM's timeout.
+    Command::new("timeout")
+        .arg("300")
+        .arg(mini_program())
         .args(["-m", "openai/scripted", "-t", "Run the commands.", "--yolo"])
         .args(["--exit-immediately", "--cost-limit", "0", "-o"])
         .arg(format!("{home}/trajectory.json"))
@@ -68,6 +71,8 @@ fn mini(d: &Daemon, server: &ModelServer, session: &str, memory: &str) -> Output
         .env("MSWEA_CONFIGURED", "true")
         .env("MSWEA_COST_TRACKING", "ignore_errors")
         .env("OPENAI_API_KEY", "scripted")
+        // litellm fetches its model price map from the network unless told not to.
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .env("AGENTCG_SOCKET", &d.socket)
         .stdin(Stdio::null())
         .output()

@@ -6,6 +6,7 @@ pub mod claude;
 pub mod client;
 pub mod events;
 pub mod history;
+pub mod policy;
 pub mod run;
 pub mod session;
 pub mod shell;

@@ -1,6 +1,6 @@
 //! agentcg: the command-line front-end of agentcgd (the subcommands live in the library).
 
-use agentcg_cli::{call, client, events, history, run, session, shell, status, top};
+use agentcg_cli::{call, client, events, history, policy, run, session, shell, status, top};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,6 +37,9 @@ enum Command {
     Top(top::TopArgs),
     /// The durable call history: list with filters, or per-class statistics (`stats`).
     History(history::HistoryArgs),
+    /// Check, explain, show and change the policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +56,6 @@ fn main() -> ExitCode {
         Command::Events(args) => events::main(&patient(), args),
         Command::Top(args) => top::main(&cli.socket, args),
         Command::History(args) => history::main(&client, args),
+        Command::Policy(cmd) => policy::main(&client, cmd),
     }
 }
