@@ -7,6 +7,7 @@ pub mod client;
 pub mod events;
 pub mod history;
 pub mod policy;
+pub mod replay;
 pub mod run;
 pub mod session;
 pub mod shell;

@@ -1,6 +1,8 @@
 //! agentcg: the command-line front-end of agentcgd (the subcommands live in the library).
 
-use agentcg_cli::{call, client, events, history, policy, run, session, shell, status, top};
+use agentcg_cli::{
+    call, client, events, history, policy, replay, run, session, shell, status, top,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,6 +42,8 @@ enum Command {
     /// Check, explain, show and change the policy.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Replay recorded agent runs through a policy, without a kernel (docs/REPLAY.md).
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,5 +61,6 @@ fn main() -> ExitCode {
         Command::Top(args) => top::main(&cli.socket, args),
         Command::History(args) => history::main(&client, args),
         Command::Policy(cmd) => policy::main(&client, cmd),
+        Command::Replay(args) => replay::main(args),
     }
 }

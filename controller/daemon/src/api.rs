@@ -5,8 +5,11 @@
 //! queries run on a blocking thread with a database connection of their own
 //! ([`history`]).
 
+#[cfg(test)]
+mod access_tests;
 mod events;
 mod extract;
+pub mod guard;
 mod history;
 mod policy;
 #[cfg(test)]
@@ -22,7 +25,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use agentcg_core::controller::{CallRequest, ControlError, Controller};
+use agentcg_core::controller::{CallRequest, ControlError, Controller, DEFAULT_SESSION};
 use agentcg_core::events::EventBus;
 use agentcg_core::history::Durability;
 use agentcg_core::plan::SessionRequest;
@@ -32,6 +35,7 @@ use crate::policy::PolicyStore;
 use crate::status::Status;
 use crate::supervisor::{self, Shared, Wakers};
 use extract::{Json, Path, Query};
+use guard::Caller;
 
 /// How long a finish report waits for its record to be on disk.
 const DURABLE_WAIT: Duration = Duration::from_secs(10);
@@ -46,6 +50,8 @@ pub struct AppState {
     wakers: Arc<Wakers>,
     events: Arc<EventBus>,
     policy: Arc<PolicyStore>,
+    /// The group whose members act on every session (see [`guard`]).
+    admin_group: Arc<str>,
 }
 
 impl AppState {
@@ -55,6 +61,7 @@ impl AppState {
         wakers: Arc<Wakers>,
         events: Arc<EventBus>,
         policy: Arc<PolicyStore>,
+        admin_group: &str,
     ) -> AppState {
         AppState {
             controller,
@@ -62,6 +69,7 @@ impl AppState {
             wakers,
             events,
             policy,
+            admin_group: admin_group.into(),
         }
     }
 
@@ -248,9 +256,14 @@ async fn status(State(state): State<AppState>) -> ApiResult {
 
 async fn create_session(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<SessionRequest>, ApiError>,
 ) -> ApiResult {
-    let Json(req) = body?;
+    let Json(mut req) = body?;
+    if let Some(pid) = req.runtime_pid {
+        guard::own_process(&caller, pid)?;
+    }
+    req.owner = caller.uid();
     to_json(with_controller(&state, move |c| c.create_session(&req)).await?)
 }
 
@@ -269,14 +282,23 @@ async fn settled(state: &AppState, ids: impl Fn(&Controller) -> Vec<u64>) {
     .await;
 }
 
-async fn list_sessions(State(state): State<AppState>) -> ApiResult {
+/// The caller's sessions (every session for an admin).
+async fn list_sessions(State(state): State<AppState>, caller: Caller) -> ApiResult {
     settled(&state, Controller::running_ids).await;
-    to_json(with_controller(&state, |c| Ok(c.list_sessions())).await?)
+    let mut sessions = with_controller(&state, |c| Ok(c.list_sessions())).await?;
+    sessions.retain(|s| caller.may_access(s.owner));
+    to_json(sessions)
 }
 
-async fn show_session(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+async fn show_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
     settled(&state, Controller::running_ids).await;
-    to_json(with_controller(&state, |c| c.session_info(&name)).await?)
+    let c = state.lock()?;
+    guard::own_session(&caller, &c, &name)?;
+    to_json(c.session_info(&name)?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,10 +310,15 @@ struct CloseQuery {
 
 async fn close_session(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     Query(q): Query<CloseQuery>,
 ) -> ApiResult {
-    let records = with_controller(&state, move |c| c.close_session(&name, q.force)).await?;
+    let records = {
+        let mut c = state.lock()?;
+        guard::own_session(&caller, &c, &name)?;
+        c.close_session(&name, q.force)?
+    };
     state.wakers.ended.notify_waiters();
     to_json(json!({"closed": true, "killed_calls": records}))
 }
@@ -304,20 +331,37 @@ struct AttachRequest {
 
 async fn attach_runtime(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Json<AttachRequest>, ApiError>,
 ) -> ApiResult {
     let Json(req) = body?;
-    with_controller(&state, move |c| c.attach_runtime(&name, req.pid)).await?;
+    {
+        let mut c = state.lock()?;
+        guard::own_session(&caller, &c, &name)?;
+        guard::own_process(&caller, req.pid)?;
+        c.attach_runtime(&name, req.pid)?;
+    }
     Ok(Json(json!({"attached": req.pid})))
 }
 
 async fn declare_call(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<CallRequest>, ApiError>,
 ) -> ApiResult {
-    let Json(req) = body?;
-    let grant = with_controller(&state, move |c| c.declare_call(&req)).await?;
+    let Json(mut req) = body?;
+    req.owner = caller.uid();
+    let grant = {
+        let mut c = state.lock()?;
+        let session = req.session.as_deref().unwrap_or(DEFAULT_SESSION);
+        // A session that does not exist is the controller's error (or, for the
+        // default session, created for the caller).
+        if let Some(owner) = c.session_owner(session) {
+            guard::check_owner(&caller, owner, &format!("session `{session}`"))?;
+        }
+        c.declare_call(&req)?
+    };
     state.wakers.declared.notify_one();
     to_json(grant)
 }
@@ -330,13 +374,18 @@ struct FinishRequest {
 
 async fn finish_call(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<u64>,
     body: Result<Json<FinishRequest>, ApiError>,
 ) -> ApiResult {
     let Json(req) = body?;
     // Idempotent: a call that already ended (its tool's exit seen by the kernel
     // telemetry, its session closed) answers with its record.
-    let record = with_controller(&state, move |c| c.finish_call(id, req.exit)).await?;
+    let record = {
+        let mut c = state.lock()?;
+        guard::own_call(&caller, &c, id)?;
+        c.finish_call(id, req.exit)?
+    };
     state.wakers.ended.notify_waiters();
     // The reply waits (without holding anything) for the record to be on disk.
     let durable = || {
@@ -367,18 +416,26 @@ async fn finish_call(
     Ok(Json(v))
 }
 
-async fn show_call(State(state): State<AppState>, Path(id): Path<u64>) -> ApiResult {
+async fn show_call(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> ApiResult {
     settled(&state, |_| vec![id]).await;
-    let found = with_controller(&state, |c| {
-        if c.is_running(id) {
-            return Ok(json!({"call_id": id, "running": true}));
-        }
-        c.record(id)
-            .map(|r| serde_json::to_value(r).unwrap_or_default())
-            .ok_or(ControlError::NoCall(id))
-    })
-    .await?;
-    Ok(Json(found))
+    let c = state.lock()?;
+    guard::own_call(&caller, &c, id)?;
+    if c.is_running(id) {
+        return Ok(Json(json!({"call_id": id, "running": true})));
+    }
+    c.record(id)
+        .map(|r| Json(serde_json::to_value(r).unwrap_or_default()))
+        .ok_or_else(|| ControlError::NoCall(id).into())
+}
+
+/// Whether the caller may see what runs or ran in `session` (an admin: anything; a
+/// user: its own existing sessions).
+fn sees(caller: &Caller, c: &Controller, session: &str) -> bool {
+    caller.is_admin() || c.session_owner(session) == Some(caller.uid())
 }
 
 #[derive(Debug, Deserialize)]
@@ -400,28 +457,40 @@ struct ListRunning {
 }
 
 /// The running calls, read from their cgroups now (`agentcg top`).
-async fn list_running(State(state): State<AppState>, Query(q): Query<ListRunning>) -> ApiResult {
-    let views = with_controller(&state, |c| {
-        if let Some(s) = &q.session
-            && !c.has_session(s)
-        {
-            return Err(ControlError::NoSession(s.clone()));
-        }
-        Ok(c.running_views(q.session.as_deref()))
-    })
-    .await?;
+async fn list_running(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListRunning>,
+) -> ApiResult {
+    let c = state.lock()?;
+    if let Some(s) = &q.session {
+        guard::own_session(&caller, &c, s)?;
+    }
+    let mut views = c.running_views(q.session.as_deref());
+    views.retain(|v| sees(&caller, &c, &v.session));
     to_json(views)
 }
 
-async fn list_calls(State(state): State<AppState>, Query(q): Query<ListCalls>) -> ApiResult {
+/// The caller's recent records: of its own sessions (an admin: of every session).
+async fn list_calls(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListCalls>,
+) -> ApiResult {
     let limit = q.limit.min(10_000);
     settled(&state, Controller::running_ids).await;
-    let records = with_controller(&state, |c| {
-        Ok(c.recent_records(q.session.as_deref(), limit)
-            .into_iter()
-            .cloned()
-            .collect::<Vec<_>>())
-    })
-    .await?;
+    let c = state.lock()?;
+    if let Some(s) = &q.session {
+        agentcg_core::plan::check_session_name(s).map_err(ControlError::from)?;
+        if let Some(owner) = c.session_owner(s) {
+            guard::check_owner(&caller, owner, &format!("session `{s}`"))?;
+        }
+    }
+    let records: Vec<_> = c
+        .recent_records(q.session.as_deref(), limit)
+        .into_iter()
+        .filter(|r| sees(&caller, &c, &r.session))
+        .cloned()
+        .collect();
     to_json(records)
 }

@@ -12,6 +12,7 @@ mod policy;
 mod reload;
 mod root;
 mod sched;
+mod server;
 mod status;
 mod supervisor;
 mod systemd;
@@ -186,6 +187,7 @@ async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), Strin
         wakers.clone(),
         events.clone(),
         store,
+        &args.admin_group,
     );
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
@@ -201,7 +203,11 @@ async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), Strin
     let ending = args
         .stop_ends_calls
         .then(|| (shared.clone(), wakers.clone()));
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+    let app = api::router(state)
+        .layer(axum::middleware::from_fn(server::track))
+        .into_make_service_with_connect_info::<server::Conn>();
+    let front = server::Front::new(listener, args.limits());
+    let server = axum::serve(front, app).with_graceful_shutdown(async move {
         supervisor::shutdown_signal().await;
         let notifier = systemd::Notifier::from_env();
         notifier.send("STOPPING=1");
