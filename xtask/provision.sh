@@ -60,6 +60,25 @@ build_deps() {
   fi
 }
 
+# The real agent harnesses: tests/tests/claude_code.rs drives claude against a scripted
+# model server; mini-swe-agent is what integrations/mini-swe-agent/ plugs into (versions
+# pinned: each hands commands to its shell its own way). The guest runs the host's root
+# filesystem, so they are in the VM too.
+CLAUDE_CODE_VERSION=2.1.328
+MINI_SWE_AGENT_VERSION=2.4.6
+harness_deps() {
+  # Debian's npm, unless a node with its own npm is installed already (NodeSource's).
+  command -v npm >/dev/null 2>&1 || need_pkgs nodejs npm
+  if [ "$(claude --version 2>/dev/null | cut -d' ' -f1)" != "$CLAUDE_CODE_VERSION" ]; then
+    say "npm install -g @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
+    $SUDO npm install -g -q "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >/dev/null
+  fi
+  if ! pip3 show mini-swe-agent 2>/dev/null | grep -qx "Version: $MINI_SWE_AGENT_VERSION"; then
+    say "pip install mini-swe-agent==$MINI_SWE_AGENT_VERSION"
+    pip3 install -q "mini-swe-agent==$MINI_SWE_AGENT_VERSION" 2>&1 | grep -v 'running pip as the' || true
+  fi
+}
+
 vm_deps() {
   apt_sources
   if ! dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null | grep -q bpo12; then
@@ -81,6 +100,7 @@ vm_deps() {
     pip3 install -q virtme-ng 2>&1 | grep -v 'running pip as the' || true
     command -v vng >/dev/null 2>&1 || { say "pip3 install virtme-ng did not provide vng on PATH"; exit 1; }
   fi
+  harness_deps
   if [ ! -f "$KDIR/vmlinuz.unsigned" ]; then
     say "fetching kernel $KVER from trixie-backports"
     local tmp

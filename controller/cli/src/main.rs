@@ -1,27 +1,12 @@
-//! agentcg: the command-line front-end of agentcgd. One module per subcommand.
+//! agentcg: the command-line front-end of agentcgd (the subcommands live in the library).
 
-mod call;
-mod client;
-mod events;
-mod history;
-mod policy;
-mod replay;
-mod run;
-mod session;
-mod shell;
-mod since;
-mod status;
-mod top;
-
+use agentcg_cli::{
+    call, client, events, history, policy, replay, run, session, shell, status, top,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// Exit status when agentcg itself fails (as `env` and `timeout` do).
-pub const EXIT_AGENTCG: u8 = 125;
-/// Exit status for a rejected intent or request (usage error).
-pub const EXIT_USAGE: u8 = 2;
 
 /// Run AI-agent tool calls inside per-call cgroups sized from declared intents.
 #[derive(Debug, Parser)]
@@ -77,19 +62,5 @@ fn main() -> ExitCode {
         Command::History(args) => history::main(&client, args),
         Command::Policy(cmd) => policy::main(&client, cmd),
         Command::Replay(args) => replay::main(args),
-    }
-}
-
-/// Prints a value as pretty JSON on stdout.
-pub fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
-
-/// Reports a failure of agentcg itself and picks the exit code.
-pub fn fail(e: &client::ClientError) -> ExitCode {
-    eprintln!("agentcg: {e}");
-    match e {
-        client::ClientError::Api { status, .. } if *status < 500 => ExitCode::from(EXIT_USAGE),
-        _ => ExitCode::from(EXIT_AGENTCG),
     }
 }

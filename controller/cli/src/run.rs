@@ -11,7 +11,7 @@ use agentcg_core::record::{CallRecord, ExitInfo};
 use agentcg_core::spawn;
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::{EXIT_AGENTCG, EXIT_USAGE, fail};
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +77,19 @@ pub fn run_call(
         eprintln!("agentcg: invalid intent: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
+    match declare(client, session.as_deref(), intent.as_deref(), &command) {
+        Ok(grant) => execute(client, &grant, &command, record_path, verbose, false),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Declares a call of `command` (the argv the daemon classifies and records).
+pub fn declare(
+    client: &Client,
+    session: Option<&str>,
+    intent: Option<&str>,
+    command: &[OsString],
+) -> Result<CallGrant, ClientError> {
     let argv: Vec<String> = command
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -84,14 +97,21 @@ pub fn run_call(
     // The token makes the declaration safe to send again after a daemon restart.
     let req = json!({"session": session, "command": argv, "intent": intent,
         "client_token": client_token()});
-    let grant: CallGrant = match client.post("/v1/calls", &req).map(serde_json::from_value) {
-        Ok(Ok(g)) => g,
-        Ok(Err(e)) => {
-            eprintln!("agentcg: unexpected reply from agentcgd: {e}");
-            return ExitCode::from(EXIT_AGENTCG);
-        }
-        Err(e) => return fail(&e),
-    };
+    serde_json::from_value(client.post("/v1/calls", &req)?)
+        .map_err(|e| ClientError::Protocol(format!("unexpected reply from agentcgd: {e}")))
+}
+
+/// Runs `command` inside a granted call's cgroup, waits, reports the end and prints the
+/// feedback; returns the tool's exit status as a shell would. `always_report` fetches
+/// the record even after a clean exit (a refused fork can end a call that exits 0).
+pub fn execute(
+    client: &Client,
+    grant: &CallGrant,
+    command: &[OsString],
+    record_path: Option<PathBuf>,
+    verbose: bool,
+    always_report: bool,
+) -> ExitCode {
     if verbose {
         eprintln!("agentcg: call {} in {}", grant.call_id, grant.cgroup);
     }
@@ -110,7 +130,7 @@ pub fn run_call(
     }
     let (exit, spawn_error) = match spawn::spawn_in_cgroup(
         grant.cgroup.as_ref(),
-        &command,
+        command,
         Some(grant.limits.oom_score_adj),
     )
     .and_then(spawn::wait)
@@ -134,7 +154,11 @@ pub fn run_call(
     if let Some(e) = &spawn_error {
         eprintln!("agentcg: {e}");
     }
-    if !needs_report(grant.end_watched, exit, record_path.is_some()) {
+    if !needs_report(
+        grant.end_watched,
+        exit,
+        record_path.is_some() || always_report,
+    ) {
         return ExitCode::SUCCESS;
     }
     let finished = client.post(

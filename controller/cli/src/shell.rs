@@ -1,6 +1,8 @@
 //! `agentcg shell`: a drop-in `SHELL` for agent harnesses. `agentcg shell -c 'CMD'`
 //! runs `$AGENTCG_REAL_SHELL -c 'CMD'` as one call, so every command an agent runs
-//! through its shell gets its own cgroup. The intent comes from `AGENTCG_INTENT` /
+//! through its shell gets its own cgroup. The intent comes from CMD itself when the
+//! model wrote one in front of it (`AGENTCG_INTENT=mem.max=2G pytest`, read and removed
+//! without a shell: `crate::written_intent`), else from `AGENTCG_INTENT` /
 //! `AGENT_RESOURCE_HINT`, else the policy's default for CMD's class.
 
 use std::ffi::OsString;
@@ -8,6 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 use crate::client::Client;
+use crate::written_intent::take_intent;
 use crate::{EXIT_AGENTCG, EXIT_USAGE};
 
 /// The shell that really interprets commands when `AGENTCG_REAL_SHELL` is unset.
@@ -43,6 +46,12 @@ fn has_command(args: &[OsString]) -> bool {
         })
 }
 
+/// Where the command string is: the first argument after the leading options.
+fn command_index(args: &[OsString]) -> Option<usize> {
+    args.iter()
+        .position(|a| !a.to_str().is_some_and(|s| s.starts_with('-')))
+}
+
 pub fn main(client: &Client, args: ShellArgs) -> ExitCode {
     let shell = real_shell();
     if !has_command(&args.args) {
@@ -58,15 +67,31 @@ pub fn main(client: &Client, args: ShellArgs) -> ExitCode {
         eprintln!("agentcg shell: arguments must be valid UTF-8");
         return ExitCode::from(EXIT_USAGE);
     }
+    let mut args = args.args;
+    let mut written = None;
+    if let Some(i) = command_index(&args)
+        && let Some(cmd) = args[i].to_str()
+    {
+        match take_intent(cmd) {
+            Ok((intent, rest)) => {
+                written = intent;
+                args[i] = rest.into();
+            }
+            Err(e) => {
+                eprintln!("agentcg: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
     let mut argv = vec![shell];
-    argv.extend(args.args);
+    argv.extend(args);
     let session = std::env::var("AGENTCG_SESSION")
         .ok()
         .filter(|s| !s.is_empty());
     crate::run::run_call(
         client,
         session,
-        crate::run::intent_text(None),
+        written.or_else(|| crate::run::intent_text(None)),
         argv,
         None,
         false,
@@ -89,5 +114,12 @@ mod tests {
         assert!(!has_command(&v(&["script.sh", "-c"])));
         assert!(!has_command(&v(&["--login"])));
         assert!(!has_command(&v(&[])));
+    }
+
+    #[test]
+    fn finds_the_command_string() {
+        assert_eq!(command_index(&v(&["-c", "ls"])), Some(1));
+        assert_eq!(command_index(&v(&["-l", "-c", "ls", "name"])), Some(2));
+        assert_eq!(command_index(&v(&["-lc"])), None);
     }
 }

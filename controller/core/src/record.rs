@@ -135,6 +135,8 @@ pub struct Enforced {
     pub timed_out: bool,
     pub cpu_budget_exceeded: bool,
     pub pressure_killed: bool,
+    /// The tool exited leaving processes in its cgroup, which agentcgd kills.
+    pub leftovers_killed: bool,
 }
 
 /// Decides the outcome from the exit, the accounting and what agentcgd enforced.
@@ -144,7 +146,10 @@ pub struct Enforced {
 /// exited on its own just before (its code in hand) ended for its own reasons. An OOM
 /// kill comes first: the kernel counted it in the call's memory.events, and with
 /// `memory.oom.group` set it ended every process of the call, so a later timer or
-/// pressure kill found the call already dead.
+/// pressure kill found the call already dead. Refused forks end a call that failed,
+/// and also one whose tool exited 0 leaving processes that were still forking against
+/// `pids.max` (a fork bomb's shell returns at once); a tool that retried its forks and
+/// finished cleanly is `ok`.
 pub fn outcome(exit: &ExitInfo, acc: &Accounting, enforced: Enforced) -> Outcome {
     let ev = &acc.memory_events;
     let by_signal = exit.signal.is_some();
@@ -156,7 +161,7 @@ pub fn outcome(exit: &ExitInfo, acc: &Accounting, enforced: Enforced) -> Outcome
         Outcome::MemoryPressure
     } else if by_signal && enforced.cpu_budget_exceeded {
         Outcome::CpuBudgetExceeded
-    } else if exit.code == Some(0) {
+    } else if exit.code == Some(0) && !(acc.pids_limit_hits > 0 && enforced.leftovers_killed) {
         Outcome::Ok
     } else if acc.pids_limit_hits > 0 {
         Outcome::PidsLimited

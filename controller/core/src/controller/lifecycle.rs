@@ -136,7 +136,7 @@ impl Controller {
         // What the tool left behind is counted now and killed once the record is in
         // the state file (a daemon killed in between recovers a record that says so).
         let leftover = call.cgroup.count_procs();
-        let outcome = outcome_of(call, exit, &acc);
+        let outcome = outcome_of(call, exit, &acc, leftover > 0);
         let ceilings = Ceilings {
             calls: self
                 .sessions
@@ -210,7 +210,7 @@ impl Controller {
     }
 }
 
-fn outcome_of(call: &RunningCall, exit: ExitInfo, acc: &Accounting) -> Outcome {
+fn outcome_of(call: &RunningCall, exit: ExitInfo, acc: &Accounting, leftovers: bool) -> Outcome {
     if exit == ABANDONED {
         return Outcome::Abandoned;
     }
@@ -218,6 +218,7 @@ fn outcome_of(call: &RunningCall, exit: ExitInfo, acc: &Accounting) -> Outcome {
         timed_out: call.timed_out,
         cpu_budget_exceeded: call.budget_exceeded,
         pressure_killed: call.memory.killed,
+        leftovers_killed: leftovers,
     };
     record::outcome(&exit, acc, enforced)
 }

@@ -30,6 +30,7 @@ fn en(timed_out: bool, cpu_budget_exceeded: bool) -> Enforced {
         timed_out,
         cpu_budget_exceeded,
         pressure_killed: false,
+        leftovers_killed: false,
     }
 }
 
@@ -107,6 +108,20 @@ fn outcomes() {
         Outcome::PidsLimited
     );
     assert_eq!(outcome(&ok, &forkfail, en(false, false)), Outcome::Ok);
+    let swarm_left = Enforced {
+        leftovers_killed: true,
+        ..Enforced::default()
+    };
+    assert_eq!(
+        outcome(&ok, &forkfail, swarm_left),
+        Outcome::PidsLimited,
+        "a fork bomb's shell exits 0 and leaves its forking processes"
+    );
+    assert_eq!(
+        outcome(&ok, &quiet, swarm_left),
+        Outcome::Ok,
+        "a background process left behind is no limit"
+    );
     assert_eq!(
         outcome(&killed, &quiet, en(false, true)),
         Outcome::CpuBudgetExceeded
@@ -155,6 +170,7 @@ fn a_normal_exit_is_not_blamed_on_a_kill_that_came_too_late() {
             timed_out: true,
             cpu_budget_exceeded: true,
             pressure_killed: true,
+            leftovers_killed: false,
         },
     ];
     for enforced in all {

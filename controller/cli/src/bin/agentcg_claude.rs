@@ -1,0 +1,17 @@
+//! `agentcg-claude`: Claude Code's shell prefix (see `agentcg_cli::claude`). Set
+//! `CLAUDE_CODE_SHELL_PREFIX=/usr/local/bin/agentcg-claude` and every Bash tool call
+//! runs as an agentcg call. It fails at once, with a message the model reads, when
+//! agentcgd is not running: nothing runs outside agentcg.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agentcg_cli::claude;
+use agentcg_cli::client::{Client, DEFAULT_SOCKET};
+
+fn main() -> ExitCode {
+    let socket = std::env::var_os("AGENTCG_SOCKET")
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
+    claude::prefix_main(&Client::new(&socket), std::env::args_os().skip(1).collect())
+}
