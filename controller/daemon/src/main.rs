@@ -153,7 +153,7 @@ async fn run(args: args::Args) -> Result<(), String> {
     }
     tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
     let listener = supervisor::bind(&args.socket)?;
-    supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
+    supervisor::secure_socket(&args.socket, &args.socket_group, args.socket_mode)?;
     let state = api::AppState::new(
         shared.clone(),
         status,

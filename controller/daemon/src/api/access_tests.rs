@@ -42,9 +42,11 @@ async fn another_uid_neither_sees_nor_touches_a_session_or_its_calls() {
     let (status, body) = send_as(&f, A, Method::GET, "/v1/sessions/a", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["owner"], A);
+    // Declared by root (a non-root client must be inside the session, which a fake
+    // cgroup tree cannot hold; tests/tests/unprivileged_agents.rs does it for real).
     let (status, grant) = send_as(
         &f,
-        A,
+        0,
         Method::POST,
         "/v1/calls",
         Some(r#"{"session": "a", "command": ["true"]}"#),
@@ -128,11 +130,19 @@ async fn another_uid_neither_sees_nor_touches_a_session_or_its_calls() {
 }
 
 #[tokio::test]
-async fn the_default_session_is_its_owners_too() {
+async fn the_default_session_is_its_owners_and_needs_a_client_inside() {
     let f = fixture_with_sessions(&[("default", B)]);
     let call = Some(r#"{"command": ["true"]}"#);
     let (status, body) = send_as(&f, B, Method::POST, "/v1/calls", call).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_error(
+        &body,
+        "forbidden",
+        &[
+            "outside session `default`",
+            "POST /v1/sessions/default/runtime",
+        ],
+    );
     let (status, body) = send_as(&f, A, Method::POST, "/v1/calls", call).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_error(
