@@ -51,6 +51,8 @@ need_pkgs() {
 build_deps() {
   apt_sources
   need_pkgs clang-19 libclang-19-dev llvm-19 libelf-dev zlib1g-dev pkg-config make gcc
+  # controller/daemon/tests/units.rs checks the units with systemd-analyze verify.
+  need_pkgs systemd
   # xtask/gen-vmlinux.sh dumps the target kernel's BTF with bpftool (the backports build: newer libbpf).
   if ! dpkg-query -W -f='${Version}' bpftool 2>/dev/null | grep -q bpo12; then
     say "apt-get install bpftool from bookworm-backports"

@@ -11,8 +11,9 @@ mod events;
 mod extract;
 pub mod guard;
 mod history;
+mod policy;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use agentcg_core::history::Durability;
 use agentcg_core::plan::SessionRequest;
 use agentcg_core::record::ExitInfo;
 
+use crate::policy::PolicyStore;
 use crate::status::Status;
 use crate::supervisor::{self, Shared, Wakers};
 use extract::{Json, Path, Query};
@@ -47,6 +49,7 @@ pub struct AppState {
     status: Arc<Status>,
     wakers: Arc<Wakers>,
     events: Arc<EventBus>,
+    policy: Arc<PolicyStore>,
     /// The group whose members act on every session (see [`guard`]).
     admin_group: Arc<str>,
 }
@@ -57,6 +60,7 @@ impl AppState {
         status: Status,
         wakers: Arc<Wakers>,
         events: Arc<EventBus>,
+        policy: Arc<PolicyStore>,
         admin_group: &str,
     ) -> AppState {
         AppState {
@@ -64,6 +68,7 @@ impl AppState {
             status: Arc::new(status),
             wakers,
             events,
+            policy,
             admin_group: admin_group.into(),
         }
     }
@@ -95,6 +100,13 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/running", get(list_running))
         .route("/v1/history", get(history::list))
         .route("/v1/history/stats", get(history::stats))
+        .route(
+            "/v1/policy",
+            get(policy::show).put(policy::put).patch(policy::patch),
+        )
+        .route("/v1/policy/check", post(policy::check))
+        .route("/v1/policy/history", get(policy::history))
+        .route("/v1/policy/rollback", post(policy::rollback))
         .fallback(not_found)
         // After every route: it applies to the routes added so far.
         .method_not_allowed_fallback(method_not_allowed)
@@ -124,6 +136,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// A further field of the error object (`problems` of an invalid policy).
+    detail: Option<(&'static str, Value)>,
 }
 
 impl ApiError {
@@ -132,13 +146,22 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            detail: None,
         }
+    }
+
+    fn with(mut self, key: &'static str, value: Value) -> ApiError {
+        self.detail = Some((key, value));
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some((key, value)) = self.detail {
+            body["error"][key] = value;
+        }
         (self.status, Json(body)).into_response()
     }
 }
@@ -196,6 +219,7 @@ async fn status(State(state): State<AppState>) -> ApiResult {
     v["reaper"] = json!(reaper);
     v["state_file_errors"] = json!(state_files);
     v["events"] = json!(state.events.status());
+    v["policy"] = state.policy.status();
     let sched = state
         .status
         .sched

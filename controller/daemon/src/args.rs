@@ -4,13 +4,25 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::root::RootArg;
+
 /// agentcgd: per-tool-call cgroups for AI agents, enforced in the kernel.
 #[derive(Debug, clap::Parser)]
 #[command(version, about)]
 pub struct Args {
-    /// The cgroup v2 subtree agentcgd owns (created if missing).
-    #[arg(long, default_value = "/sys/fs/cgroup/agentcg", env = "AGENTCG_ROOT")]
-    pub root: PathBuf,
+    /// The cgroup v2 subtree agentcgd owns (created if missing). `auto`: the service's
+    /// own delegated cgroup when systemd started agentcgd (the daemon moves itself into
+    /// its leaf `daemon/` and creates sessions beside it), else /sys/fs/cgroup/agentcg.
+    #[arg(long, default_value = "auto", env = "AGENTCG_ROOT")]
+    pub root: RootArg,
+    /// `memory.min` of the daemon's own leaf under systemd, so it survives the memory
+    /// pressure it manages (bytes, or with a K/M/G suffix).
+    #[arg(long, default_value = "64M", value_parser = parse_bytes)]
+    pub daemon_memory_min: u64,
+    /// On SIGTERM (`systemctl stop`), end every running call (killed, with a record)
+    /// before exiting. Without it the calls keep running and the next start re-adopts them.
+    #[arg(long, env = "AGENTCG_STOP_ENDS_CALLS")]
+    pub stop_ends_calls: bool,
     /// Unix socket of the API.
     #[arg(
         long,
@@ -41,8 +53,8 @@ pub struct Args {
     /// Largest request head (request line and headers), bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_head: usize,
-    /// Largest request body, bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// Largest request body, bytes (above the policy's own 1 MiB limit on its text).
+    #[arg(long, default_value_t = 2 << 20)]
     pub max_body: u64,
     /// Open connections per uid; one more is answered 429.
     #[arg(long, default_value_t = 128, env = "AGENTCG_CONNECTIONS_PER_UID")]
@@ -80,6 +92,10 @@ fn parse_listen(s: &str) -> Result<MetricsListen, String> {
     s.parse()
         .map(|a| MetricsListen(Some(a)))
         .map_err(|_| format!("`{s}` is not an address such as 127.0.0.1:9464 (or `none`)"))
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    agentcg_core::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

@@ -4,15 +4,21 @@
 
 mod api;
 mod args;
+mod logging;
 mod membpf;
 mod memory;
 mod metrics;
+mod policy;
+mod reload;
+mod root;
 mod sched;
 mod server;
 mod status;
 mod supervisor;
+mod systemd;
 mod telemetry;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use agentcg_core::controller::{AdoptReport, Controller, StartOptions};
@@ -24,17 +30,12 @@ use clap::Parser;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args = args::Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AGENTCG_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(args).await {
+    logging::init();
+    let notifier = systemd::Notifier::from_env();
+    match run(args, &notifier).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            notifier.send(&format!("STATUS=failed: {e}"));
             tracing::error!("{e}");
             eprintln!("agentcgd: {e}");
             std::process::ExitCode::FAILURE
@@ -42,11 +43,14 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: args::Args) -> Result<(), String> {
-    let policy = match &args.policy {
-        Some(path) => Policy::load(path).map_err(|e| e.to_string())?,
-        None => Policy::default_policy(),
-    };
+async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), String> {
+    let placement = root::resolve(&args.root)?;
+    if let Some(leaf) = &placement.daemon_leaf {
+        root::move_into(leaf)?;
+    }
+    let root = placement.root.as_path();
+    let (policy_file, policy_text, policy_source) = policy_source(&args)?;
+    let policy = Policy::parse(&policy_text, &policy_source).map_err(|e| e.to_string())?;
     let wakers = Arc::new(supervisor::Wakers::default());
     let on_written = {
         let wakers = wakers.clone();
@@ -55,6 +59,8 @@ async fn run(args: args::Args) -> Result<(), String> {
                 let call_id = record.call_id;
                 tracing::error!(call_id, "record not written (kept, retried): {e}");
             }
+            let (call_id, outcome) = (record.call_id, record.outcome.as_str());
+            tracing::info!(call_id, session = %record.session, outcome, "call ended");
             wakers.ended.notify_waiters();
         })
     };
@@ -68,13 +74,16 @@ async fn run(args: args::Args) -> Result<(), String> {
     let (mut controller, adopted) = Controller::start(
         policy,
         StartOptions {
-            root: &args.root,
+            root,
             state_dir: &args.state_dir,
             on_written,
             events: events.clone(),
         },
     )
-    .map_err(|e| format!("cannot take over {}: {e}", args.root.display()))?;
+    .map_err(|e| format!("cannot take over {}: {e}", root.display()))?;
+    if let Some(leaf) = &placement.daemon_leaf {
+        root::protect(leaf, args.daemon_memory_min)?;
+    }
     log_adoption(&adopted);
     let cpu_policy = controller.policy().cpu;
     let telemetry = match telemetry::load() {
@@ -127,7 +136,7 @@ async fn run(args: args::Args) -> Result<(), String> {
     if let Ok(mut c) = shared.lock() {
         c.add_hooks(Box::new(memory_hooks));
     }
-    let mut status = status::Status::probe(&args, telemetry);
+    let mut status = status::Status::probe(root, telemetry);
     let sched_ext_present = status.kernel.sched_ext_state.is_some();
     let mem_watch = mem_bpf.as_ref().map(|b| b.watch.clone());
     status.sched = sched::start(
@@ -151,33 +160,94 @@ async fn run(args: args::Args) -> Result<(), String> {
         );
         metrics::start(addr, registry).await;
     }
-    tracing::info!(root = %args.root.display(), socket = %args.socket.display(), "agentcgd starting");
-    let listener = supervisor::bind(&args.socket)?;
-    supervisor::secure_socket(&args.socket, &args.socket_group, args.socket_mode)?;
+    tracing::info!(root = %root.display(), socket = %args.socket.display(), "agentcgd starting");
+    let (listener, activated) = match systemd::activated_listener().map_err(|e| e.to_string())? {
+        Some(listener) => (listener, true),
+        None => {
+            let listener = supervisor::bind(&args.socket)?;
+            supervisor::secure_socket(&args.socket, &args.socket_group, args.socket_mode)?;
+            (listener, false)
+        }
+    };
+    let store = Arc::new(policy::PolicyStore::new(
+        policy_file,
+        policy_text,
+        policy_source,
+        &args.state_dir,
+        shared.clone(),
+        events.clone(),
+    ));
+    reload::on_sighup(store.clone());
+    if let Err(why) = reload::watch_file(store.clone()) {
+        tracing::warn!("the policy file is not watched ({why}); SIGHUP reloads it");
+    }
     let state = api::AppState::new(
         shared.clone(),
         status,
         wakers.clone(),
         events.clone(),
+        store,
         &args.admin_group,
     );
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
+    tokio::spawn(supervisor::watchdog_loop(
+        shared.clone(),
+        systemd::Notifier::from_env(),
+        systemd::watchdog_from_env(),
+    ));
+    notifier.send(&format!(
+        "READY=1\nSTATUS={}",
+        supervisor::status_line(&shared)
+    ));
+    let ending = args
+        .stop_ends_calls
+        .then(|| (shared.clone(), wakers.clone()));
     let app = api::router(state)
         .layer(axum::middleware::from_fn(server::track))
         .into_make_service_with_connect_info::<server::Conn>();
     let front = server::Front::new(listener, args.limits());
     let server = axum::serve(front, app).with_graceful_shutdown(async move {
         supervisor::shutdown_signal().await;
+        let notifier = systemd::Notifier::from_env();
+        notifier.send("STOPPING=1");
+        // Ended before the server drains, so that clients waiting on a call get its end.
+        if let Some((shared, wakers)) = ending {
+            notifier.send("STATUS=ending every running call");
+            supervisor::end_all_calls(&shared, &wakers).await;
+        }
         // Followers of the event stream would hold the shutdown open.
         events.close();
     });
     let result = server
         .await
         .map_err(|e| format!("serving {}: {e}", args.socket.display()));
-    let _ = std::fs::remove_file(&args.socket);
+    if !activated {
+        let _ = std::fs::remove_file(&args.socket);
+    }
     tracing::info!("agentcgd stopped");
     result
+}
+
+/// The policy file (where API changes are written), its text and where that came
+/// from: `--policy FILE`; else `<state-dir>/policy.toml` if an earlier run wrote one;
+/// else the embedded default (and changes create that file).
+fn policy_source(args: &args::Args) -> Result<(PathBuf, String, String), String> {
+    if let Some(path) = &args.policy {
+        let text = agentcg_core::policy::read_text(path).map_err(|e| e.to_string())?;
+        return Ok((path.clone(), text, path.display().to_string()));
+    }
+    let file = args.state_dir.join("policy.toml");
+    if file.exists() {
+        let text = agentcg_core::policy::read_text(&file).map_err(|e| e.to_string())?;
+        let source = file.display().to_string();
+        return Ok((file, text, source));
+    }
+    Ok((
+        file,
+        agentcg_core::policy::DEFAULT_POLICY.to_string(),
+        "embedded default".into(),
+    ))
 }
 
 /// Says what the start took over from a previous run.

@@ -5,7 +5,8 @@ use serde::Serialize;
 use agentcg_bpf::probe::{BtfFeatures, VMLINUX_BTF, probe_btf};
 use agentcg_core::probe::{self, KernelFeatures, PSI_MEMORY, SCHED_EXT_STATE};
 
-use crate::args::Args;
+use std::path::Path;
+
 use crate::sched::SharedStatus;
 
 /// The mode of one part of agentcg and why.
@@ -34,8 +35,8 @@ pub struct Status {
 
 impl Status {
     /// `telemetry` is whether the BPF telemetry programs loaded (or why not).
-    pub fn probe(args: &Args, telemetry: Result<(), String>) -> Status {
-        let kernel = probe::probe(&args.root, SCHED_EXT_STATE.as_ref(), PSI_MEMORY.as_ref());
+    pub fn probe(root: &Path, telemetry: Result<(), String>) -> Status {
+        let kernel = probe::probe(root, SCHED_EXT_STATE.as_ref(), PSI_MEMORY.as_ref());
         let btf = probe_btf(VMLINUX_BTF.as_ref())
             .map_err(|e| tracing::warn!("BTF probe: {e}"))
             .ok();
@@ -60,7 +61,7 @@ impl Status {
         });
         Status {
             version: env!("CARGO_PKG_VERSION"),
-            root: args.root.display().to_string(),
+            root: root.display().to_string(),
             kernel,
             btf,
             modes,

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentcg_core::controller::Controller;
+use agentcg_core::history::Durability;
 use tokio::sync::Notify;
+
+use crate::systemd::Notifier;
 
 pub type Shared = Arc<Mutex<Controller>>;
 
@@ -160,6 +163,63 @@ pub async fn sweep_loop(shared: Shared, wakers: Arc<Wakers>) {
             }
             last_trouble = trouble;
         }
+    }
+}
+
+/// The one-line state systemd shows in `systemctl status` (`STATUS=`).
+pub fn status_line(shared: &Shared) -> String {
+    match shared.lock() {
+        Ok(c) => format!(
+            "serving: {} sessions, {} running calls",
+            c.list_sessions().len(),
+            c.running_count()
+        ),
+        Err(_) => "controller lock poisoned".into(),
+    }
+}
+
+/// Tells systemd the daemon is alive (`WATCHDOG=1`) every `every`, from the daemon's
+/// event loop and only while the controller can be locked: a hung loop, a deadlock or
+/// a stopped process miss the pings and systemd restarts the service. Each ping carries
+/// the status line. Without a watchdog, the status is refreshed every [`SWEEP_EVERY`].
+pub async fn watchdog_loop(shared: Shared, notifier: Notifier, every: Option<Duration>) {
+    let mut tick = tokio::time::interval(every.unwrap_or(SWEEP_EVERY));
+    loop {
+        tick.tick().await;
+        if shared.is_poisoned() {
+            tracing::error!("controller lock poisoned: no more watchdog pings");
+            return;
+        }
+        let status = status_line(&shared);
+        let ping = if every.is_some() { "WATCHDOG=1\n" } else { "" };
+        notifier.send(&format!("{ping}STATUS={status}"));
+    }
+}
+
+/// How long a stopping daemon waits for the records of the calls it ended.
+const STOP_RECORDS_WAIT: Duration = Duration::from_secs(10);
+
+/// Ends every running call (`--stop-ends-calls`) and waits until their records are
+/// durable.
+pub async fn end_all_calls(shared: &Shared, wakers: &Wakers) {
+    let Ok(ended) = shared.lock().map(|mut c| c.end_all_calls()) else {
+        tracing::error!("controller lock poisoned: running calls not ended");
+        return;
+    };
+    wakers.ended.notify_waiters();
+    let ids: Vec<u64> = ended.iter().map(|r| r.call_id).collect();
+    tracing::info!(calls = ?ids, "stopping: ended every running call");
+    let durable = wait_for(&wakers.ended, STOP_RECORDS_WAIT, || {
+        shared.lock().is_ok_and(|c| {
+            ids.iter()
+                .all(|id| c.durability(*id) == Durability::Durable)
+        })
+    })
+    .await;
+    if !durable {
+        tracing::warn!(
+            "stopping: not every record was durable within {STOP_RECORDS_WAIT:?}; the next start recovers them from their state files"
+        );
     }
 }
 

@@ -116,6 +116,19 @@ impl Controller {
             .collect()
     }
 
+    /// Ends every running call, killing what runs in it (`agentcgd --stop-ends-calls`
+    /// when the service stops): each is recorded as killed. Returns the records.
+    pub fn end_all_calls(&mut self) -> Vec<CallRecord> {
+        let killed = ExitInfo {
+            code: None,
+            signal: Some(libc::SIGKILL),
+        };
+        let ids: Vec<u64> = self.running.keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|id| self.end_call(id, killed).ok())
+            .collect()
+    }
+
     /// Ends a running call. The only place a call ends.
     pub(super) fn end_call(&mut self, id: u64, exit: ExitInfo) -> Result<CallRecord, ControlError> {
         let call = self.running.get(&id).ok_or(ControlError::NoCall(id))?;

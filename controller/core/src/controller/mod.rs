@@ -459,6 +459,12 @@ impl Controller {
         &self.policy
     }
 
+    /// Puts a validated policy in force: new sessions and calls get its rules; running
+    /// calls keep the limits they were granted.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }

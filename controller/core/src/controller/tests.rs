@@ -360,3 +360,19 @@ fn an_adopted_call_whose_tool_is_gone_is_ended_when_nobody_reports_it() {
     assert_eq!(ended[0].outcome, Outcome::Abandoned);
     assert!(!c.is_running(5));
 }
+
+#[test]
+fn ending_all_calls_records_each_as_killed_and_leaves_none_running() {
+    let f = killed_daemon_tree();
+    let call = f.root.join("session-s/calls/call-000005");
+    write(&call.join("cgroup.events"), "populated 1\nfrozen 0\n");
+    let (mut c, _) = start(&f);
+    assert!(c.is_running(5));
+    let ended = c.end_all_calls();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].call_id, 5);
+    assert_eq!(ended[0].outcome, Outcome::Killed);
+    assert_eq!(c.running_count(), 0);
+    wait_durable(&c, 5);
+    assert!(c.end_all_calls().is_empty());
+}

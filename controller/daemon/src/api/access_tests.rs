@@ -206,3 +206,24 @@ async fn crafted_names_are_refused_with_a_400_that_names_the_rule() {
     let (status, answer) = send_as(&f, A, Method::GET, "/v1/sessions/../x", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
 }
+
+#[tokio::test]
+async fn only_an_admin_changes_the_policy() {
+    let f = fixture();
+    let set = Some(r#"{"set": ["memory.burst_step=64M"]}"#);
+    for (method, uri, body) in [
+        (Method::PATCH, "/v1/policy", set),
+        (Method::PUT, "/v1/policy", Some(r#"{"text": ""}"#)),
+        (Method::POST, "/v1/policy/rollback", Some("{}")),
+    ] {
+        let (status, answer) = send_as(&f, A, method.clone(), uri, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {answer}");
+        assert_error(
+            &answer,
+            "forbidden",
+            &["changing the policy needs an admin", "uid 1000"],
+        );
+    }
+    let (status, _) = send_as(&f, A, Method::GET, "/v1/policy", None).await;
+    assert_eq!(status, StatusCode::OK, "reading the policy is open");
+}

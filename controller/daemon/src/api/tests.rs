@@ -27,7 +27,7 @@ use axum::extract::ConnectInfo;
 
 /// A directory that looks like a cgroup to the controller: the interface files it
 /// reads at start (on cgroupfs the kernel provides them).
-fn fake_cgroup(dir: &Path) {
+pub(crate) fn fake_cgroup(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let controllers = CONTROLLERS.join(" ");
     std::fs::write(dir.join("cgroup.controllers"), &controllers).unwrap();
@@ -107,11 +107,21 @@ pub(super) fn fixture_with_sessions(sessions: &[(&str, u32)]) -> Fixture {
         sched: Default::default(),
         memory: Default::default(),
     };
+    let shared = Arc::new(Mutex::new(controller));
+    let policy = Arc::new(crate::policy::PolicyStore::new(
+        dir.path().join("policy.toml"),
+        agentcg_core::policy::DEFAULT_POLICY.to_string(),
+        "embedded default".into(),
+        &state_dir,
+        shared.clone(),
+        events.clone(),
+    ));
     let state = AppState::new(
-        Arc::new(Mutex::new(controller)),
+        shared,
         status,
         Arc::new(crate::supervisor::Wakers::default()),
         events.clone(),
+        policy,
         "agentcg-test-no-such-group",
     );
     Fixture {
