@@ -5,6 +5,7 @@ mod client;
 mod events;
 mod history;
 mod policy;
+mod replay;
 mod run;
 mod session;
 mod shell;
@@ -56,6 +57,8 @@ enum Command {
     /// Check, explain, show and change the policy.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Replay recorded agent runs through a policy, without a kernel (docs/REPLAY.md).
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Top(args) => top::main(&cli.socket, args),
         Command::History(args) => history::main(&client, args),
         Command::Policy(cmd) => policy::main(&client, cmd),
+        Command::Replay(args) => replay::main(args),
     }
 }
 

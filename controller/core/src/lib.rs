@@ -11,6 +11,7 @@ pub mod policy;
 pub mod pressure;
 pub mod probe;
 pub mod record;
+pub mod replay;
 pub mod spawn;
 #[cfg(test)]
 mod testutil;

@@ -13,7 +13,7 @@
 //! arm, then run 2, ...), the order rotated from group to group. Kills are read from the
 //! wait status and each session cgroup's `memory.events` `oom_kill`, never from a
 //! missing file. The host writes DIR/memory.md (also printed, report.rs), memory.json
-//! and memory.png. The traces are read in place from `--traces` (the project ships none).
+//! and memory.png. The traces are read in place from `--traces` (default: the project's tests/traces).
 
 mod chart;
 mod report;
@@ -115,7 +115,7 @@ pub struct Args {
     /// Directory for memory.md, memory.json and memory.png [default: target/bench]
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// The recorded agent runs [default: ../shared/traces from the workspace]
+    /// The recorded agent runs [default: tests/traces in the workspace]
     #[arg(long, value_name = "DIR")]
     traces: Option<PathBuf>,
     /// Repetitions per arm, speed and limit (interleaved: run 1 of every arm, then run 2, ...)
@@ -146,14 +146,13 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     let traces = args
         .traces
         .clone()
-        .unwrap_or_else(|| ws.root.join("../shared/traces"));
+        .unwrap_or_else(|| ws.root.join("tests/traces"));
     let (high, low) = (traces.join(TRACE_HIGH), traces.join(TRACE_LOW));
     for trace in [&high, &low] {
         if !trace.is_file() {
             bail!(
-                "trace {} is missing: the memory benchmark replays the recorded agent runs of \
-                 ../shared/traces, which the project does not ship; pass \
-                 --traces DIR",
+                "trace {} is missing: the memory benchmark replays recorded agent runs \
+                 (tests/traces by default); pass --traces DIR",
                 trace.display()
             );
         }

@@ -19,6 +19,7 @@ mod views;
 pub use adopt::{AdoptReport, CONTROLLERS};
 pub use lifecycle::ToolExit;
 pub use memory::{ReclaimDone, ReclaimJob};
+pub use sessions::RUNTIME_OOM_SCORE_ADJ;
 pub use views::RunningView;
 
 use std::collections::BTreeMap;
