@@ -359,6 +359,7 @@ async fn declare_call(
         // default session, created for the caller).
         if let Some(owner) = c.session_owner(session) {
             guard::check_owner(&caller, owner, &format!("session `{session}`"))?;
+            guard::client_inside(&caller, &c, session)?;
         }
         c.declare_call(&req)?
     };

@@ -36,9 +36,13 @@ pub struct Args {
     /// Policy file (TOML); the embedded default policy when absent.
     #[arg(long, env = "AGENTCG_POLICY")]
     pub policy: Option<PathBuf>,
-    /// Socket file mode, octal: who may talk to the daemon.
-    #[arg(long, default_value = "660", value_parser = parse_mode)]
-    pub socket_mode: u32,
+    /// Socket file mode, octal: who may talk to the daemon. Default: 660 when the
+    /// socket group exists, else 600 (root only).
+    #[arg(long, value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
+    /// Group of the socket: its members may talk to the daemon.
+    #[arg(long, default_value = "agentcg", env = "AGENTCG_SOCKET_GROUP")]
+    pub socket_group: String,
     /// Members of this group (and root) see and act on every user's sessions and calls.
     #[arg(long, default_value = "agentcg-admin", env = "AGENTCG_ADMIN_GROUP")]
     pub admin_group: String,
@@ -49,8 +53,8 @@ pub struct Args {
     /// Largest request head (request line and headers), bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_head: usize,
-    /// Largest request body, bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// Largest request body, bytes (above the policy's own 1 MiB limit on its text).
+    #[arg(long, default_value_t = 2 << 20)]
     pub max_body: u64,
     /// Open connections per uid; one more is answered 429.
     #[arg(long, default_value_t = 128, env = "AGENTCG_CONNECTIONS_PER_UID")]

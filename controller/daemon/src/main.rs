@@ -165,7 +165,7 @@ async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), Strin
         Some(listener) => (listener, true),
         None => {
             let listener = supervisor::bind(&args.socket)?;
-            supervisor::set_socket_mode(&args.socket, args.socket_mode)?;
+            supervisor::secure_socket(&args.socket, &args.socket_group, args.socket_mode)?;
             (listener, false)
         }
     };

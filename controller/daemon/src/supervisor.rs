@@ -64,10 +64,38 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, String> {
     Ok(listener)
 }
 
-/// Applies the socket's file mode.
-pub fn set_socket_mode(path: &Path, mode: u32) -> Result<(), String> {
+/// The socket's mode and group: an explicit `mode` as given; otherwise 0660 with the
+/// socket group when it exists (its members may connect), 0600 (root only) when not.
+pub fn socket_access(group_gid: Option<u32>, mode: Option<u32>) -> (u32, Option<u32>) {
+    match (mode, group_gid) {
+        (Some(m), g) => (m, g),
+        (None, Some(g)) => (0o660, Some(g)),
+        (None, None) => (0o600, None),
+    }
+}
+
+/// Gives the socket its group (`group`, if it exists) and mode, and says so.
+pub fn secure_socket(path: &Path, group: &str, mode: Option<u32>) -> Result<(), String> {
+    let gid = nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    let (mode, gid) = socket_access(gid, mode);
+    if let Some(g) = gid {
+        std::os::unix::fs::chown(path, None, Some(g))
+            .map_err(|e| format!("chgrp {group} {}: {e}", path.display()))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {:o} {}: {e}", mode, path.display()))
+        .map_err(|e| format!("chmod {mode:o} {}: {e}", path.display()))?;
+    match gid {
+        Some(_) => tracing::info!(socket = %path.display(), "socket mode {mode:o}, group {group}"),
+        None => tracing::warn!(
+            socket = %path.display(),
+            "group `{group}` does not exist: socket mode {mode:o} (root only); create the \
+             group (groupadd {group}, or the sysusers.d file) and add the agents' users to it"
+        ),
+    }
+    Ok(())
 }
 
 /// The one timer: sleeps until the earliest deadline of a running call, kills that
@@ -235,5 +263,13 @@ mod tests {
         let start = tokio::time::Instant::now();
         assert!(!wait_for(&notify, Duration::from_millis(200), || false).await);
         assert_eq!(start.elapsed(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn the_socket_is_the_groups_when_it_exists_else_roots_alone() {
+        assert_eq!(socket_access(Some(990), None), (0o660, Some(990)));
+        assert_eq!(socket_access(None, None), (0o600, None));
+        assert_eq!(socket_access(None, Some(0o666)), (0o666, None));
+        assert_eq!(socket_access(Some(990), Some(0o640)), (0o640, Some(990)));
     }
 }

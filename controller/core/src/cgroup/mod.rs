@@ -27,6 +27,12 @@ pub const SUBTREE_CONTROL: &str = "cgroup.subtree_control";
 /// `cgroup.controllers`: controllers available here.
 pub const CONTROLLERS: &str = "cgroup.controllers";
 
+/// `cgroup.threads`: the threads in a cgroup.
+pub const THREADS: &str = "cgroup.threads";
+/// The files a delegated cgroup's owner may write (cgroup v2 delegation: moving its
+/// processes and enabling controllers below); limit files stay root's.
+pub const DELEGATED: [&str; 3] = [PROCS, THREADS, SUBTREE_CONTROL];
+
 /// A failed cgroupfs operation.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -68,6 +74,33 @@ impl Cgroup {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Delegates the cgroup to `uid` the kernel's way: its [`DELEGATED`] files become
+    /// `uid`'s, so processes of `uid` may move in and out of it (with the same right
+    /// on the common ancestor) and `clone3(CLONE_INTO_CGROUP)` into it. Nothing for
+    /// root.
+    pub fn delegate(&self, uid: u32) -> Result<(), CgroupError> {
+        if uid == 0 {
+            return Ok(());
+        }
+        for name in DELEGATED {
+            let path = self.path.join(name);
+            match std::os::unix::fs::chown(&path, Some(uid), None) {
+                Ok(()) => {}
+                // A file this kernel does not have is not delegated.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(CgroupError::Io {
+                        op: "chown",
+                        path,
+                        value: Some(uid.to_string()),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn exists(&self) -> bool {

@@ -94,7 +94,11 @@ impl Controller {
         let id = self.ids.take()?;
         let cg = self.layout.call(&name, id);
         cg.create(false)?;
-        let cgroup_id = match apply_call_limits(&cg, &admitted.limits).and_then(|()| cg.id()) {
+        let owner = self.sessions[&name].owner;
+        let cgroup_id = match apply_call_limits(&cg, &admitted.limits)
+            .and_then(|()| cg.delegate(owner))
+            .and_then(|()| cg.id())
+        {
             Ok(cgid) => cgid,
             Err(e) => {
                 self.reaper.reap(cg);

@@ -73,7 +73,10 @@ impl Controller {
             return Err(ControlError::SessionClosing(plan.name));
         }
         session.create(false)?;
-        if let Err(e) = self.apply_session(&plan) {
+        if let Err(e) = self
+            .apply_session(&plan)
+            .and_then(|()| self.delegate_session(&plan.name, req.owner))
+        {
             self.reaper.reap(session);
             return Err(e);
         }
@@ -103,6 +106,20 @@ impl Controller {
             self.attach_runtime(&name, pid)?;
         }
         self.session_info(&name)
+    }
+
+    /// Delegates the session, its runtime and its calls directory to `owner`, so that
+    /// its agent moves its processes between them, and starts its tools in their call
+    /// cgroups (`clone3(CLONE_INTO_CGROUP)`), without root. The limits stay root's.
+    fn delegate_session(&self, name: &str, owner: u32) -> Result<(), ControlError> {
+        for cg in [
+            self.layout.session(name),
+            self.layout.runtime(name),
+            self.layout.calls(name),
+        ] {
+            cg.delegate(owner)?;
+        }
+        Ok(())
     }
 
     fn apply_session(&self, plan: &SessionPlan) -> Result<(), ControlError> {

@@ -42,9 +42,11 @@ async fn another_uid_neither_sees_nor_touches_a_session_or_its_calls() {
     let (status, body) = send_as(&f, A, Method::GET, "/v1/sessions/a", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["owner"], A);
+    // Declared by root (a non-root client must be inside the session, which a fake
+    // cgroup tree cannot hold; tests/tests/unprivileged_agents.rs does it for real).
     let (status, grant) = send_as(
         &f,
-        A,
+        0,
         Method::POST,
         "/v1/calls",
         Some(r#"{"session": "a", "command": ["true"]}"#),
@@ -128,11 +130,19 @@ async fn another_uid_neither_sees_nor_touches_a_session_or_its_calls() {
 }
 
 #[tokio::test]
-async fn the_default_session_is_its_owners_too() {
+async fn the_default_session_is_its_owners_and_needs_a_client_inside() {
     let f = fixture_with_sessions(&[("default", B)]);
     let call = Some(r#"{"command": ["true"]}"#);
     let (status, body) = send_as(&f, B, Method::POST, "/v1/calls", call).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_error(
+        &body,
+        "forbidden",
+        &[
+            "outside session `default`",
+            "POST /v1/sessions/default/runtime",
+        ],
+    );
     let (status, body) = send_as(&f, A, Method::POST, "/v1/calls", call).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_error(
@@ -195,4 +205,25 @@ async fn crafted_names_are_refused_with_a_400_that_names_the_rule() {
     // `../x` in a path is a path of its own (no route), never a session.
     let (status, answer) = send_as(&f, A, Method::GET, "/v1/sessions/../x", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+}
+
+#[tokio::test]
+async fn only_an_admin_changes_the_policy() {
+    let f = fixture();
+    let set = Some(r#"{"set": ["memory.burst_step=64M"]}"#);
+    for (method, uri, body) in [
+        (Method::PATCH, "/v1/policy", set),
+        (Method::PUT, "/v1/policy", Some(r#"{"text": ""}"#)),
+        (Method::POST, "/v1/policy/rollback", Some("{}")),
+    ] {
+        let (status, answer) = send_as(&f, A, method.clone(), uri, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {answer}");
+        assert_error(
+            &answer,
+            "forbidden",
+            &["changing the policy needs an admin", "uid 1000"],
+        );
+    }
+    let (status, _) = send_as(&f, A, Method::GET, "/v1/policy", None).await;
+    assert_eq!(status, StatusCode::OK, "reading the policy is open");
 }

@@ -7,6 +7,7 @@
 
 use std::cell::OnceCell;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -172,6 +173,57 @@ pub fn own_call(caller: &Caller, c: &Controller, id: u64) -> Result<(), ApiError
     }
 }
 
+/// Where process `pid` sits in the cgroup v2 tree, as a path under the cgroupfs mount.
+fn cgroup_of(pid: i32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mount = procfs::process::Process::myself()
+        .ok()?
+        .mountinfo()
+        .ok()?
+        .0
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")?
+        .mount_point;
+    Some(mount.join(rel.trim_start_matches('/')))
+}
+
+/// Whether a client in cgroup `client` can start tools in the calls of the session at
+/// `session`: the kernel lets a non-root process move a process (itself forking
+/// included) only below a common ancestor whose `cgroup.procs` it may write, and the
+/// session is the highest cgroup delegated to its owner.
+pub fn can_start_tools(client: &std::path::Path, session: &std::path::Path) -> bool {
+    client.starts_with(session)
+}
+
+/// A non-root caller declaring a call must be inside the session (its runtime, as
+/// `agentcg run` from the agent is), or the kernel would refuse to start the tool in
+/// the call's cgroup: refused here, saying why and what to do.
+pub fn client_inside(caller: &Caller, c: &Controller, session: &str) -> Result<(), ApiError> {
+    if caller.uid() == 0 {
+        return Ok(());
+    }
+    let session_cg = c.layout().session(session);
+    let client = cgroup_of(caller.peer.pid);
+    if client
+        .as_deref()
+        .is_some_and(|p| can_start_tools(p, session_cg.path()))
+    {
+        return Ok(());
+    }
+    let at = client.map_or_else(|| "an unknown cgroup".into(), |p| p.display().to_string());
+    Err(forbidden(format!(
+        "uid {}'s client (pid {}) is in {at}, outside session `{session}` ({}): the kernel \
+         lets a non-root process start a tool in a call's cgroup only from inside the \
+         same session (cgroup v2 delegation). Run the agent in the session's runtime \
+         (POST /v1/sessions/{session}/runtime with its pid, or `runtime_pid` when \
+         creating the session) and declare calls from it",
+        caller.uid(),
+        caller.peer.pid,
+        session_cg.path().display()
+    )))
+}
+
 /// Process `pid` runs as the caller (or the caller is an admin): nobody moves or
 /// shields another user's process by attaching it as a session runtime.
 pub fn own_process(caller: &Caller, pid: u32) -> Result<(), ApiError> {
@@ -233,6 +285,23 @@ mod tests {
         assert!(require_admin(&caller(0), "x").is_ok());
         let e = require_admin(&caller(1000), "changing the policy").unwrap_err();
         assert!(e.message.starts_with("changing the policy needs an admin"));
+    }
+
+    #[test]
+    fn tools_start_only_from_inside_the_session() {
+        let session = std::path::Path::new("/sys/fs/cgroup/agentcg/session-a");
+        for inside in ["session-a/runtime", "session-a/runtime/sub", "session-a"] {
+            let p = std::path::Path::new("/sys/fs/cgroup/agentcg").join(inside);
+            assert!(can_start_tools(&p, session), "{inside}");
+        }
+        for outside in ["session-ab/runtime", "session-b/runtime", "."] {
+            let p = std::path::Path::new("/sys/fs/cgroup/agentcg").join(outside);
+            assert!(!can_start_tools(&p, session), "{outside}");
+        }
+        assert!(!can_start_tools(
+            std::path::Path::new("/sys/fs/cgroup/user.slice"),
+            session
+        ));
     }
 
     #[test]

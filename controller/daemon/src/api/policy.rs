@@ -12,6 +12,7 @@ use agentcg_core::policy::edit::{self, Assignment};
 use agentcg_core::policy::{self, MAX_POLICY_BYTES, diff};
 
 use super::extract::{Json, Query};
+use super::guard::{self, Caller};
 use super::{ApiError, ApiResult, AppState, to_json};
 use crate::policy::Refusal;
 
@@ -83,7 +84,9 @@ fn refused(r: Refusal, origin: &str) -> ApiError {
 /// The one way the policy changes through the API: builds the new text, then hands it
 /// to the store, which validates and swaps. Access control for policy changes
 /// belongs here, before anything is read or built.
-async fn change_policy(state: &AppState, change: PolicyChange) -> ApiResult {
+/// Admins only (docs/API.md, "Access").
+async fn change_policy(state: &AppState, caller: Caller, change: PolicyChange) -> ApiResult {
+    guard::require_admin(&caller, "changing the policy")?;
     let store = &state.policy;
     let file = store.file().display().to_string();
     let (text, source, origin) = match change {
@@ -121,11 +124,19 @@ pub async fn show(State(state): State<AppState>, Query(q): Query<ShowQuery>) -> 
     Ok(Json(v))
 }
 
-pub async fn put(State(state): State<AppState>, Json(body): Json<TextBody>) -> ApiResult {
-    change_policy(&state, PolicyChange::Replace(body.text)).await
+pub async fn put(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<TextBody>,
+) -> ApiResult {
+    change_policy(&state, caller, PolicyChange::Replace(body.text)).await
 }
 
-pub async fn patch(State(state): State<AppState>, Json(body): Json<SetBody>) -> ApiResult {
+pub async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<SetBody>,
+) -> ApiResult {
     if body.set.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -139,11 +150,15 @@ pub async fn patch(State(state): State<AppState>, Json(body): Json<SetBody>) -> 
         .map(|s| Assignment::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_key", e))?;
-    change_policy(&state, PolicyChange::Set(assignments)).await
+    change_policy(&state, caller, PolicyChange::Set(assignments)).await
 }
 
-pub async fn rollback(State(state): State<AppState>, Json(body): Json<RollbackBody>) -> ApiResult {
-    change_policy(&state, PolicyChange::Rollback(body.back)).await
+pub async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<RollbackBody>,
+) -> ApiResult {
+    change_policy(&state, caller, PolicyChange::Rollback(body.back)).await
 }
 
 /// Checks a text without changing anything: its problems and, when it is valid, what

@@ -191,6 +191,25 @@ impl AsyncWrite for Guarded {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
+    /// Vectored like the socket, as hyper would write to it unwrapped: hyper then
+    /// queues a response's chunks instead of copying them into one buffer of up to
+    /// 400 KiB, so a consumer that stops reading stops the event stream's reads from
+    /// its queue soon, and is told it `lagged` (agentcg_core::events).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.refused {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
     }

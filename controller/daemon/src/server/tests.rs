@@ -55,6 +55,17 @@ async fn start(connections_per_uid: usize) -> Server {
                     Body::from_stream(lines)
                 }),
             )
+            .route(
+                "/flood",
+                get(|| async {
+                    let chunk = "x".repeat(65536);
+                    let lines = stream::unfold(chunk, |c| async move {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        Some((Ok::<_, std::convert::Infallible>(c.clone()), c))
+                    });
+                    Body::from_stream(lines)
+                }),
+            )
             .layer(axum::middleware::from_fn(track))
             .into_make_service_with_connect_info::<Conn>();
     let limits = Limits {
@@ -232,5 +243,30 @@ async fn connections_over_the_uid_limit_get_429_and_the_rest_are_served() {
         }
         assert!(t.elapsed() < Duration::from_secs(2), "{got:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_that_stalls_past_the_timeout_keeps_its_stream() {
+    let server = start(8).await;
+    for version in ["1.0", "1.1"] {
+        let mut s = UnixStream::connect(&server.socket).await.unwrap();
+        s.write_all(format!("GET /flood HTTP/{version}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(TIMEOUT * 3).await;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < 4 << 20 {
+            let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+                .await
+                .expect("the stream goes on")
+                .unwrap();
+            assert!(
+                n > 0,
+                "HTTP/{version}: the stream was cut after {got} bytes"
+            );
+            got += n;
+        }
     }
 }
