@@ -5,6 +5,7 @@
 pub mod events;
 pub mod memory;
 pub mod mix;
+pub mod model_server;
 pub mod replay;
 pub mod scrape;
 

@@ -4,6 +4,7 @@ mod call;
 mod client;
 mod events;
 mod history;
+mod policy;
 mod run;
 mod session;
 mod shell;
@@ -52,6 +53,9 @@ enum Command {
     Top(top::TopArgs),
     /// The durable call history: list with filters, or per-class statistics (`stats`).
     History(history::HistoryArgs),
+    /// Check, explain, show and change the policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Events(args) => events::main(&patient(), args),
         Command::Top(args) => top::main(&cli.socket, args),
         Command::History(args) => history::main(&client, args),
+        Command::Policy(cmd) => policy::main(&client, cmd),
     }
 }
 

@@ -114,6 +114,10 @@ pub enum EventBody {
         source: String,
         ok: bool,
         error: Option<String>,
+        /// The hash of the policy in force afterwards (the new one, or the old one
+        /// when this one was refused).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hash: Option<String>,
     },
     /// This consumer missed `missed` events (its queue was full, or it resumed from a
     /// `since` older than what is kept).

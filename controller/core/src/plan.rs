@@ -31,6 +31,10 @@ pub struct SessionRequest {
     pub pids: Option<u32>,
     #[serde(default)]
     pub runtime_pid: Option<u32>,
+    /// The uid the session belongs to: set by agentcgd from the caller's socket
+    /// credentials, never taken from the request body.
+    #[serde(skip)]
+    pub owner: u32,
 }
 
 /// The limits of a session's cgroups.
@@ -81,7 +85,13 @@ pub fn check_session_name(name: &str) -> Result<(), PlanError> {
     if ok {
         Ok(())
     } else {
-        Err(PlanError::BadSessionName(name.chars().take(80).collect()))
+        Err(PlanError::BadSessionName(
+            name.chars()
+                .take(80)
+                .collect::<String>()
+                .escape_debug()
+                .to_string(),
+        ))
     }
 }
 

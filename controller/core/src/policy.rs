@@ -1,6 +1,13 @@
 //! Policy: the operator's rules (session defaults, per-priority weights, per-call caps,
 //! command classes), parsed strictly from TOML. The embedded default lives in
-//! `policies/default.toml`.
+//! `policies/default.toml`. Every key is in the registry ([`keys`]); [`check`] finds
+//! every problem with its line and column; a key left out takes its default.
+
+pub mod check;
+mod cross;
+pub mod diff;
+pub mod edit;
+pub mod keys;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,8 +28,88 @@ pub enum PolicyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("policy {path}: {size} bytes, more than a policy may be ({MAX_POLICY_BYTES})")]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("policy {path}: not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("policy {path}: not UTF-8 text (byte {offset})")]
+    NotText { path: PathBuf, offset: usize },
     #[error("policy {origin}: {message}")]
     Invalid { origin: String, message: String },
+    #[error("{}", render_problems(origin, problems))]
+    Problems {
+        origin: String,
+        problems: Vec<check::Problem>,
+    },
+}
+
+/// One `ORIGIN:LINE:COLUMN: key: message` line per error.
+fn render_problems(origin: &str, problems: &[check::Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| p.render(origin))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The largest policy text accepted (file or request body).
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// Reads a policy file: a regular file of at most [`MAX_POLICY_BYTES`] of UTF-8.
+pub fn read_text(path: &Path) -> Result<String, PolicyError> {
+    let read = |source| PolicyError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if !meta.is_file() {
+        return Err(PolicyError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    if meta.len() > MAX_POLICY_BYTES {
+        return Err(PolicyError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(read)?;
+    String::from_utf8(bytes).map_err(|e| PolicyError::NotText {
+        path: path.to_path_buf(),
+        offset: e.utf8_error().valid_up_to(),
+    })
+}
+
+/// `text` with every key it leaves out set to its registry default (comments and
+/// layout of what is there kept). The text must have passed [`check::check`].
+pub fn effective_text(text: &str) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| e.to_string())?;
+    for key in keys::KEYS {
+        let Some(default) = key.default else { continue };
+        let parts: Vec<&str> = key.path.split('.').collect();
+        let (last, sections) = parts.split_last().ok_or("empty key path")?;
+        let mut table = doc.as_table_mut() as &mut dyn toml_edit::TableLike;
+        for part in sections {
+            if table.get(part).is_none() {
+                let mut t = toml_edit::Table::new();
+                t.set_implicit(true);
+                table.insert(part, toml_edit::Item::Table(t));
+            }
+            table = table
+                .get_mut(part)
+                .and_then(toml_edit::Item::as_table_like_mut)
+                .ok_or_else(|| format!("{}: {part} is not a table", key.path))?;
+        }
+        if table.get(last).is_none() {
+            let value: toml_edit::Value = default
+                .parse()
+                .map_err(|e| format!("{}: default {default}: {e}", key.path))?;
+            table.insert(last, toml_edit::Item::Value(value));
+        }
+    }
+    Ok(doc.to_string())
 }
 
 /// What to do with a call that wants more than its session has left.
@@ -137,9 +224,6 @@ pub struct HistoryPolicy {
     pub keep: Duration,
 }
 
-/// `keep` when the policy has no `[history]`.
-pub const DEFAULT_HISTORY_KEEP: Duration = Duration::from_secs(30 * 86_400);
-
 /// A validated policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -168,8 +252,7 @@ struct RawPolicy {
     memory: RawMemory,
     #[serde(default, rename = "class")]
     classes: Vec<RawClass>,
-    #[serde(default)]
-    history: Option<RawHistory>,
+    history: RawHistory,
 }
 
 #[derive(Deserialize)]
@@ -251,15 +334,34 @@ impl Policy {
 
     /// Reads and validates a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_text(path)?;
         Policy::parse(&text, &path.display().to_string())
     }
 
-    /// Parses and validates policy text; `origin` names it in errors.
+    /// Parses and validates policy text; `origin` names it in errors, which list every
+    /// problem [`check::check`] found (warnings do not stop it).
     pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        let problems: Vec<check::Problem> = check::check(text)
+            .into_iter()
+            .filter(|p| p.severity == check::Severity::Error)
+            .collect();
+        if !problems.is_empty() {
+            return Err(PolicyError::Problems {
+                origin: origin.to_string(),
+                problems,
+            });
+        }
+        let invalid = |message: String| PolicyError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let full = effective_text(text).map_err(invalid)?;
+        Policy::build(&full, origin)
+    }
+
+    /// Converts a checked policy with every key present (ranges and orderings were
+    /// checked by [`check::check`]; what is left here is conversion).
+    fn build(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         let invalid = |message: String| PolicyError::Invalid {
             origin: origin.to_string(),
             message,
@@ -268,61 +370,30 @@ impl Policy {
         let size = |key: &str, v: &str| {
             units::parse_size(v).map_err(|e| invalid(format!("{key} = \"{v}\": {e}")))
         };
-        let cpus = |key: &str, v: f64| {
-            if !(0.0..=1024.0).contains(&v) {
-                return Err(invalid(format!("{key} = {v}: expected 0..=1024 CPUs")));
-            }
-            Ok((v * 1000.0).round() as u32)
+        let duration = |key: &str, v: &str| {
+            units::parse_duration(v).map_err(|e| invalid(format!("{key} = \"{v}\": {e}")))
         };
-        let weight = |key: &str, w: u16| {
-            if (1..=10_000).contains(&w) {
-                Ok(w)
-            } else {
-                Err(invalid(format!(
-                    "priority.{key}.cpu_weight = {w}: expected 1..=10000"
-                )))
-            }
-        };
-        let oom_adj = |key: &str, a: i16| {
-            if (0..=1000).contains(&a) {
-                Ok(a)
-            } else {
-                Err(invalid(format!(
-                    "priority.{key}.oom_score_adj = {a}: expected 0..=1000 (lowering it needs privileges tools do not have)"
-                )))
-            }
-        };
+        let cpus = |v: f64| (v * 1000.0).round() as u32;
         let intent = |key: &str, v: &str| {
             Intent::parse_compact(v).map_err(|e: IntentError| invalid(format!("{key}: {e}")))
         };
         let session = SessionDefaults {
             memory: size("session.memory", &raw.session.memory)?,
             pids: raw.session.pids,
-            millicpus: cpus("session.cpus", raw.session.cpus)?,
+            millicpus: cpus(raw.session.cpus),
             runtime_reserve: size("session.runtime_reserve", &raw.session.runtime_reserve)?,
             admission: raw.session.admission,
         };
-        if session.runtime_reserve >= session.memory {
-            return Err(invalid(
-                "session.runtime_reserve must be smaller than session.memory".into(),
-            ));
-        }
         let caps = Caps {
             mem_max: size("caps.mem_max", &raw.caps.mem_max)?,
-            millicpus: cpus("caps.cpus", raw.caps.cpus)?,
+            millicpus: cpus(raw.caps.cpus),
             pids: raw.caps.pids,
-            timeout: units::parse_duration(&raw.caps.timeout)
-                .map_err(|e| invalid(format!("caps.timeout: {e}")))?,
+            timeout: duration("caps.timeout", &raw.caps.timeout)?,
         };
         let mut classes = Vec::new();
         for c in raw.classes {
-            let label = Intent::parse_compact(&format!("class={}", c.name))
-                .map_err(|e| invalid(format!("class name: {e}")))?;
-            if c.commands.is_empty() {
-                return Err(invalid(format!("class {}: commands is empty", c.name)));
-            }
             let mut intent = intent(&format!("class {} intent", c.name), &c.intent)?;
-            intent.class = label.class;
+            intent.class = Some(c.name.clone());
             classes.push(CommandClass {
                 name: c.name,
                 commands: c
@@ -334,19 +405,26 @@ impl Policy {
                 suggestion: c.suggestion,
             });
         }
-        let memory = memory_policy(&raw.memory).map_err(invalid)?;
-        let history = history_policy(raw.history.as_ref()).map_err(invalid)?;
+        let m = &raw.memory;
+        let memory = MemoryPolicy {
+            burst_step: size("memory.burst_step", &m.burst_step)?,
+            pressure_at: m.pressure_at,
+            critical_at: m.critical_at,
+            calm_below: m.calm_below,
+            psi_stall: duration("memory.psi_stall", &m.psi_stall)?,
+            psi_window: duration("memory.psi_window", &m.psi_window)?,
+            step_interval: duration("memory.step_interval", &m.step_interval)?,
+            calm_for: duration("memory.calm_for", &m.calm_for)?,
+            reclaim_percent: m.reclaim_percent,
+        };
+        let p = &raw.priority;
         Ok(Policy {
             session,
-            weights: [
-                weight("low", raw.priority.low.cpu_weight)?,
-                weight("normal", raw.priority.normal.cpu_weight)?,
-                weight("high", raw.priority.high.cpu_weight)?,
-            ],
+            weights: [p.low.cpu_weight, p.normal.cpu_weight, p.high.cpu_weight],
             oom_score_adj: [
-                oom_adj("low", raw.priority.low.oom_score_adj)?,
-                oom_adj("normal", raw.priority.normal.oom_score_adj)?,
-                oom_adj("high", raw.priority.high.oom_score_adj)?,
+                p.low.oom_score_adj,
+                p.normal.oom_score_adj,
+                p.high.oom_score_adj,
             ],
             caps,
             call_intent: intent("call.intent", &raw.call.intent)?,
@@ -354,7 +432,9 @@ impl Policy {
             classes,
             cpu: raw.cpu,
             memory,
-            history,
+            history: HistoryPolicy {
+                keep: duration("history.keep", &raw.history.keep)?,
+            },
         })
     }
 
@@ -377,70 +457,6 @@ impl Policy {
     pub fn class_named(&self, name: &str) -> Option<&CommandClass> {
         self.classes.iter().find(|c| c.name == name)
     }
-}
-
-/// Validates `[history]`: `keep` a duration of at least an hour (absent: 30 days).
-fn history_policy(raw: Option<&RawHistory>) -> Result<HistoryPolicy, String> {
-    let Some(raw) = raw else {
-        return Ok(HistoryPolicy {
-            keep: DEFAULT_HISTORY_KEEP,
-        });
-    };
-    let keep = units::parse_duration(&raw.keep)
-        .map_err(|e| format!("history.keep = \"{}\": {e}", raw.keep))?;
-    if keep < Duration::from_secs(3600) {
-        return Err(format!(
-            "history.keep = \"{}\": keep at least 1h (records are pruned hourly)",
-            raw.keep
-        ));
-    }
-    Ok(HistoryPolicy { keep })
-}
-
-/// Validates `[memory]`: percents ordered calm < pressure < critical <= 100, PSI
-/// window 500 ms..10 s (the kernel's range) with the stall inside it.
-fn memory_policy(raw: &RawMemory) -> Result<MemoryPolicy, String> {
-    let duration = |key: &str, v: &str| {
-        units::parse_duration(v).map_err(|e| format!("memory.{key} = \"{v}\": {e}"))
-    };
-    let m = MemoryPolicy {
-        burst_step: units::parse_size(&raw.burst_step)
-            .map_err(|e| format!("memory.burst_step = \"{}\": {e}", raw.burst_step))?,
-        pressure_at: raw.pressure_at,
-        critical_at: raw.critical_at,
-        calm_below: raw.calm_below,
-        psi_stall: duration("psi_stall", &raw.psi_stall)?,
-        psi_window: duration("psi_window", &raw.psi_window)?,
-        step_interval: duration("step_interval", &raw.step_interval)?,
-        calm_for: duration("calm_for", &raw.calm_for)?,
-        reclaim_percent: raw.reclaim_percent,
-    };
-    if !(m.calm_below < m.pressure_at && m.pressure_at < m.critical_at && m.critical_at <= 100) {
-        return Err(format!(
-            "memory: expected calm_below < pressure_at < critical_at <= 100, got {} / {} / {}",
-            m.calm_below, m.pressure_at, m.critical_at
-        ));
-    }
-    let window = Duration::from_millis(500)..=Duration::from_secs(10);
-    if !window.contains(&m.psi_window) {
-        return Err(format!(
-            "memory.psi_window = {:?}: the kernel accepts 500ms..10s",
-            m.psi_window
-        ));
-    }
-    if m.psi_stall.is_zero() || m.psi_stall > m.psi_window {
-        return Err(format!(
-            "memory.psi_stall = {:?}: must be above 0 and at most psi_window",
-            m.psi_stall
-        ));
-    }
-    if !(1..=100).contains(&m.reclaim_percent) {
-        return Err(format!(
-            "memory.reclaim_percent = {}: expected 1..=100",
-            m.reclaim_percent
-        ));
-    }
-    Ok(m)
 }
 
 /// The text a call is classified by: the command string of `sh -c CMD` (any shell, any
@@ -511,5 +527,7 @@ fn prefix_matches(pattern: &[String], words: &[String]) -> bool {
     version_ok && pattern[1..] == words[1..pattern.len()]
 }
 
+#[cfg(test)]
+mod check_tests;
 #[cfg(test)]
 mod tests;

@@ -5,11 +5,15 @@
 //! queries run on a blocking thread with a database connection of their own
 //! ([`history`]).
 
+#[cfg(test)]
+mod access_tests;
 mod events;
 mod extract;
+pub mod guard;
 mod history;
+mod policy;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,15 +25,17 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use agentcg_core::controller::{CallRequest, ControlError, Controller};
+use agentcg_core::controller::{CallRequest, ControlError, Controller, DEFAULT_SESSION};
 use agentcg_core::events::EventBus;
 use agentcg_core::history::Durability;
 use agentcg_core::plan::SessionRequest;
 use agentcg_core::record::ExitInfo;
 
+use crate::policy::PolicyStore;
 use crate::status::Status;
 use crate::supervisor::{self, Shared, Wakers};
 use extract::{Json, Path, Query};
+use guard::Caller;
 
 /// How long a finish report waits for its record to be on disk.
 const DURABLE_WAIT: Duration = Duration::from_secs(10);
@@ -43,6 +49,9 @@ pub struct AppState {
     status: Arc<Status>,
     wakers: Arc<Wakers>,
     events: Arc<EventBus>,
+    policy: Arc<PolicyStore>,
+    /// The group whose members act on every session (see [`guard`]).
+    admin_group: Arc<str>,
 }
 
 impl AppState {
@@ -51,12 +60,16 @@ impl AppState {
         status: Status,
         wakers: Arc<Wakers>,
         events: Arc<EventBus>,
+        policy: Arc<PolicyStore>,
+        admin_group: &str,
     ) -> AppState {
         AppState {
             controller,
             status: Arc::new(status),
             wakers,
             events,
+            policy,
+            admin_group: admin_group.into(),
         }
     }
 
@@ -87,6 +100,13 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/v1/running", get(list_running))
         .route("/v1/history", get(history::list))
         .route("/v1/history/stats", get(history::stats))
+        .route(
+            "/v1/policy",
+            get(policy::show).put(policy::put).patch(policy::patch),
+        )
+        .route("/v1/policy/check", post(policy::check))
+        .route("/v1/policy/history", get(policy::history))
+        .route("/v1/policy/rollback", post(policy::rollback))
         .fallback(not_found)
         // After every route: it applies to the routes added so far.
         .method_not_allowed_fallback(method_not_allowed)
@@ -116,6 +136,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// A further field of the error object (`problems` of an invalid policy).
+    detail: Option<(&'static str, Value)>,
 }
 
 impl ApiError {
@@ -124,13 +146,22 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            detail: None,
         }
+    }
+
+    fn with(mut self, key: &'static str, value: Value) -> ApiError {
+        self.detail = Some((key, value));
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some((key, value)) = self.detail {
+            body["error"][key] = value;
+        }
         (self.status, Json(body)).into_response()
     }
 }
@@ -188,6 +219,7 @@ async fn status(State(state): State<AppState>) -> ApiResult {
     v["reaper"] = json!(reaper);
     v["state_file_errors"] = json!(state_files);
     v["events"] = json!(state.events.status());
+    v["policy"] = state.policy.status();
     let sched = state
         .status
         .sched
@@ -224,9 +256,14 @@ async fn status(State(state): State<AppState>) -> ApiResult {
 
 async fn create_session(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<SessionRequest>, ApiError>,
 ) -> ApiResult {
-    let Json(req) = body?;
+    let Json(mut req) = body?;
+    if let Some(pid) = req.runtime_pid {
+        guard::own_process(&caller, pid)?;
+    }
+    req.owner = caller.uid();
     to_json(with_controller(&state, move |c| c.create_session(&req)).await?)
 }
 
@@ -245,14 +282,23 @@ async fn settled(state: &AppState, ids: impl Fn(&Controller) -> Vec<u64>) {
     .await;
 }
 
-async fn list_sessions(State(state): State<AppState>) -> ApiResult {
+/// The caller's sessions (every session for an admin).
+async fn list_sessions(State(state): State<AppState>, caller: Caller) -> ApiResult {
     settled(&state, Controller::running_ids).await;
-    to_json(with_controller(&state, |c| Ok(c.list_sessions())).await?)
+    let mut sessions = with_controller(&state, |c| Ok(c.list_sessions())).await?;
+    sessions.retain(|s| caller.may_access(s.owner));
+    to_json(sessions)
 }
 
-async fn show_session(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+async fn show_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
     settled(&state, Controller::running_ids).await;
-    to_json(with_controller(&state, |c| c.session_info(&name)).await?)
+    let c = state.lock()?;
+    guard::own_session(&caller, &c, &name)?;
+    to_json(c.session_info(&name)?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,10 +310,15 @@ struct CloseQuery {
 
 async fn close_session(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     Query(q): Query<CloseQuery>,
 ) -> ApiResult {
-    let records = with_controller(&state, move |c| c.close_session(&name, q.force)).await?;
+    let records = {
+        let mut c = state.lock()?;
+        guard::own_session(&caller, &c, &name)?;
+        c.close_session(&name, q.force)?
+    };
     state.wakers.ended.notify_waiters();
     to_json(json!({"closed": true, "killed_calls": records}))
 }
@@ -280,20 +331,37 @@ struct AttachRequest {
 
 async fn attach_runtime(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Json<AttachRequest>, ApiError>,
 ) -> ApiResult {
     let Json(req) = body?;
-    with_controller(&state, move |c| c.attach_runtime(&name, req.pid)).await?;
+    {
+        let mut c = state.lock()?;
+        guard::own_session(&caller, &c, &name)?;
+        guard::own_process(&caller, req.pid)?;
+        c.attach_runtime(&name, req.pid)?;
+    }
     Ok(Json(json!({"attached": req.pid})))
 }
 
 async fn declare_call(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<CallRequest>, ApiError>,
 ) -> ApiResult {
-    let Json(req) = body?;
-    let grant = with_controller(&state, move |c| c.declare_call(&req)).await?;
+    let Json(mut req) = body?;
+    req.owner = caller.uid();
+    let grant = {
+        let mut c = state.lock()?;
+        let session = req.session.as_deref().unwrap_or(DEFAULT_SESSION);
+        // A session that does not exist is the controller's error (or, for the
+        // default session, created for the caller).
+        if let Some(owner) = c.session_owner(session) {
+            guard::check_owner(&caller, owner, &format!("session `{session}`"))?;
+        }
+        c.declare_call(&req)?
+    };
     state.wakers.declared.notify_one();
     to_json(grant)
 }
@@ -306,13 +374,18 @@ struct FinishRequest {
 
 async fn finish_call(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<u64>,
     body: Result<Json<FinishRequest>, ApiError>,
 ) -> ApiResult {
     let Json(req) = body?;
     // Idempotent: a call that already ended (its tool's exit seen by the kernel
     // telemetry, its session closed) answers with its record.
-    let record = with_controller(&state, move |c| c.finish_call(id, req.exit)).await?;
+    let record = {
+        let mut c = state.lock()?;
+        guard::own_call(&caller, &c, id)?;
+        c.finish_call(id, req.exit)?
+    };
     state.wakers.ended.notify_waiters();
     // The reply waits (without holding anything) for the record to be on disk.
     let durable = || {
@@ -343,18 +416,26 @@ async fn finish_call(
     Ok(Json(v))
 }
 
-async fn show_call(State(state): State<AppState>, Path(id): Path<u64>) -> ApiResult {
+async fn show_call(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<u64>,
+) -> ApiResult {
     settled(&state, |_| vec![id]).await;
-    let found = with_controller(&state, |c| {
-        if c.is_running(id) {
-            return Ok(json!({"call_id": id, "running": true}));
-        }
-        c.record(id)
-            .map(|r| serde_json::to_value(r).unwrap_or_default())
-            .ok_or(ControlError::NoCall(id))
-    })
-    .await?;
-    Ok(Json(found))
+    let c = state.lock()?;
+    guard::own_call(&caller, &c, id)?;
+    if c.is_running(id) {
+        return Ok(Json(json!({"call_id": id, "running": true})));
+    }
+    c.record(id)
+        .map(|r| Json(serde_json::to_value(r).unwrap_or_default()))
+        .ok_or_else(|| ControlError::NoCall(id).into())
+}
+
+/// Whether the caller may see what runs or ran in `session` (an admin: anything; a
+/// user: its own existing sessions).
+fn sees(caller: &Caller, c: &Controller, session: &str) -> bool {
+    caller.is_admin() || c.session_owner(session) == Some(caller.uid())
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,28 +457,40 @@ struct ListRunning {
 }
 
 /// The running calls, read from their cgroups now (`agentcg top`).
-async fn list_running(State(state): State<AppState>, Query(q): Query<ListRunning>) -> ApiResult {
-    let views = with_controller(&state, |c| {
-        if let Some(s) = &q.session
-            && !c.has_session(s)
-        {
-            return Err(ControlError::NoSession(s.clone()));
-        }
-        Ok(c.running_views(q.session.as_deref()))
-    })
-    .await?;
+async fn list_running(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListRunning>,
+) -> ApiResult {
+    let c = state.lock()?;
+    if let Some(s) = &q.session {
+        guard::own_session(&caller, &c, s)?;
+    }
+    let mut views = c.running_views(q.session.as_deref());
+    views.retain(|v| sees(&caller, &c, &v.session));
     to_json(views)
 }
 
-async fn list_calls(State(state): State<AppState>, Query(q): Query<ListCalls>) -> ApiResult {
+/// The caller's recent records: of its own sessions (an admin: of every session).
+async fn list_calls(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListCalls>,
+) -> ApiResult {
     let limit = q.limit.min(10_000);
     settled(&state, Controller::running_ids).await;
-    let records = with_controller(&state, |c| {
-        Ok(c.recent_records(q.session.as_deref(), limit)
-            .into_iter()
-            .cloned()
-            .collect::<Vec<_>>())
-    })
-    .await?;
+    let c = state.lock()?;
+    if let Some(s) = &q.session {
+        agentcg_core::plan::check_session_name(s).map_err(ControlError::from)?;
+        if let Some(owner) = c.session_owner(s) {
+            guard::check_owner(&caller, owner, &format!("session `{s}`"))?;
+        }
+    }
+    let records: Vec<_> = c
+        .recent_records(q.session.as_deref(), limit)
+        .into_iter()
+        .filter(|r| sees(&caller, &c, &r.session))
+        .cloned()
+        .collect();
     to_json(records)
 }

@@ -39,6 +39,22 @@ pub struct Args {
     /// Socket file mode, octal: who may talk to the daemon.
     #[arg(long, default_value = "660", value_parser = parse_mode)]
     pub socket_mode: u32,
+    /// Members of this group (and root) see and act on every user's sessions and calls.
+    #[arg(long, default_value = "agentcg-admin", env = "AGENTCG_ADMIN_GROUP")]
+    pub admin_group: String,
+    /// Seconds a client has to send a whole request, and the longest a connection may
+    /// sit idle between requests (never counted while a response is sent).
+    #[arg(long, default_value_t = 10, env = "AGENTCG_REQUEST_TIMEOUT")]
+    pub request_timeout: u64,
+    /// Largest request head (request line and headers), bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_head: usize,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body: u64,
+    /// Open connections per uid; one more is answered 429.
+    #[arg(long, default_value_t = 128, env = "AGENTCG_CONNECTIONS_PER_UID")]
+    pub connections_per_uid: usize,
     /// TCP address of the Prometheus endpoint (`GET /metrics`); `none` turns it off.
     #[arg(
         long,
@@ -47,6 +63,18 @@ pub struct Args {
         value_parser = parse_listen
     )]
     pub metrics_listen: MetricsListen,
+}
+
+impl Args {
+    /// The API server's limits.
+    pub fn limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            max_head: self.max_head,
+            max_body: self.max_body,
+            request_timeout: std::time::Duration::from_secs(self.request_timeout),
+            connections_per_uid: self.connections_per_uid,
+        }
+    }
 }
 
 /// Where the metrics endpoint listens, if anywhere.

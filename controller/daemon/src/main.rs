@@ -8,13 +8,17 @@ mod logging;
 mod membpf;
 mod memory;
 mod metrics;
+mod policy;
+mod reload;
 mod root;
 mod sched;
+mod server;
 mod status;
 mod supervisor;
 mod systemd;
 mod telemetry;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use agentcg_core::controller::{AdoptReport, Controller, StartOptions};
@@ -45,10 +49,8 @@ async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), Strin
         root::move_into(leaf)?;
     }
     let root = placement.root.as_path();
-    let policy = match &args.policy {
-        Some(path) => Policy::load(path).map_err(|e| e.to_string())?,
-        None => Policy::default_policy(),
-    };
+    let (policy_file, policy_text, policy_source) = policy_source(&args)?;
+    let policy = Policy::parse(&policy_text, &policy_source).map_err(|e| e.to_string())?;
     let wakers = Arc::new(supervisor::Wakers::default());
     let on_written = {
         let wakers = wakers.clone();
@@ -169,7 +171,26 @@ async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), Strin
             (listener, false)
         }
     };
-    let state = api::AppState::new(shared.clone(), status, wakers.clone(), events.clone());
+    let store = Arc::new(policy::PolicyStore::new(
+        policy_file,
+        policy_text,
+        policy_source,
+        &args.state_dir,
+        shared.clone(),
+        events.clone(),
+    ));
+    reload::on_sighup(store.clone());
+    if let Err(why) = reload::watch_file(store.clone()) {
+        tracing::warn!("the policy file is not watched ({why}); SIGHUP reloads it");
+    }
+    let state = api::AppState::new(
+        shared.clone(),
+        status,
+        wakers.clone(),
+        events.clone(),
+        store,
+        &args.admin_group,
+    );
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::watchdog_loop(
@@ -184,7 +205,11 @@ async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), Strin
     let ending = args
         .stop_ends_calls
         .then(|| (shared.clone(), wakers.clone()));
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+    let app = api::router(state)
+        .layer(axum::middleware::from_fn(server::track))
+        .into_make_service_with_connect_info::<server::Conn>();
+    let front = server::Front::new(listener, args.limits());
+    let server = axum::serve(front, app).with_graceful_shutdown(async move {
         supervisor::shutdown_signal().await;
         let notifier = systemd::Notifier::from_env();
         notifier.send("STOPPING=1");
@@ -204,6 +229,27 @@ async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), Strin
     }
     tracing::info!("agentcgd stopped");
     result
+}
+
+/// The policy file (where API changes are written), its text and where that came
+/// from: `--policy FILE`; else `<state-dir>/policy.toml` if an earlier run wrote one;
+/// else the embedded default (and changes create that file).
+fn policy_source(args: &args::Args) -> Result<(PathBuf, String, String), String> {
+    if let Some(path) = &args.policy {
+        let text = agentcg_core::policy::read_text(path).map_err(|e| e.to_string())?;
+        return Ok((path.clone(), text, path.display().to_string()));
+    }
+    let file = args.state_dir.join("policy.toml");
+    if file.exists() {
+        let text = agentcg_core::policy::read_text(&file).map_err(|e| e.to_string())?;
+        let source = file.display().to_string();
+        return Ok((file, text, source));
+    }
+    Ok((
+        file,
+        agentcg_core::policy::DEFAULT_POLICY.to_string(),
+        "embedded default".into(),
+    ))
 }
 
 /// Says what the start took over from a previous run.

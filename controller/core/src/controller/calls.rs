@@ -77,6 +77,7 @@ impl Controller {
             }
             self.create_session(&SessionRequest {
                 name: name.clone(),
+                owner: req.owner,
                 ..SessionRequest::default()
             })?;
         }

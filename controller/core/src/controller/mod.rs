@@ -159,6 +159,10 @@ pub struct CallRequest {
     /// lost the reply, e.g. to a daemon restart) gets the same running call back.
     #[serde(default)]
     pub client_token: Option<String>,
+    /// The caller's uid, set by agentcgd (never from the body): the owner of the
+    /// default session when this declaration creates it.
+    #[serde(skip)]
+    pub owner: u32,
 }
 
 /// The answer to a call declaration.
@@ -180,6 +184,9 @@ pub struct CallGrant {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub plan: SessionPlan,
+    /// The uid the session belongs to.
+    #[serde(default)]
+    pub owner: u32,
     pub cgroup: String,
     pub running_calls: Vec<u64>,
     pub runtime_pids: Vec<u32>,
@@ -272,6 +279,10 @@ struct SessionState {
     plan: SessionPlan,
     #[serde(default)]
     calls_finished: u64,
+    /// The uid that created the session (sessions kept before owners were recorded
+    /// belong to root).
+    #[serde(default)]
+    owner: u32,
 }
 
 /// The engine.
@@ -446,6 +457,12 @@ impl Controller {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// Puts a validated policy in force: new sessions and calls get its rules; running
+    /// calls keep the limits they were granted.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
     }
 
     pub fn layout(&self) -> &Layout {

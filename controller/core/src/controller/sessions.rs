@@ -95,6 +95,7 @@ impl Controller {
             SessionState {
                 plan,
                 calls_finished: 0,
+                owner: req.owner,
             },
         );
         self.save_sessions()?;
@@ -150,6 +151,7 @@ impl Controller {
         let cg = self.layout.session(name);
         Ok(SessionInfo {
             plan: s.plan.clone(),
+            owner: s.owner,
             cgroup: cg.path().display().to_string(),
             running_calls: self
                 .running
@@ -163,6 +165,19 @@ impl Controller {
             cpu_usec: cpu::usage(&cg).ok().map(|u| u.usage_usec),
             memory_pressure: crate::cgroup::psi::read_memory(&cg).ok(),
         })
+    }
+
+    /// The uid session `name` belongs to, if it exists.
+    pub fn session_owner(&self, name: &str) -> Option<u32> {
+        self.sessions.get(name).map(|s| s.owner)
+    }
+
+    /// The session of call `id`, running or finished (while its record is kept).
+    pub fn call_session(&self, id: u64) -> Option<&str> {
+        match self.running.get(&id) {
+            Some(c) => Some(&c.session),
+            None => self.history.get(id).map(|r| r.session.as_str()),
+        }
     }
 
     /// Whether a session of that name exists (no cgroup file is read).

@@ -105,6 +105,7 @@ fn killed_daemon_tree() -> Fixture {
         SessionState {
             plan,
             calls_finished: 4,
+            owner: 1000,
         },
     )]);
     write(
@@ -166,7 +167,19 @@ fn a_restarted_controller_readopts_records_the_lost_and_kills_orphans() {
         "an orphan is killed before it is removed"
     );
     assert!(c.is_running(5));
+    assert_eq!(
+        c.session_owner("s"),
+        Some(1000),
+        "the owner survives a restart"
+    );
+    assert_eq!(c.call_session(5), Some("s"));
     let lost = c.record(7).expect("the lost call is recorded");
+    assert_eq!(
+        c.call_session(7),
+        Some("s"),
+        "a finished call's session too"
+    );
+    assert_eq!(c.call_session(99), None);
     assert_eq!(lost.outcome, Outcome::Abandoned);
     wait_durable(&c, 7);
     assert!(!RunningStore::open(&f.state).unwrap().path(7).exists());
@@ -275,6 +288,7 @@ fn a_repeated_token_gets_the_running_call_back() {
         command: vec!["pytest".into()],
         intent: None,
         client_token: Some("tok-5".into()),
+        owner: 0,
     };
     let grant = c.declare_call(&req).unwrap();
     assert_eq!(grant.call_id, 5);

@@ -122,8 +122,16 @@ pub fn summary(body: &EventBody) -> String {
         EventBody::SchedulerFallback { reason } => {
             format!("CPU falls back to the kernel's cpu controller: {reason}")
         }
-        EventBody::PolicyReloaded { source, ok, error } => match (ok, error) {
-            (true, _) => format!("policy reloaded from {source}"),
+        EventBody::PolicyReloaded {
+            source,
+            ok,
+            error,
+            hash,
+        } => match (ok, error) {
+            (true, _) => format!(
+                "policy reloaded from {source} (hash {})",
+                hash.as_deref().unwrap_or("?")
+            ),
             (false, e) => format!(
                 "policy from {source} refused, the old one stays: {}",
                 e.as_deref().unwrap_or("invalid")

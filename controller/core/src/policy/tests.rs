@@ -76,11 +76,11 @@ fn bad_policies_name_the_problem() {
                 "intent = \"mem=64M,mem.max=512M,pids=256,timeout=10m\"",
                 "intent = \"mem=zz\"",
             ),
-            "class vcs intent",
+            "class[4].intent",
         ),
         (
             good.replace("name = \"vcs\"", "name = \"Bad Name\""),
-            "class name",
+            "class[4].name",
         ),
         (good.replace("cpus = 64", "cpus = -1"), "caps.cpus"),
         (
@@ -96,7 +96,7 @@ fn bad_policies_name_the_problem() {
         ),
         (
             good.replace("critical_at = 95", "critical_at = 101"),
-            "critical_at <= 100",
+            "memory.critical_at",
         ),
         (
             good.replace("psi_window = \"1s\"", "psi_window = \"20s\""),
@@ -127,7 +127,8 @@ fn bad_policies_name_the_problem() {
 
 #[test]
 fn history_keep_defaults_to_30_days_and_is_validated() {
-    assert_eq!(Policy::default_policy().history.keep, DEFAULT_HISTORY_KEEP);
+    let thirty_days = Duration::from_secs(30 * 86_400);
+    assert_eq!(Policy::default_policy().history.keep, thirty_days);
     let without: String = DEFAULT_POLICY
         .split("\n[history]")
         .next()
@@ -135,7 +136,7 @@ fn history_keep_defaults_to_30_days_and_is_validated() {
         .to_string();
     assert!(!without.contains("[history]"));
     let p = Policy::parse(&without, "t").unwrap();
-    assert_eq!(p.history.keep, Duration::from_secs(30 * 86_400));
+    assert_eq!(p.history.keep, thirty_days);
     let with =
         |keep: &str| Policy::parse(&format!("{without}\n[history]\nkeep = \"{keep}\"\n"), "t");
     assert_eq!(

@@ -20,6 +20,7 @@ use agentcg_core::events::{Event, Subscription, lagged};
 use agentcg_core::plan;
 
 use super::extract::Query;
+use super::guard::{self, Caller};
 use super::{ApiError, AppState};
 
 /// The query of `GET /v1/events`; values as text, so a bad one gets a precise error.
@@ -74,17 +75,30 @@ fn bad_query(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message)
 }
 
+/// A non-admin caller follows the events of one of its own sessions (`session=`).
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let wanted = parse_query(q)?;
-    if let Some(name) = &wanted.session {
-        // A session that is gone may still have events in the ring: replaying them is
-        // fine; following a name that never existed is a typo worth an error.
-        let known = state.lock()?.has_session(name);
-        if !known && wanted.since.is_none() {
-            return Err(ControlError::NoSession(name.clone()).into());
+    match &wanted.session {
+        None => guard::require_admin(&caller, "the events of every session")?,
+        Some(name) => {
+            let c = state.lock()?;
+            match c.session_owner(name) {
+                Some(owner) => guard::check_owner(&caller, owner, &format!("session `{name}`"))?,
+                // A session that is gone may still have events in the ring: replaying
+                // them is fine (for an admin: its owner is no longer known);
+                // following a name that never existed is a typo worth an error.
+                None if wanted.since.is_none() => {
+                    return Err(ControlError::NoSession(name.clone()).into());
+                }
+                None => guard::require_admin(
+                    &caller,
+                    &format!("replaying the events of closed session `{name}`"),
+                )?,
+            }
         }
     }
     let sub = state

@@ -74,9 +74,13 @@ where
                 "expected a request with `content-type: application/json`",
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| bad_json(e.body_text()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(e.status(), "too_large", e.body_text())
+            } else {
+                bad_json(e.body_text())
+            }
+        })?;
         // The typed parse first: its messages name the field (unknown, wrong type).
         let axum::Json(value) =
             axum::Json::<T>::from_bytes(&bytes).map_err(|e| bad_json(e.body_text()))?;

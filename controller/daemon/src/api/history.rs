@@ -13,6 +13,7 @@ use agentcg_core::history::{Connection, HistoryError, schema};
 use agentcg_core::record::Outcome;
 
 use super::extract::{Json, Query};
+use super::guard::{self, Caller};
 use super::{ApiError, ApiResult, AppState, with_controller};
 
 /// `GET /v1/history`'s parameters, as given.
@@ -96,8 +97,26 @@ async fn on_db<T: Send + 'static>(
     .map_err(|e| internal(e.to_string()))
 }
 
-pub async fn list(State(state): State<AppState>, Query(p): Query<ListParams>) -> ApiResult {
+/// A non-admin caller lists the history of one of its own sessions (`session=`).
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(p): Query<ListParams>,
+) -> ApiResult {
     let filter = list_filter(p)?;
+    match &filter.session {
+        None => guard::require_admin(&caller, "the history of every session")?,
+        Some(name) => {
+            let c = state.lock()?;
+            match c.session_owner(name) {
+                Some(owner) => guard::check_owner(&caller, owner, &format!("session `{name}`"))?,
+                None => guard::require_admin(
+                    &caller,
+                    &format!("the history of session `{name}` (not open: its owner is not kept)"),
+                )?,
+            }
+        }
+    }
     let calls = on_db(&state, move |conn, db| query::list(conn, db, &filter)).await?;
     Ok(Json(json!({ "calls": calls })))
 }

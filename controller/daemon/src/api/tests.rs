@@ -16,16 +16,18 @@ use agentcg_core::controller::{CONTROLLERS, ControlError, Controller, StartOptio
 use agentcg_core::events::{EventBody, EventBus};
 use agentcg_core::history::HistoryError;
 use agentcg_core::intent::IntentError;
-use agentcg_core::plan::PlanError;
+use agentcg_core::plan::{PlanError, SessionRequest, plan_session};
 use agentcg_core::policy::Policy;
 use agentcg_core::probe::KernelFeatures;
 
+use super::guard::{Peer, PeerCred};
 use super::{ApiError, AppState, router};
 use crate::status::Status;
+use axum::extract::ConnectInfo;
 
 /// A directory that looks like a cgroup to the controller: the interface files it
 /// reads at start (on cgroupfs the kernel provides them).
-fn fake_cgroup(dir: &Path) {
+pub(crate) fn fake_cgroup(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let controllers = CONTROLLERS.join(" ");
     std::fs::write(dir.join("cgroup.controllers"), &controllers).unwrap();
@@ -42,11 +44,40 @@ pub(super) struct Fixture {
 }
 
 pub(super) fn fixture() -> Fixture {
+    fixture_with_sessions(&[])
+}
+
+/// A fixture whose controller starts with these sessions (name, owner uid), as a
+/// restarted daemon finds them (a fake cgroupfs cannot create a session's cgroups).
+pub(super) fn fixture_with_sessions(sessions: &[(&str, u32)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("cgroup/agentcg");
     fake_cgroup(root.parent().unwrap());
     fake_cgroup(&root);
     let state_dir = dir.path().join("state");
+    let mut kept = serde_json::Map::new();
+    for (name, owner) in sessions {
+        for d in ["", "runtime", "calls"] {
+            let dir = root.join(format!("session-{name}")).join(d);
+            fake_cgroup(&dir);
+            std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        }
+        let req = SessionRequest {
+            name: name.to_string(),
+            ..SessionRequest::default()
+        };
+        let plan = plan_session(&Policy::default_policy(), &req).unwrap();
+        kept.insert(
+            name.to_string(),
+            serde_json::json!({"plan": plan, "owner": owner}),
+        );
+    }
+    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::write(
+        state_dir.join("sessions.json"),
+        Value::Object(kept).to_string(),
+    )
+    .unwrap();
     let events = Arc::new(EventBus::in_memory());
     let (controller, _) = Controller::start(
         Policy::default_policy(),
@@ -76,11 +107,22 @@ pub(super) fn fixture() -> Fixture {
         sched: Default::default(),
         memory: Default::default(),
     };
+    let shared = Arc::new(Mutex::new(controller));
+    let policy = Arc::new(crate::policy::PolicyStore::new(
+        dir.path().join("policy.toml"),
+        agentcg_core::policy::DEFAULT_POLICY.to_string(),
+        "embedded default".into(),
+        &state_dir,
+        shared.clone(),
+        events.clone(),
+    ));
     let state = AppState::new(
-        Arc::new(Mutex::new(controller)),
+        shared,
         status,
         Arc::new(crate::supervisor::Wakers::default()),
         events.clone(),
+        policy,
+        "agentcg-test-no-such-group",
     );
     Fixture {
         _dir: dir,
@@ -109,7 +151,26 @@ pub(super) async fn send(
     answer(app, req).await
 }
 
-async fn answer(app: &axum::Router, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+/// A request from uid `uid`, as the server marks each connection's requests.
+pub(super) fn from_uid(mut req: Request<Body>, uid: u32) -> Request<Body> {
+    req.extensions_mut().insert(ConnectInfo(PeerCred(Some(Peer {
+        uid,
+        gid: uid,
+        pid: 1,
+    }))));
+    req
+}
+
+/// Sends one request (from root unless it says who it is from).
+pub(super) async fn answer(
+    app: &axum::Router,
+    req: Request<Body>,
+) -> (StatusCode, Option<String>, Value) {
+    let req = if req.extensions().get::<ConnectInfo<PeerCred>>().is_some() {
+        req
+    } else {
+        from_uid(req, 0)
+    };
     let what = format!("{} {}", req.method(), req.uri());
     let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
@@ -502,7 +563,7 @@ async fn a_replay_without_follow_is_the_kept_events_as_ndjson_then_ends() {
         .uri("/v1/events?since=1&session=a&follow=false")
         .body(Body::empty())
         .unwrap();
-    let res = f.app.clone().oneshot(req).await.unwrap();
+    let res = f.app.clone().oneshot(from_uid(req, 0)).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(
         res.headers()[header::CONTENT_TYPE].to_str().unwrap(),

@@ -228,6 +228,7 @@ fn rejections_clamps_memory_steps_and_policy_reloads_are_counted() {
         source: "file".into(),
         ok: false,
         error: Some("bad".into()),
+        hash: None,
     });
     let (_, s) = scrape(&reg, Format::Text);
     for (series, want) in [

@@ -1,0 +1,517 @@
+//! A scripted model server for driving real agent harnesses offline: it answers the
+//! Anthropic Messages API (`POST /v1/messages`, streamed server-sent events or plain
+//! JSON) and the OpenAI-compatible chat API (`POST /v1/chat/completions`, streamed or
+//! not) from a script of turns, and records every request body it received, so a test
+//! can read the tool results the harness sent back. Loopback only.
+//!
+//! The server keeps no conversation state: the turn answered is the number of assistant
+//! messages already in the request's conversation, so the harness's retries and side
+//! requests cannot shift the script. A request that offers no tools (a title or summary
+//! request) gets a short text answer. Past the script's end the model says "done".
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+/// One model turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Turn {
+    /// Run this shell command with the harness's shell tool.
+    Bash(String),
+    /// Answer with this text and end the turn.
+    Text(String),
+}
+
+impl Turn {
+    /// A script from JSON: `[{"bash": "ls"}, {"text": "done"}]`.
+    pub fn script_from_json(v: &Value) -> Result<Vec<Turn>, String> {
+        let turns = v.as_array().ok_or("a script is a JSON array of turns")?;
+        turns
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match (t["bash"].as_str(), t["text"].as_str()) {
+                (Some(c), None) => Ok(Turn::Bash(c.to_string())),
+                (None, Some(s)) => Ok(Turn::Text(s.to_string())),
+                _ => Err(format!(
+                    "turn {i}: expected {{\"bash\": CMD}} or {{\"text\": TEXT}}, got {t}"
+                )),
+            })
+            .collect()
+    }
+}
+
+/// A running server; it lives as long as the process (its thread is detached).
+#[derive(Debug)]
+pub struct ModelServer {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Value>>>,
+}
+
+impl ModelServer {
+    /// Serves `script` on 127.0.0.1 (a free port), appending each request body as one
+    /// JSON line to `record` when given.
+    pub fn start(script: Vec<Turn>, record: Option<PathBuf>) -> std::io::Result<ModelServer> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let shared = Shared {
+            script: Arc::new(script),
+            requests: requests.clone(),
+            record,
+        };
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let shared = shared.clone();
+                std::thread::spawn(move || serve(conn, &shared));
+            }
+        });
+        Ok(ModelServer { addr, requests })
+    }
+
+    /// `http://127.0.0.1:PORT`, for `ANTHROPIC_BASE_URL` (OpenAI clients add `/v1`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The request bodies received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The text of every tool result the harness sent back, in order (deduplicated:
+    /// each request repeats the conversation so far).
+    pub fn tool_results(&self) -> Vec<String> {
+        let mut seen = Vec::new();
+        for req in self.requests() {
+            for r in tool_results(&req) {
+                if !seen.contains(&r) {
+                    seen.push(r);
+                }
+            }
+        }
+        seen
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Shared {
+    script: Arc<Vec<Turn>>,
+    requests: Arc<Mutex<Vec<Value>>>,
+    record: Option<PathBuf>,
+}
+
+/// The tool results of one request, Anthropic (`tool_result` blocks) or OpenAI (`tool`
+/// messages, or the user observations of a text-only agent after its first turn).
+pub fn tool_results(req: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let messages = req["messages"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut after_assistant = false;
+    for m in messages {
+        match (m["role"].as_str(), &m["content"]) {
+            (Some("user"), Value::Array(blocks)) => {
+                for b in blocks.iter().filter(|b| b["type"] == "tool_result") {
+                    out.push(content_text(&b["content"]));
+                }
+            }
+            (Some("tool"), c) => out.push(content_text(c)),
+            (Some("user"), Value::String(s)) if after_assistant => out.push(s.clone()),
+            _ => {}
+        }
+        after_assistant = m["role"] == "assistant";
+    }
+    out
+}
+
+/// Text of a content value: a string, or the text blocks of an array.
+fn content_text(c: &Value) -> String {
+    match c {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// Which turn a request asks for: the number of assistant messages in it.
+pub fn turn_index(req: &Value) -> usize {
+    req["messages"]
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count())
+}
+
+/// The turn to answer `req` with.
+fn pick(script: &[Turn], req: &Value) -> Turn {
+    let offers_tools = req["tools"].as_array().is_some_and(|t| !t.is_empty());
+    let text_agent = req["tools"].is_null() && is_openai(req);
+    match script.get(turn_index(req)) {
+        Some(Turn::Bash(c)) if offers_tools || text_agent => Turn::Bash(c.clone()),
+        Some(Turn::Text(t)) => Turn::Text(t.clone()),
+        _ => Turn::Text("done".into()),
+    }
+}
+
+/// An OpenAI chat request (its system prompt is a message, and it has no `system` field).
+fn is_openai(req: &Value) -> bool {
+    req["messages"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["role"] == "system"))
+}
+
+/// The name of the shell tool a request offers: `Bash` (Claude Code), else the first
+/// tool whose name mentions bash or shell, else the first tool.
+fn shell_tool(req: &Value) -> (String, String) {
+    let tools = req["tools"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let name_of = |t: &Value| {
+        t["name"]
+            .as_str()
+            .or(t["function"]["name"].as_str())
+            .unwrap_or("bash")
+            .to_string()
+    };
+    let name = tools
+        .iter()
+        .map(name_of)
+        .find(|n| n == "Bash")
+        .or_else(|| {
+            tools
+                .iter()
+                .map(name_of)
+                .find(|n| n.to_lowercase().contains("bash") || n.to_lowercase().contains("shell"))
+        })
+        .or_else(|| tools.first().map(name_of))
+        .unwrap_or_else(|| "bash".into());
+    (name, "command".into())
+}
+
+fn serve(conn: TcpStream, shared: &Shared) {
+    let mut reader = BufReader::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut out = conn;
+    // One request per connection is enough (we answer `connection: close`).
+    let Some((path, body)) = read_request(&mut reader) else {
+        return;
+    };
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Ok(mut r) = shared.requests.lock() {
+        r.push(req.clone());
+    }
+    if let Some(p) = &shared.record
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+    {
+        let _ = writeln!(f, "{req}");
+    }
+    let turn = pick(&shared.script, &req);
+    let stream = req["stream"].as_bool() == Some(true);
+    let route = path.split('?').next().unwrap_or_default();
+    let (ctype, text) = match (route, stream) {
+        (p, true) if p.ends_with("/messages") => ("text/event-stream", anthropic_sse(&req, &turn)),
+        (p, false) if p.ends_with("/messages") => (
+            "application/json",
+            anthropic_message(&req, &turn).to_string(),
+        ),
+        (p, true) if p.ends_with("/chat/completions") => {
+            ("text/event-stream", openai_sse(&req, &turn))
+        }
+        (p, false) if p.ends_with("/chat/completions") => (
+            "application/json",
+            openai_completion(&req, &turn).to_string(),
+        ),
+        _ => {
+            let _ = write!(
+                out,
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+            );
+            return;
+        }
+    };
+    let _ = write!(
+        out,
+        "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = out.flush();
+}
+
+/// Reads one request: its path and body (by `content-length`).
+fn read_request(r: &mut impl BufRead) -> Option<(String, Vec<u8>)> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_string();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((path, body))
+}
+
+fn model_of(req: &Value) -> String {
+    req["model"].as_str().unwrap_or("scripted").to_string()
+}
+
+/// The content blocks and stop reason of an Anthropic answer.
+fn anthropic_blocks(req: &Value, turn: &Turn) -> (Vec<Value>, &'static str) {
+    match turn {
+        Turn::Bash(cmd) => {
+            let (name, arg) = shell_tool(req);
+            let id = format!("toolu_{:04}", turn_index(req));
+            (
+                vec![json!({"type": "tool_use", "id": id, "name": name, "input": {arg: cmd}})],
+                "tool_use",
+            )
+        }
+        Turn::Text(t) => (vec![json!({"type": "text", "text": t})], "end_turn"),
+    }
+}
+
+fn usage() -> Value {
+    json!({"input_tokens": 10, "output_tokens": 10})
+}
+
+fn anthropic_message(req: &Value, turn: &Turn) -> Value {
+    let (content, stop) = anthropic_blocks(req, turn);
+    json!({"id": format!("msg_{}", turn_index(req)), "type": "message", "role": "assistant",
+        "model": model_of(req), "content": content, "stop_reason": stop,
+        "stop_sequence": null, "usage": usage()})
+}
+
+fn sse(event: &str, data: &Value) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
+}
+
+/// The streamed form of an Anthropic answer: message_start, one block (start, one
+/// delta, stop), message_delta with the stop reason, message_stop.
+fn anthropic_sse(req: &Value, turn: &Turn) -> String {
+    let (blocks, stop) = anthropic_blocks(req, turn);
+    let mut start = anthropic_message(req, turn);
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    let mut s = sse(
+        "message_start",
+        &json!({"type": "message_start", "message": start}),
+    );
+    for (i, b) in blocks.iter().enumerate() {
+        let (empty, delta) = if b["type"] == "tool_use" {
+            let mut e = b.clone();
+            e["input"] = json!({});
+            let partial = b["input"].to_string();
+            (
+                e,
+                json!({"type": "input_json_delta", "partial_json": partial}),
+            )
+        } else {
+            (
+                json!({"type": "text", "text": ""}),
+                json!({"type": "text_delta", "text": b["text"]}),
+            )
+        };
+        s += &sse(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": i, "content_block": empty}),
+        );
+        s += &sse(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": i, "delta": delta}),
+        );
+        s += &sse(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": i}),
+        );
+    }
+    s += &sse(
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+            "usage": {"output_tokens": 10}}),
+    );
+    s + &sse("message_stop", &json!({"type": "message_stop"}))
+}
+
+/// The assistant message of an OpenAI answer: a tool call when the request offers
+/// tools, else the command in a fenced bash block (text-only agents parse it out).
+fn openai_message(req: &Value, turn: &Turn) -> (Value, &'static str) {
+    match turn {
+        Turn::Bash(cmd) if req["tools"].as_array().is_some_and(|t| !t.is_empty()) => {
+            let (name, arg) = shell_tool(req);
+            let args = json!({arg: cmd}).to_string();
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": [{
+                    "id": format!("call_{}", turn_index(req)), "type": "function",
+                    "function": {"name": name, "arguments": args}}]}),
+                "tool_calls",
+            )
+        }
+        Turn::Bash(cmd) => (
+            json!({"role": "assistant",
+                "content": format!("THOUGHT: running it.\n\n```bash\n{cmd}\n```")}),
+            "stop",
+        ),
+        Turn::Text(t) => (json!({"role": "assistant", "content": t}), "stop"),
+    }
+}
+
+fn openai_completion(req: &Value, turn: &Turn) -> Value {
+    let (message, finish) = openai_message(req, turn);
+    json!({"id": format!("chatcmpl-{}", turn_index(req)), "object": "chat.completion",
+        "created": 0, "model": model_of(req),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}})
+}
+
+/// The streamed form: one chunk with the whole message as its delta, one with the
+/// finish reason, then `[DONE]`.
+fn openai_sse(req: &Value, turn: &Turn) -> String {
+    let (mut message, finish) = openai_message(req, turn);
+    if let Some(calls) = message["tool_calls"].as_array_mut() {
+        for (i, c) in calls.iter_mut().enumerate() {
+            c["index"] = json!(i);
+        }
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": format!("chatcmpl-{}", turn_index(req)), "object": "chat.completion.chunk",
+            "created": 0, "model": model_of(req),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    format!(
+        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        chunk(message, Value::Null),
+        chunk(json!({}), json!(finish))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn post(server: &ModelServer, path: &str, body: &Value) -> String {
+        let mut s = TcpStream::connect(server.addr).expect("connect");
+        let b = body.to_string();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{b}",
+            b.len()
+        )
+        .expect("write");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("read");
+        reply
+    }
+
+    fn script() -> Vec<Turn> {
+        Turn::script_from_json(&json!([{"bash": "echo hi"}, {"text": "all done"}])).expect("script")
+    }
+
+    #[test]
+    fn anthropic_stream_follows_the_script_by_conversation_length() {
+        let server = ModelServer::start(script(), None).expect("start");
+        let tools = json!([{"name": "Read"}, {"name": "Bash"}]);
+        let first = post(
+            &server,
+            "/v1/messages?beta=true",
+            &json!({"stream": true, "tools": tools, "messages": [{"role": "user", "content": "go"}]}),
+        );
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(first.contains("event: content_block_start"), "{first}");
+        assert!(first.contains(r#""name":"Bash""#), "{first}");
+        assert!(
+            first.contains(r#"partial_json":"{\"command\":\"echo hi\"}"#),
+            "{first}"
+        );
+        assert!(first.contains(r#""stop_reason":"tool_use""#), "{first}");
+        let second = json!({"stream": true, "tools": tools, "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_0000"}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_0000",
+                "content": [{"type": "text", "text": "hi"}]}]}]});
+        let reply = post(&server, "/v1/messages", &second);
+        assert!(reply.contains(r#""text":"all done""#), "{reply}");
+        assert!(reply.contains(r#""stop_reason":"end_turn""#), "{reply}");
+        assert_eq!(server.tool_results(), vec!["hi".to_string()]);
+        assert_eq!(server.requests().len(), 2);
+    }
+
+    #[test]
+    fn a_request_without_tools_gets_text_not_a_tool_call() {
+        let server = ModelServer::start(script(), None).expect("start");
+        let reply = post(
+            &server,
+            "/v1/messages",
+            &json!({"messages": [{"role": "user", "content": "title?"}]}),
+        );
+        assert!(reply.contains(r#""type":"text""#), "{reply}");
+        assert!(!reply.contains("tool_use\""), "{reply}");
+    }
+
+    #[test]
+    fn openai_tool_call_and_text_agent_forms_and_a_record_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = dir.path().join("requests.jsonl");
+        let server = ModelServer::start(script(), Some(record.clone())).expect("start");
+        let with_tools = post(
+            &server,
+            "/v1/chat/completions",
+            &json!({"tools": [{"type": "function", "function": {"name": "bash"}}],
+                "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "go"}]}),
+        );
+        assert!(
+            with_tools.contains(r#""finish_reason":"tool_calls""#),
+            "{with_tools}"
+        );
+        assert!(
+            with_tools.contains(r#"\"command\":\"echo hi\""#),
+            "{with_tools}"
+        );
+        let text_agent = post(
+            &server,
+            "/v1/chat/completions",
+            &json!({"stream": true, "messages": [{"role": "system", "content": "s"},
+                {"role": "user", "content": "go"}]}),
+        );
+        assert!(
+            text_agent.contains(r#"```bash\necho hi\n```"#),
+            "{text_agent}"
+        );
+        assert!(text_agent.ends_with("data: [DONE]\n\n"), "{text_agent}");
+        let observed = json!({"messages": [{"role": "system", "content": "s"},
+            {"role": "user", "content": "go"}, {"role": "assistant", "content": "x"},
+            {"role": "user", "content": "<returncode>0</returncode> hi"}]});
+        let last = post(&server, "/v1/chat/completions", &observed);
+        assert!(last.contains("all done"), "{last}");
+        let lines = std::fs::read_to_string(&record).expect("record");
+        assert_eq!(lines.lines().count(), 3);
+        assert_eq!(
+            server.tool_results(),
+            vec!["<returncode>0</returncode> hi".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_bad_script_names_the_turn() {
+        let e = Turn::script_from_json(&json!([{"bash": "ls"}, {"say": "x"}])).unwrap_err();
+        assert!(e.starts_with("turn 1:"), "{e}");
+    }
+}
