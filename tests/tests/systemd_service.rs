@@ -36,12 +36,14 @@ const TARGET: &str = "[Unit]\nDescription=agentcg systemd test\nDefaultDependenc
     Wants=systemd-journald.socket systemd-journald.service\n";
 
 /// Runs in the new namespaces: a cgroup2 mount showing the namespace's root; the shell
-/// moves into init.scope so that the root, empty, can give its children the controllers
-/// (systemd in a container leaves that to the container manager); tmpfs /run and
+/// moves into init.scope and, once the root is empty (see `Systemd::boot`), gives the
+/// root's children the controllers (systemd in a container leaves that to the
+/// container manager); tmpfs /run and
 /// /var/lib (the VM's root is read-only); then systemd.
 const INNER: &str = "umount -l /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
     && mkdir /sys/fs/cgroup/init.scope && echo $$ > /sys/fs/cgroup/init.scope/cgroup.procs \
-    && echo \"+cpu +memory +pids\" > /sys/fs/cgroup/cgroup.subtree_control \
+    && until echo \"+cpu +memory +pids\" 2>/dev/null > /sys/fs/cgroup/cgroup.subtree_control; \
+       do sleep 0.2; done \
     && mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib \
     && export container=agentcg-test SYSTEMD_UNIT_PATH=/tmp/agentcg-systemd-units: \
     && exec /lib/systemd/systemd --system --unit=agentcg-test.target --log-target=kmsg";
@@ -68,9 +70,17 @@ impl Systemd {
             .spawn()
             .expect("starting unshare");
         let mut pid = 0;
-        wait_for("systemd's private socket", Duration::from_secs(120), || {
+        wait_for("unshare's child", Duration::from_secs(60), || {
             pid = children(unshare.id()).into_iter().next().unwrap_or(0);
-            pid != 0 && Path::new(&format!("/proc/{pid}/root/run/systemd/private")).exists()
+            pid != 0
+        });
+        // The child's cgroup namespace is rooted at CGROUP now; unshare itself, waiting
+        // for it, leaves CGROUP so that CGROUP holds no process and can give its
+        // children the controllers (the loop in INNER waits for that).
+        std::fs::write("/sys/fs/cgroup/cgroup.procs", unshare.id().to_string())
+            .expect("move unshare out of the test's cgroup");
+        wait_for("systemd's private socket", Duration::from_secs(180), || {
+            Path::new(&format!("/proc/{pid}/root/run/systemd/private")).exists()
         });
         let sd = Systemd { unshare, pid };
         let bin = sd.path("/run/agentcg-bin");
