@@ -236,7 +236,9 @@ fn systemd_service_ready_delegated_restarted_and_stopped_with_records() {
     assert!(sd.show("StatusText").starts_with("serving"), "STATUS=");
     let main = sd.show("MainPID");
     // The daemon moved itself into its leaf; the unit's cgroup holds no process.
-    let leaf = read(&sd, &format!("{UNIT_CGROUP}/daemon/cgroup.procs"));
+    // Read inside the namespace: cgroup.procs lists pids as its reader's pid namespace
+    // numbers them, and MainPID is systemd's number.
+    let leaf = sd.ok(&["cat", &format!("{UNIT_CGROUP}/daemon/cgroup.procs")]);
     assert_eq!(leaf.split_whitespace().collect::<Vec<_>>(), [main.as_str()]);
     assert_eq!(read(&sd, &format!("{UNIT_CGROUP}/cgroup.procs")), "");
     let status = sd.get("/v1/status");
