@@ -81,8 +81,10 @@ async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), Strin
         },
     )
     .map_err(|e| format!("cannot take over {}: {e}", root.display()))?;
-    if let Some(leaf) = &placement.daemon_leaf {
-        root::protect(leaf, args.daemon_memory_min)?;
+    if let Some(leaf) = &placement.daemon_leaf
+        && let Err(e) = root::protect(leaf, args.daemon_memory_min)
+    {
+        tracing::warn!("{e}; the daemon runs without its own memory protection");
     }
     log_adoption(&adopted);
     let cpu_policy = controller.policy().cpu;
