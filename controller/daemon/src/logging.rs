@@ -18,7 +18,13 @@ pub fn init() {
             Ok(journald) => {
                 tracing_subscriber::registry()
                     .with(filter())
-                    .with(journald.with_syslog_identifier("agentcgd".into()))
+                    // No prefix: tracing-journald's default "F" would make the
+                    // fields F_CALL_ID, F_SESSION, ….
+                    .with(
+                        journald
+                            .with_field_prefix(None)
+                            .with_syslog_identifier("agentcgd".into()),
+                    )
                     .init();
                 return;
             }
