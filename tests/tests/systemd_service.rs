@@ -5,8 +5,9 @@
 //! points ExecStart= at this build. Then: `systemctl start agentcgd` reaches READY, the
 //! daemon lives in `<unit cgroup>/daemon` with the sessions beside it, `agentcg run`
 //! goes through the socket unit into a session beside the daemon, and `systemctl stop`
-//! ends every call with a record. (Not tested yet: a restart after `systemctl kill -s
-//! KILL`, the watchdog's restart of a hung daemon, and the call's journal fields.)
+//! ends every call with a record and a journal entry carrying CALL_ID, SESSION and
+//! OUTCOME. (Not tested yet: a restart after `systemctl kill -s KILL` and the
+//! watchdog's restart of a hung daemon.)
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -39,13 +40,17 @@ const TARGET: &str = "[Unit]\nDescription=agentcg systemd test\nDefaultDependenc
 /// moves into init.scope and, once the root is empty (see `Systemd::boot`), gives the
 /// root's children the controllers (systemd in a container leaves that to the
 /// container manager); tmpfs /run and
-/// /var/lib (the VM's root is read-only); then systemd.
+/// /var/lib (the VM's root is read-only) and a private tmpfs /tmp (systemd-tmpfiles
+/// empties /tmp at boot, and the VM's /tmp holds the other tests' binaries and, in CI,
+/// the checkout), the units bound into /run first; then systemd.
 const INNER: &str = "umount -l /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
     && mkdir /sys/fs/cgroup/init.scope && echo $$ > /sys/fs/cgroup/init.scope/cgroup.procs \
     && until echo \"+cpu +memory +pids\" 2>/dev/null > /sys/fs/cgroup/cgroup.subtree_control; \
        do sleep 0.2; done \
     && mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib \
-    && export container=agentcg-test SYSTEMD_UNIT_PATH=/tmp/agentcg-systemd-units: \
+    && mkdir /run/agentcg-units && mount --bind /tmp/agentcg-systemd-units /run/agentcg-units \
+    && mount -t tmpfs tmpfs /tmp \
+    && export container=agentcg-test SYSTEMD_UNIT_PATH=/run/agentcg-units: \
     && exec /lib/systemd/systemd --system --unit=agentcg-test.target --log-target=kmsg";
 
 /// Debian's systemd as PID 1 of its own namespaces.
@@ -260,4 +265,21 @@ fn systemd_service_ready_delegated_and_stopped_with_records() {
     let record: serde_json::Value = serde_json::from_slice(&shown.stdout)
         .unwrap_or_else(|e| panic!("agentcg call show: {e}\n{}", sd.journal()));
     assert_eq!(record["outcome"], "killed", "{record}");
+    // The call's end went to the journal with its fields.
+    let journal = sd.ok(&[
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "verbose",
+        &format!("CALL_ID={call}"),
+        "OUTCOME=killed",
+    ]);
+    assert!(journal.contains("SESSION=default"), "{journal}");
+    // systemd's boot cleaned only its own /tmp: the VM's, which holds the binaries
+    // every other kernel test runs, is untouched.
+    assert!(
+        bin_dir().join("agentcgd").is_file(),
+        "{} lost its agentcgd: the VM's /tmp was cleaned",
+        bin_dir().display()
+    );
 }
