@@ -3,8 +3,8 @@
 //! schedule of memory targets, and plan how to reach each target in chunks of at most
 //! 64 MiB.
 //!
-//! Units: `podman stats` prints decimal units, so `MB` is 10^6 bytes and `GB` 10^9
-//! (`kB` 10^3); binary spellings (`KiB`, `MiB`, `GiB`) are accepted as 2^10, 2^20, 2^30.
+//! The samples are parsed by `agentcg replay`'s own trace reader
+//! (agentcg_core::replay::trace): `podman stats` decimal units, `MB` = 10^6 bytes.
 //!
 //! Rounding: a target is rounded up to a whole 4 KiB page, nothing more. A growth step
 //! maps new chunks of at most 64 MiB (the last one of a step may be smaller); a shrink
@@ -12,6 +12,8 @@
 //! process never holds more than the trace says plus less than one page.
 
 use std::time::Duration;
+
+use agentcg_core::replay::trace::parse_samples;
 
 pub const MIB: u64 = 1 << 20;
 /// Largest chunk mapped (and touched) at once.
@@ -28,53 +30,11 @@ pub struct Sample {
     pub bytes: u64,
 }
 
-/// A podman size such as `185.5MB`, `0B`, `1.2GB`, `512kB` in bytes (decimal units;
-/// binary `KiB`/`MiB`/`GiB` too).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size such as 185.5MB"))?;
-    let factor: f64 = match unit.trim() {
-        "B" | "" => 1.0,
-        "kB" | "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "TB" => 1e12,
-        "KiB" => 1024.0,
-        "MiB" => MIB as f64,
-        "GiB" => (1u64 << 30) as f64,
-        other => return Err(format!("`{text}`: unknown unit `{other}`")),
-    };
-    Ok((number * factor).round() as u64)
-}
-
 /// The samples of a `resources.json` (`{"samples": [{"epoch": ..., "mem_usage":
-/// "185.5MB / 134.5GB"}, ...]}`), ordered by `epoch`, offsets from the first.
+/// "185.5MB / 134.5GB"}, ...]}`), ordered by `epoch`, offsets from the first; parsed
+/// as `agentcg replay` parses them (agentcg_core::replay::trace).
 pub fn parse_resources(json: &str) -> Result<Vec<Sample>, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
-    let samples = value["samples"].as_array().ok_or("no `samples` array")?;
-    let mut parsed = Vec::with_capacity(samples.len());
-    for (i, s) in samples.iter().enumerate() {
-        let epoch = s["epoch"]
-            .as_f64()
-            .ok_or_else(|| format!("sample {i}: no numeric `epoch`"))?;
-        let usage = s["mem_usage"]
-            .as_str()
-            .ok_or_else(|| format!("sample {i}: no `mem_usage` string"))?;
-        let used = usage.split('/').next().unwrap_or_default();
-        let bytes = parse_size(used).map_err(|e| format!("sample {i}: {e}"))?;
-        parsed.push((epoch, bytes));
-    }
-    if parsed.is_empty() {
-        return Err("no samples".to_owned());
-    }
-    parsed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let parsed = parse_samples(json)?;
     let first = parsed[0].0;
     Ok(parsed
         .into_iter()
@@ -164,17 +124,6 @@ pub fn apply(chunks: &mut Vec<u64>, ops: &[Op]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_use_decimal_units() {
-        assert_eq!(parse_size("185.5MB"), Ok(185_500_000));
-        assert_eq!(parse_size("0B"), Ok(0));
-        assert_eq!(parse_size("1.2GB"), Ok(1_200_000_000));
-        assert_eq!(parse_size(" 512kB "), Ok(512_000));
-        assert_eq!(parse_size("64MiB"), Ok(64 * MIB));
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("MB").is_err());
-    }
 
     #[test]
     fn resources_are_ordered_by_epoch() {

@@ -1,7 +1,8 @@
 //! Times of `agentcg history`: `--since` as an age (`2h`), an RFC 3339 time
 //! (`2026-12-05T07:00:00Z`, any offset) or unix milliseconds, and start times shown as
-//! UTC. Pure: the civil-calendar arithmetic is done here (proleptic Gregorian).
+//! UTC. Pure; the calendar arithmetic is agentcg_core::civil.
 
+use agentcg_core::civil::{civil_from_days, days_from_civil, days_in_month};
 use agentcg_core::units;
 
 const MS_PER_DAY: i64 = 86_400_000;
@@ -33,40 +34,6 @@ pub fn parse_since(text: &str, now_unix_ms: u64) -> Result<u64, SinceError> {
     let age = units::parse_duration(t).map_err(|e| err(e.to_string()))?;
     let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
     Ok(now_unix_ms.saturating_sub(age_ms))
-}
-
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The civil date of a day since 1970-01-01 (`civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    match m {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` (`t` or a space for `T`, `z` for `Z`)

@@ -2,6 +2,7 @@
 //! records. The daemon and the CLI are thin front-ends over this crate.
 
 pub mod cgroup;
+pub mod civil;
 pub mod controller;
 pub mod events;
 pub mod history;

@@ -12,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::civil::days_from_civil;
+
 /// Why a trace could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -71,7 +73,8 @@ impl Run {
     }
 }
 
-/// A `podman stats` size (`185.5MB`, `0B`, `1.2GB`, `512kB`) in bytes: decimal units.
+/// A `podman stats` size (`185.5MB`, `0B`, `1.2GB`, `512kB`) in bytes: decimal units
+/// (binary `KiB`/`MiB`/`GiB` too).
 pub fn parse_podman_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
@@ -87,6 +90,9 @@ pub fn parse_podman_size(text: &str) -> Result<u64, String> {
         "MB" => 1e6,
         "GB" => 1e9,
         "TB" => 1e12,
+        "KiB" => 1024.0,
+        "MiB" => 1_048_576.0,
+        "GiB" => 1_073_741_824.0,
         other => return Err(format!("`{text}`: unknown unit `{other}`")),
     };
     Ok((number * factor).round() as u64)
@@ -112,18 +118,8 @@ pub fn parse_utc(text: &str) -> Result<f64, String> {
     Ok((days_from_civil(y, m, day) * 86_400 + h * 3600 + min * 60) as f64 + sec)
 }
 
-/// Days from 1970-01-01 to a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// `(epoch, bytes)` of every sample of a `resources.json`, ordered by epoch.
-fn parse_samples(json: &str) -> Result<Vec<(f64, u64)>, String> {
+pub fn parse_samples(json: &str) -> Result<Vec<(f64, u64)>, String> {
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| format!("resources.json is not JSON: {e}"))?;
     let samples = value["samples"]
@@ -349,6 +345,7 @@ mod tests {
         assert_eq!(parse_podman_size("1.2GB"), Ok(1_200_000_000));
         assert_eq!(parse_podman_size(" 512kB "), Ok(512_000));
         assert_eq!(parse_podman_size("0B"), Ok(0));
+        assert_eq!(parse_podman_size("64MiB"), Ok(64 << 20));
         assert!(parse_podman_size("12 parsecs").is_err());
         assert!(parse_podman_size("MB").is_err());
     }
