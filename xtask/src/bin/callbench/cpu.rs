@@ -117,15 +117,20 @@ mod tests {
     }
 
     /// Spins until the calling thread itself has used `ns` of CPU, however loaded the
-    /// machine is (a wall-clock spin gets little CPU when other work runs).
-    fn spin_cpu_ns(ns: u64) {
+    /// machine is (a wall-clock spin gets little CPU when other work runs), or 10 s have
+    /// passed; the thread's CPU used.
+    fn spin_cpu_ns(ns: u64) -> u64 {
         let start = thread_ns().expect("rusage");
+        let wall = std::time::Instant::now();
         let mut x = 0u64;
-        while thread_ns().expect("rusage") - start < ns {
+        let mut used = 0;
+        while used < ns && wall.elapsed() < std::time::Duration::from_secs(10) {
             for _ in 0..10_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
             }
+            used = thread_ns().expect("rusage") - start;
         }
+        used
     }
 
     #[test]
@@ -133,11 +138,12 @@ mod tests {
         let pid = i32::try_from(std::process::id()).expect("pid");
         let process_before = process_ns(pid).expect("stat");
         let before = thread_ns().expect("rusage");
-        std::thread::spawn(|| spin_cpu_ns(100_000_000))
+        let spun = std::thread::spawn(|| spin_cpu_ns(100_000_000))
             .join()
             .expect("spinner");
         let waiting = thread_ns().expect("rusage") - before;
         let process = process_ns(pid).expect("stat") - process_before;
+        assert!(spun >= 100_000_000, "the spinner's own time: {spun} ns");
         assert!(process >= 80_000_000, "the spinner's CPU is in the process's: {process} ns");
         assert!(waiting < 20_000_000, "joining cost {waiting} ns");
     }
