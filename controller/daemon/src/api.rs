@@ -433,12 +433,6 @@ async fn show_call(
         .ok_or_else(|| ControlError::NoCall(id).into())
 }
 
-/// Whether the caller may see what runs or ran in `session` (an admin: anything; a
-/// user: its own existing sessions).
-fn sees(caller: &Caller, c: &Controller, session: &str) -> bool {
-    caller.is_admin() || c.session_owner(session) == Some(caller.uid())
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListCalls {
@@ -468,7 +462,7 @@ async fn list_running(
         guard::own_session(&caller, &c, s)?;
     }
     let mut views = c.running_views(q.session.as_deref());
-    views.retain(|v| sees(&caller, &c, &v.session));
+    views.retain(|v| guard::may_see(&caller, c.session_owner(&v.session)));
     to_json(views)
 }
 
@@ -490,7 +484,7 @@ async fn list_calls(
     let records: Vec<_> = c
         .recent_records(q.session.as_deref(), limit)
         .into_iter()
-        .filter(|r| sees(&caller, &c, &r.session))
+        .filter(|r| guard::may_see(&caller, c.session_owner(&r.session)))
         .cloned()
         .collect();
     to_json(records)
