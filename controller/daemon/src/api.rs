@@ -29,7 +29,7 @@ use agentcg_core::controller::{CallRequest, ControlError, Controller, DEFAULT_SE
 use agentcg_core::events::EventBus;
 use agentcg_core::history::Durability;
 use agentcg_core::plan::SessionRequest;
-use agentcg_core::record::ExitInfo;
+use agentcg_core::record::{CallRecord, ExitInfo};
 
 use crate::policy::PolicyStore;
 use crate::status::Status;
@@ -481,11 +481,11 @@ async fn list_calls(
             guard::check_owner(&caller, owner, &format!("session `{s}`"))?;
         }
     }
-    let records: Vec<_> = c
-        .recent_records(q.session.as_deref(), limit)
-        .into_iter()
-        .filter(|r| guard::may_see(&caller, c.session_owner(&r.session)))
-        .cloned()
-        .collect();
+    // Filtered before the limit: a user gets its `limit` newest, not fewer.
+    let keep = |r: &CallRecord| {
+        q.session.as_deref().is_none_or(|s| r.session == s)
+            && guard::may_see(&caller, c.session_owner(&r.session))
+    };
+    let records: Vec<_> = c.recent_records(keep, limit).into_iter().cloned().collect();
     to_json(records)
 }

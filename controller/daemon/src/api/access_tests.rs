@@ -130,6 +130,35 @@ async fn another_uid_neither_sees_nor_touches_a_session_or_its_calls() {
 }
 
 #[tokio::test]
+async fn a_users_call_list_is_filtered_before_its_limit() {
+    let f = fixture_with_sessions(&[("a", A), ("b", B)]);
+    // A's call is older than B's: `limit=1` must still find it.
+    for session in ["a", "b"] {
+        let call = format!(r#"{{"session": "{session}", "command": ["true"]}}"#);
+        let (status, grant) = send_as(&f, 0, Method::POST, "/v1/calls", Some(&call)).await;
+        assert_eq!(status, StatusCode::OK, "{grant}");
+        let finish = format!("/v1/calls/{}/finish", grant["call_id"]);
+        let (status, body) = send_as(
+            &f,
+            0,
+            Method::POST,
+            &finish,
+            Some(r#"{"exit": {"code": 0}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for (uid, session) in [(A, "a"), (B, "b")] {
+        let (_, calls) = send_as(&f, uid, Method::GET, "/v1/calls?limit=1", None).await;
+        let calls = calls.as_array().unwrap();
+        assert_eq!(calls.len(), 1, "uid {uid}: {calls:?}");
+        assert_eq!(calls[0]["session"], session, "uid {uid}");
+    }
+    let (_, all) = send_as(&f, 0, Method::GET, "/v1/calls?limit=1", None).await;
+    assert_eq!(all[0]["session"], "b", "root gets the newest of all: {all}");
+}
+
+#[tokio::test]
 async fn the_default_session_is_its_owners_and_needs_a_client_inside() {
     let f = fixture_with_sessions(&[("default", B)]);
     let call = Some(r#"{"command": ["true"]}"#);
