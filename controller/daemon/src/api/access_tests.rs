@@ -2,10 +2,12 @@
 //! it; another uid neither sees nor touches it or its calls; admins see everything.
 
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode};
 use serde_json::Value;
 
-use super::tests::{Fixture, answer, assert_error, fixture, fixture_with_sessions, from_uid};
+use super::tests::{
+    Fixture, answer, assert_error, fixture, fixture_with_sessions, from_uid, request,
+};
 
 const A: u32 = 1000;
 const B: u32 = 1001;
@@ -17,14 +19,7 @@ async fn send_as(
     uri: &str,
     body: Option<&str>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        req = req.header(header::CONTENT_TYPE, "application/json");
-    }
-    let req = req
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .unwrap();
-    let (status, _, body) = answer(&f.app, from_uid(req, uid)).await;
+    let (status, _, body) = answer(&f.app, from_uid(request(method, uri, body), uid)).await;
     (status, body)
 }
 
