@@ -16,6 +16,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use agentcg_vmtests::{bin_dir, parse_http_response, require_kernel, wait_for};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 /// The cgroup the test's systemd manages (its cgroup namespace's root).
 const CGROUP: &str = "/sys/fs/cgroup/agentcg-systemd";
@@ -181,8 +183,7 @@ impl Systemd {
 impl Drop for Systemd {
     fn drop(&mut self) {
         // PID 1 of a pid namespace takes everything in it along.
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         let _ = self.unshare.wait();
     }
 }

@@ -35,6 +35,14 @@ fn as_user(d: &Daemon, uid: u32, args: &[&str]) -> Output {
         .expect("setpriv agentcg")
 }
 
+/// `agentcg ARGS` run as `uid` succeeds; its stdout as JSON.
+#[track_caller]
+fn json_as(d: &Daemon, uid: u32, args: &[&str]) -> serde_json::Value {
+    let out = as_user(d, uid, args);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
+
 fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
@@ -133,7 +141,7 @@ fn unprivileged_agents_reach_only_their_own_sessions() {
     // A's agent attaches itself as the runtime of the session it creates.
     let mut agent = Agent::start(A);
     let pid = agent.child.id().to_string();
-    let out = as_user(
+    let session = json_as(
         &d,
         A,
         &[
@@ -147,8 +155,6 @@ fn unprivileged_agents_reach_only_their_own_sessions() {
             "--json",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    let session: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(session["owner"], A);
     assert_eq!(
         session["runtime_pids"],
@@ -203,10 +209,8 @@ fn unprivileged_agents_reach_only_their_own_sessions() {
     );
 
     // B: sees none of A's, changes none of A's.
-    let out = as_user(&d, B, &["session", "list", "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        json_as(&d, B, &["session", "list", "--json"]),
         serde_json::json!([]),
         "B lists no session"
     );
@@ -221,10 +225,8 @@ fn unprivileged_agents_reach_only_their_own_sessions() {
         &as_user(&d, B, &["run", "--session", "a", "--", "true"]),
         &not_b,
     );
-    let out = as_user(&d, B, &["call", "list", "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        json_as(&d, B, &["call", "list", "--json"]),
         serde_json::json!([]),
         "B lists no call"
     );

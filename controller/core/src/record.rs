@@ -153,6 +153,7 @@ pub struct Enforced {
 pub fn outcome(exit: &ExitInfo, acc: &Accounting, enforced: Enforced) -> Outcome {
     let ev = &acc.memory_events;
     let by_signal = exit.signal.is_some();
+    let forks_refused = acc.pids_limit_hits > 0;
     if ev.oom_kill > 0 || ev.oom_group_kill > 0 {
         Outcome::OomKilled
     } else if by_signal && enforced.timed_out {
@@ -161,10 +162,10 @@ pub fn outcome(exit: &ExitInfo, acc: &Accounting, enforced: Enforced) -> Outcome
         Outcome::MemoryPressure
     } else if by_signal && enforced.cpu_budget_exceeded {
         Outcome::CpuBudgetExceeded
-    } else if exit.code == Some(0) && !(acc.pids_limit_hits > 0 && enforced.leftovers_killed) {
-        Outcome::Ok
-    } else if acc.pids_limit_hits > 0 {
+    } else if forks_refused && (exit.code != Some(0) || enforced.leftovers_killed) {
         Outcome::PidsLimited
+    } else if exit.code == Some(0) {
+        Outcome::Ok
     } else if by_signal {
         Outcome::Killed
     } else {

@@ -29,7 +29,7 @@ use agentcg_core::controller::{CallRequest, ControlError, Controller, DEFAULT_SE
 use agentcg_core::events::EventBus;
 use agentcg_core::history::Durability;
 use agentcg_core::plan::SessionRequest;
-use agentcg_core::record::ExitInfo;
+use agentcg_core::record::{CallRecord, ExitInfo};
 
 use crate::policy::PolicyStore;
 use crate::status::Status;
@@ -433,12 +433,6 @@ async fn show_call(
         .ok_or_else(|| ControlError::NoCall(id).into())
 }
 
-/// Whether the caller may see what runs or ran in `session` (an admin: anything; a
-/// user: its own existing sessions).
-fn sees(caller: &Caller, c: &Controller, session: &str) -> bool {
-    caller.is_admin() || c.session_owner(session) == Some(caller.uid())
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListCalls {
@@ -468,7 +462,7 @@ async fn list_running(
         guard::own_session(&caller, &c, s)?;
     }
     let mut views = c.running_views(q.session.as_deref());
-    views.retain(|v| sees(&caller, &c, &v.session));
+    views.retain(|v| guard::may_see(&caller, c.session_owner(&v.session)));
     to_json(views)
 }
 
@@ -487,11 +481,11 @@ async fn list_calls(
             guard::check_owner(&caller, owner, &format!("session `{s}`"))?;
         }
     }
-    let records: Vec<_> = c
-        .recent_records(q.session.as_deref(), limit)
-        .into_iter()
-        .filter(|r| sees(&caller, &c, &r.session))
-        .cloned()
-        .collect();
+    // Filtered before the limit: a user gets its `limit` newest, not fewer.
+    let keep = |r: &CallRecord| {
+        q.session.as_deref().is_none_or(|s| r.session == s)
+            && guard::may_see(&caller, c.session_owner(&r.session))
+    };
+    let records: Vec<_> = c.recent_records(keep, limit).into_iter().cloned().collect();
     to_json(records)
 }

@@ -31,7 +31,7 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     let args = args::Args::parse();
     logging::init();
-    let notifier = systemd::Notifier::from_env();
+    let notifier = Arc::new(systemd::Notifier::from_env());
     match run(args, &notifier).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -43,7 +43,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), String> {
+async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), String> {
     let placement = root::resolve(&args.root)?;
     if let Some(leaf) = &placement.daemon_leaf {
         root::move_into(leaf)?;
@@ -195,7 +195,7 @@ async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), Strin
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::watchdog_loop(
         shared.clone(),
-        systemd::Notifier::from_env(),
+        notifier.clone(),
         systemd::watchdog_from_env(),
     ));
     notifier.send(&format!(
@@ -209,13 +209,13 @@ async fn run(args: args::Args, notifier: &systemd::Notifier) -> Result<(), Strin
         .layer(axum::middleware::from_fn(server::track))
         .into_make_service_with_connect_info::<server::Conn>();
     let front = server::Front::new(listener, args.limits());
+    let notifier_on_stop = notifier.clone();
     let server = axum::serve(front, app).with_graceful_shutdown(async move {
         supervisor::shutdown_signal().await;
-        let notifier = systemd::Notifier::from_env();
-        notifier.send("STOPPING=1");
+        notifier_on_stop.send("STOPPING=1");
         // Ended before the server drains, so that clients waiting on a call get its end.
         if let Some((shared, wakers)) = ending {
-            notifier.send("STATUS=ending every running call");
+            notifier_on_stop.send("STATUS=ending every running call");
             supervisor::end_all_calls(&shared, &wakers).await;
         }
         // Followers of the event stream would hold the shutdown open.

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agentcg_core::events::{EventBody, EventBus};
@@ -200,10 +200,24 @@ impl PolicyStore {
     /// Validates `text`; if it has no error, puts it in force (and, with `persist`,
     /// writes it to the policy file first). The same text as in force changes nothing.
     pub fn swap(&self, text: String, source: &str, persist: bool) -> Result<Outcome, Refusal> {
-        let mut cur = self
-            .current
+        let mut cur = self.lock()?;
+        self.swap_locked(&mut cur, text, source, persist)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, InForce>, Refusal> {
+        self.current
             .lock()
-            .map_err(|_| Refusal::Io("policy lock poisoned".into()))?;
+            .map_err(|_| Refusal::Io("policy lock poisoned".into()))
+    }
+
+    /// [`Self::swap`] with the lock held by the caller.
+    fn swap_locked(
+        &self,
+        cur: &mut InForce,
+        text: String,
+        source: &str,
+        persist: bool,
+    ) -> Result<Outcome, Refusal> {
         let new_hash = hash(&text);
         if new_hash == cur.hash {
             return Ok(Outcome {
@@ -298,37 +312,38 @@ impl PolicyStore {
         Ok((policy, changes))
     }
 
-    /// Reads the policy file again (SIGHUP, a file edit).
+    /// Reads the policy file again (SIGHUP, a file edit). The file is read with the
+    /// lock held: API changes write the file under the same lock, so a reload never
+    /// reads a text older than the policy in force and puts it back.
     pub fn reload_file(&self, why: &str) -> Result<Outcome, Refusal> {
         let source = format!("{} ({why})", self.file.display());
+        let mut cur = self.lock()?;
         let text = match policy::read_text(&self.file) {
             Ok(t) => t,
             Err(e) => {
                 let refusal = Refusal::Io(e.to_string());
-                self.record_failure(&source, &refusal);
+                self.record_failure(&mut cur, &source, &refusal);
                 return Err(refusal);
             }
         };
-        self.swap(text, &source, false)
+        self.swap_locked(&mut cur, text, &source, false)
     }
 
-    fn record_failure(&self, source: &str, refusal: &Refusal) {
+    fn record_failure(&self, cur: &mut InForce, source: &str, refusal: &Refusal) {
         let message = refusal.render(source);
         tracing::error!("policy from {source} refused, the old one stays: {message}");
-        if let Ok(mut c) = self.current.lock() {
-            c.last_reload = Some(LastReload {
-                ok: false,
-                at_ms: unix_ms(),
-                source: source.to_string(),
-                errors: vec![message.clone()],
-            });
-            self.events.publish(EventBody::PolicyReloaded {
-                source: source.to_string(),
-                ok: false,
-                error: Some(message),
-                hash: Some(c.hash.clone()),
-            });
-        }
+        cur.last_reload = Some(LastReload {
+            ok: false,
+            at_ms: unix_ms(),
+            source: source.to_string(),
+            errors: vec![message.clone()],
+        });
+        self.events.publish(EventBody::PolicyReloaded {
+            source: source.to_string(),
+            ok: false,
+            error: Some(message),
+            hash: Some(cur.hash.clone()),
+        });
     }
 
     /// Kept versions, newest (in force) first.

@@ -49,10 +49,10 @@ pub struct Placement {
     pub daemon_leaf: Option<PathBuf>,
 }
 
-/// The daemon's cgroup from the text of /proc/self/cgroup (the cgroup v2 line
+/// A process's cgroup from the text of its /proc/PID/cgroup (the cgroup v2 line
 /// `0::/path`), or `None` if it has none (a cgroup v1 host).
-pub fn own_cgroup(proc_self_cgroup: &str) -> Option<&str> {
-    proc_self_cgroup
+pub fn cgroup_v2_path(proc_pid_cgroup: &str) -> Option<&str> {
+    proc_pid_cgroup
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
         .map(str::trim)
@@ -96,7 +96,7 @@ pub fn resolve(arg: &RootArg) -> Result<Placement, String> {
     }
     let text = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| format!("reading /proc/self/cgroup for --root auto: {e}"))?;
-    let own = own_cgroup(&text).ok_or_else(|| {
+    let own = cgroup_v2_path(&text).ok_or_else(|| {
         "--root auto under systemd: /proc/self/cgroup has no cgroup v2 entry (0::); \
          agentcg needs the unified hierarchy"
             .to_string()
@@ -146,10 +146,10 @@ mod tests {
     #[test]
     fn reads_the_v2_line_of_proc_self_cgroup() {
         let text = "0::/system.slice/agentcgd.service\n";
-        assert_eq!(own_cgroup(text), Some("/system.slice/agentcgd.service"));
+        assert_eq!(cgroup_v2_path(text), Some("/system.slice/agentcgd.service"));
         let hybrid = "12:memory:/x\n1:name=systemd:/y\n0::/z\n";
-        assert_eq!(own_cgroup(hybrid), Some("/z"));
-        assert_eq!(own_cgroup("12:memory:/x\n"), None);
+        assert_eq!(cgroup_v2_path(hybrid), Some("/z"));
+        assert_eq!(cgroup_v2_path("12:memory:/x\n"), None);
     }
 
     #[test]

@@ -182,7 +182,7 @@ pub fn status_line(shared: &Shared) -> String {
 /// event loop and only while the controller can be locked: a hung loop, a deadlock or
 /// a stopped process miss the pings and systemd restarts the service. Each ping carries
 /// the status line. Without a watchdog, the status is refreshed every [`SWEEP_EVERY`].
-pub async fn watchdog_loop(shared: Shared, notifier: Notifier, every: Option<Duration>) {
+pub async fn watchdog_loop(shared: Shared, notifier: Arc<Notifier>, every: Option<Duration>) {
     let mut tick = tokio::time::interval(every.unwrap_or(SWEEP_EVERY));
     loop {
         tick.tick().await;

@@ -484,8 +484,13 @@ impl Controller {
         self.running.contains_key(&id)
     }
 
-    pub fn recent_records(&self, session: Option<&str>, limit: usize) -> Vec<&CallRecord> {
-        self.history.recent(session, limit)
+    /// The newest `limit` kept records that `keep` keeps, newest first.
+    pub fn recent_records(
+        &self,
+        keep: impl Fn(&CallRecord) -> bool,
+        limit: usize,
+    ) -> Vec<&CallRecord> {
+        self.history.recent(keep, limit)
     }
 
     pub fn running_ids(&self) -> Vec<u64> {

@@ -131,12 +131,13 @@ impl History {
         self.recent.get(&call_id)
     }
 
-    /// The newest `limit` records, optionally of one session, newest first.
-    pub fn recent(&self, session: Option<&str>, limit: usize) -> Vec<&CallRecord> {
+    /// The newest `limit` records that `keep` keeps, newest first (filtered before
+    /// the limit, so a filter never shortens the list while older records match).
+    pub fn recent(&self, keep: impl Fn(&CallRecord) -> bool, limit: usize) -> Vec<&CallRecord> {
         self.recent
             .values()
             .rev()
-            .filter(|r| session.is_none_or(|s| r.session == s))
+            .filter(|r| keep(r))
             .take(limit)
             .collect()
     }
@@ -166,7 +167,7 @@ mod tests {
         assert_eq!(loaded.history.max_id(), 3);
         let ids: Vec<u64> = loaded
             .history
-            .recent(None, 10)
+            .recent(|_| true, 10)
             .iter()
             .map(|r| r.call_id)
             .collect();

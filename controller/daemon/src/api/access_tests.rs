@@ -2,10 +2,12 @@
 //! it; another uid neither sees nor touches it or its calls; admins see everything.
 
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode};
 use serde_json::Value;
 
-use super::tests::{Fixture, answer, assert_error, fixture, fixture_with_sessions, from_uid};
+use super::tests::{
+    Fixture, answer, assert_error, fixture, fixture_with_sessions, from_uid, request,
+};
 
 const A: u32 = 1000;
 const B: u32 = 1001;
@@ -17,14 +19,7 @@ async fn send_as(
     uri: &str,
     body: Option<&str>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        req = req.header(header::CONTENT_TYPE, "application/json");
-    }
-    let req = req
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .unwrap();
-    let (status, _, body) = answer(&f.app, from_uid(req, uid)).await;
+    let (status, _, body) = answer(&f.app, from_uid(request(method, uri, body), uid)).await;
     (status, body)
 }
 
@@ -127,6 +122,35 @@ async fn another_uid_neither_sees_nor_touches_a_session_or_its_calls() {
     assert_eq!(calls.as_array().unwrap().len(), 1, "{calls}");
     let (status, body) = send_as(&f, A, Method::DELETE, "/v1/sessions/a", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_users_call_list_is_filtered_before_its_limit() {
+    let f = fixture_with_sessions(&[("a", A), ("b", B)]);
+    // A's call is older than B's: `limit=1` must still find it.
+    for session in ["a", "b"] {
+        let call = format!(r#"{{"session": "{session}", "command": ["true"]}}"#);
+        let (status, grant) = send_as(&f, 0, Method::POST, "/v1/calls", Some(&call)).await;
+        assert_eq!(status, StatusCode::OK, "{grant}");
+        let finish = format!("/v1/calls/{}/finish", grant["call_id"]);
+        let (status, body) = send_as(
+            &f,
+            0,
+            Method::POST,
+            &finish,
+            Some(r#"{"exit": {"code": 0}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for (uid, session) in [(A, "a"), (B, "b")] {
+        let (_, calls) = send_as(&f, uid, Method::GET, "/v1/calls?limit=1", None).await;
+        let calls = calls.as_array().unwrap();
+        assert_eq!(calls.len(), 1, "uid {uid}: {calls:?}");
+        assert_eq!(calls[0]["session"], session, "uid {uid}");
+    }
+    let (_, all) = send_as(&f, 0, Method::GET, "/v1/calls?limit=1", None).await;
+    assert_eq!(all[0]["session"], "b", "root gets the newest of all: {all}");
 }
 
 #[tokio::test]

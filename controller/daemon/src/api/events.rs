@@ -85,20 +85,19 @@ pub async fn events(
     match &wanted.session {
         None => guard::require_admin(&caller, "the events of every session")?,
         Some(name) => {
-            let c = state.lock()?;
-            match c.session_owner(name) {
-                Some(owner) => guard::check_owner(&caller, owner, &format!("session `{name}`"))?,
-                // A session that is gone may still have events in the ring: replaying
-                // them is fine (for an admin: its owner is no longer known);
-                // following a name that never existed is a typo worth an error.
-                None if wanted.since.is_none() => {
-                    return Err(ControlError::NoSession(name.clone()).into());
-                }
-                None => guard::require_admin(
-                    &caller,
-                    &format!("replaying the events of closed session `{name}`"),
-                )?,
+            let owner = state.lock()?.session_owner(name);
+            // A session that is gone may still have events in the ring: replaying
+            // them is fine (for an admin: its owner is no longer known); following a
+            // name that never existed is a typo worth an error.
+            if owner.is_none() && wanted.since.is_none() {
+                return Err(ControlError::NoSession(name.clone()).into());
             }
+            guard::check_kept_owner(
+                &caller,
+                owner,
+                &format!("session `{name}`"),
+                &format!("replaying the events of closed session `{name}`"),
+            )?;
         }
     }
     let sub = state

@@ -150,6 +150,26 @@ pub fn check_owner(caller: &Caller, owner: u32, what: &str) -> Result<(), ApiErr
     )))
 }
 
+/// [`check_owner`] for what may belong to a closed session, whose owner is no longer
+/// known (`owner` is `None`): then only an admin passes, `closed` naming the action.
+pub fn check_kept_owner(
+    caller: &Caller,
+    owner: Option<u32>,
+    what: &str,
+    closed: &str,
+) -> Result<(), ApiError> {
+    match owner {
+        Some(owner) => check_owner(caller, owner, what),
+        None => require_admin(caller, closed),
+    }
+}
+
+/// Whether the caller may see what belongs to `owner` (`None`, a closed session's:
+/// admins only), as lists filter; the quiet form of [`check_kept_owner`].
+pub fn may_see(caller: &Caller, owner: Option<u32>) -> bool {
+    owner.map_or_else(|| caller.is_admin(), |owner| caller.may_access(owner))
+}
+
 /// Session `name` is a valid name (a path parameter arrives percent-decoded: `%2e%2e`
 /// is `..`), exists, and the caller may act on it.
 pub fn own_session(caller: &Caller, c: &Controller, name: &str) -> Result<(), ApiError> {
@@ -164,19 +184,18 @@ pub fn own_session(caller: &Caller, c: &Controller, name: &str) -> Result<(), Ap
 /// only, its owner is no longer known).
 pub fn own_call(caller: &Caller, c: &Controller, id: u64) -> Result<(), ApiError> {
     let session = c.call_session(id).ok_or(ControlError::NoCall(id))?;
-    match c.session_owner(session) {
-        Some(owner) => check_owner(caller, owner, &format!("call {id} (session `{session}`)")),
-        None => require_admin(
-            caller,
-            &format!("call {id} of closed session `{session}` (its owner is not kept)"),
-        ),
-    }
+    check_kept_owner(
+        caller,
+        c.session_owner(session),
+        &format!("call {id} (session `{session}`)"),
+        &format!("call {id} of closed session `{session}` (its owner is not kept)"),
+    )
 }
 
 /// Where process `pid` sits in the cgroup v2 tree, as a path under the cgroupfs mount.
 fn cgroup_of(pid: i32) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = crate::root::cgroup_v2_path(&text)?;
     let mount = procfs::process::Process::myself()
         .ok()?
         .mountinfo()

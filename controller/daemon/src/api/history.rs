@@ -106,16 +106,12 @@ pub async fn list(
     let filter = list_filter(p)?;
     match &filter.session {
         None => guard::require_admin(&caller, "the history of every session")?,
-        Some(name) => {
-            let c = state.lock()?;
-            match c.session_owner(name) {
-                Some(owner) => guard::check_owner(&caller, owner, &format!("session `{name}`"))?,
-                None => guard::require_admin(
-                    &caller,
-                    &format!("the history of session `{name}` (not open: its owner is not kept)"),
-                )?,
-            }
-        }
+        Some(name) => guard::check_kept_owner(
+            &caller,
+            state.lock()?.session_owner(name),
+            &format!("session `{name}`"),
+            &format!("the history of session `{name}` (not open: its owner is not kept)"),
+        )?,
     }
     let calls = on_db(&state, move |conn, db| query::list(conn, db, &filter)).await?;
     Ok(Json(json!({ "calls": calls })))

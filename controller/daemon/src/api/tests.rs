@@ -133,6 +133,16 @@ pub(super) fn fixture_with_sessions(sessions: &[(&str, u32)]) -> Fixture {
     }
 }
 
+/// A request with `body` as JSON, if any.
+pub(super) fn request(method: Method, uri: &str, body: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap()
+}
+
 /// Sends one request; returns the status, the `Allow` header and the body as JSON
 /// (failing if it is not JSON).
 pub(super) async fn send(
@@ -141,14 +151,7 @@ pub(super) async fn send(
     uri: &str,
     body: Option<&str>,
 ) -> (StatusCode, Option<String>, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        req = req.header(header::CONTENT_TYPE, "application/json");
-    }
-    let req = req
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .unwrap();
-    answer(app, req).await
+    answer(app, request(method, uri, body)).await
 }
 
 /// A request from uid `uid`, as the server marks each connection's requests.

@@ -168,3 +168,29 @@ fn a_file_edit_is_one_reload() {
     assert_eq!(f.store.text().1, hash(&text));
     assert_eq!(reloads(&f), [(true, Some(hash(&text)))]);
 }
+
+#[test]
+fn a_reload_racing_an_api_change_never_puts_an_older_file_back() {
+    // Reloads run all the time (a watcher woken by the API's own writes); every API
+    // change must still be the policy in force right after it returns.
+    let f = fixture();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = f.store.reload_file("test");
+            }
+        });
+        for pids in 1000..1200 {
+            let text = DEFAULT_POLICY.replace("pids = 4096", &format!("pids = {pids}"));
+            let r = f.store.swap(text.clone(), "test", true);
+            let in_force = f.store.text().0;
+            if r.is_err() || in_force != text {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            assert!(r.is_ok(), "{pids}: {:?}", r.err());
+            assert!(in_force == text, "pids = {pids} went out of force at once");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
