@@ -255,7 +255,7 @@ fn bad_input_changes_nothing(d: &Daemon, policy_file: &str) {
     }
     let (status, answer) = put_huge(d);
     assert_eq!(status, 413, "{answer}");
-    assert!(answer.contains("\"too_large\""), "{answer}");
+    assert!(answer.contains("\"body_too_large\""), "{answer}");
     assert_eq!(
         d.get_ok("/v1/policy")["hash"],
         before,
@@ -264,8 +264,8 @@ fn bad_input_changes_nothing(d: &Daemon, policy_file: &str) {
     assert!(Path::new(policy_file).exists());
 }
 
-/// A `PUT /v1/policy` with a 10 MB body. agentcgd answers 413 as soon as the body
-/// passes its limit and closes, so the rest of the write may fail (EPIPE): the answer
+/// A `PUT /v1/policy` with a 10 MB body. agentcgd answers 413 from its
+/// `content-length` alone (`body_too_large`, docs/API.md) and closes, so the rest of the write may fail (EPIPE): the answer
 /// is read regardless.
 fn put_huge(d: &Daemon) -> (u16, String) {
     use std::io::{Read, Write};
