@@ -3,14 +3,12 @@
 //! socket, timers (timeouts, the abandoned-call sweep) and kernel telemetry.
 
 mod api;
-mod args;
 mod logging;
 mod membpf;
 mod memory;
 mod metrics;
 mod policy;
 mod reload;
-mod root;
 mod sched;
 mod server;
 mod status;
@@ -25,6 +23,7 @@ use agentcg_core::controller::{AdoptReport, Controller, StartOptions};
 use agentcg_core::events::EventBus;
 use agentcg_core::policy::Policy;
 use agentcg_core::record::CallRecord;
+use agentcg_daemon::{args, root};
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
@@ -208,7 +207,7 @@ async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), 
     let app = api::router(state)
         .layer(axum::middleware::from_fn(server::track))
         .into_make_service_with_connect_info::<server::Conn>();
-    let front = server::Front::new(listener, args.limits());
+    let front = server::Front::new(listener, server::Limits::from_args(&args));
     let notifier_on_stop = notifier.clone();
     let server = axum::serve(front, app).with_graceful_shutdown(async move {
         supervisor::shutdown_signal().await;
