@@ -250,9 +250,7 @@ fn systemd_service_ready_delegated_and_stopped_with_records() {
     let call = ids[0];
     let call_cg = format!("{UNIT_CGROUP}/session-default/calls/call-{call:06}");
     assert!(
-        !sd.ok(&["cat", &format!("{call_cg}/cgroup.procs")])
-            .trim()
-            .is_empty(),
+        !sd.ok(&["cat", &format!("{call_cg}/cgroup.procs")]).trim().is_empty(),
         "the call's tool runs in {call_cg}"
     );
 
