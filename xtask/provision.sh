@@ -6,6 +6,7 @@ set -euo pipefail
 
 KVER="${AGENTCG_KVER:-7.3.4+deb13-amd64}"
 KDIR="/lib/modules/$KVER"
+KUBERNETES_VALIDATE_VERSION=1.37.0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
@@ -51,8 +52,15 @@ need_pkgs() {
 build_deps() {
   apt_sources
   need_pkgs clang-19 libclang-19-dev llvm-19 libelf-dev zlib1g-dev pkg-config make gcc
-  # controller/daemon/tests/units.rs checks the units with systemd-analyze verify.
-  need_pkgs systemd
+  # controller/daemon/tests/units.rs checks the units with systemd-analyze verify;
+  # xtask/install/tests/install.rs renders the man pages with groff.
+  need_pkgs systemd groff-base
+  # xtask/tests/kubernetes.rs validates deploy/kubernetes/ against the Kubernetes
+  # schemas the package ships (offline).
+  if ! pip3 show kubernetes-validate 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION"; then
+    say "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    pip3 install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" 2>&1 | grep -v 'running pip as the' || true
+  fi
   # xtask/gen-vmlinux.sh dumps the target kernel's BTF with bpftool (the backports build: newer libbpf).
   if ! dpkg-query -W -f='${Version}' bpftool 2>/dev/null | grep -q bpo12; then
     say "apt-get install bpftool from bookworm-backports"

@@ -3,6 +3,7 @@
 //! socket, timers (timeouts, the abandoned-call sweep) and kernel telemetry.
 
 mod api;
+mod health;
 mod logging;
 mod membpf;
 mod memory;
@@ -148,6 +149,9 @@ async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), 
         events.clone(),
     );
     status.memory = memory_status;
+    let health = Arc::new(health::Health::new(supervisor::beat_every(
+        systemd::watchdog_from_env(),
+    )));
     if let Some(addr) = args.metrics_listen.0 {
         let registry = metrics::registry(
             &counters,
@@ -159,7 +163,7 @@ async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), 
                 bus: events.clone(),
             },
         );
-        metrics::start(addr, registry).await;
+        metrics::start(addr, registry, health.clone()).await;
     }
     tracing::info!(root = %root.display(), socket = %args.socket.display(), "agentcgd starting");
     let (listener, activated) = match systemd::activated_listener().map_err(|e| e.to_string())? {
@@ -196,11 +200,13 @@ async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), 
         shared.clone(),
         notifier.clone(),
         systemd::watchdog_from_env(),
+        health.clone(),
     ));
     notifier.send(&format!(
         "READY=1\nSTATUS={}",
         supervisor::status_line(&shared)
     ));
+    health.set_ready();
     let ending = args
         .stop_ends_calls
         .then(|| (shared.clone(), wakers.clone()));
