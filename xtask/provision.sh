@@ -57,7 +57,9 @@ build_deps() {
   need_pkgs systemd groff-base
   # xtask/tests/kubernetes.rs validates deploy/kubernetes/ against the Kubernetes
   # schemas the package ships (offline).
-  if ! pip3 show kubernetes-validate 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION"; then
+  # (sed reads all of pip's output: `grep -q` would close the pipe early, and pipefail
+  # would count pip's SIGPIPE as "not installed".)
+  if [ "$(pip3 show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p')" != "$KUBERNETES_VALIDATE_VERSION" ]; then
     say "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
     pip3 install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" 2>&1 | grep -v 'running pip as the' || true
   fi
@@ -132,9 +134,21 @@ vm_deps() {
   fi
 }
 
+# `cargo xtask package` builds the Debian package with cargo-deb (from crates.io; a
+# few minutes to compile, so only for that command).
+CARGO_DEB_VERSION=3.8.0
+package_deps() {
+  build_deps
+  if [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
+    say "cargo install cargo-deb@$CARGO_DEB_VERSION"
+    cargo install -q --locked "cargo-deb@$CARGO_DEB_VERSION"
+  fi
+}
+
 case "${1:-all}" in
   build) build_deps ;;
+  package) package_deps ;;
   vm) vm_deps ;;
   all) build_deps; vm_deps ;;
-  *) say "usage: provision.sh [build|vm|all]"; exit 2 ;;
+  *) say "usage: provision.sh [build|vm|all|package]"; exit 2 ;;
 esac

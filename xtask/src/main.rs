@@ -1,11 +1,12 @@
 //! `cargo xtask`: provisioning, kernel tests in the sched_ext VM, the demo and benchmarks
-//! for agentcg (docs/ARCHITECTURE.md#testing), and installing it (`install`). One module
+//! for agentcg (docs/ARCHITECTURE.md#testing), and installing and packaging it (`install`, `package`). One module
 //! per subcommand; `vm` boots the VM.
 
 mod bench;
 mod demo;
 mod host;
 mod install;
+mod package;
 mod provision;
 mod test_all;
 mod vm;
@@ -28,6 +29,7 @@ struct Cli {
 enum Command {
     Provision(provision::Args),
     Install(install::Args),
+    Package(package::Args),
     VmRun(vm_run::Args),
     VmTest(vm_test::Args),
     Test(test_all::Args),
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let result = host::Workspace::locate().and_then(|ws| match cli.command {
         Command::Provision(args) => provision::main(&ws, &args),
         Command::Install(args) => install::main(&ws, &args),
+        Command::Package(args) => package::main(&ws, &args),
         Command::VmRun(args) => vm_run::main(&ws, &args),
         Command::VmTest(args) => vm_test::main(&ws, &args),
         Command::Test(args) => test_all::main(&ws, &args),
