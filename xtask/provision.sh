@@ -6,6 +6,7 @@ set -euo pipefail
 
 KVER="${AGENTCG_KVER:-7.3.4+deb13-amd64}"
 KDIR="/lib/modules/$KVER"
+KUBERNETES_VALIDATE_VERSION=1.37.0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
@@ -51,8 +52,17 @@ need_pkgs() {
 build_deps() {
   apt_sources
   need_pkgs clang-19 libclang-19-dev llvm-19 libelf-dev zlib1g-dev pkg-config make gcc
-  # controller/daemon/tests/units.rs checks the units with systemd-analyze verify.
-  need_pkgs systemd
+  # controller/daemon/tests/units.rs checks the units with systemd-analyze verify;
+  # xtask/install/tests/install.rs renders the man pages with groff.
+  need_pkgs systemd groff-base
+  # xtask/tests/kubernetes.rs validates deploy/kubernetes/ against the Kubernetes
+  # schemas the package ships (offline).
+  # (sed reads all of pip's output: `grep -q` would close the pipe early, and pipefail
+  # would count pip's SIGPIPE as "not installed".)
+  if [ "$(pip3 show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p')" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+    say "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    pip3 install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" 2>&1 | grep -v 'running pip as the' || true
+  fi
   # xtask/gen-vmlinux.sh dumps the target kernel's BTF with bpftool (the backports build: newer libbpf).
   if ! dpkg-query -W -f='${Version}' bpftool 2>/dev/null | grep -q bpo12; then
     say "apt-get install bpftool from bookworm-backports"
@@ -124,9 +134,21 @@ vm_deps() {
   fi
 }
 
+# `cargo xtask package` builds the Debian package with cargo-deb (from crates.io; a
+# few minutes to compile, so only for that command).
+CARGO_DEB_VERSION=3.8.0
+package_deps() {
+  build_deps
+  if [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
+    say "cargo install cargo-deb@$CARGO_DEB_VERSION"
+    cargo install -q --locked "cargo-deb@$CARGO_DEB_VERSION"
+  fi
+}
+
 case "${1:-all}" in
   build) build_deps ;;
+  package) package_deps ;;
   vm) vm_deps ;;
   all) build_deps; vm_deps ;;
-  *) say "usage: provision.sh [build|vm|all]"; exit 2 ;;
+  *) say "usage: provision.sh [build|vm|all|package]"; exit 2 ;;
 esac

@@ -145,6 +145,13 @@ fn metrics_count_every_call_and_prometheus_reads_them() {
     let hog = memhog();
     call(&d, "class=build,mem.max=16M", &[&hog, "64"], 137);
 
+    // The probes of deploy/kubernetes answer on the same listener.
+    for path in ["/healthz", "/readyz"] {
+        let (code, body) = scrape::get(METRICS, path, "").expect(path);
+        assert_eq!(code, 200, "{path}: {body}");
+        assert!(body.contains(r#""status":"ok""#), "{path}: {body}");
+    }
+
     let text = scrape("text/plain");
     let s = samples(&text);
     let calls = |labels: &str| s.get(&format!("agentcg_calls_total{{{labels}}}")).copied();

@@ -79,16 +79,7 @@ impl Workspace {
             &mut cmd,
             "the daemon must build on the host; fix the errors above",
         )?;
-        let mut cli = self.cargo();
-        cli.args(["build", "-p", "agentcg-cli", "--target", HOST_TARGET])
-            .env(STATIC_RUSTFLAGS_VAR, "-C target-feature=+crt-static");
-        if release {
-            cli.args(["--profile", CLI_RELEASE_PROFILE]);
-        }
-        run(
-            &mut cli,
-            "the static CLI must build on the host; fix the errors above",
-        )?;
+        let cli_dir = self.build_cli(release)?;
         let profile = if release { "release" } else { "debug" };
         let dir = self.target.join("agentcg-bin").join(profile);
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -99,20 +90,29 @@ impl Workspace {
                 copy_into(&path, &dir)?;
             }
         }
+        copy_into(&cli_dir.join("agentcg"), &dir)?;
+        Ok(dir)
+    }
+
+    /// Builds the static CLI binaries (`agentcg`, `agentcg-claude`; see `build_agentcg`)
+    /// and returns the directory they are in.
+    pub fn build_cli(&self, release: bool) -> Result<PathBuf> {
+        let mut cli = self.cargo();
+        cli.args(["build", "-p", "agentcg-cli", "--target", HOST_TARGET])
+            .env(STATIC_RUSTFLAGS_VAR, "-C target-feature=+crt-static");
+        if release {
+            cli.args(["--profile", CLI_RELEASE_PROFILE]);
+        }
+        run(
+            &mut cli,
+            "the static CLI must build on the host; fix the errors above",
+        )?;
         let cli_profile = if release {
             CLI_RELEASE_PROFILE
         } else {
             "debug"
         };
-        copy_into(
-            &self
-                .target
-                .join(HOST_TARGET)
-                .join(cli_profile)
-                .join("agentcg"),
-            &dir,
-        )?;
-        Ok(dir)
+        Ok(self.target.join(HOST_TARGET).join(cli_profile))
     }
 }
 

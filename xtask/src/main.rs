@@ -1,10 +1,12 @@
 //! `cargo xtask`: provisioning, kernel tests in the sched_ext VM, the demo and benchmarks
-//! for agentcg (docs/ARCHITECTURE.md#testing). One module per subcommand; `vm` boots
-//! the VM.
+//! for agentcg (docs/ARCHITECTURE.md#testing), and installing and packaging it (`install`, `package`). One module
+//! per subcommand; `vm` boots the VM.
 
 mod bench;
 mod demo;
 mod host;
+mod install;
+mod package;
 mod provision;
 mod test_all;
 mod vm;
@@ -26,6 +28,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Provision(provision::Args),
+    Install(install::Args),
+    Package(package::Args),
     VmRun(vm_run::Args),
     VmTest(vm_test::Args),
     Test(test_all::Args),
@@ -38,6 +42,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = host::Workspace::locate().and_then(|ws| match cli.command {
         Command::Provision(args) => provision::main(&ws, &args),
+        Command::Install(args) => install::main(&ws, &args),
+        Command::Package(args) => package::main(&ws, &args),
         Command::VmRun(args) => vm_run::main(&ws, &args),
         Command::VmTest(args) => vm_test::main(&ws, &args),
         Command::Test(args) => test_all::main(&ws, &args),

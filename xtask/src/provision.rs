@@ -23,6 +23,8 @@ pub enum Which {
     Build,
     Vm,
     All,
+    /// cargo-deb, for `cargo xtask package` only (not part of `all`)
+    Package,
 }
 
 pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {

@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod claude;
+pub mod cli;
 pub mod client;
 pub mod events;
 pub mod history;

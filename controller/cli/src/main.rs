@@ -1,50 +1,12 @@
 //! agentcg: the command-line front-end of agentcgd (the subcommands live in the library).
 
+use agentcg_cli::cli::{Cli, Command};
 use agentcg_cli::{
     call, client, events, history, policy, replay, run, session, shell, status, top,
 };
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-/// Run AI-agent tool calls inside per-call cgroups sized from declared intents.
-#[derive(Debug, Parser)]
-#[command(version, about, propagate_version = true)]
-struct Cli {
-    /// agentcgd's socket.
-    #[arg(long, global = true, env = "AGENTCG_SOCKET", default_value = client::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run one tool call inside its own cgroup.
-    Run(run::RunArgs),
-    /// Create, list, show and close sessions.
-    #[command(subcommand)]
-    Session(session::SessionCmd),
-    /// A drop-in SHELL: `agentcg shell -c 'CMD'` runs CMD as a call.
-    Shell(shell::ShellArgs),
-    /// Kernel features and the mode each part of agentcg runs in.
-    Status(status::StatusArgs),
-    /// Show finished calls.
-    #[command(subcommand)]
-    Call(call::CallCmd),
-    /// Watch what happens: sessions, calls, memory steps, pressure, the scheduler.
-    Events(events::EventsArgs),
-    /// A live view: sessions, running calls, the latest events (q quits).
-    Top(top::TopArgs),
-    /// The durable call history: list with filters, or per-class statistics (`stats`).
-    History(history::HistoryArgs),
-    /// Check, explain, show and change the policy.
-    #[command(subcommand)]
-    Policy(policy::PolicyCmd),
-    /// Replay recorded agent runs through a policy, without a kernel (docs/REPLAY.md).
-    Replay(replay::ReplayArgs),
-}
+use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

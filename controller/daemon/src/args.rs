@@ -8,7 +8,7 @@ use crate::root::RootArg;
 
 /// agentcgd: per-tool-call cgroups for AI agents, enforced in the kernel.
 #[derive(Debug, clap::Parser)]
-#[command(version, about)]
+#[command(name = "agentcgd", version, about)]
 pub struct Args {
     /// The cgroup v2 subtree agentcgd owns (created if missing). `auto`: the service's
     /// own delegated cgroup when systemd started agentcgd (the daemon moves itself into
@@ -67,18 +67,6 @@ pub struct Args {
         value_parser = parse_listen
     )]
     pub metrics_listen: MetricsListen,
-}
-
-impl Args {
-    /// The API server's limits.
-    pub fn limits(&self) -> crate::server::Limits {
-        crate::server::Limits {
-            max_head: self.max_head,
-            max_body: self.max_body,
-            request_timeout: std::time::Duration::from_secs(self.request_timeout),
-            connections_per_uid: self.connections_per_uid,
-        }
-    }
 }
 
 /// Where the metrics endpoint listens, if anywhere.

@@ -3,14 +3,13 @@
 //! socket, timers (timeouts, the abandoned-call sweep) and kernel telemetry.
 
 mod api;
-mod args;
+mod health;
 mod logging;
 mod membpf;
 mod memory;
 mod metrics;
 mod policy;
 mod reload;
-mod root;
 mod sched;
 mod server;
 mod status;
@@ -25,6 +24,7 @@ use agentcg_core::controller::{AdoptReport, Controller, StartOptions};
 use agentcg_core::events::EventBus;
 use agentcg_core::policy::Policy;
 use agentcg_core::record::CallRecord;
+use agentcg_daemon::{args, root};
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
@@ -149,6 +149,9 @@ async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), 
         events.clone(),
     );
     status.memory = memory_status;
+    let health = Arc::new(health::Health::new(supervisor::beat_every(
+        systemd::watchdog_from_env(),
+    )));
     if let Some(addr) = args.metrics_listen.0 {
         let registry = metrics::registry(
             &counters,
@@ -160,7 +163,7 @@ async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), 
                 bus: events.clone(),
             },
         );
-        metrics::start(addr, registry).await;
+        metrics::start(addr, registry, health.clone()).await;
     }
     tracing::info!(root = %root.display(), socket = %args.socket.display(), "agentcgd starting");
     let (listener, activated) = match systemd::activated_listener().map_err(|e| e.to_string())? {
@@ -197,18 +200,20 @@ async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), 
         shared.clone(),
         notifier.clone(),
         systemd::watchdog_from_env(),
+        health.clone(),
     ));
     notifier.send(&format!(
         "READY=1\nSTATUS={}",
         supervisor::status_line(&shared)
     ));
+    health.set_ready();
     let ending = args
         .stop_ends_calls
         .then(|| (shared.clone(), wakers.clone()));
     let app = api::router(state)
         .layer(axum::middleware::from_fn(server::track))
         .into_make_service_with_connect_info::<server::Conn>();
-    let front = server::Front::new(listener, args.limits());
+    let front = server::Front::new(listener, server::Limits::from_args(&args));
     let notifier_on_stop = notifier.clone();
     let server = axum::serve(front, app).with_graceful_shutdown(async move {
         supervisor::shutdown_signal().await;

@@ -1,10 +1,13 @@
 //! Hot reload of the policy file: on SIGHUP and when the file is written or replaced
 //! (inotify on its directory, so editors that write a new file and rename it are seen
-//! too). Bursts of events are coalesced, and a text whose hash is the one in force
-//! changes nothing, so one edit is one reload.
+//! too), or when the file is a symlink through a name in that directory and that name
+//! is replaced: a Kubernetes ConfigMap volume holds `policy.toml -> ..data/policy.toml`
+//! and updates by renaming a new `..data` symlink over the old one. Bursts of events
+//! are coalesced, and a text whose hash is the one in force changes nothing, so one edit
+//! is one reload.
 
-use std::ffi::OsString;
-use std::path::Path;
+use std::ffi::{OsStr, OsString};
+use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,9 +58,15 @@ pub fn watch_file(store: Arc<PolicyStore>) -> Result<(), String> {
             loop {
                 match inotify.read_events() {
                     Ok(events)
-                        if events
-                            .iter()
-                            .any(|e| e.name.as_deref() == Some(name.as_os_str())) =>
+                        if events.iter().any(|e| {
+                            e.name.as_deref().is_some_and(|changed| {
+                                concerns_policy(
+                                    changed,
+                                    &name,
+                                    std::fs::read_link(&file).ok().as_deref(),
+                                )
+                            })
+                        }) =>
                     {
                         std::thread::sleep(SETTLE);
                         let _ = store.reload_file("file changed");
@@ -72,4 +81,49 @@ pub fn watch_file(store: Arc<PolicyStore>) -> Result<(), String> {
         })
         .map_err(|e| format!("starting the policy watcher: {e}"))?;
     Ok(())
+}
+
+/// Whether a change of the directory entry `changed` can change the policy file `name`,
+/// whose symlink target (if it is one) is `link`: the file itself, or the first
+/// component of a relative target (`..data` of `..data/policy.toml`).
+pub fn concerns_policy(changed: &OsStr, name: &OsStr, link: Option<&Path>) -> bool {
+    if changed == name {
+        return true;
+    }
+    let via = link
+        .filter(|l| l.is_relative())
+        .and_then(|l| l.components().next());
+    matches!(via, Some(Component::Normal(first)) if first == changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configmap_swap_of_the_link_the_policy_goes_through_is_a_change() {
+        let name = OsStr::new("policy.toml");
+        let link = Path::new("..data/policy.toml");
+        assert!(concerns_policy(name, name, None));
+        assert!(concerns_policy(OsStr::new("..data"), name, Some(link)));
+        // The kubelet's other steps, and unrelated files, are not.
+        assert!(!concerns_policy(OsStr::new("..data_tmp"), name, Some(link)));
+        assert!(!concerns_policy(
+            OsStr::new("..2026_12_06_05_00_00.1"),
+            name,
+            Some(link)
+        ));
+        assert!(!concerns_policy(OsStr::new("policy.toml.swp"), name, None));
+        // An absolute target lives elsewhere: nothing in this directory leads to it.
+        assert!(!concerns_policy(
+            OsStr::new("etc"),
+            name,
+            Some(Path::new("/etc/x.toml"))
+        ));
+        assert!(!concerns_policy(
+            OsStr::new(".."),
+            name,
+            Some(Path::new("../x.toml"))
+        ));
+    }
 }

@@ -11,6 +11,7 @@ use agentcg_core::controller::Controller;
 use agentcg_core::history::Durability;
 use tokio::sync::Notify;
 
+use crate::health::Health;
 use crate::systemd::Notifier;
 
 pub type Shared = Arc<Mutex<Controller>>;
@@ -182,8 +183,14 @@ pub fn status_line(shared: &Shared) -> String {
 /// event loop and only while the controller can be locked: a hung loop, a deadlock or
 /// a stopped process miss the pings and systemd restarts the service. Each ping carries
 /// the status line. Without a watchdog, the status is refreshed every [`SWEEP_EVERY`].
-pub async fn watchdog_loop(shared: Shared, notifier: Arc<Notifier>, every: Option<Duration>) {
-    let mut tick = tokio::time::interval(every.unwrap_or(SWEEP_EVERY));
+/// Each tick is also the beat `/healthz` looks for.
+pub async fn watchdog_loop(
+    shared: Shared,
+    notifier: Arc<Notifier>,
+    every: Option<Duration>,
+    health: Arc<Health>,
+) {
+    let mut tick = tokio::time::interval(beat_every(every));
     loop {
         tick.tick().await;
         if shared.is_poisoned() {
@@ -193,7 +200,13 @@ pub async fn watchdog_loop(shared: Shared, notifier: Arc<Notifier>, every: Optio
         let status = status_line(&shared);
         let ping = if every.is_some() { "WATCHDOG=1\n" } else { "" };
         notifier.send(&format!("{ping}STATUS={status}"));
+        health.beat();
     }
+}
+
+/// How often the watchdog loop ticks: the watchdog's interval, else [`SWEEP_EVERY`].
+pub fn beat_every(watchdog: Option<Duration>) -> Duration {
+    watchdog.unwrap_or(SWEEP_EVERY)
 }
 
 /// How long a stopping daemon waits for the records of the calls it ended.

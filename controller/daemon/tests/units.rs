@@ -64,7 +64,7 @@ fn the_service_runs_the_daemon_the_way_its_comments_say() {
         "Delegate=cpu memory pids",
         "KillMode=process",
         "ProtectSystem=strict",
-        "ExecStart=/usr/local/bin/agentcgd --stop-ends-calls",
+        "ExecStart=/usr/local/bin/agentcgd --policy /etc/agentcg/policy.toml --stop-ends-calls",
     ] {
         assert!(
             service.lines().any(|l| l == line),

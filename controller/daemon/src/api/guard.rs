@@ -195,7 +195,7 @@ pub fn own_call(caller: &Caller, c: &Controller, id: u64) -> Result<(), ApiError
 /// Where process `pid` sits in the cgroup v2 tree, as a path under the cgroupfs mount.
 fn cgroup_of(pid: i32) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = crate::root::cgroup_v2_path(&text)?;
+    let rel = agentcg_daemon::root::cgroup_v2_path(&text)?;
     let mount = procfs::process::Process::myself()
         .ok()?
         .mountinfo()

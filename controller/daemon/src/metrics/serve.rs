@@ -1,4 +1,4 @@
-//! `GET /metrics` over TCP (`--metrics-listen`). The format follows the scraper's
+//! `GET /metrics` over TCP (`--metrics-listen`), beside the health probes (`health`). The format follows the scraper's
 //! `Accept` header: OpenMetrics 1.0 (with exemplars) when it prefers
 //! `application/openmetrics-text`, as Prometheus does, else the Prometheus text format
 //! 0.0.4. The scrape is encoded on a blocking thread: the collectors read cgroup and
@@ -13,6 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+
+use crate::health::Health;
 
 /// `Content-Type` of an OpenMetrics 1.0 exposition.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -104,17 +106,18 @@ async fn metrics(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> R
     }
 }
 
-/// The endpoint's routes.
-pub fn router(registry: Arc<Registry>) -> Router {
+/// The endpoint's routes: `/metrics`, and the health probes.
+pub fn router(registry: Arc<Registry>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .with_state(registry)
+        .merge(crate::health::router(health))
 }
 
 /// Binds `addr` and serves the registry there in the background. A failure to bind is
 /// logged and the daemon runs on without metrics: the endpoint must never keep calls
 /// from being controlled.
-pub async fn start(addr: SocketAddr, registry: Registry) {
+pub async fn start(addr: SocketAddr, registry: Registry, health: Arc<Health>) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -123,7 +126,7 @@ pub async fn start(addr: SocketAddr, registry: Registry) {
         }
     };
     tracing::info!(%addr, "serving Prometheus metrics on /metrics");
-    let app = router(Arc::new(registry));
+    let app = router(Arc::new(registry), health);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(%addr, "metrics endpoint stopped: {e}");

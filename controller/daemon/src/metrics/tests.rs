@@ -314,7 +314,10 @@ fn negotiation_follows_the_accept_header() {
 #[tokio::test]
 async fn the_endpoint_answers_in_the_negotiated_format() {
     let (_, reg, _) = setup();
-    let app = router(Arc::new(reg));
+    let health = Arc::new(crate::health::Health::new(std::time::Duration::from_secs(
+        5,
+    )));
+    let app = router(Arc::new(reg), health);
     for (accept, ct, eof) in [
         (
             "application/openmetrics-text; version=1.0.0",

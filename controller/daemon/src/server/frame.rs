@@ -17,6 +17,18 @@ pub struct Limits {
     pub connections_per_uid: usize,
 }
 
+impl Limits {
+    /// The limits agentcgd's flags set.
+    pub fn from_args(args: &agentcg_daemon::args::Args) -> Self {
+        Limits {
+            max_head: args.max_head,
+            max_body: args.max_body,
+            request_timeout: std::time::Duration::from_secs(args.request_timeout),
+            connections_per_uid: args.connections_per_uid,
+        }
+    }
+}
+
 /// A complete, acceptable request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
