@@ -7,6 +7,8 @@
 
 #[cfg(test)]
 mod access_tests;
+#[cfg(test)]
+mod queue_tests;
 mod events;
 mod extract;
 pub mod guard;
