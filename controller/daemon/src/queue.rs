@@ -93,6 +93,12 @@ impl Queue {
         }
     }
 
+    /// When the longest waiter's `queue_for` is over (it is then rejected).
+    fn first_deadline(&self, queue_for: Duration) -> Option<Instant> {
+        let inner = self.inner.lock().ok()?;
+        inner.waiting.values().map(|w| w.since + queue_for).min()
+    }
+
     /// Calls waiting now.
     pub fn len(&self) -> usize {
         self.inner.lock().map_or(0, |i| i.waiting.len())
@@ -144,12 +150,14 @@ impl Queue {
     }
 }
 
-/// Retries the queue whenever a call ends, and every [`PUMP_EVERY`] while calls wait.
+/// Retries the queue whenever a call ends, every [`PUMP_EVERY`], and when a waiter's
+/// `queue_for` is over (so that its rejection is not late).
 pub async fn pump_loop(shared: Shared, wakers: Arc<Wakers>, queue: Arc<Queue>) {
     loop {
         let ended = wakers.ended.notified();
         tokio::pin!(ended);
         ended.as_mut().enable();
+        let mut wake = Instant::now() + PUMP_EVERY;
         if queue.len() > 0 {
             let Ok(mut c) = shared.lock() else {
                 tracing::error!("controller lock poisoned");
@@ -159,10 +167,14 @@ pub async fn pump_loop(shared: Shared, wakers: Arc<Wakers>, queue: Arc<Queue>) {
                 // Admitted calls have deadlines for the timer.
                 wakers.declared.notify_one();
             }
+            let queue_for = c.policy().admission.queue_for;
+            if let Some(due) = queue.first_deadline(queue_for) {
+                wake = wake.min(due);
+            }
         }
         tokio::select! {
             () = ended => {}
-            () = tokio::time::sleep(PUMP_EVERY) => {}
+            () = tokio::time::sleep_until(wake.into()) => {}
         }
     }
 }
