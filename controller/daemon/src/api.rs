@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use agentcg_core::controller::{CallRequest, ControlError, Controller, DEFAULT_SESSION};
-use agentcg_core::events::EventBus;
+use agentcg_core::events::{EventBody, EventBus};
 use agentcg_core::history::Durability;
 use agentcg_core::plan::{PlanError, SessionRequest};
 use agentcg_core::record::{CallRecord, ExitInfo};
@@ -382,6 +382,10 @@ async fn declare_call(
         Err(ControlError::Plan(PlanError::Queued(note))) if wait => {
             let queue_for = state.lock()?.policy().admission.queue_for;
             let session = req.session.clone().unwrap_or(DEFAULT_SESSION.into());
+            state.events.publish(EventBody::CallQueued {
+                session: session.clone(),
+                admission: note.clone(),
+            });
             let mut ticket = state.queue.push(req, session, note.priority, arrived);
             // The pump answers by `queue_for`; the margin only guards against a pump
             // that stopped.

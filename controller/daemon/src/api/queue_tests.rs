@@ -64,9 +64,15 @@ async fn waiters_are_admitted_by_priority_then_arrival_and_leave_when_their_clie
     );
     assert_eq!(f.queue.len(), 0, "asked not to wait");
 
-    // A low-priority call arrives first, then two normal ones.
+    // A low-priority call arrives first, then two normal ones. Each is an event.
+    let mut events = f.events.subscribe(None, Some("a"));
     let low = declare_later(&f, &big(",priority=low"));
     until_waiting(&f, 1).await;
+    let queued = events.next().await.expect("an event");
+    let queued = serde_json::to_value(&*queued).expect("event JSON");
+    assert_eq!(queued["type"], "call_queued", "{queued}");
+    assert_eq!(queued["admission"]["priority"], "low", "{queued}");
+    assert_eq!(queued["admission"]["decision"]["verdict"], "queue", "{queued}");
     let first = declare_later(&f, &big(""));
     until_waiting(&f, 2).await;
     let second = declare_later(&f, &big(""));

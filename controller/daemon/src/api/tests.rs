@@ -40,7 +40,7 @@ pub(super) struct Fixture {
     /// The controller's state directory (its history database).
     pub(super) state: PathBuf,
     pub(super) app: axum::Router,
-    events: Arc<EventBus>,
+    pub(super) events: Arc<EventBus>,
     /// The controller and the admission queue behind `app`.
     pub(super) shared: crate::supervisor::Shared,
     pub(super) queue: Arc<crate::queue::Queue>,
