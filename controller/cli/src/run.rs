@@ -95,9 +95,19 @@ pub fn declare(
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     // The token makes the declaration safe to send again after a daemon restart.
-    let req = json!({"session": session, "command": argv, "intent": intent,
-        "client_token": client_token()});
-    serde_json::from_value(client.post("/v1/calls", &req)?)
+    let mut req = json!({"session": session, "command": argv, "intent": intent,
+        "client_token": client_token(), "wait": false});
+    // Asked first without waiting, so that a call that must wait for memory says so
+    // (one line) before it waits in agentcgd's queue.
+    let reply = match client.post("/v1/calls", &req) {
+        Err(ClientError::Api { code, message, .. }) if code == "queued" => {
+            eprintln!("agentcg: queued, {message}");
+            req["wait"] = json!(true);
+            client.post("/v1/calls", &req)?
+        }
+        other => other?,
+    };
+    serde_json::from_value(reply)
         .map_err(|e| ClientError::Protocol(format!("unexpected reply from agentcgd: {e}")))
 }
 

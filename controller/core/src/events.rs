@@ -69,6 +69,11 @@ pub enum EventBody {
         reason: String,
         message: String,
     },
+    /// A declaration that cannot fit now waits in the admission queue.
+    CallQueued {
+        session: String,
+        admission: Box<crate::admission::Note>,
+    },
     /// The call's record is durable in the history.
     CallFinished {
         record: Box<CallRecord>,
@@ -134,6 +139,7 @@ impl EventBody {
             | EventBody::SessionClosed { session, .. }
             | EventBody::CallDeclared { session, .. }
             | EventBody::CallRejected { session, .. }
+            | EventBody::CallQueued { session, .. }
             | EventBody::CpuBudgetExceeded { session, .. } => Some(session),
             EventBody::CallFinished { record } => Some(&record.session),
             EventBody::MemoryStep { session, .. } | EventBody::Pressure { session, .. } => {
@@ -150,6 +156,7 @@ impl EventBody {
             EventBody::SessionClosed { .. } => "session_closed",
             EventBody::CallDeclared { .. } => "call_declared",
             EventBody::CallRejected { .. } => "call_rejected",
+            EventBody::CallQueued { .. } => "call_queued",
             EventBody::CallFinished { .. } => "call_finished",
             EventBody::MemoryStep { .. } => "memory_step",
             EventBody::Pressure { .. } => "pressure",

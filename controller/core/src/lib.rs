@@ -1,6 +1,7 @@
 //! agentcg's synchronous core: intents, policy decisions, cgroupfs I/O and call
 //! records. The daemon and the CLI are thin front-ends over this crate.
 
+pub mod admission;
 pub mod cgroup;
 pub mod civil;
 pub mod controller;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::{self, HostMemory, Verdict};
 use crate::intent::{Intent, Priority, format_millicpus};
-use crate::policy::{Admission, Policy};
+use crate::policy::{Admission, CommandClass, Policy};
 use crate::units::{HumanSize, compact_duration};
 
 /// Smallest expected size a call is admitted with (memory.high below this only thrashes).
@@ -72,6 +73,9 @@ pub enum PlanError {
     },
     #[error("{0}")]
     NoRoom(String),
+    /// The call cannot fit now and may wait for memory (the daemon's queue).
+    #[error("{}", .0.decision.reason)]
+    Queued(Box<admission::Note>),
 }
 
 /// Validates a session name; names become directory names, so this is strict.
@@ -197,6 +201,8 @@ pub struct Admitted {
     pub limits: CallLimits,
     pub clamps: Vec<Clamp>,
     pub suggestion: String,
+    /// What admission decided, with its inputs.
+    pub admission: admission::Note,
 }
 
 /// What a session has committed to its running calls.
@@ -222,8 +228,35 @@ fn clamp_note(
     });
 }
 
-/// Admits a call: fills the declared intent from its class (or the policy default),
-/// then clamps it to the policy caps and to what the session has left.
+/// The class of a call: the one it names, else the one its command matches.
+pub fn call_class<'p>(
+    policy: &'p Policy,
+    declared: &Intent,
+    command: &str,
+) -> Option<&'p CommandClass> {
+    match declared.class.as_deref() {
+        Some(name) => policy.class_named(name),
+        None => policy.classify(command),
+    }
+}
+
+/// What admission knows besides the call and its session (see [`crate::admission`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdmitContext {
+    /// Recorded peak memory of ended calls of the call's class.
+    pub class_peaks: Vec<u64>,
+    /// Those of them that ran in the call's session.
+    pub session_peaks: Vec<u64>,
+    /// The host's memory (`None`: unknown, it does not stop a call).
+    pub host: Option<HostMemory>,
+    /// Whether a queue can hold the call (the daemon's); without one nothing waits.
+    pub queueing: bool,
+    /// How long the call has waited in the queue.
+    pub waited: Duration,
+}
+
+/// Admits a call without history, host reading or queue: what [`admit_with`] does
+/// with an empty [`AdmitContext`] (the replay simulator's and the tests' case).
 pub fn admit(
     policy: &Policy,
     session: &SessionPlan,
@@ -231,10 +264,29 @@ pub fn admit(
     declared: &Intent,
     command: &str,
 ) -> Result<Admitted, PlanError> {
-    let class = match declared.class.as_deref() {
-        Some(name) => policy.class_named(name),
-        None => policy.classify(command),
-    };
+    admit_with(
+        policy,
+        session,
+        load,
+        declared,
+        command,
+        &AdmitContext::default(),
+    )
+}
+
+/// Admits a call: fills the declared intent from its class (or the policy default),
+/// clamps it to the policy caps, takes its expected memory from history when it
+/// declares none, and lets [`admission::decide`] admit, clamp, queue
+/// ([`PlanError::Queued`]) or reject ([`PlanError::NoRoom`]) it.
+pub fn admit_with(
+    policy: &Policy,
+    session: &SessionPlan,
+    load: SessionLoad,
+    declared: &Intent,
+    command: &str,
+    ctx: &AdmitContext,
+) -> Result<Admitted, PlanError> {
+    let class = call_class(policy, declared, command);
     let (defaults, suggestion) = match class {
         Some(c) => (&c.intent, c.suggestion.clone()),
         None => (&policy.call_intent, policy.call_suggestion.clone()),
@@ -272,25 +324,68 @@ pub fn admit(
         clamp_note(&mut clamps, "mem.max", size(mem_max), size(ceiling), reason);
         mem_max = ceiling;
     }
-    let mut mem = eff.mem.unwrap_or(mem_max).min(mem_max);
+    let on = policy.admission.enabled;
+    let call_priority = eff
+        .priority
+        .unwrap_or(session.priority)
+        .min(session.priority);
+    let estimate = admission::estimate(
+        &policy.admission,
+        declared.mem,
+        eff.mem,
+        &ctx.class_peaks,
+        &ctx.session_peaks,
+    );
+    let mut mem = estimate.map_or(mem_max, |e| e.expected).min(mem_max);
     let remaining = ceiling.saturating_sub(load.expected_mem);
-    if mem > remaining {
-        let why = format!(
+    let inputs = admission::Inputs {
+        expected: mem,
+        remaining,
+        running: load.running,
+        host: ctx.host.filter(|h| on && call_priority < h.protected),
+        waited_ms: ctx.waited.as_millis() as u64,
+        queue_for_ms: if on && ctx.queueing {
+            policy.admission.queue_for.as_millis() as u64
+        } else {
+            0
+        },
+        clamp_allowed: policy.session.admission == Admission::Clamp,
+    };
+    let decision = admission::decide(&inputs);
+    let why = || {
+        format!(
             "session `{}` has {} of {} left for tool calls ({} running call(s) expect {})",
             session.name,
             size(remaining),
             size(ceiling),
             load.running,
             size(load.expected_mem)
-        );
-        if policy.session.admission == Admission::Reject || remaining < MIN_CALL_MEM {
+        )
+    };
+    let note = admission::Note {
+        estimate,
+        inputs,
+        priority: call_priority,
+        decision: decision.clone(),
+    };
+    match decision.verdict {
+        Verdict::Admit => {}
+        Verdict::Clamp => {
+            clamp_note(&mut clamps, "mem", size(mem), size(remaining), why());
+            mem = remaining;
+        }
+        Verdict::Queue => return Err(PlanError::Queued(Box::new(note))),
+        Verdict::Reject => {
+            let host_full = inputs.host.is_some_and(|h| h.used_percent >= h.pressure_at);
+            let reason = if host_full || inputs.waited_ms > 0 {
+                decision.reason
+            } else {
+                format!("call expects {} but {}", size(mem), why())
+            };
             return Err(PlanError::NoRoom(format!(
-                "call expects {} but {why}; retry when a call finishes, or declare less (mem=...)",
-                size(mem)
+                "{reason}; retry when a call finishes, or declare less (mem=...)"
             )));
         }
-        clamp_note(&mut clamps, "mem", size(mem), size(remaining), why);
-        mem = remaining;
     }
 
     let mut pids = eff.pids.unwrap_or(policy.caps.pids);
@@ -379,6 +474,7 @@ pub fn admit(
         },
         clamps,
         suggestion,
+        admission: note,
     })
 }
 
@@ -419,215 +515,4 @@ mod size_opt {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session(memory: u64) -> (Policy, SessionPlan) {
-        let policy = Policy::default_policy();
-        let plan = plan_session(
-            &policy,
-            &SessionRequest {
-                name: "s1".into(),
-                memory: Some(memory),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        (policy, plan)
-    }
-
-    fn intent(s: &str) -> Intent {
-        Intent::parse_compact(s).unwrap()
-    }
-
-    #[test]
-    fn session_names_are_strict() {
-        for ok in ["a", "agent-1", "A_b.c"] {
-            assert!(check_session_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "-x",
-            "a/b",
-            "a b",
-            "x$(id)",
-            &"a".repeat(65),
-            "é",
-        ] {
-            assert!(check_session_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn session_plan_reserves_memory_for_the_runtime() {
-        let (_, plan) = session(400 << 20);
-        assert_eq!(plan.memory_max, 400 << 20);
-        assert_eq!(plan.calls_memory_max, (400 - 128) << 20);
-        assert_eq!(plan.cpu_weight, 100);
-        assert!(!plan.runtime_hard_protect);
-        let policy = Policy::default_policy();
-        let tiny = SessionRequest {
-            name: "t".into(),
-            memory: Some(100 << 20),
-            ..Default::default()
-        };
-        let err = plan_session(&policy, &tiny).unwrap_err().to_string();
-        assert!(err.contains("runtime reserve"), "{err}");
-        let high = SessionRequest {
-            name: "h".into(),
-            priority: Some(Priority::High),
-            ..Default::default()
-        };
-        let p = plan_session(&policy, &high).unwrap();
-        assert_eq!(
-            (p.cpu_weight, p.memory_low, p.runtime_hard_protect),
-            (400, 4 << 30, true)
-        );
-    }
-
-    #[test]
-    fn declared_intent_becomes_limits() {
-        let (policy, plan) = session(4 << 30);
-        let a = admit(
-            &policy,
-            &plan,
-            SessionLoad::default(),
-            &intent("mem=512M,mem.max=1G,cpu=1.5,pids=64"),
-            "x",
-        )
-        .unwrap();
-        assert_eq!(a.limits.memory_high, Some(512 << 20));
-        assert_eq!(a.limits.memory_max, 1 << 30);
-        assert_eq!(a.limits.millicpus, Some(1500));
-        assert_eq!(a.limits.pids_max, 64);
-        assert!(a.clamps.is_empty(), "{:?}", a.clamps);
-        assert_eq!(cpu_max_value(a.limits.millicpus), "150000 100000");
-    }
-
-    #[test]
-    fn only_a_max_means_no_memory_high() {
-        let (policy, plan) = session(4 << 30);
-        let a = admit(
-            &policy,
-            &plan,
-            SessionLoad::default(),
-            &intent("mem.max=64M"),
-            "python bomb.py",
-        )
-        .unwrap();
-        assert_eq!(
-            (a.limits.memory_high, a.limits.memory_max),
-            (None, 64 << 20)
-        );
-        assert!(a.clamps.is_empty());
-    }
-
-    #[test]
-    fn class_defaults_apply_and_explicit_class_wins() {
-        let (policy, plan) = session(4 << 30);
-        let a = admit(
-            &policy,
-            &plan,
-            SessionLoad::default(),
-            &Intent::default(),
-            "cd /x && pytest -q",
-        )
-        .unwrap();
-        assert_eq!(a.limits.class.as_deref(), Some("test"));
-        assert_eq!(a.limits.memory_max, 2 << 30);
-        assert!(a.suggestion.contains("single test"));
-        let b = admit(
-            &policy,
-            &plan,
-            SessionLoad::default(),
-            &intent("class=vcs"),
-            "pytest",
-        )
-        .unwrap();
-        assert_eq!(b.limits.memory_max, 512 << 20);
-    }
-
-    #[test]
-    fn clamps_to_the_session_and_says_so() {
-        let (policy, plan) = session(400 << 20);
-        let first = admit(
-            &policy,
-            &plan,
-            SessionLoad::default(),
-            &intent("mem=150M,mem.max=300M"),
-            "a",
-        )
-        .unwrap();
-        assert_eq!(first.limits.memory_max, 272 << 20);
-        assert_eq!(first.clamps[0].field, "mem.max");
-        let load = SessionLoad {
-            expected_mem: first.limits.memory_expected,
-            running: 1,
-        };
-        let second = admit(&policy, &plan, load, &intent("mem=150M,mem.max=300M"), "a").unwrap();
-        assert_eq!(second.limits.memory_expected, 122 << 20);
-        let note = second.clamps.iter().find(|c| c.field == "mem").unwrap();
-        assert!(note.reason.contains("1 running call"), "{note:?}");
-        let full = SessionLoad {
-            expected_mem: 270 << 20,
-            running: 1,
-        };
-        let err = admit(&policy, &plan, full, &intent("mem=100M"), "a")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("retry when a call finishes"), "{err}");
-    }
-
-    #[test]
-    fn reject_policy_refuses_instead_of_clamping() {
-        let (mut policy, plan) = session(400 << 20);
-        policy.session.admission = Admission::Reject;
-        let load = SessionLoad {
-            expected_mem: 200 << 20,
-            running: 1,
-        };
-        assert!(admit(&policy, &plan, load, &intent("mem=100M"), "a").is_err());
-    }
-
-    #[test]
-    fn defaults_are_fitted_silently() {
-        let (policy, plan) = session(400 << 20);
-        let a = admit(
-            &policy,
-            &plan,
-            SessionLoad::default(),
-            &intent("timeout=2s"),
-            "python x.py",
-        )
-        .unwrap();
-        assert_eq!(
-            a.limits.memory_max,
-            272 << 20,
-            "the default 1G ceiling still fits the session"
-        );
-        assert!(a.clamps.is_empty(), "{:?}", a.clamps);
-    }
-
-    #[test]
-    fn caps_and_priority_are_clamped() {
-        let (policy, plan) = session(4 << 30);
-        let a = admit(
-            &policy,
-            &plan,
-            SessionLoad::default(),
-            &intent("mem.max=64G,pids=100000,timeout=5d,priority=high"),
-            "a",
-        )
-        .unwrap();
-        let fields: Vec<&str> = a.clamps.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["mem.max", "mem.max", "pids", "pids", "priority", "timeout"]
-        );
-        assert_eq!(a.limits.priority, Priority::Normal);
-        assert_eq!(a.limits.pids_max, 4096);
-        assert_eq!(a.limits.timeout(), Duration::from_secs(7200));
-    }
-}
+mod tests;

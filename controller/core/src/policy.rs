@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::AdmissionPolicy;
 use crate::intent::{Intent, IntentError, Priority};
 use crate::units;
 
@@ -239,6 +240,7 @@ pub struct Policy {
     pub cpu: CpuPolicy,
     pub memory: MemoryPolicy,
     pub history: HistoryPolicy,
+    pub admission: AdmissionPolicy,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +255,16 @@ struct RawPolicy {
     #[serde(default, rename = "class")]
     classes: Vec<RawClass>,
     history: RawHistory,
+    admission: RawAdmission,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmission {
+    enabled: bool,
+    min_samples: u32,
+    percentile: u8,
+    queue_for: String,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +446,12 @@ impl Policy {
             memory,
             history: HistoryPolicy {
                 keep: duration("history.keep", &raw.history.keep)?,
+            },
+            admission: AdmissionPolicy {
+                enabled: raw.admission.enabled,
+                min_samples: raw.admission.min_samples,
+                percentile: raw.admission.percentile,
+                queue_for: duration("admission.queue_for", &raw.admission.queue_for)?,
             },
         })
     }

@@ -362,6 +362,9 @@ pub struct CallRecord {
     /// What the memory response did to the call, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memory_actions: Vec<MemoryAction>,
+    /// What admission decided, with its inputs (docs/POLICY.md#admission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<crate::admission::Note>,
 }
 
 pub mod processes;

@@ -41,5 +41,6 @@ pub fn record(call_id: u64) -> CallRecord {
         processes: None,
         feedback: None,
         memory_actions: vec![],
+        admission: None,
     }
 }

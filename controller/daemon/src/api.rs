@@ -7,6 +7,8 @@
 
 #[cfg(test)]
 mod access_tests;
+#[cfg(test)]
+mod queue_tests;
 mod events;
 mod extract;
 pub mod guard;
@@ -16,7 +18,7 @@ mod policy;
 pub(crate) mod tests;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -26,12 +28,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use agentcg_core::controller::{CallRequest, ControlError, Controller, DEFAULT_SESSION};
-use agentcg_core::events::EventBus;
+use agentcg_core::events::{EventBody, EventBus};
 use agentcg_core::history::Durability;
-use agentcg_core::plan::SessionRequest;
+use agentcg_core::plan::{PlanError, SessionRequest};
 use agentcg_core::record::{CallRecord, ExitInfo};
 
 use crate::policy::PolicyStore;
+use crate::queue::Queue;
 use crate::status::Status;
 use crate::supervisor::{self, Shared, Wakers};
 use extract::{Json, Path, Query};
@@ -39,6 +42,8 @@ use guard::Caller;
 
 /// How long a finish report waits for its record to be on disk.
 const DURABLE_WAIT: Duration = Duration::from_secs(10);
+/// How long past `[admission] queue_for` a queued declaration waits for the pump.
+const QUEUE_MARGIN: Duration = Duration::from_secs(5);
 /// How long a query about a call whose tool has exited waits for agentcgd to end it.
 const SETTLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -50,6 +55,8 @@ pub struct AppState {
     wakers: Arc<Wakers>,
     events: Arc<EventBus>,
     policy: Arc<PolicyStore>,
+    /// Calls waiting for memory.
+    queue: Arc<Queue>,
     /// The group whose members act on every session (see [`guard`]).
     admin_group: Arc<str>,
 }
@@ -69,8 +76,14 @@ impl AppState {
             wakers,
             events,
             policy,
+            queue: Arc::default(),
             admin_group: admin_group.into(),
         }
+    }
+
+    /// The admission queue, for its pump.
+    pub fn queue(&self) -> Arc<Queue> {
+        self.queue.clone()
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Controller>, ApiError> {
@@ -173,9 +186,8 @@ impl From<ControlError> for ApiError {
             ControlError::SessionExists(_)
             | ControlError::SessionClosing(_)
             | ControlError::RuntimeAlive { .. } => StatusCode::CONFLICT,
-            ControlError::Plan(agentcg_core::plan::PlanError::NoRoom(_)) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ControlError::Plan(PlanError::NoRoom(_)) => StatusCode::TOO_MANY_REQUESTS,
+            ControlError::Plan(PlanError::Queued(_)) => StatusCode::CONFLICT,
             _ if e.is_client_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -352,7 +364,9 @@ async fn declare_call(
 ) -> ApiResult {
     let Json(mut req) = body?;
     req.owner = caller.uid();
-    let grant = {
+    let arrived = Instant::now();
+    let wait = req.wait != Some(false);
+    let first = {
         let mut c = state.lock()?;
         let session = req.session.as_deref().unwrap_or(DEFAULT_SESSION);
         // A session that does not exist is the controller's error (or, for the
@@ -361,7 +375,32 @@ async fn declare_call(
             guard::check_owner(&caller, owner, &format!("session `{session}`"))?;
             guard::client_inside(&caller, &c, session)?;
         }
-        c.declare_call(&req)?
+        // Without waiting, a call that cannot fit is answered `queued` (409) at once.
+        c.declare_call_queued(&req, Some(Duration::ZERO))
+    };
+    let grant = match first {
+        Err(ControlError::Plan(PlanError::Queued(note))) if wait => {
+            let queue_for = state.lock()?.policy().admission.queue_for;
+            let session = req.session.clone().unwrap_or(DEFAULT_SESSION.into());
+            state.events.publish(EventBody::CallQueued {
+                session: session.clone(),
+                admission: note.clone(),
+            });
+            let mut ticket = state.queue.push(req, session, note.priority, arrived);
+            // The pump answers by `queue_for`; the margin only guards against a pump
+            // that stopped.
+            match tokio::time::timeout(queue_for + QUEUE_MARGIN, &mut ticket.answer).await {
+                Ok(Ok(answer)) => answer?,
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "queue_stalled",
+                        "the admission queue did not answer in time",
+                    ));
+                }
+            }
+        }
+        other => other?,
     };
     state.wakers.declared.notify_one();
     to_json(grant)

@@ -9,6 +9,7 @@ mod membpf;
 mod memory;
 mod metrics;
 mod policy;
+mod queue;
 mod reload;
 mod sched;
 mod server;
@@ -194,6 +195,11 @@ async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), 
         store,
         &args.admin_group,
     );
+    tokio::spawn(queue::pump_loop(
+        shared.clone(),
+        wakers.clone(),
+        state.queue(),
+    ));
     tokio::spawn(supervisor::sweep_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::deadline_loop(shared.clone(), wakers.clone()));
     tokio::spawn(supervisor::watchdog_loop(

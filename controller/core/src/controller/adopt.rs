@@ -172,6 +172,7 @@ impl Controller {
             adopted_tool: tool,
             tool_gone_at: tool.is_none().then_some(now),
             suggestion: st.suggestion,
+            admission: None,
             clamps: st.clamps,
             limits: st.limits,
             cgroup: cg,
@@ -199,6 +200,7 @@ impl Controller {
             processes: None,
             feedback: None,
             memory_actions: st.memory_actions,
+            admission: None,
         };
         self.history.remember(rec.clone());
         self.writer

@@ -2,16 +2,17 @@
 //! the kernel hooks, then the grant) and what happens to it while it runs: timeouts,
 //! CPU budgets.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{
     CallGrant, CallMemory, CallRequest, CgroupRole, ControlError, Controller, DEFAULT_SESSION,
     RunningCall, unix_ms,
 };
+use crate::admission::HostMemory;
 use crate::cgroup::{Cgroup, CgroupError, cpu, memory, pids};
 use crate::events::EventBody;
 use crate::intent::Intent;
-use crate::plan::{self, CallLimits, SessionRequest};
+use crate::plan::{self, AdmitContext, CallLimits, PlanError, SessionRequest};
 use crate::policy::BudgetAction;
 
 /// Longest client token accepted.
@@ -25,8 +26,22 @@ impl Controller {
     /// is reserved durably and its state is on disk before the grant goes out. A new
     /// call is published as `call_declared`, a refusal as `call_rejected`.
     pub fn declare_call(&mut self, req: &CallRequest) -> Result<CallGrant, ControlError> {
-        let result = self.declare(req);
-        if let Err(e) = &result {
+        self.declare_call_queued(req, None)
+    }
+
+    /// [`Controller::declare_call`] for a call the daemon's queue may hold: `waited`
+    /// is how long it has waited so far. A call that cannot fit yet is answered
+    /// [`PlanError::Queued`](crate::plan::PlanError::Queued) (no event: it is not
+    /// refused), one that waited `[admission] queue_for` is rejected.
+    pub fn declare_call_queued(
+        &mut self,
+        req: &CallRequest,
+        waited: Option<Duration>,
+    ) -> Result<CallGrant, ControlError> {
+        let result = self.declare(req, waited);
+        if let Err(e) = &result
+            && !matches!(e, ControlError::Plan(PlanError::Queued(_)))
+        {
             let session = req.session.as_deref().unwrap_or(DEFAULT_SESSION);
             self.events.publish(EventBody::CallRejected {
                 session: session.chars().take(MAX_ECHO).collect(),
@@ -37,7 +52,11 @@ impl Controller {
         result
     }
 
-    fn declare(&mut self, req: &CallRequest) -> Result<CallGrant, ControlError> {
+    fn declare(
+        &mut self,
+        req: &CallRequest,
+        waited: Option<Duration>,
+    ) -> Result<CallGrant, ControlError> {
         if req.command.is_empty() || req.command.iter().any(|a| a.contains('\0')) {
             return Err(ControlError::BadRequest {
                 what: "command".into(),
@@ -81,13 +100,16 @@ impl Controller {
                 ..SessionRequest::default()
             })?;
         }
+        let command = crate::policy::command_text(&req.command);
+        let ctx = self.admit_context(&name, &intent, &command, waited);
         let plan = &self.sessions[&name].plan;
-        let admitted = plan::admit(
+        let admitted = plan::admit_with(
             &self.policy,
             plan,
             self.session_load(&name),
             &intent,
-            &crate::policy::command_text(&req.command),
+            &command,
+            &ctx,
         )?;
         // Taken before anything can fail: a failed declaration never leaves an id (or
         // a cgroup name) that a later one would trip over.
@@ -116,6 +138,7 @@ impl Controller {
             limits: admitted.limits,
             clamps: admitted.clamps,
             suggestion: admitted.suggestion,
+            admission: Some(admitted.admission),
             cgroup: cg,
             cgroup_id,
             started: Instant::now(),
@@ -151,6 +174,51 @@ impl Controller {
         Ok(self.grant_of(id).expect("inserted above"))
     }
 
+    /// What admission needs besides the call: the recorded peaks of the call's class
+    /// (all, and the session's own) from the in-memory history, and, with admission
+    /// on, the host's memory.
+    fn admit_context(
+        &self,
+        session: &str,
+        intent: &Intent,
+        command: &str,
+        waited: Option<Duration>,
+    ) -> AdmitContext {
+        let mut ctx = AdmitContext {
+            queueing: waited.is_some(),
+            waited: waited.unwrap_or_default(),
+            ..AdmitContext::default()
+        };
+        if !self.policy.admission.enabled {
+            return ctx;
+        }
+        if intent.mem.is_none()
+            && let Some(class) = plan::call_class(&self.policy, intent, command)
+        {
+            for r in self.history.recent(
+                |r| r.limits.class.as_deref() == Some(&class.name),
+                usize::MAX,
+            ) {
+                if let Some(peak) = r.accounting.memory_peak {
+                    ctx.class_peaks.push(peak);
+                    if r.session == session {
+                        ctx.session_peaks.push(peak);
+                    }
+                }
+            }
+        }
+        ctx.host = self
+            .memory_reading()
+            .ok()
+            .filter(|m| m.limit > 0)
+            .map(|m| HostMemory {
+                used_percent: (u128::from(m.usage) * 100 / u128::from(m.limit)).min(100) as u8,
+                pressure_at: self.policy.memory.pressure_at,
+                protected: self.top_priority(),
+            });
+        ctx
+    }
+
     /// The grant of a running call (what its declaration answered).
     fn grant_of(&self, id: u64) -> Option<CallGrant> {
         let call = self.running.get(&id)?;
@@ -161,6 +229,7 @@ impl Controller {
             cgroup_id: call.cgroup_id,
             limits: call.limits.clone(),
             clamps: call.clamps.clone(),
+            admission: call.admission.clone(),
             end_watched: self.hooks.iter().any(|h| h.sees_tool_exit(call.cgroup_id)),
         })
     }

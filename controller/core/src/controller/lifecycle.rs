@@ -170,6 +170,7 @@ impl Controller {
             intent: call.intent,
             limits: call.limits,
             clamps: call.clamps,
+            admission: call.admission,
             memory_actions: call.memory.actions,
         };
         // The record goes into the call's state file first (not fsynced, like the rest

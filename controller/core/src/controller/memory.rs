@@ -66,7 +66,7 @@ impl Controller {
     }
 
     /// The highest priority among the sessions: whom the memory response protects.
-    fn top_priority(&self) -> crate::intent::Priority {
+    pub(super) fn top_priority(&self) -> crate::intent::Priority {
         self.sessions
             .values()
             .map(|s| s.plan.priority)

@@ -124,6 +124,7 @@ impl ControlError {
         match self {
             ControlError::Intent(_) => "bad_intent",
             ControlError::Plan(PlanError::NoRoom(_)) => "no_room",
+            ControlError::Plan(PlanError::Queued(_)) => "queued",
             ControlError::Plan(_) => "bad_session",
             ControlError::Cgroup(_) => "cgroup_error",
             ControlError::History(_) | ControlError::State { .. } => "state_error",
@@ -160,6 +161,10 @@ pub struct CallRequest {
     /// lost the reply, e.g. to a daemon restart) gets the same running call back.
     #[serde(default)]
     pub client_token: Option<String>,
+    /// Whether a call that cannot fit yet waits in agentcgd's queue (the default) or
+    /// is answered `queued` at once, without waiting (docs/POLICY.md#admission).
+    #[serde(default)]
+    pub wait: Option<bool>,
     /// The caller's uid, set by agentcgd (never from the body): the owner of the
     /// default session when this declaration creates it.
     #[serde(skip)]
@@ -175,6 +180,10 @@ pub struct CallGrant {
     pub cgroup_id: u64,
     pub limits: CallLimits,
     pub clamps: Vec<Clamp>,
+    /// What admission decided, with its inputs (docs/POLICY.md#admission); absent for
+    /// a call re-adopted after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<crate::admission::Note>,
     /// agentcgd sees the tool exit (kernel telemetry) and ends the call there by itself:
     /// a client that needs nothing from the record may skip the finish report.
     #[serde(default)]
@@ -210,6 +219,7 @@ struct RunningCall {
     limits: CallLimits,
     clamps: Vec<Clamp>,
     suggestion: String,
+    admission: Option<crate::admission::Note>,
     cgroup: Cgroup,
     cgroup_id: u64,
     started: Instant,

@@ -288,6 +288,7 @@ fn a_repeated_token_gets_the_running_call_back() {
         command: vec!["pytest".into()],
         intent: None,
         client_token: Some("tok-5".into()),
+        wait: None,
         owner: 0,
     };
     let grant = c.declare_call(&req).unwrap();

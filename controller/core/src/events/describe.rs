@@ -72,6 +72,9 @@ pub fn summary(body: &EventBody) -> String {
             reason,
             message,
         } => format!("{session}: {reason}: {message}"),
+        EventBody::CallQueued { session, admission } => {
+            format!("{session}: queued: {}", admission.decision.reason)
+        }
         EventBody::CallFinished { record: r } => format!(
             "call {} in {}: {} after {} ms, peak {}, cpu {} ms",
             r.call_id,

@@ -53,6 +53,7 @@ pub(super) enum Val {
     Bytes(u64),
     Time(Duration),
     Int(i64),
+    Bool(bool),
     Milli(u32),
     Str(String),
     Intent(Box<Intent>),
@@ -346,6 +347,7 @@ pub(super) fn convert(kind: Kind, v: &Value) -> Result<Val, String> {
             }
             Ok(Val::Milli((n * 1000.0).round() as u32))
         }
+        Kind::Bool => Ok(Val::Bool(v.as_bool().ok_or_else(expected)?)),
         Kind::Choice(options) => {
             let s = v.as_str().ok_or_else(expected)?;
             if options.contains(&s) {

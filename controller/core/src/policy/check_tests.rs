@@ -185,3 +185,37 @@ fn policy_doc_matches_the_registry() {
         "docs/POLICY.md is stale: regenerate its table with `agentcg policy explain --markdown`"
     );
 }
+
+#[test]
+fn the_admission_section_is_typed_and_warns_on_a_useless_queue() {
+    let p = Policy::parse(
+        "[admission]\nenabled = false\nmin_samples = 5\npercentile = 90\nqueue_for = \"0s\"\n",
+        "a",
+    )
+    .unwrap();
+    assert_eq!(
+        p.admission,
+        crate::admission::AdmissionPolicy {
+            enabled: false,
+            min_samples: 5,
+            percentile: 90,
+            queue_for: std::time::Duration::ZERO,
+        }
+    );
+    assert_eq!(Policy::default_policy().admission.percentile, 95);
+    let found = errors("[admission]\nenabled = \"yes\"\npercentile = 30\n");
+    let lines: Vec<String> = found.iter().map(|p| p.render("a")).collect();
+    assert_eq!(found.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("a:2:11: admission.enabled: expected boolean"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[1],
+        "a:3:14: admission.percentile: 30 is out of range 50..=100"
+    );
+    let found = check("[admission]\nenabled = false\nqueue_for = \"1m\"\n");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].severity, Severity::Warning);
+    assert_eq!(found[0].key, "admission.queue_for");
+}

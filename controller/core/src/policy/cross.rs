@@ -299,4 +299,20 @@ fn warnings(seen: &Seen, sink: &mut Sink<'_>) {
             ),
         );
     }
+    if let (Some((Val::Bool(false), es)), Some((q, qs))) = (
+        seen.get("admission.enabled"),
+        time(seen, "admission.queue_for"),
+    ) && !q.is_zero()
+        && qs.is_some()
+    {
+        sink.push(
+            first([&qs, &es]),
+            "admission.queue_for",
+            Severity::Warning,
+            format!(
+                "{}: no call waits while admission.enabled = false",
+                compact_duration(q)
+            ),
+        );
+    }
 }

@@ -32,6 +32,7 @@ fn literal(kind: keys::Kind, raw: &str) -> Value {
     let parsed = raw.trim().parse::<Value>().ok();
     let fits = |v: &Value| match kind {
         keys::Kind::Int { .. } => v.is_integer(),
+        keys::Kind::Bool => v.is_bool(),
         keys::Kind::Cpus => v.is_integer() || v.is_float(),
         keys::Kind::Commands => v.is_array(),
         _ => v.is_str(),
@@ -133,6 +134,7 @@ mod tests {
         match kind {
             keys::Kind::Int { max, .. } if max >= 100 => ("77", "77"),
             keys::Kind::Int { .. } => ("2", "2"),
+            keys::Kind::Bool => ("false", "false"),
             keys::Kind::Cpus => ("1.5", "1.5"),
             keys::Kind::Size { .. } => ("20M", "\"20M\""),
             keys::Kind::Duration { min, .. } if min >= std::time::Duration::from_secs(3600) => {

@@ -16,6 +16,8 @@ pub enum Kind {
     Int { min: i64, max: i64 },
     /// A number of CPUs, integer or fractional, 0..=1024.
     Cpus,
+    /// `true` or `false`.
+    Bool,
     /// One of these strings.
     Choice(&'static [&'static str]),
     /// A compact intent (`"mem=256M,mem.max=1G"`).
@@ -44,6 +46,7 @@ impl Kind {
             ),
             Kind::Int { min, max } => format!("integer {min}..={max}"),
             Kind::Cpus => "number of CPUs 0..=1024 (0.5 allowed)".into(),
+            Kind::Bool => "boolean (true, false)".into(),
             Kind::Choice(options) => format!("one of {}", quoted(options)),
             Kind::Intent => "intent (\"mem=256M,mem.max=1G,timeout=30m\")".into(),
             Kind::Text => "string".into(),
@@ -379,6 +382,40 @@ pub const KEYS: &[Key] = &[
         "\"30d\"",
         Restart,
         "how long the call history (`<state-dir>/history.db`, `agentcg history`) keeps a record after its call ended. Older records are pruned at start and every hour, except the newest 10,000, which are always kept",
+    ),
+    key(
+        "admission.enabled",
+        Kind::Bool,
+        "true",
+        Reload,
+        "admission from history: a call declaring no `mem` expects its class's recorded `percentile` peak (times the session factor), and a call that cannot fit now (its session's remaining memory, or host memory at or above `memory.pressure_at`) waits up to `queue_for`. `false`: the class default is expected and the host's memory never stops a call",
+    ),
+    key(
+        "admission.min_samples",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+        "20",
+        Reload,
+        "recorded calls of a class (in the newest 10,000 records) needed before their peaks replace the class's default `mem`",
+    ),
+    key(
+        "admission.percentile",
+        Kind::Int { min: 50, max: 100 },
+        "95",
+        Reload,
+        "which nearest-rank percentile of the class's recorded peaks a call is expected to use. The session factor (the median peak of the session's own calls of the class over the class's median, within 0.5..2, once the session ended 3 of them) scales it",
+    ),
+    key(
+        "admission.queue_for",
+        Kind::Duration {
+            min: secs(0),
+            max: secs(3600),
+        },
+        "\"30s\"",
+        Reload,
+        "how long a call that cannot fit waits, highest priority first and in arrival order within a priority, to be admitted as soon as memory frees; then it is rejected with the reason. `\"0s\"`: it never waits (clamped per `session.admission`, or rejected)",
     ),
 ];
 

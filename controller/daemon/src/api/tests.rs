@@ -40,7 +40,10 @@ pub(super) struct Fixture {
     /// The controller's state directory (its history database).
     pub(super) state: PathBuf,
     pub(super) app: axum::Router,
-    events: Arc<EventBus>,
+    pub(super) events: Arc<EventBus>,
+    /// The controller and the admission queue behind `app`.
+    pub(super) shared: crate::supervisor::Shared,
+    pub(super) queue: Arc<crate::queue::Queue>,
 }
 
 pub(super) fn fixture() -> Fixture {
@@ -117,7 +120,7 @@ pub(super) fn fixture_with_sessions(sessions: &[(&str, u32)]) -> Fixture {
         events.clone(),
     ));
     let state = AppState::new(
-        shared,
+        shared.clone(),
         status,
         Arc::new(crate::supervisor::Wakers::default()),
         events.clone(),
@@ -128,8 +131,10 @@ pub(super) fn fixture_with_sessions(sessions: &[(&str, u32)]) -> Fixture {
         _dir: dir,
         root,
         state: state_dir,
+        queue: state.queue(),
         app: router(state),
         events,
+        shared,
     }
 }
 

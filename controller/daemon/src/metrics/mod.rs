@@ -252,7 +252,8 @@ impl Counters {
                     .inc();
                 self.policy_last_reload_ok.set(i64::from(*ok));
             }
-            EventBody::SessionCreated { .. }
+            EventBody::CallQueued { .. }
+            | EventBody::SessionCreated { .. }
             | EventBody::SessionClosed { .. }
             | EventBody::SchedulerReloaded { .. }
             | EventBody::Lagged { .. } => {}

@@ -64,6 +64,7 @@ fn record(call_id: u64, class: Option<&str>, outcome: Outcome, priority: Priorit
         processes: None,
         feedback: None,
         memory_actions: Vec::new(),
+        admission: None,
     }
 }
 

@@ -50,6 +50,7 @@ fn record(id: u64, session: &str, class: Option<&str>, outcome: Outcome, peak: u
         processes: None,
         feedback: None,
         memory_actions: vec![],
+        admission: None,
     }
 }
 
