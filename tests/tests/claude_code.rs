@@ -114,6 +114,73 @@ fn claude_code_tool_calls_run_in_a_conversation_session_and_read_the_feedback() 
     assert!(text.contains("oom_killed") && text.contains("ok"), "{text}");
 }
 
+/// The policy of the fork-bomb test: the default one, with calls that declare nothing
+/// limited to 32 processes (the emulated VM forks slowly; the host's 1024 would take
+/// it minutes to reach).
+const FORK_POLICY_PIDS: u64 = 32;
+
+#[test]
+#[ignore = "kernel test: cargo xtask vm-test claude_code"]
+fn claude_code_fork_bomb_in_a_bash_call_ends_as_pids_limited_and_claude_finishes() {
+    let default_call = "intent = \"mem=256M,mem.max=1G,pids=1024,timeout=30m\"";
+    let policy_text = include_str!("../../policies/default.toml");
+    assert!(policy_text.contains(default_call), "the default call intent moved");
+    let policy = "/tmp/claude-fork-policy.toml";
+    std::fs::write(
+        policy,
+        policy_text.replace(
+            default_call,
+            &default_call.replace("pids=1024", &format!("pids={FORK_POLICY_PIDS}")),
+        ),
+    )
+    .expect("writing the test policy");
+    let d = Daemon::start_with("claude-fork", &["--policy", policy]);
+    let conversation = "5b0c2a1e-0000-4000-8000-000000000002";
+    let session = format!("claude-{conversation}");
+    let server = ModelServer::start(
+        vec![
+            Turn::Bash(":(){ :|:& };:".into()),
+            Turn::Text("The fork bomb was stopped.".into()),
+        ],
+        None,
+    )
+    .expect("model server");
+    let out = claude(&d, &server, conversation, &[]);
+    let result = succeeded(&out);
+    assert_eq!(result["result"], "The fork bomb was stopped.", "{result}");
+    let results = server.tool_results();
+    assert_eq!(results.len(), 1, "{results:#?}");
+    assert!(
+        results[0].contains("was stopped: it could not start more processes")
+            && results[0].contains(&format!("(pids {FORK_POLICY_PIDS}")),
+        "the model reads why: {}",
+        results[0]
+    );
+    let calls = records(&d, &session);
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    assert_eq!(calls[0]["outcome"], "pids_limited", "{:#}", calls[0]);
+    assert_eq!(calls[0]["limits"]["pids_max"], FORK_POLICY_PIDS);
+    assert!(calls[0]["accounting"]["pids_limit_hits"].as_u64() > Some(0));
+    assert!(
+        calls[0]["leftover_killed"].as_u64() > Some(0),
+        "the bomb's processes were killed: {:#}",
+        calls[0]
+    );
+    assert!(wait_empty(&d, &session), "the bomb's cgroup is removed");
+}
+
+/// Whether the session's call cgroups are all removed within 10 s.
+fn wait_empty(d: &Daemon, session: &str) -> bool {
+    let calls = d.root.join(format!("session-{session}/calls"));
+    (0..100).any(|_| {
+        let empty = Daemon::child_cgroups(&calls).is_empty();
+        if !empty {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        empty
+    })
+}
+
 #[test]
 #[ignore = "kernel test: cargo xtask vm-test claude_code"]
 fn claude_code_intents_written_by_the_model_are_honoured_and_shell_syntax_is_refused() {

@@ -13,6 +13,7 @@ mod calls;
 mod lifecycle;
 mod memory;
 mod sessions;
+pub mod settle;
 pub mod state;
 mod views;
 
