@@ -16,6 +16,16 @@ fn claude(d: &Daemon, server: &ModelServer, conversation: &str, env: &[(&str, &s
     let home = format!("/tmp/claude-home-{conversation}");
     let work = format!("{home}/work");
     std::fs::create_dir_all(&work).expect("claude's home and working directory");
+    // The PreToolUse hook of integrations/claude-code/settings.json, in the user settings.
+    let hook = format!(
+        "{} --hook pre-tool-use",
+        bin_dir().join("agentcg-claude").display()
+    );
+    let settings = serde_json::json!({"hooks": {"PreToolUse": [{"matcher": "Bash",
+        "hooks": [{"type": "command", "command": hook}]}]}});
+    std::fs::create_dir_all(format!("{home}/.claude")).expect("claude's settings directory");
+    std::fs::write(format!("{home}/.claude/settings.json"), settings.to_string())
+        .expect("claude's settings");
     Command::new("claude")
         .args(["-p", "Run the commands.", "--allowedTools", "Bash"])
         .args(["--output-format", "json", "--session-id", conversation])
@@ -109,6 +119,15 @@ fn claude_code_tool_calls_run_in_a_conversation_session_and_read_the_feedback() 
     let calls = records(&d, &session);
     let outcomes: Vec<&str> = calls.iter().filter_map(|c| c["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["oom_killed", "ok"], "{calls:#?}");
+    let ids: Vec<&str> = calls
+        .iter()
+        .filter_map(|c| c["tool_use_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["toolu_0000", "toolu_0001"],
+        "the PreToolUse hook labels each call with its tool_use_id: {calls:#?}"
+    );
     let listed = d.agentcg(&["call", "list", "--session", &session]);
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(text.contains("oom_killed") && text.contains("ok"), "{text}");
@@ -124,7 +143,10 @@ const FORK_POLICY_PIDS: u64 = 32;
 fn claude_code_fork_bomb_in_a_bash_call_ends_as_pids_limited_and_claude_finishes() {
     let default_call = "intent = \"mem=256M,mem.max=1G,pids=1024,timeout=30m\"";
     let policy_text = include_str!("../../policies/default.toml");
-    assert!(policy_text.contains(default_call), "the default call intent moved");
+    assert!(
+        policy_text.contains(default_call),
+        "the default call intent moved"
+    );
     let policy = "/tmp/claude-fork-policy.toml";
     std::fs::write(
         policy,

@@ -181,6 +181,7 @@ impl Controller {
             leftover_killed: leftover,
             processes,
             command: call.command,
+            tool_use_id: call.tool_use_id,
             intent: call.intent,
             limits: call.limits,
             clamps: call.clamps,

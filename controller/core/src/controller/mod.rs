@@ -161,6 +161,10 @@ pub struct CallRequest {
     /// lost the reply, e.g. to a daemon restart) gets the same running call back.
     #[serde(default)]
     pub client_token: Option<String>,
+    /// The agent harness's id of the tool call (Claude Code's `tool_use_id`), kept in
+    /// the record so a call can be matched with the conversation.
+    #[serde(default)]
+    pub tool_use_id: Option<String>,
     /// The caller's uid, set by agentcgd (never from the body): the owner of the
     /// default session when this declaration creates it.
     #[serde(skip)]
@@ -205,6 +209,7 @@ pub struct SessionInfo {
 #[derive(Debug)]
 struct RunningCall {
     client_token: Option<String>,
+    tool_use_id: Option<String>,
     session: String,
     command: Vec<String>,
     intent: Intent,
@@ -551,6 +556,7 @@ impl RunningCall {
             suggestion: self.suggestion.clone(),
             started_unix_ms: self.started_unix_ms,
             client_token: self.client_token.clone(),
+            tool_use_id: self.tool_use_id.clone(),
             timed_out: self.timed_out,
             budget_exceeded: self.budget_exceeded,
             pressure_killed: self.memory.killed,

@@ -81,7 +81,10 @@ mod tests {
         let mut w = LeftoverWatch::new(t);
         assert!(!w.end_now(t, left(2, 0)));
         assert!(!w.end_now(t + QUIET / 2, left(2, 0)));
-        assert!(!w.end_now(t + QUIET - STEP, left(1, 0)), "fewer is not growth");
+        assert!(
+            !w.end_now(t + QUIET - STEP, left(1, 0)),
+            "fewer is not growth"
+        );
         assert!(w.end_now(t + QUIET, left(1, 0)));
     }
 
@@ -99,6 +102,9 @@ mod tests {
         assert!(w.end_now(at, left(tasks, 1)), "the limit refused a fork");
         let mut w = LeftoverWatch::new(t);
         assert!(!w.end_now(t + RUNAWAY_WATCH - STEP, left(5, 0)));
-        assert!(w.end_now(t + RUNAWAY_WATCH, left(6, 0)), "growing, but watched long enough");
+        assert!(
+            w.end_now(t + RUNAWAY_WATCH, left(6, 0)),
+            "growing, but watched long enough"
+        );
     }
 }
