@@ -70,9 +70,9 @@ build_deps() {
   fi
 }
 
-# The real agent harnesses: tests/tests/claude_code.rs drives claude against a scripted
-# model server; mini-swe-agent is what integrations/mini-swe-agent/ plugs into (versions
-# pinned: each hands commands to its shell its own way). The guest runs the host's root
+# The real agent harnesses tests/tests/claude_code.rs and tests/tests/mini_swe_agent.rs
+# drive against a scripted model server (versions pinned: each hands commands to its
+# shell its own way). The guest runs the host's root
 # filesystem, so they are in the VM too.
 CLAUDE_CODE_VERSION=2.1.328
 MINI_SWE_AGENT_VERSION=2.4.6

@@ -16,6 +16,16 @@ fn claude(d: &Daemon, server: &ModelServer, conversation: &str, env: &[(&str, &s
     let home = format!("/tmp/claude-home-{conversation}");
     let work = format!("{home}/work");
     std::fs::create_dir_all(&work).expect("claude's home and working directory");
+    // The PreToolUse hook of integrations/claude-code/settings.json, in the user settings.
+    let hook = format!(
+        "{} --hook pre-tool-use",
+        bin_dir().join("agentcg-claude").display()
+    );
+    let settings = serde_json::json!({"hooks": {"PreToolUse": [{"matcher": "Bash",
+        "hooks": [{"type": "command", "command": hook}]}]}});
+    std::fs::create_dir_all(format!("{home}/.claude")).expect("claude's settings directory");
+    std::fs::write(format!("{home}/.claude/settings.json"), settings.to_string())
+        .expect("claude's settings");
     Command::new("claude")
         .args(["-p", "Run the commands.", "--allowedTools", "Bash"])
         .args(["--output-format", "json", "--session-id", conversation])
@@ -109,9 +119,88 @@ fn claude_code_tool_calls_run_in_a_conversation_session_and_read_the_feedback() 
     let calls = records(&d, &session);
     let outcomes: Vec<&str> = calls.iter().filter_map(|c| c["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["oom_killed", "ok"], "{calls:#?}");
+    let ids: Vec<&str> = calls
+        .iter()
+        .filter_map(|c| c["tool_use_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["toolu_0000", "toolu_0001"],
+        "the PreToolUse hook labels each call with its tool_use_id: {calls:#?}"
+    );
     let listed = d.agentcg(&["call", "list", "--session", &session]);
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(text.contains("oom_killed") && text.contains("ok"), "{text}");
+}
+
+/// The policy of the fork-bomb test: the default one, with calls that declare nothing
+/// limited to 32 processes (the emulated VM forks slowly; the host's 1024 would take
+/// it minutes to reach).
+const FORK_POLICY_PIDS: u64 = 32;
+
+#[test]
+#[ignore = "kernel test: cargo xtask vm-test claude_code"]
+fn claude_code_fork_bomb_in_a_bash_call_ends_as_pids_limited_and_claude_finishes() {
+    let default_call = "intent = \"mem=256M,mem.max=1G,pids=1024,timeout=30m\"";
+    let policy_text = include_str!("../../policies/default.toml");
+    assert!(
+        policy_text.contains(default_call),
+        "the default call intent moved"
+    );
+    let policy = "/tmp/claude-fork-policy.toml";
+    std::fs::write(
+        policy,
+        policy_text.replace(
+            default_call,
+            &default_call.replace("pids=1024", &format!("pids={FORK_POLICY_PIDS}")),
+        ),
+    )
+    .expect("writing the test policy");
+    let d = Daemon::start_with("claude-fork", &["--policy", policy]);
+    let conversation = "5b0c2a1e-0000-4000-8000-000000000002";
+    let session = format!("claude-{conversation}");
+    let server = ModelServer::start(
+        vec![
+            Turn::Bash(":(){ :|:& };:".into()),
+            Turn::Text("The fork bomb was stopped.".into()),
+        ],
+        None,
+    )
+    .expect("model server");
+    let out = claude(&d, &server, conversation, &[]);
+    let result = succeeded(&out);
+    assert_eq!(result["result"], "The fork bomb was stopped.", "{result}");
+    let results = server.tool_results();
+    assert_eq!(results.len(), 1, "{results:#?}");
+    assert!(
+        results[0].contains("was stopped: it could not start more processes")
+            && results[0].contains(&format!("(pids {FORK_POLICY_PIDS}")),
+        "the model reads why: {}",
+        results[0]
+    );
+    let calls = records(&d, &session);
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    assert_eq!(calls[0]["outcome"], "pids_limited", "{:#}", calls[0]);
+    assert_eq!(calls[0]["limits"]["pids_max"], FORK_POLICY_PIDS);
+    assert!(calls[0]["accounting"]["pids_limit_hits"].as_u64() > Some(0));
+    assert!(
+        calls[0]["leftover_killed"].as_u64() > Some(0),
+        "the bomb's processes were killed: {:#}",
+        calls[0]
+    );
+    assert!(wait_empty(&d, &session), "the bomb's cgroup is removed");
+}
+
+/// Whether the session's call cgroups are all removed within 10 s.
+fn wait_empty(d: &Daemon, session: &str) -> bool {
+    let calls = d.root.join(format!("session-{session}/calls"));
+    (0..100).any(|_| {
+        let empty = Daemon::child_cgroups(&calls).is_empty();
+        if !empty {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        empty
+    })
 }
 
 #[test]

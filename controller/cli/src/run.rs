@@ -77,18 +77,26 @@ pub fn run_call(
         eprintln!("agentcg: invalid intent: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
-    match declare(client, session.as_deref(), intent.as_deref(), &command) {
+    match declare(
+        client,
+        session.as_deref(),
+        intent.as_deref(),
+        &command,
+        None,
+    ) {
         Ok(grant) => execute(client, &grant, &command, record_path, verbose, false),
         Err(e) => fail(&e),
     }
 }
 
-/// Declares a call of `command` (the argv the daemon classifies and records).
+/// Declares a call of `command` (the argv the daemon classifies and records), with the
+/// harness's id of the tool call when it has one.
 pub fn declare(
     client: &Client,
     session: Option<&str>,
     intent: Option<&str>,
     command: &[OsString],
+    tool_use_id: Option<&str>,
 ) -> Result<CallGrant, ClientError> {
     let argv: Vec<String> = command
         .iter()
@@ -97,6 +105,9 @@ pub fn declare(
     // The token makes the declaration safe to send again after a daemon restart.
     let mut req = json!({"session": session, "command": argv, "intent": intent,
         "client_token": client_token(), "wait": false});
+    if let Some(id) = tool_use_id {
+        req["tool_use_id"] = json!(id);
+    }
     // Asked first without waiting, so that a call that must wait for memory says so
     // (one line) before it waits in agentcgd's queue.
     let reply = match client.post("/v1/calls", &req) {

@@ -343,6 +343,9 @@ fn is_zero(n: &u64) -> bool {
 pub struct CallRecord {
     pub call_id: u64,
     pub session: String,
+    /// The agent harness's id of the tool call (Claude Code's `tool_use_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_use_id: Option<String>,
     pub command: Vec<String>,
     pub intent: Intent,
     pub limits: CallLimits,

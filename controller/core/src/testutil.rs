@@ -24,6 +24,7 @@ pub fn record(call_id: u64) -> CallRecord {
     CallRecord {
         call_id,
         session: "s".into(),
+        tool_use_id: None,
         command: vec!["true".into()],
         intent: Intent::default(),
         limits: limits(),

@@ -419,6 +419,15 @@ async fn finish_call(
     body: Result<Json<FinishRequest>, ApiError>,
 ) -> ApiResult {
     let Json(req) = body?;
+    // What the tool left behind is watched first (a fork bomb ends at its limit).
+    let running = {
+        let c = state.lock()?;
+        guard::own_call(&caller, &c, id)?;
+        c.leftovers(id).is_some()
+    };
+    if running {
+        supervisor::settle_leftovers(&state.controller, id).await;
+    }
     // Idempotent: a call that already ended (its tool's exit seen by the kernel
     // telemetry, its session closed) answers with its record.
     let record = {

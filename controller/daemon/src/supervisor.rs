@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentcg_core::controller::Controller;
+use agentcg_core::controller::settle::{self, LeftoverWatch};
 use agentcg_core::history::Durability;
 use tokio::sync::Notify;
 
@@ -26,6 +27,23 @@ pub struct Wakers {
     pub ended: Notify,
     /// A call was declared: the timer may have an earlier deadline.
     pub declared: Notify,
+}
+
+/// Waits while running call `id` holds processes its tool left behind, as
+/// [`LeftoverWatch`] decides (at once when its cgroup is empty); the caller then ends
+/// it, killing what is left.
+pub async fn settle_leftovers(shared: &Shared, id: u64) {
+    let mut watch = LeftoverWatch::new(std::time::Instant::now());
+    loop {
+        let left = match shared.lock() {
+            Ok(c) => c.leftovers(id),
+            Err(_) => return,
+        };
+        if watch.end_now(std::time::Instant::now(), left) {
+            return;
+        }
+        tokio::time::sleep(settle::STEP).await;
+    }
 }
 
 /// Waits until `done()` holds, re-checking at each wake-up of `notify`, for at most

@@ -15,13 +15,7 @@ use agentcg_core::record::processes::CallProcesses;
 use agentcg_core::record::{ExitInfo, ProcessCounts};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::supervisor::{Shared, Wakers};
-
-/// How long a call whose tool exited may keep processes before they count as left
-/// behind: the tool's own exit finishes a moment after the kernel reported it.
-const LEFTOVER_GRACE: Duration = Duration::from_millis(50);
-/// How often the cgroup is looked at during the grace.
-const GRACE_STEP: Duration = Duration::from_millis(2);
+use crate::supervisor::{self, Shared, Wakers};
 
 /// Feeds call cgroups into the telemetry maps and answers how a call's tool ended.
 #[derive(Debug)]
@@ -220,8 +214,8 @@ fn spawn_event_thread(
     }
 }
 
-/// Ends calls as their tools exit; a call still holding processes gets
-/// [`LEFTOVER_GRACE`] before they are killed as left behind.
+/// Ends calls as their tools exit; what a call's tool left behind is watched
+/// ([`supervisor::settle_leftovers`]) before it is killed.
 async fn end_calls(
     shared: Shared,
     wakers: Arc<Wakers>,
@@ -234,14 +228,11 @@ async fn end_calls(
         let shared = shared.clone();
         let wakers = wakers.clone();
         tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + LEFTOVER_GRACE;
-            loop {
-                tokio::time::sleep(GRACE_STEP).await;
-                let force = tokio::time::Instant::now() >= deadline;
-                if end_call(&shared, &wakers, cgid, exit, force) {
-                    return;
-                }
+            let id = shared.lock().ok().and_then(|c| c.call_by_cgroup(cgid));
+            if let Some(id) = id {
+                supervisor::settle_leftovers(&shared, id).await;
             }
+            end_call(&shared, &wakers, cgid, exit, true);
         });
     }
 }

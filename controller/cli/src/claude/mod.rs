@@ -5,9 +5,11 @@
 //! call's cgroup, and prints agentcg's feedback on stderr, which the model reads in
 //! its tool result. An intent the model writes at the start of its command
 //! (`AGENTCG_INTENT=mem.max=2G pytest`) is read and removed without a shell
-//! (`command`); without one the policy's default for the command's class applies.
+//! (`command`); without one the policy's default for the command's class applies. Its
+//! `PreToolUse` hook (`hook`) labels each call with Claude Code's `tool_use_id`.
 
 pub mod command;
+pub mod hook;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -115,6 +117,11 @@ pub fn prefix_main(client: &Client, args: Vec<OsString>) -> ExitCode {
         eprintln!("agentcg: {e}");
         ExitCode::from(code)
     };
+    if let [string] = args.as_slice()
+        && let Some(event) = string.to_str().and_then(hook::own_invocation)
+    {
+        return hook::main(event);
+    }
     let env = match ToolEnv::from_lookup(env_var) {
         Ok(e) => e,
         Err(e) => return refuse(&e, EXIT_AGENTCG),
@@ -126,7 +133,8 @@ pub fn prefix_main(client: &Client, args: Vec<OsString>) -> ExitCode {
         return refuse(&PrefixError::NotUtf8, EXIT_AGENTCG);
     };
     let wrapped = command::split_wrapped(string);
-    let (written, model_command) = match take_intent(&wrapped.command) {
+    let (tool_use_id, labelled) = hook::take_tool_use_id(&wrapped.command);
+    let (written, model_command) = match take_intent(&labelled) {
         Ok(t) => t,
         Err(e) => return refuse(&e, EXIT_USAGE),
     };
@@ -152,10 +160,23 @@ pub fn prefix_main(client: &Client, args: Vec<OsString>) -> ExitCode {
         wrapped.rebuild(&model_command).into(),
     ];
     let session = env.session();
-    let grant = match declare(client, Some(&session), intent.as_deref(), &declared) {
+    let grant = match declare(
+        client,
+        Some(&session),
+        intent.as_deref(),
+        &declared,
+        tool_use_id.as_deref(),
+    ) {
         Err(e) if e.code() == Some("no_such_session") => {
             match create_session(client, &env).and_then(|()| {
-                declare(client, Some(&session), intent.as_deref(), &declared).map_err(Failure::from)
+                declare(
+                    client,
+                    Some(&session),
+                    intent.as_deref(),
+                    &declared,
+                    tool_use_id.as_deref(),
+                )
+                .map_err(Failure::from)
             }) {
                 Ok(g) => g,
                 Err(Failure::Setting(e)) => return refuse(&e, EXIT_USAGE),

@@ -153,6 +153,7 @@ impl Controller {
         let tool = find_tool(&cg);
         RunningCall {
             client_token: st.client_token,
+            tool_use_id: st.tool_use_id,
             session: st.session,
             command: st.command,
             intent: st.intent,
@@ -186,6 +187,7 @@ impl Controller {
         let rec = CallRecord {
             call_id: st.call_id,
             session: st.session,
+            tool_use_id: st.tool_use_id,
             command: st.command,
             intent: st.intent,
             limits: st.limits,

@@ -63,8 +63,11 @@ impl Controller {
                 reason: "must be a non-empty list of arguments without NUL bytes".into(),
             });
         }
+        if let Some(t) = &req.tool_use_id {
+            check_token("tool_use_id", t)?;
+        }
         if let Some(t) = &req.client_token {
-            check_token(t)?;
+            check_token("client_token", t)?;
             if let Some(grant) = self.grant_for_token(t) {
                 // The client lost the reply and is about to start the tool: a call
                 // re-adopted empty is not waiting for a report any more.
@@ -132,6 +135,7 @@ impl Controller {
         let granted_high = admitted.limits.memory_high;
         let call = RunningCall {
             client_token: req.client_token.clone(),
+            tool_use_id: req.tool_use_id.clone(),
             session: name,
             command: req.command.clone(),
             intent,
@@ -316,7 +320,7 @@ impl Controller {
 }
 
 /// A client token: 1..=64 of `[A-Za-z0-9_.-]`.
-fn check_token(t: &str) -> Result<(), ControlError> {
+fn check_token(what: &str, t: &str) -> Result<(), ControlError> {
     let ok = !t.is_empty()
         && t.len() <= MAX_TOKEN
         && t.bytes()
@@ -325,7 +329,7 @@ fn check_token(t: &str) -> Result<(), ControlError> {
         Ok(())
     } else {
         Err(ControlError::BadRequest {
-            what: "client_token".into(),
+            what: what.into(),
             reason: format!(
                 "must be 1 to {MAX_TOKEN} characters of A-Z a-z 0-9 _ . - (got {} characters)",
                 t.chars().count()

@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::settle::Leftovers;
 use super::{ABANDON_AFTER, ControlError, Controller, RunningCall};
 use crate::cgroup::{cpu, memory, pids};
 use crate::record::{self, Accounting, CallRecord, Ceilings, Enforced, ExitInfo, Outcome};
@@ -67,6 +68,19 @@ impl Controller {
             Ok(rec) => ToolExit::Ended(Box::new(rec)),
             Err(_) => ToolExit::NotRunning,
         }
+    }
+
+    /// What is left in running call `id`'s cgroup after its tool exited (`None` when the
+    /// cgroup is empty or the call is not running), for [`super::settle::LeftoverWatch`].
+    pub fn leftovers(&self, id: u64) -> Option<Leftovers> {
+        let call = self.running.get(&id)?;
+        if !call.cgroup.populated().unwrap_or(false) {
+            return None;
+        }
+        Some(Leftovers {
+            tasks: pids::current(&call.cgroup).unwrap_or(0),
+            limit_hits: pids::max_events(&call.cgroup).unwrap_or(0),
+        })
     }
 
     /// Whether the kernel hooks saw the tool of running call `id` exit (agentcgd is
@@ -167,6 +181,7 @@ impl Controller {
             leftover_killed: leftover,
             processes,
             command: call.command,
+            tool_use_id: call.tool_use_id,
             intent: call.intent,
             limits: call.limits,
             clamps: call.clamps,

@@ -13,6 +13,7 @@ mod calls;
 mod lifecycle;
 mod memory;
 mod sessions;
+pub mod settle;
 pub mod state;
 mod views;
 
@@ -165,6 +166,10 @@ pub struct CallRequest {
     /// is answered `queued` at once, without waiting (docs/POLICY.md#admission).
     #[serde(default)]
     pub wait: Option<bool>,
+    /// The agent harness's id of the tool call (Claude Code's `tool_use_id`), kept in
+    /// the record so a call can be matched with the conversation.
+    #[serde(default)]
+    pub tool_use_id: Option<String>,
     /// The caller's uid, set by agentcgd (never from the body): the owner of the
     /// default session when this declaration creates it.
     #[serde(skip)]
@@ -213,6 +218,7 @@ pub struct SessionInfo {
 #[derive(Debug)]
 struct RunningCall {
     client_token: Option<String>,
+    tool_use_id: Option<String>,
     session: String,
     command: Vec<String>,
     intent: Intent,
@@ -560,6 +566,7 @@ impl RunningCall {
             suggestion: self.suggestion.clone(),
             started_unix_ms: self.started_unix_ms,
             client_token: self.client_token.clone(),
+            tool_use_id: self.tool_use_id.clone(),
             timed_out: self.timed_out,
             budget_exceeded: self.budget_exceeded,
             pressure_killed: self.memory.killed,

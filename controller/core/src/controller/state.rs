@@ -168,6 +168,9 @@ pub struct RunningState {
     /// The client's idempotency token of the declaration, if it sent one.
     #[serde(default)]
     pub client_token: Option<String>,
+    /// The harness's id of the tool call, if the declaration carried one.
+    #[serde(default)]
+    pub tool_use_id: Option<String>,
     #[serde(default)]
     pub timed_out: bool,
     #[serde(default)]
@@ -321,6 +324,7 @@ mod tests {
             suggestion: String::new(),
             started_unix_ms: 5,
             client_token: Some("t".into()),
+            tool_use_id: None,
             timed_out: false,
             budget_exceeded: true,
             pressure_killed: false,

@@ -57,6 +57,7 @@ fn fake_cgroup(dir: &Path) {
 fn running_state(id: u64, session: &str) -> RunningState {
     RunningState {
         call_id: id,
+        tool_use_id: None,
         session: session.into(),
         command: vec!["pytest".into()],
         intent: Default::default(),
@@ -289,6 +290,7 @@ fn a_repeated_token_gets_the_running_call_back() {
         intent: None,
         client_token: Some("tok-5".into()),
         wait: None,
+        tool_use_id: None,
         owner: 0,
     };
     let grant = c.declare_call(&req).unwrap();
@@ -296,11 +298,33 @@ fn a_repeated_token_gets_the_running_call_back() {
     assert!(grant.cgroup.ends_with("call-000005"));
     let bad = CallRequest {
         client_token: Some("../x".into()),
-        ..req
+        ..req.clone()
     };
     let err = c.declare_call(&bad).unwrap_err();
     assert_eq!(err.code(), "bad_request");
     assert!(err.to_string().contains("client_token"), "{err}");
+    let bad = CallRequest {
+        tool_use_id: Some("toolu 1; ls".into()),
+        ..req.clone()
+    };
+    let err = c.declare_call(&bad).unwrap_err();
+    assert!(err.to_string().contains("tool_use_id"), "{err}");
+    let labelled = CallRequest {
+        client_token: Some("tok-new".into()),
+        tool_use_id: Some("toolu_01".into()),
+        ..req
+    };
+    let grant = c.declare_call(&labelled).unwrap();
+    let ok = ExitInfo {
+        code: Some(0),
+        signal: None,
+    };
+    let rec = c.finish_call(grant.call_id, ok).unwrap();
+    assert_eq!(
+        rec.tool_use_id.as_deref(),
+        Some("toolu_01"),
+        "the record names the tool call"
+    );
 }
 
 #[test]

@@ -38,6 +38,7 @@ fn record(call_id: u64, class: Option<&str>, outcome: Outcome, priority: Priorit
     CallRecord {
         call_id,
         session: "default".into(),
+        tool_use_id: None,
         command: vec!["true".into()],
         intent: Intent::default(),
         limits: CallLimits {

@@ -21,6 +21,7 @@ fn record(id: u64, session: &str, class: Option<&str>, outcome: Outcome, peak: u
     CallRecord {
         call_id: id,
         session: session.into(),
+        tool_use_id: None,
         command: vec!["true".into()],
         intent: Intent::default(),
         limits: CallLimits {
