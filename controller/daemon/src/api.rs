@@ -471,14 +471,32 @@ async fn show_call(
     Path(id): Path<u64>,
 ) -> ApiResult {
     settled(&state, |_| vec![id]).await;
-    let c = state.lock()?;
-    guard::own_call(&caller, &c, id)?;
-    if c.is_running(id) {
-        return Ok(Json(json!({"call_id": id, "running": true})));
+    {
+        let c = state.lock()?;
+        if c.is_running(id) || c.record(id).is_some() {
+            guard::own_call(&caller, &c, id)?;
+            if c.is_running(id) {
+                return Ok(Json(json!({"call_id": id, "running": true})));
+            }
+            return to_json(c.record(id));
+        }
     }
-    c.record(id)
-        .map(|r| Json(serde_json::to_value(r).unwrap_or_default()))
-        .ok_or_else(|| ControlError::NoCall(id).into())
+    // Older than the records kept in memory: read from the database, off the mutex.
+    let record = history::on_db(&state, move |conn, db| {
+        agentcg_core::history::query::by_id(conn, db, id)
+    })
+    .await?
+    .ok_or(ControlError::NoCall(id))?;
+    guard::check_kept_owner(
+        &caller,
+        state.lock()?.session_owner(&record.session),
+        &format!("call {id} (session `{}`)", record.session),
+        &format!(
+            "call {id} of closed session `{}` (its owner is not kept)",
+            record.session
+        ),
+    )?;
+    to_json(record)
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,7 +538,7 @@ async fn list_calls(
     caller: Caller,
     Query(q): Query<ListCalls>,
 ) -> ApiResult {
-    let limit = q.limit.min(10_000);
+    let limit = q.limit.min(agentcg_core::history::KEEP_IN_MEMORY);
     settled(&state, Controller::running_ids).await;
     let c = state.lock()?;
     if let Some(s) = &q.session {

@@ -74,8 +74,15 @@ impl Controller {
         states: BTreeMap<u64, RunningState>,
     ) -> Result<AdoptReport, ControlError> {
         let mut report = AdoptReport::default();
+        // The in-memory index holds only the newest records; a call that ran long
+        // while many others ended may be older, so the database is asked too.
+        let db = crate::history::schema::open_read_only(&self.history_db)?;
+        let recorded = |c: &Controller, id: u64| -> Result<bool, ControlError> {
+            Ok(c.history.get(id).is_some()
+                || crate::history::query::by_id(&db, &c.history_db, id)?.is_some())
+        };
         for (id, st) in states {
-            if self.history.get(id).is_some() {
+            if recorded(self, id)? {
                 // Recorded, but the daemon died before removing the state file.
                 self.store.remove(id);
                 continue;
@@ -117,7 +124,9 @@ impl Controller {
                 if id.is_some_and(|id| self.running.contains_key(&id)) {
                     continue;
                 }
-                if id.is_some_and(|id| self.history.get(id).is_some()) {
+                if let Some(id) = id
+                    && recorded(self, id)?
+                {
                     // An ended call's cgroup, left for the reaper by the last run.
                     let _ = cg.kill();
                     self.reaper.reap(cg);

@@ -229,6 +229,38 @@ fn a_call_that_ended_before_its_record_was_durable_keeps_that_record() {
 }
 
 #[test]
+fn a_recorded_call_older_than_the_memory_index_is_not_recorded_again() {
+    // Call 5 ended and is in the database, but the daemon died before removing its
+    // state file, and KEEP_IN_MEMORY later calls ended meanwhile: the in-memory index
+    // does not have it, the database does.
+    let f = killed_daemon_tree();
+    let db = f.state.join(crate::history::HISTORY_DB);
+    let mut conn = crate::history::schema::open(&db).unwrap();
+    let tx = conn.transaction().unwrap();
+    let first = 100;
+    for id in std::iter::once(5).chain(first..first + crate::history::KEEP_IN_MEMORY as u64) {
+        let r = crate::testutil::record(id);
+        crate::history::schema::insert(&tx, &r, &serde_json::to_string(&r).unwrap()).unwrap();
+    }
+    tx.commit().unwrap();
+    drop(conn);
+    let (c, report) = start(&f);
+    assert!(c.record(5).is_none(), "5 is older than the index");
+    assert!(!report.adopted.contains(&5), "{report:?}");
+    assert!(!report.lost.contains(&5), "{report:?}");
+    assert!(
+        !report.orphans.iter().any(|o| o.ends_with("call-000005")),
+        "{report:?}"
+    );
+    assert!(!RunningStore::open(&f.state).unwrap().path(5).exists());
+    let conn = crate::history::schema::open_read_only(&db).unwrap();
+    let kept = crate::history::query::by_id(&conn, &db, 5)
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept, crate::testutil::record(5), "the first record stands");
+}
+
+#[test]
 fn ids_continue_above_everything_a_killed_daemon_handed_out() {
     let f = killed_daemon_tree();
     let (mut c, _) = start(&f);

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
 use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{HistoryError, schema};
@@ -104,6 +104,26 @@ pub fn newest(conn: &Connection, db: &Path, n: usize) -> Result<Vec<CallRecord>,
             ..ListFilter::default()
         },
     )
+}
+
+/// The record of call `id`, if the database has it.
+pub fn by_id(conn: &Connection, db: &Path, id: u64) -> Result<Option<CallRecord>, HistoryError> {
+    let json: Option<String> = conn
+        .query_row(
+            "SELECT record FROM calls WHERE call_id = ?1",
+            [schema::int(id)],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(HistoryError::sqlite("querying", db))?;
+    json.map(|j| {
+        serde_json::from_str(&j).map_err(|source| HistoryError::Record {
+            path: db.to_path_buf(),
+            call_id: schema::int(id),
+            source,
+        })
+    })
+    .transpose()
 }
 
 /// The largest call id in the database (0 when empty).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
-use super::{HistoryError, KEEP_IN_MEMORY, schema};
+use super::{HistoryError, PRUNE_KEEPS, schema};
 use crate::cgroup::Cgroup;
 use crate::cgroup::reaper::Reaper;
 use crate::record::CallRecord;
@@ -251,7 +251,7 @@ impl Worker {
 
     fn prune(&mut self) {
         let cutoff = prune_cutoff(now_unix_ms(), self.keep);
-        let result = prune(&self.conn, cutoff, KEEP_IN_MEMORY);
+        let result = prune(&self.conn, cutoff, PRUNE_KEEPS);
         if let Ok(mut s) = self.shared.lock() {
             match result {
                 Ok(n) => {

@@ -82,7 +82,7 @@ pub fn list_filter(p: ListParams) -> Result<ListFilter, ApiError> {
 }
 
 /// Runs a query on a read-only connection, on a blocking thread.
-async fn on_db<T: Send + 'static>(
+pub(super) async fn on_db<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Connection, &std::path::Path) -> Result<T, HistoryError> + Send + 'static,
 ) -> Result<T, ApiError> {

@@ -188,8 +188,8 @@ fn the_writer_prunes_at_start() {
     let db = dir.path().join(HISTORY_DB);
     let conn = schema::open(&db).unwrap();
     let tx = conn.unchecked_transaction().unwrap();
-    // KEEP_IN_MEMORY + 3 calls of 1970: the 3 oldest go, the rest are the newest.
-    for id in 1..=(KEEP_IN_MEMORY as u64 + 3) {
+    // PRUNE_KEEPS + 3 calls of 1970: the 3 oldest go, the rest are the newest.
+    for id in 1..=(PRUNE_KEEPS as u64 + 3) {
         schema::insert(&tx, &record(id), "{}").unwrap();
     }
     tx.commit().unwrap();
@@ -201,5 +201,5 @@ fn the_writer_prunes_at_start() {
     }
     assert_eq!(w.status().pruned, 3);
     let ids = ids_in(&db);
-    assert_eq!((ids.len(), ids[0]), (KEEP_IN_MEMORY, 4));
+    assert_eq!((ids.len(), ids[0]), (PRUNE_KEEPS, 4));
 }

@@ -177,3 +177,17 @@ async fn a_broken_database_is_a_json_500() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert_error(&body, "state_error", &["call 4", HISTORY_DB]);
 }
+
+#[tokio::test]
+async fn a_call_older_than_the_kept_records_is_read_from_the_database() {
+    // Rows written after the start are not in the in-memory index (agentcgd keeps only
+    // the newest KEEP_IN_MEMORY records there, to bound its RSS).
+    let f = fixture();
+    let recs = fill(&f);
+    let (status, _, body) = send(&f.app, Method::GET, "/v1/calls/2", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, serde_json::to_value(&recs[1]).unwrap());
+    let (status, _, body) = send(&f.app, Method::GET, "/v1/calls/99", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_error(&body, "no_such_call", &["no call 99"]);
+}
