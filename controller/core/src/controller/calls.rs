@@ -57,42 +57,20 @@ impl Controller {
         req: &CallRequest,
         waited: Option<Duration>,
     ) -> Result<CallGrant, ControlError> {
-        if req.command.is_empty() || req.command.iter().any(|a| a.contains('\0')) {
-            return Err(ControlError::BadRequest {
-                what: "command".into(),
-                reason: "must be a non-empty list of arguments without NUL bytes".into(),
-            });
-        }
-        if let Some(t) = &req.tool_use_id {
-            check_token("tool_use_id", t)?;
-        }
-        if let Some(t) = &req.client_token {
-            check_token("client_token", t)?;
-            if let Some(grant) = self.grant_for_token(t) {
-                // The client lost the reply and is about to start the tool: a call
-                // re-adopted empty is not waiting for a report any more.
-                if let Some(call) = self.running.get_mut(&grant.call_id) {
-                    call.tool_gone_at = None;
-                }
-                return Ok(grant);
+        let Checked {
+            intent,
+            session: name,
+        } = req.check()?;
+        if let Some(t) = &req.client_token
+            && let Some(grant) = self.grant_for_token(t)
+        {
+            // The client lost the reply and is about to start the tool: a call
+            // re-adopted empty is not waiting for a report any more.
+            if let Some(call) = self.running.get_mut(&grant.call_id) {
+                call.tool_gone_at = None;
             }
+            return Ok(grant);
         }
-        let intent = match &req.intent {
-            None | Some(serde_json::Value::Null) => Intent::default(),
-            Some(serde_json::Value::String(s)) => Intent::parse_any(s)?,
-            Some(v @ serde_json::Value::Object(_)) => Intent::parse_json(&v.to_string())?,
-            Some(other) => {
-                return Err(ControlError::BadRequest {
-                    what: "intent".into(),
-                    reason: format!("expected a string or an object, got {other}"),
-                });
-            }
-        };
-        let name = req
-            .session
-            .clone()
-            .unwrap_or_else(|| DEFAULT_SESSION.to_string());
-        plan::check_session_name(&name)?;
         if !self.sessions.contains_key(&name) {
             if name != DEFAULT_SESSION {
                 return Err(ControlError::NoSession(name));
@@ -316,6 +294,50 @@ impl Controller {
             .filter(|(_, c)| !c.timed_out)
             .map(|(id, c)| (c.started + c.limits.timeout(), *id))
             .min()
+    }
+}
+
+/// A declaration's parts that need no state: its intent and session name, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub intent: Intent,
+    pub session: String,
+}
+
+impl CallRequest {
+    /// Validates what a declaration carries (command, token, intent, session name)
+    /// without touching any state: the daemon's first step, and what the API fuzz
+    /// target drives.
+    pub fn check(&self) -> Result<Checked, ControlError> {
+        if self.command.is_empty() || self.command.iter().any(|a| a.contains('\0')) {
+            return Err(ControlError::BadRequest {
+                what: "command".into(),
+                reason: "must be a non-empty list of arguments without NUL bytes".into(),
+            });
+        }
+        if let Some(t) = &self.tool_use_id {
+            check_token("tool_use_id", t)?;
+        }
+        if let Some(t) = &self.client_token {
+            check_token("client_token", t)?;
+        }
+        let intent = match &self.intent {
+            None | Some(serde_json::Value::Null) => Intent::default(),
+            Some(serde_json::Value::String(s)) => Intent::parse_any(s)?,
+            Some(v @ serde_json::Value::Object(_)) => Intent::parse_json(&v.to_string())?,
+            Some(other) => {
+                return Err(ControlError::BadRequest {
+                    what: "intent".into(),
+                    reason: format!("expected a string or an object, got {other}"),
+                });
+            }
+        };
+        let session = self
+            .session
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SESSION.to_string());
+        plan::check_session_name(&session)?;
+        Ok(Checked { intent, session })
     }
 }
 

@@ -18,6 +18,7 @@ pub mod state;
 mod views;
 
 pub use adopt::{AdoptReport, CONTROLLERS};
+pub use calls::Checked;
 pub use lifecycle::ToolExit;
 pub use memory::{ReclaimDone, ReclaimJob};
 pub use sessions::RUNTIME_OOM_SCORE_ADJ;
