@@ -126,6 +126,23 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, before[start..].chars().count() + 1)
 }
 
+/// toml_edit's message for a syntax error; for the errors it leaves without one (a
+/// control character in a comment), what stands at the error's place.
+pub fn syntax_message(text: &str, e: &toml_edit::TomlError) -> String {
+    let message = e.message().trim();
+    if !message.is_empty() {
+        return message.to_string();
+    }
+    let at = e.span().map_or(0, |s| s.start);
+    match text.get(at..).and_then(|rest| rest.chars().next()) {
+        Some(c) if c.is_control() && c != '\n' => {
+            format!("control character {c:?} is not allowed here (TOML allows tab only)")
+        }
+        Some(c) => format!("unexpected {c:?}"),
+        None => "unexpected end of file".to_string(),
+    }
+}
+
 /// Every problem of `text`, errors and warnings, in text order.
 pub fn check(text: &str) -> Vec<Problem> {
     let mut sink = Sink {
@@ -135,7 +152,7 @@ pub fn check(text: &str) -> Vec<Problem> {
     let doc = match ImDocument::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
-            let message = e.message().trim().to_string();
+            let message = syntax_message(text, &e);
             sink.error(e.span(), "syntax", message);
             return sink.problems;
         }

@@ -219,3 +219,24 @@ fn the_admission_section_is_typed_and_warns_on_a_useless_queue() {
     assert_eq!(found[0].severity, Severity::Warning);
     assert_eq!(found[0].key, "admission.queue_for");
 }
+
+#[test]
+fn a_syntax_error_toml_edit_leaves_unexplained_still_says_why() {
+    // Found by the `policy` fuzz target: a control character in a comment, for which
+    // toml_edit's message is empty.
+    for text in [
+        "# tiers\x01 here\n",
+        "a = 1 # x\x7f\n",
+        "# ok\n[memory]\n# \x02\n",
+    ] {
+        let found = errors(text);
+        assert_eq!(found.len(), 1, "{text:?}: {found:?}");
+        assert!(!found[0].message.trim().is_empty(), "{text:?}: {found:?}");
+    }
+    let err = edit::set(
+        "# tiers\x01 here\n",
+        &[edit::Assignment::parse("memory.pressure_at=80").unwrap()],
+    )
+    .unwrap_err();
+    assert!(err.contains("control character '\\u{1}'"), "{err}");
+}

@@ -48,7 +48,10 @@ fn literal(kind: keys::Kind, raw: &str) -> Value {
 /// result is the caller's ([`super::check::check`]).
 pub fn set(text: &str, assignments: &[Assignment]) -> Result<String, String> {
     let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
-        format!("the policy does not parse: {}", e.message().trim())
+        format!(
+            "the policy does not parse: {}",
+            super::check::syntax_message(text, &e)
+        )
     })?;
     for a in assignments {
         let (table, field, kind) = locate(&mut doc, &a.key)?;
