@@ -70,10 +70,20 @@ build_deps() {
   fi
 }
 
-# The real agent harnesses tests/tests/claude_code.rs and tests/tests/mini_swe_agent.rs
+# `cargo xtask fuzz` (fuzz/): cargo-fuzz, pinned, run with `--sanitizer none` on the
+# stable toolchain; libfuzzer-sys compiles libFuzzer with the C++ compiler.
+CARGO_FUZZ_VERSION=0.13.1
+fuzz_deps() {
+  need_pkgs g++
+  if [ "$(cargo fuzz --version 2>/dev/null | cut -d' ' -f2)" != "$CARGO_FUZZ_VERSION" ]; then
+    say "cargo install cargo-fuzz@$CARGO_FUZZ_VERSION"
+    cargo install -q --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+  fi
+}
+
+# The real agent harnesses: tests/tests/claude_code.rs and tests/tests/mini_swe_agent.rs
 # drive against a scripted model server (versions pinned: each hands commands to its
-# shell its own way). The guest runs the host's root
-# filesystem, so they are in the VM too.
+# shell its own way). The guest runs the host's root filesystem, so they are in the VM too.
 CLAUDE_CODE_VERSION=2.1.328
 MINI_SWE_AGENT_VERSION=2.4.6
 harness_deps() {
@@ -146,9 +156,9 @@ package_deps() {
 }
 
 case "${1:-all}" in
-  build) build_deps ;;
+  build) build_deps; fuzz_deps ;;
   package) package_deps ;;
   vm) vm_deps ;;
-  all) build_deps; vm_deps ;;
+  all) build_deps; fuzz_deps; vm_deps ;;
   *) say "usage: provision.sh [build|vm|all|package]"; exit 2 ;;
 esac

@@ -1,9 +1,10 @@
-//! `cargo xtask`: provisioning, kernel tests in the sched_ext VM, the demo and benchmarks
-//! for agentcg (docs/ARCHITECTURE.md#testing), and installing and packaging it (`install`, `package`). One module
-//! per subcommand; `vm` boots the VM.
+//! `cargo xtask`: provisioning, kernel tests in the sched_ext VM, fuzzing, the demo,
+//! benchmarks, and installing and packaging agentcg (docs/ARCHITECTURE.md#testing).
+//! One module per subcommand; `vm` boots the VM.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod host;
 mod install;
 mod package;
@@ -34,6 +35,7 @@ enum Command {
     VmTest(vm_test::Args),
     Test(test_all::Args),
     Demo(demo::Args),
+    Fuzz(fuzz::Args),
     #[command(subcommand)]
     Bench(bench::Bench),
 }
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::VmTest(args) => vm_test::main(&ws, &args),
         Command::Test(args) => test_all::main(&ws, &args),
         Command::Demo(args) => demo::main(&ws, &args),
+        Command::Fuzz(args) => fuzz::main(&ws, &args),
         Command::Bench(bench) => bench::main(&ws, &bench),
     });
     result.unwrap_or_else(|err| {
