@@ -111,6 +111,8 @@ async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), 
         Ok(b) => {
             controller.add_hooks(Box::new(membpf::MemBpfHooks {
                 watch: b.watch.clone(),
+                root: controller.layout().root().clone(),
+                pressure_at: controller.policy().memory.pressure_at,
             }));
             Some(b)
         }

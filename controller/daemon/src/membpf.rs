@@ -32,13 +32,7 @@ pub fn start(
 ) -> Result<MemBpf, String> {
     let state = MemStateMap::create().map_err(|e| e.to_string())?;
     let watch = Arc::new(MemWatch::load(&state).map_err(|e| e.to_string())?);
-    let spec = MemWatchSpec {
-        role: MemRole::Root,
-        near_max_bp: u32::from(policy.pressure_at) * 100,
-    };
-    let root_id = root.id().map_err(|e| e.to_string())?;
-    watch.watch(root_id, spec).map_err(|e| e.to_string())?;
-    watch_ancestors(&watch, root, spec);
+    watch_root(&watch, root, policy.pressure_at)?;
     let t = watch.timings();
     tracing::info!(
         load_ms = t.load.as_millis(),
@@ -51,6 +45,19 @@ pub fn start(
         .spawn(move || forward(&w, &tx))
         .map_err(|e| format!("starting the memory event thread: {e}"))?;
     Ok(MemBpf { watch, state })
+}
+
+/// Watches the root and its ancestors with `pressure_at` (percent) as their watermark;
+/// watching again replaces the watermark and keeps the state the BPF side has.
+fn watch_root(watch: &MemWatch, root: &Cgroup, pressure_at: u8) -> Result<(), String> {
+    let spec = MemWatchSpec {
+        role: MemRole::Root,
+        near_max_bp: u32::from(pressure_at) * 100,
+    };
+    let root_id = root.id().map_err(|e| e.to_string())?;
+    watch.watch(root_id, spec).map_err(|e| e.to_string())?;
+    watch_ancestors(watch, root, spec);
+    Ok(())
 }
 
 /// Ancestors of the root that the charge walk of mem.bpf.c reaches: it climbs
@@ -135,10 +142,14 @@ fn signal(e: &MemEvent) -> Option<Signal> {
     }
 }
 
-/// Watches sessions and calls as the controller creates them.
+/// Watches sessions and calls as the controller creates them, and moves the root's
+/// watermark when a reloaded policy changes `memory.pressure_at`.
 #[derive(Debug)]
 pub struct MemBpfHooks {
     pub watch: Arc<MemWatch>,
+    pub root: Cgroup,
+    /// The watermark in force, in percent.
+    pub pressure_at: u8,
 }
 
 impl KernelHooks for MemBpfHooks {
@@ -166,6 +177,24 @@ impl KernelHooks for MemBpfHooks {
             tracing::warn!(cgroup_id, "memory unwatch: {e}");
         }
         None
+    }
+
+    fn policy_changed(&mut self, policy: &agentcg_core::policy::Policy) {
+        let pressure_at = policy.memory.pressure_at;
+        if pressure_at == self.pressure_at {
+            return;
+        }
+        match watch_root(&self.watch, &self.root, pressure_at) {
+            Ok(()) => {
+                tracing::info!(
+                    from = self.pressure_at,
+                    to = pressure_at,
+                    "memory BPF: the root's watermark follows the reloaded policy"
+                );
+                self.pressure_at = pressure_at;
+            }
+            Err(e) => tracing::warn!("memory BPF: the root's new watermark is not in force: {e}"),
+        }
     }
 }
 

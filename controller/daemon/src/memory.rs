@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use agentcg_bpf::MemWatch;
+use agentcg_core::cgroup::Cgroup;
 use agentcg_core::cgroup::limit::{Defended, MemoryReading};
 use agentcg_core::cgroup::psi;
 use agentcg_core::controller::ReclaimJob;
@@ -66,6 +67,8 @@ enum Change {
     Removed {
         cgroup_id: u64,
     },
+    /// A reloaded policy's `[memory]`.
+    Policy(MemoryPolicy),
 }
 
 /// One step as `agentcg status` shows it.
@@ -124,6 +127,10 @@ impl KernelHooks for MemoryHooks {
         let _ = self.changes.send(Change::Removed { cgroup_id });
         None
     }
+
+    fn policy_changed(&mut self, policy: &agentcg_core::policy::Policy) {
+        let _ = self.changes.send(Change::Policy(policy.memory.clone()));
+    }
 }
 
 /// Where the response's signals come from.
@@ -161,7 +168,7 @@ pub fn start(shared: Shared, sources: Sources, status: SharedMemoryStatus) -> Me
         state: State::default(),
         status,
         sessions: BTreeMap::new(),
-        root_trigger: false,
+        root_trigger: None,
         psi_pending: false,
         at_max_pending: false,
     };
@@ -185,8 +192,8 @@ struct Response {
     state: State,
     status: SharedMemoryStatus,
     sessions: BTreeMap<u64, SessionTrigger>,
-    /// A PSI trigger is armed on agentcg's root.
-    root_trigger: bool,
+    /// The task waiting on the PSI trigger armed on agentcg's root.
+    root_trigger: Option<tokio::task::JoinHandle<()>>,
     /// Signals seen since the last evaluation.
     psi_pending: bool,
     at_max_pending: bool,
@@ -205,14 +212,7 @@ impl Response {
             self.publish_reading(r);
         }
         if let Some(root) = root {
-            match psi::memory_trigger(&root, self.policy.psi_stall, self.policy.psi_window) {
-                Ok(file) => {
-                    tokio::spawn(wait_trigger(file, sources.sender.clone(), None));
-                    self.root_trigger = true;
-                    self.publish_triggers();
-                }
-                Err(e) => tracing::warn!("no PSI trigger on agentcg's root: {e}"),
-            }
+            self.arm_root(&root, &sources.sender);
         }
         let mut recheck: Option<Instant> = None;
         loop {
@@ -250,7 +250,7 @@ impl Response {
     /// Shows the armed PSI triggers (the root's and one per session) in the status.
     fn publish_triggers(&self) {
         if let Ok(mut s) = self.status.lock() {
-            s.psi_triggers = self.sessions.len() + usize::from(self.root_trigger);
+            s.psi_triggers = self.sessions.len() + usize::from(self.root_trigger.is_some());
         }
     }
 
@@ -260,35 +260,79 @@ impl Response {
                 cgroup_id,
                 name,
                 priority,
-            } => {
-                let cg = self.shared.lock().map(|c| c.layout().session(&name)).ok();
-                let Some(cg) = cg else { return };
-                match psi::memory_trigger(&cg, self.policy.psi_stall, self.policy.psi_window) {
-                    Ok(file) => {
-                        let task =
-                            tokio::spawn(wait_trigger(file, sender.clone(), Some(cgroup_id)));
-                        if let Some(old) = self.sessions.insert(
-                            cgroup_id,
-                            SessionTrigger {
-                                name,
-                                priority,
-                                task,
-                            },
-                        ) {
-                            old.task.abort();
-                        }
-                        self.publish_triggers();
-                    }
-                    Err(e) => tracing::warn!(session = %name, "no PSI trigger: {e}"),
-                }
-            }
+            } => self.arm_session(cgroup_id, name, priority, sender),
             Change::Removed { cgroup_id } => {
                 if let Some(t) = self.sessions.remove(&cgroup_id) {
                     t.task.abort();
                     self.publish_triggers();
                 }
             }
+            Change::Policy(policy) => {
+                let rearm = triggers_differ(&self.policy, &policy);
+                tracing::info!(rearm, "memory response: the reloaded policy is in force");
+                self.policy = policy;
+                if rearm {
+                    let root = self.shared.lock().ok().map(|c| c.layout().root().clone());
+                    if let Some(root) = root {
+                        self.arm_root(&root, sender);
+                    }
+                    let sessions: Vec<(u64, String, Priority)> = self
+                        .sessions
+                        .iter()
+                        .map(|(&id, t)| (id, t.name.clone(), t.priority))
+                        .collect();
+                    for (id, name, priority) in sessions {
+                        self.arm_session(id, name, priority, sender);
+                    }
+                }
+            }
         }
+    }
+
+    /// Arms (or re-arms, with the policy's stall and window) the root's PSI trigger.
+    fn arm_root(&mut self, root: &Cgroup, sender: &mpsc::UnboundedSender<Signal>) {
+        if let Some(old) = self.root_trigger.take() {
+            old.abort();
+        }
+        match psi::memory_trigger(root, self.policy.psi_stall, self.policy.psi_window) {
+            Ok(file) => {
+                self.root_trigger = Some(tokio::spawn(wait_trigger(file, sender.clone(), None)));
+            }
+            Err(e) => tracing::warn!("no PSI trigger on agentcg's root: {e}"),
+        }
+        self.publish_triggers();
+    }
+
+    /// Arms (or re-arms) a session's PSI trigger.
+    fn arm_session(
+        &mut self,
+        cgroup_id: u64,
+        name: String,
+        priority: Priority,
+        sender: &mpsc::UnboundedSender<Signal>,
+    ) {
+        let cg = self.shared.lock().map(|c| c.layout().session(&name)).ok();
+        let Some(cg) = cg else { return };
+        match psi::memory_trigger(&cg, self.policy.psi_stall, self.policy.psi_window) {
+            Ok(file) => {
+                let task = tokio::spawn(wait_trigger(file, sender.clone(), Some(cgroup_id)));
+                let trigger = SessionTrigger {
+                    name,
+                    priority,
+                    task,
+                };
+                if let Some(old) = self.sessions.insert(cgroup_id, trigger) {
+                    old.task.abort();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(session = %name, "no PSI trigger: {e}");
+                if let Some(old) = self.sessions.remove(&cgroup_id) {
+                    old.task.abort();
+                }
+            }
+        }
+        self.publish_triggers();
     }
 
     fn signal(&mut self, signal: Signal) {
@@ -508,6 +552,11 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether a new `[memory]` needs the PSI triggers armed again (their stall or window).
+fn triggers_differ(old: &MemoryPolicy, new: &MemoryPolicy) -> bool {
+    (old.psi_stall, old.psi_window) != (new.psi_stall, new.psi_window)
+}
+
 /// Waits on a PSI trigger (`POLLPRI`) and forwards each firing. No timer: the task
 /// sleeps in epoll until the kernel reports the stall.
 async fn wait_trigger(file: File, tx: mpsc::UnboundedSender<Signal>, session: Option<u64>) {
@@ -539,6 +588,20 @@ async fn wait_trigger(file: File, tx: mpsc::UnboundedSender<Signal>, session: Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_new_stall_or_window_rearms_the_triggers() {
+        let old = agentcg_core::policy::Policy::default_policy().memory;
+        let mut new = old.clone();
+        new.pressure_at = 70;
+        new.calm_below = 60;
+        assert!(!triggers_differ(&old, &new));
+        new.psi_window = old.psi_window * 2;
+        assert!(triggers_differ(&old, &new));
+        let mut new = old.clone();
+        new.psi_stall = old.psi_stall / 2;
+        assert!(triggers_differ(&old, &new));
+    }
 
     #[test]
     fn reasons_say_what_fired() {

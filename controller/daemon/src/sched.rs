@@ -161,7 +161,7 @@ pub fn start(
             let status2 = status.clone();
             let spawned = std::thread::Builder::new()
                 .name("sched-supervisor".into())
-                .spawn(move || supervise(shared, cpu, sched, status2, mem_state, events));
+                .spawn(move || supervise(shared, sched, status2, mem_state, events));
             if let Err(e) = spawned {
                 tracing::error!("starting the scheduler supervisor: {e}");
             }
@@ -182,10 +182,10 @@ pub fn start(
     status
 }
 
-/// Applies budget events and watches for the scheduler's exit.
+/// Applies budget events and watches for the scheduler's exit. The actions come from
+/// the policy in force at the time (a reload changes them for the next event).
 fn supervise(
     shared: Shared,
-    cpu: CpuPolicy,
     mut sched: Arc<Scheduler>,
     status: SharedStatus,
     mem_state: Option<MemStateMap>,
@@ -199,12 +199,13 @@ fn supervise(
                 return;
             };
             let used_ms = ev.used_ns / 1_000_000;
-            match c.cpu_budget_exceeded(call_id, cpu.on_budget_exceeded, used_ms) {
+            let action = c.policy().cpu.on_budget_exceeded;
+            match c.cpu_budget_exceeded(call_id, action, used_ms) {
                 Ok(_) => tracing::info!(
                     call_id,
                     used_ms,
                     budget_ms = ev.budget_ns / 1_000_000,
-                    action = ?cpu.on_budget_exceeded,
+                    ?action,
                     "CPU budget exhausted"
                 ),
                 Err(e) => tracing::warn!(call_id, "applying the CPU budget action: {e}"),
@@ -230,6 +231,9 @@ fn supervise(
         }
         kernel_mode(&status, format!("the scheduler exited ({reason})"));
         drop(sched);
+        let Ok(cpu) = shared.lock().map(|c| c.policy().cpu) else {
+            return;
+        };
         if cpu.on_scheduler_exit == SchedulerExit::Fallback || reloads >= cpu.reload_limit {
             kernel_mode(
                 &status,

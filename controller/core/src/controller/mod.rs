@@ -80,6 +80,9 @@ pub trait KernelHooks: Send {
     /// A re-adopted call's tool was already running when these hooks were added: its
     /// pid (telemetry then knows which exit is the tool's).
     fn adopted_tool(&mut self, _cgroup_id: u64, _pid: u32) {}
+    /// A new policy is in force (a reload): what these hooks took from the old one
+    /// (watermarks, triggers) follows it.
+    fn policy_changed(&mut self, _policy: &Policy) {}
 }
 
 /// Everything that can go wrong, with a stable machine code for the API.
@@ -478,9 +481,16 @@ impl Controller {
     }
 
     /// Puts a validated policy in force: new sessions and calls get its rules; running
-    /// calls keep the limits they were granted.
+    /// calls keep the limits they were granted; the history's retention, the memory
+    /// response and the BPF watermarks (through the hooks) follow it at once.
     pub fn set_policy(&mut self, policy: Policy) {
+        if policy.history.keep != self.policy.history.keep {
+            self.writer.set_keep(policy.history.keep);
+        }
         self.policy = policy;
+        for h in &mut self.hooks {
+            h.policy_changed(&self.policy);
+        }
     }
 
     pub fn layout(&self) -> &Layout {

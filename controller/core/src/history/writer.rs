@@ -60,6 +60,13 @@ pub struct WriterStatus {
 /// `call_finished` event, its count in the metrics) hangs off this.
 pub type OnWritten = Arc<dyn Fn(&CallRecord, Result<(), String>) + Send + Sync>;
 
+/// What the writer thread is sent.
+enum Msg {
+    Record(Job),
+    /// A new retention (`[history] keep` reloaded): prune with it now.
+    Keep(Duration),
+}
+
 struct Job {
     record: Box<CallRecord>,
     json: String,
@@ -79,7 +86,7 @@ struct Shared {
 
 /// The history database's writer thread.
 pub struct HistoryWriter {
-    tx: Sender<Job>,
+    tx: Sender<Msg>,
     shared: Arc<Mutex<Shared>>,
 }
 
@@ -141,12 +148,17 @@ impl HistoryWriter {
         if let Ok(mut s) = self.shared.lock() {
             s.pending.insert(r.call_id, None);
         }
-        let _ = self.tx.send(Job {
+        let _ = self.tx.send(Msg::Record(Job {
             record: Box::new(r.clone()),
             json,
             then_remove,
             then_reap,
-        });
+        }));
+    }
+
+    /// Keeps records for `keep` from now on (a policy reload); prunes with it at once.
+    pub fn set_keep(&self, keep: Duration) {
+        let _ = self.tx.send(Msg::Keep(keep));
     }
 
     pub fn durability(&self, call_id: u64) -> Durability {
@@ -209,7 +221,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self, rx: Receiver<Job>) {
+    fn run(mut self, rx: Receiver<Msg>) {
         let mut batch: Vec<Job> = Vec::new();
         let mut next_prune = Instant::now();
         loop {
@@ -223,12 +235,14 @@ impl Worker {
                 wait = wait.min(RETRY_EVERY);
             }
             match rx.recv_timeout(wait) {
-                Ok(job) => batch.push(job),
+                Ok(msg) => self.take(msg, &mut batch, &mut next_prune),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) if batch.is_empty() => return,
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(RETRY_EVERY),
             }
-            batch.extend(rx.try_iter());
+            for msg in rx.try_iter() {
+                self.take(msg, &mut batch, &mut next_prune);
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -236,6 +250,17 @@ impl Worker {
                 Ok(()) => self.done(std::mem::take(&mut batch)),
                 Err(e) => self.failed(&mut batch, e.to_string()),
             }
+        }
+    }
+
+    fn take(&mut self, msg: Msg, batch: &mut Vec<Job>, next_prune: &mut Instant) {
+        match msg {
+            Msg::Record(job) => batch.push(job),
+            Msg::Keep(keep) if keep != self.keep => {
+                self.keep = keep;
+                *next_prune = Instant::now();
+            }
+            Msg::Keep(_) => {}
         }
     }
 

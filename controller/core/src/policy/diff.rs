@@ -140,6 +140,26 @@ mod tests {
     use crate::policy::DEFAULT_POLICY;
 
     #[test]
+    fn only_the_scheduler_choice_waits_for_a_restart() {
+        let new = DEFAULT_POLICY
+            .replace("scheduler = \"sched_ext\"", "scheduler = \"kernel\"")
+            .replace("keep = \"30d\"", "keep = \"7d\"");
+        let changes = diff(DEFAULT_POLICY, &new).unwrap();
+        let marked: Vec<(&str, bool)> = changes
+            .iter()
+            .map(|c| (c.key.as_str(), c.restart))
+            .collect();
+        assert_eq!(marked, [("cpu.scheduler", true), ("history.keep", false)]);
+        assert!(
+            changes[0]
+                .to_string()
+                .ends_with("(takes effect at restart)"),
+            "{}",
+            changes[0]
+        );
+    }
+
+    #[test]
     fn changes_are_named_in_words() {
         assert!(diff(DEFAULT_POLICY, DEFAULT_POLICY).unwrap().is_empty());
         let new = DEFAULT_POLICY
@@ -158,7 +178,7 @@ mod tests {
             words,
             [
                 "session.pids: 4096 -> 4000",
-                "memory.pressure_at: 85 -> 80 (takes effect at restart)",
+                "memory.pressure_at: 85 -> 80",
                 "class.test.intent: \"mem=512M,mem.max=2G,pids=2048,timeout=30m\" -> \"mem=512M,mem.max=3G,pids=2048,timeout=30m\"",
             ]
         );

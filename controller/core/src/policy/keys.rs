@@ -67,9 +67,10 @@ fn quoted(options: &[&str]) -> String {
 /// When a changed value takes effect in a running agentcgd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applies {
-    /// At the next reload: new sessions and calls get it.
+    /// At the next reload: new sessions and calls get it, and the memory response, the
+    /// BPF watermarks, the scheduler's supervisor and the history pruner follow it.
     Reload,
-    /// Read once at start (the scheduler, the memory response, the history pruner).
+    /// Read once at start (`cpu.scheduler`: which scheduler is attached).
     Restart,
 }
 
@@ -213,49 +214,49 @@ pub const KEYS: &[Key] = &[
         "cpu.on_budget_exceeded",
         Kind::Choice(&["throttle", "freeze", "kill"]),
         "\"kill\"",
-        Restart,
+        Reload,
         "what happens to a call whose declared `cpu.budget` ran out: `kill` (outcome `cpu_budget_exceeded`), `freeze` (until its timeout), `throttle` (it keeps the scheduler's floor share)",
     ),
     key(
         "cpu.on_scheduler_exit",
         Kind::Choice(&["reload", "fallback"]),
         "\"reload\"",
-        Restart,
+        Reload,
         "`reload` the scheduler after it exits (at most `cpu.reload_limit` times), or `fallback` to the kernel cpu controller",
     ),
     key(
         "cpu.reload_limit",
         Kind::Int { min: 0, max: 100 },
         "3",
-        Restart,
+        Reload,
         "how many times the scheduler is reloaded after exits before agentcgd falls back for good",
     ),
     key(
         "memory.burst_step",
         Kind::Size { min: 0 },
         "\"128M\"",
-        Restart,
+        Reload,
         "elastic budgets: when a call crosses its `memory.high` (its declared expected size; BPF event) while the root has room for one more step below `pressure_at`, its `memory.high` is raised by this much, never above its `memory.max`. `\"0\"` keeps declared sizes rigid",
     ),
     key(
         "memory.pressure_at",
         PERCENT,
         "85",
-        Restart,
+        Reload,
         "percent of the effective memory limit of the root (see \"The limit defended\" below) at which the response starts (a BPF watermark event on the root or on the limiting ancestor says so within microseconds of the charge). Must be ordered `calm_below < pressure_at < critical_at`",
     ),
     key(
         "memory.critical_at",
         PERCENT,
         "95",
-        Restart,
+        Reload,
         "percent at which the response may kill (also when the kernel hits the `memory.max` of the root or of an ancestor); a burst is never granted above `pressure_at`",
     ),
     key(
         "memory.calm_below",
         PERCENT,
         "75",
-        Restart,
+        Reload,
         "percent under which (with no PSI trigger for `calm_for`) the response undoes everything",
     ),
     key(
@@ -265,7 +266,7 @@ pub const KEYS: &[Key] = &[
             max: secs(10),
         },
         "\"100ms\"",
-        Restart,
+        Reload,
         "the PSI trigger (`some <stall> <window>`) armed on `memory.pressure` of the root and of every session; the daemon waits on them with `poll`. A session's trigger counts only while calls of lower priority than the session run. At most `psi_window`",
     ),
     key(
@@ -275,7 +276,7 @@ pub const KEYS: &[Key] = &[
             max: secs(10),
         },
         "\"1s\"",
-        Restart,
+        Reload,
         "the window of that PSI trigger (the kernel accepts 500 ms to 10 s)",
     ),
     key(
@@ -285,7 +286,7 @@ pub const KEYS: &[Key] = &[
             max: secs(60),
         },
         "\"200ms\"",
-        Restart,
+        Reload,
         "least time between two steps while pressure persists",
     ),
     key(
@@ -295,14 +296,14 @@ pub const KEYS: &[Key] = &[
             max: secs(3600),
         },
         "\"1s\"",
-        Restart,
+        Reload,
         "how long it must stay calm before frozen calls thaw and throttled ones get their `memory.high` back",
     ),
     key(
         "memory.reclaim_percent",
         Kind::Int { min: 1, max: 100 },
         "10",
-        Restart,
+        Reload,
         "the reclaim step asks each victim's session for this percent of its usage (`memory.reclaim`; anonymous memory without swap mostly cannot be reclaimed, and the record says how much was)",
     ),
     key(
@@ -380,7 +381,7 @@ pub const KEYS: &[Key] = &[
             max: secs(3650 * 86_400),
         },
         "\"30d\"",
-        Restart,
+        Reload,
         "how long the call history (`<state-dir>/history.db`, `agentcg history`) keeps a record after its call ended. Older records are pruned at start and every hour, except the newest 10,000, which are always kept",
     ),
     key(

@@ -203,3 +203,31 @@ fn the_writer_prunes_at_start() {
     let ids = ids_in(&db);
     assert_eq!((ids.len(), ids[0]), (PRUNE_KEEPS, 4));
 }
+
+#[test]
+fn a_shorter_retention_set_later_prunes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(HISTORY_DB);
+    let conn = schema::open(&db).unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    // PRUNE_KEEPS + 3 calls that ended two days ago.
+    let two_days_ago = now_unix_ms() - 2 * DAY.as_millis() as u64;
+    for id in 1..=(PRUNE_KEEPS as u64 + 3) {
+        let mut r = record(id);
+        r.started_unix_ms = two_days_ago;
+        schema::insert(&tx, &r, "{}").unwrap();
+    }
+    tx.commit().unwrap();
+    drop(conn);
+    let (on, _acks) = acks();
+    let w = HistoryWriter::start(&db, 30 * DAY, Reaper::start().unwrap(), on).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(w.status().pruned, 0, "kept for 30 days");
+    w.set_keep(DAY);
+    let t = Instant::now();
+    while w.status().pruned == 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(w.status().pruned, 3);
+    assert_eq!(ids_in(&db).len(), PRUNE_KEEPS);
+}
