@@ -487,6 +487,8 @@ pub fn cpu_max_value(millicpus: Option<u32>) -> String {
 }
 
 /// Serde helper: an optional size given as a byte count or a size string.
+pub mod budget;
+
 mod size_opt {
     use serde::{Deserialize, Deserializer, Serializer};
 

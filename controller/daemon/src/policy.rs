@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agentcg_core::events::{EventBody, EventBus};
+use agentcg_core::plan::budget::BudgetChange;
 use agentcg_core::policy::check::{self, Problem, Severity};
 use agentcg_core::policy::diff::{self, Change};
 use agentcg_core::policy::{self, Policy};
@@ -52,6 +53,8 @@ pub struct Outcome {
     pub changes: Vec<String>,
     /// Changed keys that take effect at the next start of agentcgd.
     pub restart_needed: Vec<String>,
+    /// Sessions whose budget the change re-applied, or kept (and why).
+    pub budgets: Vec<BudgetChange>,
 }
 
 /// The result of the last reload attempt.
@@ -225,6 +228,7 @@ impl PolicyStore {
                 changed: false,
                 changes: Vec::new(),
                 restart_needed: Vec::new(),
+                budgets: Vec::new(),
             });
         }
         let result = self.validate_and_write(&text, &cur.text, persist);
@@ -252,9 +256,18 @@ impl PolicyStore {
                 Err(refusal)
             }
             Ok((policy, changes)) => {
-                if let Ok(mut c) = self.controller.lock() {
-                    c.set_policy(policy);
+                let reapplied = self
+                    .controller
+                    .lock()
+                    .map(|mut c| c.set_policy(policy))
+                    .unwrap_or_default();
+                for b in &reapplied.budgets {
+                    tracing::info!(session = %b.session, changes = ?b.changes, kept_because = ?b.kept_because, "session budget under the reloaded policy");
                 }
+                if let Some(e) = &reapplied.save_error {
+                    tracing::error!("the sessions' new budgets are in force but not saved: {e}");
+                }
+                let budgets = reapplied.budgets;
                 let restart_needed: Vec<String> = changes
                     .iter()
                     .filter(|c| c.restart)
@@ -288,6 +301,7 @@ impl PolicyStore {
                     changed: true,
                     changes: changes.iter().map(ToString::to_string).collect(),
                     restart_needed,
+                    budgets,
                 })
             }
         }

@@ -47,6 +47,9 @@ fn report(v: &Value) {
     for c in v["changes"].as_array().into_iter().flatten() {
         println!("{}", c.as_str().unwrap_or_default());
     }
+    for line in budget_lines(v, "re-applied") {
+        println!("{line}");
+    }
     println!(
         "policy in force: hash {}",
         v["hash"].as_str().unwrap_or("?")
@@ -117,7 +120,7 @@ pub fn diff(client: &Client, file: &Path) -> ExitCode {
         .filter_map(Value::as_str)
         .collect();
     println!(
-        "affects: new sessions and calls; {} running call(s) keep their limits; existing sessions ({}) keep their budgets",
+        "affects: new sessions and calls; {} running call(s) keep their limits; existing sessions: {}",
         v["running_calls"].as_u64().unwrap_or(0),
         if sessions.is_empty() {
             "none".to_string()
@@ -125,7 +128,40 @@ pub fn diff(client: &Client, file: &Path) -> ExitCode {
             sessions.join(", ")
         }
     );
+    let budgets = budget_lines(&v, "would be re-applied");
+    if budgets.is_empty() && !sessions.is_empty() {
+        println!("their budgets stay as they are");
+    }
+    for line in budgets {
+        println!("{line}");
+    }
     ExitCode::from(1)
+}
+
+/// One line per session whose budget a change re-applies (`done` says how) or leaves.
+fn budget_lines(v: &Value, done: &str) -> Vec<String> {
+    v["budgets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let changes: Vec<&str> = b["changes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let outcome = match b["kept_because"].as_str() {
+                Some(why) => format!("kept: {why}"),
+                None => done.to_string(),
+            };
+            format!(
+                "session {}: {} ({outcome})",
+                b["session"].as_str().unwrap_or("?"),
+                changes.join(", ")
+            )
+        })
+        .collect()
 }
 
 pub fn apply(client: &Client, file: &Path) -> ExitCode {
@@ -280,5 +316,22 @@ mod tests {
         let twice = with_error_comments(&once, &["p:3:1: y: worse".into()]);
         assert_eq!(twice, "# agentcg: p:3:1: y: worse\n[memory]\n");
         assert_eq!(with_error_comments(&twice, &[]), "[memory]\n");
+    }
+
+    #[test]
+    fn budget_lines_say_which_sessions_take_the_new_budget() {
+        let v = json!({"budgets": [
+            {"session": "a", "changes": ["memory.max 4 GiB -> 6 GiB", "pids.max 4096 -> 2048"]},
+            {"session": "b", "changes": ["memory.max 4 GiB -> 1 GiB"],
+             "kept_because": "it uses 2 GiB of memory, above the new memory.max 1 GiB"},
+        ]});
+        assert_eq!(
+            budget_lines(&v, "re-applied"),
+            [
+                "session a: memory.max 4 GiB -> 6 GiB, pids.max 4096 -> 2048 (re-applied)",
+                "session b: memory.max 4 GiB -> 1 GiB (kept: it uses 2 GiB of memory, above the new memory.max 1 GiB)",
+            ]
+        );
+        assert!(budget_lines(&json!({}), "re-applied").is_empty());
     }
 }

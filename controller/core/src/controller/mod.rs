@@ -21,7 +21,7 @@ pub use adopt::{AdoptReport, CONTROLLERS};
 pub use calls::Checked;
 pub use lifecycle::ToolExit;
 pub use memory::{ReclaimDone, ReclaimJob};
-pub use sessions::RUNTIME_OOM_SCORE_ADJ;
+pub use sessions::{RUNTIME_OOM_SCORE_ADJ, Reapplied};
 pub use views::RunningView;
 
 use std::collections::BTreeMap;
@@ -38,7 +38,7 @@ use crate::cgroup::{Cgroup, CgroupError};
 use crate::events::{EventBody, EventBus};
 use crate::history::{Durability, History, HistoryError, HistoryWriter, OnWritten, WriterStatus};
 use crate::intent::{Intent, IntentError};
-use crate::plan::{CallLimits, Clamp, PlanError, SessionPlan};
+use crate::plan::{CallLimits, Clamp, PlanError, SessionPlan, SessionRequest};
 use crate::policy::Policy;
 use crate::record::{CallRecord, ExitInfo, MemoryAction, ProcessCounts};
 use state::{IdAllocator, RunningStore, StateError};
@@ -304,6 +304,10 @@ struct SessionState {
     /// belong to root).
     #[serde(default)]
     owner: u32,
+    /// What its creator asked for: under a reloaded policy, the limits it left to the
+    /// policy follow the policy (`None`: kept before requests were, keeps its plan).
+    #[serde(default)]
+    request: Option<SessionRequest>,
 }
 
 /// The engine.
@@ -481,9 +485,11 @@ impl Controller {
     }
 
     /// Puts a validated policy in force: new sessions and calls get its rules; running
-    /// calls keep the limits they were granted; the history's retention, the memory
-    /// response and the BPF watermarks (through the hooks) follow it at once.
-    pub fn set_policy(&mut self, policy: Policy) {
+    /// calls keep the limits they were granted; sessions take its budgets where they
+    /// left them to the policy ([`crate::plan::budget`]); the history's retention, the
+    /// memory response and the BPF watermarks (through the hooks) follow it at once.
+    /// Returns what happened to the sessions' budgets.
+    pub fn set_policy(&mut self, policy: Policy) -> Reapplied {
         if policy.history.keep != self.policy.history.keep {
             self.writer.set_keep(policy.history.keep);
         }
@@ -491,6 +497,7 @@ impl Controller {
         for h in &mut self.hooks {
             h.policy_changed(&self.policy);
         }
+        self.reapply_budgets()
     }
 
     pub fn layout(&self) -> &Layout {

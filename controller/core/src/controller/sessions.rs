@@ -8,10 +8,21 @@ use super::{
     CgroupRole, ControlError, Controller, RunningCall, SESSIONS_FILE, SessionInfo, SessionState,
     adopt::CONTROLLERS, state,
 };
+use crate::cgroup::Cgroup;
 use crate::cgroup::{cpu, memory, pids};
 use crate::events::EventBody;
+use crate::plan::budget::{self, BudgetChange, Usage};
 use crate::plan::{self, SessionLoad, SessionPlan, SessionRequest};
+use crate::policy::Policy;
 use crate::record::{CallRecord, ExitInfo};
+
+/// What a reload did to the sessions' budgets.
+#[derive(Debug, Default)]
+pub struct Reapplied {
+    pub budgets: Vec<BudgetChange>,
+    /// The new plans are in force but `sessions.json` could not be written.
+    pub save_error: Option<String>,
+}
 
 /// `oom_score_adj` agentcgd gives an attached agent runtime. Tools start at 0..=1000
 /// (policy `[priority.*] oom_score_adj`), so whatever their priority the kernel's OOM
@@ -99,6 +110,10 @@ impl Controller {
                 plan,
                 calls_finished: 0,
                 owner: req.owner,
+                request: Some(SessionRequest {
+                    runtime_pid: None,
+                    ..req.clone()
+                }),
             },
         );
         self.save_sessions()?;
@@ -124,25 +139,95 @@ impl Controller {
 
     fn apply_session(&self, plan: &SessionPlan) -> Result<(), ControlError> {
         let session = self.layout.session(&plan.name);
+        memory::disable_swap(&session)?;
+        session.enable_controllers(&CONTROLLERS)?;
+        self.layout.runtime(&plan.name).create(false)?;
+        let calls = self.layout.calls(&plan.name);
+        calls.create(false)?;
+        calls.enable_controllers(&CONTROLLERS)?;
+        self.write_limits(plan)
+    }
+
+    /// Writes a session's limits: at creation, and when a reloaded policy changes them.
+    fn write_limits(&self, plan: &SessionPlan) -> Result<(), ControlError> {
+        let session = self.layout.session(&plan.name);
         memory::set_max(&session, Some(plan.memory_max))?;
         memory::set_low(&session, plan.memory_low)?;
-        memory::disable_swap(&session)?;
         cpu::set_weight(&session, plan.cpu_weight)?;
         cpu::set_max(&session, plan.millicpus)?;
         pids::set_max(&session, plan.pids_max)?;
-        session.enable_controllers(&CONTROLLERS)?;
         let runtime = self.layout.runtime(&plan.name);
-        runtime.create(false)?;
-        if plan.runtime_hard_protect {
-            memory::set_min(&runtime, plan.runtime_reserve)?;
+        let (min, low) = if plan.runtime_hard_protect {
+            (plan.runtime_reserve, 0)
         } else {
-            memory::set_low(&runtime, plan.runtime_reserve)?;
-        }
-        let calls = self.layout.calls(&plan.name);
-        calls.create(false)?;
-        memory::set_max(&calls, Some(plan.calls_memory_max))?;
-        calls.enable_controllers(&CONTROLLERS)?;
+            (0, plan.runtime_reserve)
+        };
+        memory::set_min(&runtime, min)?;
+        memory::set_low(&runtime, low)?;
+        memory::set_max(&self.layout.calls(&plan.name), Some(plan.calls_memory_max))?;
         Ok(())
+    }
+
+    /// The sessions whose budget `policy` changes (those that left a limit to the
+    /// policy), with their new plan and what happens: applied, or kept and why.
+    fn budgets_under(&self, policy: &Policy) -> Vec<(SessionPlan, BudgetChange)> {
+        let read = |cg: Cgroup, file: &str| cg.read_u64(file).unwrap_or(0);
+        self.sessions
+            .iter()
+            .filter_map(|(name, s)| {
+                let to = plan::plan_session(policy, s.request.as_ref()?).ok()?;
+                let changes = budget::words(&s.plan, &to);
+                if changes.is_empty() {
+                    return None;
+                }
+                let usage = Usage {
+                    memory: read(self.layout.session(name), memory::CURRENT),
+                    calls_memory: read(self.layout.calls(name), memory::CURRENT),
+                    pids: read(self.layout.session(name), pids::CURRENT),
+                };
+                let change = BudgetChange {
+                    session: name.clone(),
+                    changes,
+                    kept_because: budget::refusal(&to, usage),
+                };
+                Some((to, change))
+            })
+            .collect()
+    }
+
+    /// What `policy` would do to the sessions' budgets (`agentcg policy diff`).
+    pub fn budget_preview(&self, policy: &Policy) -> Vec<BudgetChange> {
+        self.budgets_under(policy)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect()
+    }
+
+    /// Re-applies the policy in force to the sessions that left limits to it.
+    pub(super) fn reapply_budgets(&mut self) -> Reapplied {
+        let mut done = Vec::new();
+        for (to, mut change) in self.budgets_under(&self.policy) {
+            if change.kept_because.is_none() {
+                match self.write_limits(&to) {
+                    Ok(()) => {
+                        if let Some(s) = self.sessions.get_mut(&change.session) {
+                            s.plan = to;
+                        }
+                    }
+                    Err(e) => change.kept_because = Some(format!("writing its limits: {e}")),
+                }
+            }
+            done.push(change);
+        }
+        let save_error = if done.is_empty() {
+            None
+        } else {
+            self.save_sessions().err().map(|e| e.to_string())
+        };
+        Reapplied {
+            budgets: done,
+            save_error,
+        }
     }
 
     /// Moves the agent runtime process into the session's runtime leaf.

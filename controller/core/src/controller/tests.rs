@@ -107,6 +107,7 @@ fn killed_daemon_tree() -> Fixture {
             plan,
             calls_finished: 4,
             owner: 1000,
+            request: None,
         },
     )]);
     write(

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use agentcg_core::policy::check;
 use agentcg_core::policy::edit::{self, Assignment};
-use agentcg_core::policy::{self, MAX_POLICY_BYTES, diff};
+use agentcg_core::policy::{self, MAX_POLICY_BYTES, Policy, diff};
 
 use super::extract::{Json, Query};
 use super::guard::{self, Caller};
@@ -162,7 +162,8 @@ pub async fn rollback(
 }
 
 /// Checks a text without changing anything: its problems and, when it is valid, what
-/// it would change and which sessions and running calls exist (they keep their limits).
+/// it would change, which sessions and running calls exist (calls keep their limits),
+/// and the session budgets it would re-apply or leave (`budgets`).
 pub async fn check(State(state): State<AppState>, Json(body): Json<TextBody>) -> ApiResult {
     too_large(&body.text)?;
     let problems = check::check(&body.text);
@@ -174,14 +175,18 @@ pub async fn check(State(state): State<AppState>, Json(body): Json<TextBody>) ->
         let (current, _) = state.policy.text();
         let changes = diff::diff(&current, &body.text)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
-        let (sessions, running) = {
+        let policy = Policy::parse(&body.text, "request").map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        let (sessions, running, budgets) = {
             let c = state.lock()?;
             let names: Vec<String> = c.list_sessions().into_iter().map(|s| s.plan.name).collect();
-            (names, c.running_count())
+            (names, c.running_count(), c.budget_preview(&policy))
         };
         v["changes"] = json!(changes);
         v["sessions"] = json!(sessions);
         v["running_calls"] = json!(running);
+        v["budgets"] = json!(budgets);
     }
     Ok(Json(v))
 }
