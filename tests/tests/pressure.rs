@@ -432,8 +432,8 @@ fn a_parents_memory_max_is_defended() {
 }
 
 /// Issue 11, hot reload: a `memory.pressure_at` changed with `agentcg policy set` moves
-/// the root's BPF watermark and the response's thresholds at once, no restart. A low
-/// call holds 200 MiB of the root's 640 MiB (31 %: under the default 85 %, nothing
+/// the root's BPF watermark and the response's thresholds at once, no restart. Beside
+/// an idle high-priority session, a low call holds 200 MiB of the root's 640 MiB (31 %: under the default 85 %, nothing
 /// happens); the watermark is set to 40 %; a second call takes 120 MiB more (50 %) and
 /// the response throttles; set back to 85 %, it relents and both calls finish.
 #[test]
@@ -441,6 +441,8 @@ fn a_parents_memory_max_is_defended() {
 fn a_reloaded_watermark_is_in_force_at_once() {
     let d = Daemon::start("pressure-reload");
     write(&d.root.join("memory.max"), &(640 * MIB).to_string());
+    // A high-priority session makes the low calls the response's victims.
+    d.create_session(&["hi", "--priority", "high", "--memory", "256M"]);
     d.create_session(&["lo", "--priority", "low", "--memory", "1G"]);
     let low = "mem=256M,mem.max=512M,timeout=5m";
     let (lo1, lo1_rec) = spawn_call(&d, "reload-lo1", "lo", low, &["200", "40000", "16"]);

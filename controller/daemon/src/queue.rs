@@ -18,8 +18,8 @@ use agentcg_core::plan::PlanError;
 
 use crate::supervisor::{Shared, Wakers};
 
-/// How often the queue is retried when no call ends (host memory can fall, and a
-/// waiter's `queue_for` can pass, without one).
+/// How often a non-empty queue is retried when no call ends (host memory can fall, and
+/// a waiter's `queue_for` can pass, without one). An empty queue sleeps.
 const PUMP_EVERY: Duration = Duration::from_secs(1);
 
 /// A waiter's place: priority (highest first), then arrival.
@@ -45,6 +45,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Queue {
     inner: Mutex<Inner>,
+    /// A waiter arrived: the pump starts retrying.
+    pushed: tokio::sync::Notify,
 }
 
 /// A waiter's hold on its place: dropping it (the answer came, or the client went
@@ -86,6 +88,8 @@ impl Queue {
                 reply,
             },
         );
+        drop(inner);
+        self.pushed.notify_one();
         Ticket {
             queue: self.clone(),
             place,
@@ -150,15 +154,20 @@ impl Queue {
     }
 }
 
-/// Retries the queue whenever a call ends, every [`PUMP_EVERY`], and when a waiter's
-/// `queue_for` is over (so that its rejection is not late).
+/// Retries the queue whenever a call ends and, while calls wait, every [`PUMP_EVERY`]
+/// and when a waiter's `queue_for` is over (so that its rejection is not late). With
+/// nobody waiting it sleeps until a call is queued: an idle daemon has no timer.
 pub async fn pump_loop(shared: Shared, wakers: Arc<Wakers>, queue: Arc<Queue>) {
     loop {
         let ended = wakers.ended.notified();
         tokio::pin!(ended);
         ended.as_mut().enable();
-        let mut wake = Instant::now() + PUMP_EVERY;
+        let pushed = queue.pushed.notified();
+        tokio::pin!(pushed);
+        pushed.as_mut().enable();
+        let mut wake = None;
         if queue.len() > 0 {
+            let mut at = Instant::now() + PUMP_EVERY;
             let Ok(mut c) = shared.lock() else {
                 tracing::error!("controller lock poisoned");
                 return;
@@ -169,12 +178,20 @@ pub async fn pump_loop(shared: Shared, wakers: Arc<Wakers>, queue: Arc<Queue>) {
             }
             let queue_for = c.policy().admission.queue_for;
             if let Some(due) = queue.first_deadline(queue_for) {
-                wake = wake.min(due);
+                at = at.min(due);
             }
+            wake = Some(at);
         }
+        let sleep = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = ended => {}
-            () = tokio::time::sleep_until(wake.into()) => {}
+            () = pushed => {}
+            () = sleep => {}
         }
     }
 }
