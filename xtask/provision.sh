@@ -7,6 +7,7 @@ set -euo pipefail
 KVER="${AGENTCG_KVER:-7.3.4+deb13-amd64}"
 KDIR="/lib/modules/$KVER"
 KUBERNETES_VALIDATE_VERSION=1.37.0
+SYSTEMD_VERSION=254.26-1~bpo12+1
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
@@ -49,12 +50,27 @@ need_pkgs() {
   fi
 }
 
+# systemd >= 254 (bookworm's is 252) for DelegateSubgroup=: agentcgd.service needs it to
+# be restarted while sessions live in its cgroup (docs/ARCHITECTURE.md#restart), and
+# systemd-analyze verify (controller/daemon/tests/units.rs) warns about the key before.
+# The guest runs the host's root filesystem: tests/tests/systemd_service.rs boots this
+# systemd as PID 1 of its own namespaces.
+systemd_deps() {
+  apt_sources
+  if [ "$(dpkg-query -W -f='${Version}' systemd 2>/dev/null)" != "$SYSTEMD_VERSION" ]; then
+    say "apt-get install systemd $SYSTEMD_VERSION from bookworm-backports"
+    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+      "systemd=$SYSTEMD_VERSION" >/dev/null
+  fi
+}
+
 build_deps() {
   apt_sources
   need_pkgs clang-19 libclang-19-dev llvm-19 libelf-dev zlib1g-dev pkg-config make gcc
   # controller/daemon/tests/units.rs checks the units with systemd-analyze verify;
   # xtask/install/tests/install.rs renders the man pages with groff.
-  need_pkgs systemd groff-base
+  need_pkgs groff-base
+  systemd_deps
   # xtask/tests/kubernetes.rs validates deploy/kubernetes/ against the Kubernetes
   # schemas the package ships (offline).
   # (sed reads all of pip's output: `grep -q` would close the pipe early, and pipefail
@@ -106,6 +122,7 @@ vm_deps() {
     $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
       qemu-system-x86 qemu-utils >/dev/null
   fi
+  systemd_deps
   need_pkgs udev kmod busybox-static zstd file tmux
   # tests/tests/lifecycle.rs makes a device whose reads stall (device-mapper `delay`).
   need_pkgs dmsetup

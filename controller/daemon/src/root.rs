@@ -4,8 +4,10 @@
 //! delegated subtree, and the cgroup v2 "no internal processes" rule forbids enabling
 //! controllers for children of a cgroup that holds processes: so under systemd the
 //! daemon moves itself into the leaf `<own cgroup>/daemon` and creates the sessions
-//! beside it. With systemd ≥ 254's `DelegateSubgroup=daemon` it starts in that leaf
-//! already, and its root is the leaf's parent.
+//! beside it. With systemd ≥ 254's `DelegateSubgroup=daemon` (systemd/agentcgd.service)
+//! systemd starts it in that leaf already: its root is then the leaf's parent, never a
+//! `daemon/daemon`. That is what lets systemd restart a crashed daemon while sessions
+//! live beside it (docs/ARCHITECTURE.md#restart).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -165,10 +167,24 @@ mod tests {
 
     #[test]
     fn auto_started_in_the_leaf_already_takes_its_parent() {
-        // DelegateSubgroup=daemon, or a restart that found itself in the leaf.
+        // DelegateSubgroup=daemon: systemd started it in the leaf; the leaf is where it
+        // already is, not a daemon/daemon below it.
+        let own = "/system.slice/agentcgd.service/daemon";
+        let placed = auto(Some(own));
+        assert_eq!(placed, auto(Some("/system.slice/agentcgd.service")));
+        assert_eq!(placed.daemon_leaf, Some(Path::new(MOUNT).join(&own[1..])));
+    }
+
+    #[test]
+    fn auto_in_a_template_instance_named_daemon_is_still_the_units_cgroup() {
+        // Only the leaf below a unit is the daemon's: a unit's own cgroup ends in
+        // `.service`.
         assert_eq!(
-            auto(Some("/system.slice/agentcgd.service/daemon")),
-            auto(Some("/system.slice/agentcgd.service"))
+            auto(Some(
+                "/system.slice/system-agentcgd.slice/agentcgd@daemon.service"
+            ))
+            .root,
+            Path::new("/sys/fs/cgroup/system.slice/system-agentcgd.slice/agentcgd@daemon.service")
         );
     }
 

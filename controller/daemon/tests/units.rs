@@ -62,6 +62,7 @@ fn the_service_runs_the_daemon_the_way_its_comments_say() {
     for line in [
         "Type=notify",
         "Delegate=cpu memory pids",
+        "DelegateSubgroup=daemon",
         "KillMode=process",
         "ProtectSystem=strict",
         "ExecStart=/usr/local/bin/agentcgd --policy /etc/agentcg/policy.toml --stop-ends-calls",
