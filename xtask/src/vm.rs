@@ -35,7 +35,7 @@ pub struct VmOptions {
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
     /// Kill the VM (vng and QEMU) after this many seconds
-    #[arg(long, value_name = "SECS", default_value_t = 40 * 60)]
+    #[arg(long, value_name = "SECS", default_value_t = 55 * 60)]
     pub timeout: u64,
     /// Kernel image to boot
     #[arg(long, value_name = "PATH", default_value = KERNEL_IMAGE)]
