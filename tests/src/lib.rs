@@ -166,6 +166,9 @@ impl Daemon {
     pub fn cli(&self) -> Command {
         let mut c = Command::new(bin_dir().join("agentcg"));
         c.arg("--socket").arg(&self.socket);
+        // A restart loads the BPF programs and the scheduler: 8-16 s under the VM's
+        // instruction emulation, more on a loaded host, past the CLI's 10 s default.
+        c.env("AGENTCG_RESTART_WAIT", "120");
         c
     }
 

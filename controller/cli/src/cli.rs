@@ -14,6 +14,12 @@ pub struct Cli {
     /// agentcgd's socket.
     #[arg(long, global = true, env = "AGENTCG_SOCKET", default_value = client::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Seconds `run`, `shell` and `events` wait for an agentcgd that is not answering
+    /// (restarting) before they give up.
+    #[arg(long, global = true, env = "AGENTCG_RESTART_WAIT", value_name = "SECS",
+          default_value_t = client::RESTART_PATIENCE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub restart_wait: u64,
     #[command(subcommand)]
     pub command: Command,
 }

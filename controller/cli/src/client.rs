@@ -28,7 +28,7 @@ pub const DEFAULT_SOCKET: &str = "/run/agentcg/agentcg.sock";
 const MAX_REPLY: usize = 64 << 20;
 /// Headers a reply may carry.
 const MAX_HEADERS: usize = 32;
-/// How long a tool call waits for a restarting daemon.
+/// How long a tool call waits for a restarting daemon (`--restart-wait`'s default).
 pub const RESTART_PATIENCE: Duration = Duration::from_secs(10);
 /// Pause between two connection attempts to a restarting daemon.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);

@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = client::Client::new(&cli.socket);
     // A tool call rides out a daemon restart; the other commands answer at once.
-    let patient = || client::Client::new(&cli.socket).patient(client::RESTART_PATIENCE);
+    let wait = std::time::Duration::from_secs(cli.restart_wait);
+    let patient = || client::Client::new(&cli.socket).patient(wait);
     match cli.command {
         Command::Run(args) => run::main(&patient(), args),
         Command::Session(cmd) => session::main(&client, cmd),
