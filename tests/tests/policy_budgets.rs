@@ -44,7 +44,7 @@ fn policy_budgets_follow_a_reload_where_sessions_left_them_to_it() {
         },
     );
 
-    let file = d.root.join("budgets-policy.toml");
+    let file = std::env::temp_dir().join(format!("agentcg-budgets-{}.toml", std::process::id()));
     std::fs::write(&file, "[session]\nmemory = \"512M\"\npids = 1000\n").unwrap();
     let diff = d.agentcg(&["policy", "diff", file.to_str().unwrap()]);
     let said = text(&diff);
@@ -84,6 +84,7 @@ fn policy_budgets_follow_a_reload_where_sessions_left_them_to_it() {
     let shown = d.get_ok("/v1/sessions/a");
     assert_eq!(shown["plan"]["memory_max"], 512 * MIB, "{shown}");
 
+    let _ = std::fs::remove_file(&file);
     let status = hog.wait().expect("wait agentcg run");
     let r = read_record(&record);
     assert!(status.success(), "{status:?}: {r}");
