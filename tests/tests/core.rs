@@ -749,14 +749,14 @@ fn session_lifecycle_and_status() {
         .spawn()
         .unwrap();
     let calls = s.join("calls");
-    let start = std::time::Instant::now();
-    while Daemon::child_cgroups(&calls).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the call never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The call's cgroup exists from its declaration; wait for its tool to be in it,
+    // or the close may come before the client's spawn (which then fails, 126).
+    let populated = |c: &std::path::Path| {
+        std::fs::read_to_string(c.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1"))
+    };
+    wait_for("the call's tool running", Duration::from_secs(30), || {
+        Daemon::child_cgroups(&calls).iter().any(|c| populated(c))
+    });
     let close = d.agentcg(&["session", "close", "hi", "--force"]);
     assert!(close.status.success(), "{}", stderr(&close));
     // Its cgroups go in the background, once the killed processes have left.
