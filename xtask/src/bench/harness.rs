@@ -210,7 +210,8 @@ struct Report {
     arms: Vec<ArmReport>,
     added: Vec<(String, Added)>,
     prefix: PrefixAlone,
-    failures: Vec<Session>,
+    /// The measured sessions in run order (their spread shows the run's noise).
+    sessions: Vec<Session>,
 }
 
 impl Report {
@@ -252,7 +253,7 @@ impl Report {
             arms,
             added,
             prefix: PrefixAlone::new(&raw["prefix_alone"]),
-            failures: sessions.into_iter().filter(Session::failed).collect(),
+            sessions,
         }
     }
 }
@@ -343,7 +344,25 @@ fn markdown(r: &Report, args: &Args) -> String {
         ms(p.prefix.map(|b| b.p95)),
         ms(p.added_p50()),
     );
-    for f in &r.failures {
+    md += "\n## Per session (the run's spread)\n\n\
+           | round | arm | tool call p50 ms | wall s |\n|---:|---|---:|---:|\n";
+    for x in r.sessions.iter().filter(|x| !x.warmup) {
+        let ms: Vec<f64> = x
+            .times_ns
+            .iter()
+            .flatten()
+            .map(|&ns| ns as f64 / 1e6)
+            .collect();
+        let failed = x.failed().then_some(f64::INFINITY);
+        md += &format!(
+            "| {} | {} | {} | {} |\n",
+            x.round,
+            x.arm,
+            fmt_ms(failed.or(Stats::from_ms(&ms).map(|st| st.p50)), 1),
+            s(failed.or(Some(x.wall_ns as f64 / 1e6))),
+        );
+    }
+    for f in r.sessions.iter().filter(|x| x.failed()) {
         md += &format!(
             "\nFailed: {} round {}{}: {}\n",
             f.arm,
@@ -390,7 +409,7 @@ fn to_json(r: &Report, raw: &Value) -> Value {
         "prefix_alone": {"bash": stats_json(r.prefix.bash),
                          "agentcg_claude": stats_json(r.prefix.prefix),
                          "added_p50_ms": r.prefix.added_p50()},
-        "failures": r.failures.iter().map(|f| json!({"arm": f.arm, "round": f.round,
+        "failures": r.sessions.iter().filter(|x| x.failed()).map(|f| json!({"arm": f.arm, "round": f.round,
             "warmup": f.warmup, "error": f.error})).collect::<Vec<_>>(),
     })
 }
@@ -481,6 +500,8 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| agentcg | 2 | 1 | 4 | 2 |"), "{md}");
+        assert!(md.contains("| 1 | agentcg | failed | failed |"), "{md}");
+        assert!(md.contains("| 0 | agentcg | 101.0 | 0.3 |"), "{md}");
     }
 
     #[test]
