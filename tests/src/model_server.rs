@@ -8,11 +8,17 @@
 //! messages already in the request's conversation, so the harness's retries and side
 //! requests cannot shift the script. A request that offers no tools (a title or summary
 //! request) gets a short text answer. Past the script's end the model says "done".
+//!
+//! Each exchange is timed on the server's clock ([`Exchange`]): when the request was
+//! read whole and when the answer was written, with the tool call the answer asked for
+//! and the tool results the request carried, so a benchmark can tell how long the
+//! harness took from a `tool_use` to its `tool_result` (`cargo xtask bench harness`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -43,11 +49,25 @@ impl Turn {
     }
 }
 
+/// One request and its answer, timed from the server's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// When the request had been read whole.
+    pub received: Duration,
+    /// When the answer had been written and flushed.
+    pub sent: Duration,
+    /// The id of the `tool_use` the answer asked for, if it asked for one.
+    pub tool_use_id: Option<String>,
+    /// The `tool_use_id` of every tool result the request carried, in order.
+    pub result_ids: Vec<String>,
+}
+
 /// A running server; it lives as long as the process (its thread is detached).
 #[derive(Debug)]
 pub struct ModelServer {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Value>>>,
+    exchanges: Arc<Mutex<Vec<Exchange>>>,
 }
 
 impl ModelServer {
@@ -57,10 +77,13 @@ impl ModelServer {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let exchanges = Arc::new(Mutex::new(Vec::new()));
         let shared = Shared {
             script: Arc::new(script),
             requests: requests.clone(),
+            exchanges: exchanges.clone(),
             record,
+            started: Instant::now(),
         };
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
@@ -68,7 +91,11 @@ impl ModelServer {
                 std::thread::spawn(move || serve(conn, &shared));
             }
         });
-        Ok(ModelServer { addr, requests })
+        Ok(ModelServer {
+            addr,
+            requests,
+            exchanges,
+        })
     }
 
     /// `http://127.0.0.1:PORT`, for `ANTHROPIC_BASE_URL` (OpenAI clients add `/v1`).
@@ -79,6 +106,11 @@ impl ModelServer {
     /// The request bodies received so far.
     pub fn requests(&self) -> Vec<Value> {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The exchanges answered so far, in the order their answers were written.
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.exchanges.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// The text of every tool result the harness sent back, in order (deduplicated:
@@ -100,7 +132,9 @@ impl ModelServer {
 struct Shared {
     script: Arc<Vec<Turn>>,
     requests: Arc<Mutex<Vec<Value>>>,
+    exchanges: Arc<Mutex<Vec<Exchange>>>,
     record: Option<PathBuf>,
+    started: Instant,
 }
 
 /// The tool results of one request, Anthropic (`tool_result` blocks) or OpenAI (`tool`
@@ -123,6 +157,18 @@ pub fn tool_results(req: &Value) -> Vec<String> {
         after_assistant = m["role"] == "assistant";
     }
     out
+}
+
+/// The `tool_use_id` of every Anthropic tool result in a request, in order.
+pub fn tool_result_ids(req: &Value) -> Vec<String> {
+    let messages = req["messages"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    messages
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .filter(|b| b["type"] == "tool_result")
+        .filter_map(|b| b["tool_use_id"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// Text of a content value: a string, or the text blocks of an array.
@@ -199,6 +245,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
     let Some((path, body)) = read_request(&mut reader) else {
         return;
     };
+    let received = shared.started.elapsed();
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if let Ok(mut r) = shared.requests.lock() {
         r.push(req.clone());
@@ -241,6 +288,23 @@ fn serve(conn: TcpStream, shared: &Shared) {
         text.len()
     );
     let _ = out.flush();
+    let exchange = Exchange {
+        received,
+        sent: shared.started.elapsed(),
+        tool_use_id: tool_use_id(&req, &turn).filter(|_| route.ends_with("/messages")),
+        result_ids: tool_result_ids(&req),
+    };
+    if let Ok(mut e) = shared.exchanges.lock() {
+        e.push(exchange);
+    }
+}
+
+/// The id of the tool call an Anthropic answer to `req` asks for (see `anthropic_blocks`).
+fn tool_use_id(req: &Value, turn: &Turn) -> Option<String> {
+    match turn {
+        Turn::Bash(_) => Some(format!("toolu_{:04}", turn_index(req))),
+        Turn::Text(_) => None,
+    }
 }
 
 /// Reads one request: its path and body (by `content-length`).
@@ -278,7 +342,7 @@ fn anthropic_blocks(req: &Value, turn: &Turn) -> (Vec<Value>, &'static str) {
     match turn {
         Turn::Bash(cmd) => {
             let (name, arg) = shell_tool(req);
-            let id = format!("toolu_{:04}", turn_index(req));
+            let id = tool_use_id(req, turn);
             (
                 vec![json!({"type": "tool_use", "id": id, "name": name, "input": {arg: cmd}})],
                 "tool_use",
@@ -452,6 +516,18 @@ mod tests {
         assert!(reply.contains(r#""stop_reason":"end_turn""#), "{reply}");
         assert_eq!(server.tool_results(), vec!["hi".to_string()]);
         assert_eq!(server.requests().len(), 2);
+        let ex = server.exchanges();
+        assert_eq!(ex.len(), 2, "{ex:?}");
+        assert_eq!(ex[0].tool_use_id.as_deref(), Some("toolu_0000"));
+        assert!(ex[0].result_ids.is_empty(), "{ex:?}");
+        assert_eq!(
+            (ex[1].tool_use_id.as_deref(), ex[1].result_ids.as_slice()),
+            (None, ["toolu_0000".to_string()].as_slice())
+        );
+        assert!(
+            ex[0].received <= ex[0].sent && ex[0].sent <= ex[1].received,
+            "timed in order: {ex:?}"
+        );
     }
 
     #[test]
@@ -501,6 +577,10 @@ mod tests {
             {"role": "user", "content": "<returncode>0</returncode> hi"}]});
         let last = post(&server, "/v1/chat/completions", &observed);
         assert!(last.contains("all done"), "{last}");
+        assert!(
+            server.exchanges().iter().all(|e| e.tool_use_id.is_none()),
+            "OpenAI answers carry no Anthropic tool_use id"
+        );
         let lines = std::fs::read_to_string(&record).expect("record");
         assert_eq!(lines.lines().count(), 3);
         assert_eq!(

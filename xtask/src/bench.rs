@@ -2,6 +2,7 @@
 
 mod calls;
 mod cpu;
+mod harness;
 mod memory;
 mod stats;
 mod telemetry;
@@ -20,6 +21,7 @@ use crate::host::Workspace;
 pub enum Bench {
     Calls(calls::Args),
     Cpu(cpu::Args),
+    Harness(harness::Args),
     Memory(memory::Args),
     Telemetry(telemetry::Args),
 }
@@ -28,6 +30,7 @@ pub fn main(ws: &Workspace, bench: &Bench) -> Result<ExitCode> {
     match bench {
         Bench::Calls(args) => calls::main(ws, args),
         Bench::Cpu(args) => cpu::main(ws, args),
+        Bench::Harness(args) => harness::main(ws, args),
         Bench::Memory(args) => memory::main(ws, args),
         Bench::Telemetry(args) => telemetry::main(ws, args),
     }

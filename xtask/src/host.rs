@@ -60,8 +60,9 @@ impl Workspace {
         cmd
     }
 
-    /// Builds the daemon `agentcgd`, the test tools and the CLI `agentcg`, and gathers
-    /// them in target/agentcg-bin/<profile>, which it returns.
+    /// Builds the daemon `agentcgd`, the test tools and the CLI (`agentcg`,
+    /// `agentcg-claude`), and gathers them in target/agentcg-bin/<profile>, which it
+    /// returns.
     ///
     /// The CLI is linked statically (`+crt-static`, built for the explicit host target
     /// so build scripts and proc macros stay dynamic): it is exec'd once per tool call,
@@ -90,7 +91,11 @@ impl Workspace {
                 copy_into(&path, &dir)?;
             }
         }
-        copy_into(&cli_dir.join("agentcg"), &dir)?;
+        // The static CLI binaries, not the dynamic ones a workspace build left in the
+        // profile directory (for release: none at all).
+        for cli in ["agentcg", "agentcg-claude"] {
+            copy_into(&cli_dir.join(cli), &dir)?;
+        }
         Ok(dir)
     }
 
