@@ -43,6 +43,7 @@ pub fn draw(path: &Path, points: &[Point], fds: Option<Fds>, title: &str) -> Res
     chart
         .configure_mesh()
         .x_desc("calls done")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("MiB")
         .label_style(("sans-serif", 13))
         .draw()
@@ -79,6 +80,8 @@ pub fn draw(path: &Path, points: &[Point], fds: Option<Fds>, title: &str) -> Res
     chart
         .configure_mesh()
         .x_desc("calls done")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(|x| e(&x))?;
