@@ -478,12 +478,16 @@ pub fn fresh_record(name: &str) -> PathBuf {
 
 /// The call id `agentcg run --verbose` printed on stderr (`agentcg: call N in ...`).
 pub fn verbose_call_id(stderr_text: &str) -> u64 {
+    granted_call_id(stderr_text).unwrap_or_else(|| panic!("no call id in {stderr_text:?}"))
+}
+
+/// The call id `agentcg run --verbose` printed on stderr, if it was granted one.
+pub fn granted_call_id(stderr_text: &str) -> Option<u64> {
     stderr_text
         .lines()
         .find_map(|l| l.strip_prefix("agentcg: call "))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no call id in {stderr_text:?}"))
 }
 
 /// Parses a record file written by `agentcg run --record`.

@@ -4,6 +4,7 @@ mod calls;
 mod cpu;
 mod harness;
 mod memory;
+mod soak;
 mod stats;
 mod telemetry;
 
@@ -11,7 +12,7 @@ use std::fs;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use clap::Subcommand;
 
 use crate::host::Workspace;
@@ -23,6 +24,7 @@ pub enum Bench {
     Cpu(cpu::Args),
     Harness(harness::Args),
     Memory(memory::Args),
+    Soak(soak::Args),
     Telemetry(telemetry::Args),
 }
 
@@ -32,6 +34,7 @@ pub fn main(ws: &Workspace, bench: &Bench) -> Result<ExitCode> {
         Bench::Cpu(args) => cpu::main(ws, args),
         Bench::Harness(args) => harness::main(ws, args),
         Bench::Memory(args) => memory::main(ws, args),
+        Bench::Soak(args) => soak::main(ws, args),
         Bench::Telemetry(args) => telemetry::main(ws, args),
     }
 }
@@ -53,4 +56,22 @@ fn write_report(out: &Path, name: &str, md: &str, json: &serde_json::Value) -> R
         out.join(format!("{name}.md")).display()
     );
     Ok(())
+}
+
+/// The charts' font: DejaVu Sans (Debian fonts-dejavu-core, installed by
+/// xtask/provision.sh), which plotters renders with ab_glyph, so no system font library
+/// is needed.
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Registers [`FONT`] as plotters' "sans-serif".
+fn register_font() -> Result<()> {
+    let bytes = fs::read(FONT).with_context(|| {
+        format!("cannot read the chart font {FONT}: run `cargo xtask provision` (installs fonts-dejavu-core)")
+    })?;
+    plotters::style::register_font(
+        "sans-serif",
+        plotters::style::FontStyle::Normal,
+        bytes.leak(),
+    )
+    .map_err(|_| anyhow!("{FONT} is not a usable TrueType font"))
 }

@@ -3,19 +3,17 @@
 //! limit and speed. A run where HIGH did not survive is infinite: its bar or whisker
 //! reaches the top of the axis, drawn hollow.
 //!
-//! plotters renders text with ab_glyph from DejaVu Sans (Debian fonts-dejavu-core,
-//! installed by xtask/provision.sh), so no system font library is needed.
+//! Text is drawn with the font `bench::register_font` registers.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
 use super::Arm;
 use super::report::Report;
+use crate::bench::register_font;
 
-const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -24,14 +22,6 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
 ];
-
-fn register_font() -> Result<()> {
-    let bytes = std::fs::read(FONT).with_context(|| {
-        format!("cannot read the chart font {FONT}: run `cargo xtask provision` (installs fonts-dejavu-core)")
-    })?;
-    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes.leak())
-        .map_err(|_| anyhow!("{FONT} is not a usable TrueType font"))
-}
 
 /// Draws the chart of `report` into `path` (PNG).
 pub fn draw(path: &Path, report: &Report) -> Result<()> {
