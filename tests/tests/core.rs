@@ -365,7 +365,12 @@ fn five_hundred_calls_leave_no_cgroup_behind() {
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn session_budget_clamps_and_confines_the_oom_to_calls() {
-    let d = Daemon::start("budget");
+    // Clamping is what this test is about: with the default `[admission] queue_for` a
+    // call short of its session's memory waits for the running one instead (tested in
+    // admission.rs), so this daemon never queues.
+    let policy = std::env::temp_dir().join("agentcg-budget-policy.toml");
+    std::fs::write(&policy, "[admission]\nqueue_for = \"0s\"\n").expect("write the policy");
+    let d = Daemon::start_with("budget", &["--policy", policy.to_str().unwrap()]);
     let mut rt = FakeRuntime::start();
     let out = d.agentcg(&[
         "session",

@@ -399,7 +399,7 @@ pub const KEYS: &[Key] = &[
         },
         "20",
         Reload,
-        "recorded calls of a class (in the newest 10,000 records) needed before their peaks replace the class's default `mem`",
+        "recorded calls of a class (among the newest 1,000 records, which agentcgd keeps in memory) needed before their peaks replace the class's default `mem`",
     ),
     key(
         "admission.percentile",
