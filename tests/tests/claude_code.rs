@@ -24,8 +24,11 @@ fn claude(d: &Daemon, server: &ModelServer, conversation: &str, env: &[(&str, &s
     let settings = serde_json::json!({"hooks": {"PreToolUse": [{"matcher": "Bash",
         "hooks": [{"type": "command", "command": hook}]}]}});
     std::fs::create_dir_all(format!("{home}/.claude")).expect("claude's settings directory");
-    std::fs::write(format!("{home}/.claude/settings.json"), settings.to_string())
-        .expect("claude's settings");
+    std::fs::write(
+        format!("{home}/.claude/settings.json"),
+        settings.to_string(),
+    )
+    .expect("claude's settings");
     Command::new("claude")
         .args(["-p", "Run the commands.", "--allowedTools", "Bash"])
         .args(["--output-format", "json", "--session-id", conversation])

@@ -200,11 +200,7 @@ fn make_changes(d: &Daemon, file: &Path, file_s: &str) -> usize {
         } else {
             expected = 1000 + i as u32;
         }
-        assert_eq!(
-            in_force(d).session.pids,
-            expected,
-            "change {i} via {via:?}"
-        );
+        assert_eq!(in_force(d).session.pids, expected, "change {i} via {via:?}");
     }
     refused
 }

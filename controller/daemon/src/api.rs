@@ -7,13 +7,13 @@
 
 #[cfg(test)]
 mod access_tests;
-#[cfg(test)]
-mod queue_tests;
 mod events;
 mod extract;
 pub mod guard;
 mod history;
 mod policy;
+#[cfg(test)]
+mod queue_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 

@@ -72,7 +72,10 @@ async fn waiters_are_admitted_by_priority_then_arrival_and_leave_when_their_clie
     let queued = serde_json::to_value(&*queued).expect("event JSON");
     assert_eq!(queued["type"], "call_queued", "{queued}");
     assert_eq!(queued["admission"]["priority"], "low", "{queued}");
-    assert_eq!(queued["admission"]["decision"]["verdict"], "queue", "{queued}");
+    assert_eq!(
+        queued["admission"]["decision"]["verdict"], "queue",
+        "{queued}"
+    );
     let first = declare_later(&f, &big(""));
     until_waiting(&f, 2).await;
     let second = declare_later(&f, &big(""));

@@ -144,7 +144,10 @@ mod tests {
         let waiting = thread_ns().expect("rusage") - before;
         let process = process_ns(pid).expect("stat") - process_before;
         assert!(spun >= 100_000_000, "the spinner's own time: {spun} ns");
-        assert!(process >= 80_000_000, "the spinner's CPU is in the process's: {process} ns");
+        assert!(
+            process >= 80_000_000,
+            "the spinner's CPU is in the process's: {process} ns"
+        );
         assert!(waiting < 20_000_000, "joining cost {waiting} ns");
     }
 }
