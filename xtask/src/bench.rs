@@ -40,6 +40,26 @@ pub fn main(ws: &Workspace, bench: &Bench) -> Result<ExitCode> {
 }
 
 /// Writes `<name>.md` and `<name>.json` into `out` and prints the markdown.
+/// The raw JSON a guest program wrote to `path`, with the VM run's `status` handed back
+/// for the caller to judge after its report; when it wrote none, the run's own failure
+/// if it had one, else that the file is missing.
+fn read_raw<T>(
+    path: &Path,
+    status: Result<T>,
+    guest: &str,
+) -> Result<(serde_json::Value, Result<T>)> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let raw = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            Ok((raw, status))
+        }
+        Err(e) => Err(status
+            .err()
+            .unwrap_or_else(|| anyhow!("{guest} wrote no {}: {e}", path.display()))),
+    }
+}
+
 fn write_report(out: &Path, name: &str, md: &str, json: &serde_json::Value) -> Result<()> {
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let json = serde_json::to_string_pretty(json)?;

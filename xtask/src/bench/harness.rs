@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use self::timeline::{ArmSamples, Session, arm_samples};
@@ -80,15 +80,7 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
         let _ = fs::remove_file(&raw_path);
         vm::run(ws, &args.vm, &guest_job(ws, args, &bin_dir))?.check()
     };
-    let raw: Value = match fs::read_to_string(&raw_path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", raw_path.display()))?,
-        Err(e) => {
-            return Err(status.err().unwrap_or_else(|| {
-                anyhow::anyhow!("harnessbench wrote no {}: {e}", raw_path.display())
-            }));
-        }
-    };
+    let (raw, status) = super::read_raw(&raw_path, status, "harnessbench")?;
     let report = Report::new(&raw);
     let out = args
         .out

@@ -15,7 +15,7 @@ mod verdict;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::Value;
 
 use self::verdict::{RSS_TARGET_CALLS, Verdict, points};
@@ -65,15 +65,7 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     };
     let status = vm::run(ws, &args.vm, &job)?.check();
     let raw_path = ws.vm_dir().join("bench/soak-raw.json");
-    let raw: Value = match std::fs::read_to_string(&raw_path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", raw_path.display()))?,
-        Err(e) => {
-            return Err(status.err().unwrap_or_else(|| {
-                anyhow::anyhow!("soakbench wrote no {}: {e}", raw_path.display())
-            }));
-        }
-    };
+    let (raw, status) = super::read_raw(&raw_path, status, "soakbench")?;
     let verdict = Verdict::of(&raw);
     let out = args
         .out

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::host::{self, Workspace};
@@ -66,15 +66,7 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     };
     let status = vm::run(ws, &args.vm, &job)?.check();
     let raw_path = ws.vm_dir().join("bench/telemetry-raw.json");
-    let raw: Value = match std::fs::read_to_string(&raw_path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", raw_path.display()))?,
-        Err(e) => {
-            return Err(status.err().unwrap_or_else(|| {
-                anyhow::anyhow!("telebench wrote no {}: {e}", raw_path.display())
-            }));
-        }
-    };
+    let (raw, status) = super::read_raw(&raw_path, status, "telebench")?;
     let verdict = Verdict::of(&raw);
     let out = args.out.clone().unwrap_or_else(|| ws.target.join("bench"));
     let md = markdown(&raw, &verdict, args);
