@@ -197,9 +197,14 @@ pub fn compact_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// A duration in a compact form the parser accepts back (`10m`, `1500ms`).
+/// A duration in a compact form the parser accepts back exactly (`10m`, `1500ms`, and
+/// `1.0000001s` for a duration finer than a millisecond).
 pub fn compact_duration(d: Duration) -> String {
     let ms = d.as_millis();
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        let frac = format!("{:09}", d.subsec_nanos());
+        return format!("{}.{}s", d.as_secs(), frac.trim_end_matches('0'));
+    }
     match ms {
         0 => "0s".to_string(),
         _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
@@ -357,6 +362,12 @@ mod tests {
             let d = Duration::from_millis(ms);
             assert_eq!(parse_duration(&compact_duration(d)), Ok(d));
         }
+        // Finer than a millisecond (the fuzzer's find: `1.0000001s` printed as `1s`).
+        for nanos in [100u64, 1_000_000_100, 86_400_000_000_001, 999_999] {
+            let d = Duration::from_nanos(nanos);
+            assert_eq!(parse_duration(&compact_duration(d)), Ok(d), "{nanos}");
+        }
+        assert_eq!(compact_duration(Duration::from_nanos(1_000_000_100)), "1.0000001s");
         assert_eq!(HumanSize(64 << 20).to_string(), "64 MiB");
         assert_eq!(HumanSize(3 << 29).to_string(), "1.5 GiB");
         assert_eq!(HumanSize(100).to_string(), "100 B");
