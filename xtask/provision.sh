@@ -57,11 +57,17 @@ need_pkgs() {
 # systemd as PID 1 of its own namespaces.
 systemd_deps() {
   apt_sources
-  if [ "$(dpkg-query -W -f='${Version}' systemd 2>/dev/null)" != "$SYSTEMD_VERSION" ]; then
-    say "apt-get install systemd $SYSTEMD_VERSION from bookworm-backports"
-    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
-      "systemd=$SYSTEMD_VERSION" >/dev/null
-  fi
+  # udev (the VM's device manager) from the same build: bookworm's udev 252 cannot be
+  # installed beside systemd 254, so apt would refuse it later.
+  local p
+  for p in systemd udev; do
+    if [ "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null)" != "$SYSTEMD_VERSION" ]; then
+      say "apt-get install systemd and udev $SYSTEMD_VERSION from bookworm-backports"
+      $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+        "systemd=$SYSTEMD_VERSION" "udev=$SYSTEMD_VERSION" >/dev/null
+      break
+    fi
+  done
 }
 
 build_deps() {
