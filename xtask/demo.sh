@@ -6,6 +6,9 @@
 set -u
 B="$AGENTCG_BIN_DIR"
 export AGENTCG_SOCKET=/tmp/agentcg-demo.sock
+# A client whose agentcgd is gone waits this long for it to come back (default 10 s):
+# under the VM's software emulation a restart, BPF programs loaded again, takes 20-60 s.
+export AGENTCG_RESTART_WAIT=120
 ROOT=/sys/fs/cgroup/agentcg
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; echo "(exit status $?)"; }
