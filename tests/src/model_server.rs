@@ -233,18 +233,22 @@ fn tool_name(t: &Value) -> Option<&str> {
     t["name"].as_str().or(t["function"]["name"].as_str())
 }
 
-/// The argument a shell tool takes its command in: `cmd` when its schema has that and
-/// no `command` (Codex's `exec_command`), else `command`.
-fn command_arg(t: &Value) -> &'static str {
-    let props = [
+/// The properties of a tool's argument schema (Anthropic, Responses or OpenAI chat).
+fn tool_properties(t: &Value) -> Option<&Value> {
+    [
         &t["input_schema"],
         &t["parameters"],
         &t["function"]["parameters"],
     ]
     .into_iter()
     .map(|s| &s["properties"])
-    .find(|p| p.is_object());
-    match props {
+    .find(|p| p.is_object())
+}
+
+/// The argument a shell tool takes its command in: `cmd` when its schema has that and
+/// no `command` (Codex's `exec_command`), else `command`.
+fn command_arg(t: &Value) -> &'static str {
+    match tool_properties(t) {
         Some(p) if p.get("command").is_none() && p.get("cmd").is_some() => "cmd",
         _ => "command",
     }
@@ -254,16 +258,19 @@ fn command_arg(t: &Value) -> &'static str {
 /// else `exec_command` (Codex), else the first tool whose name mentions bash or shell,
 /// else the first named tool.
 fn shell_tool(req: &Value) -> (String, String) {
+    let (name, arg, _) = shell_tool_schema(req);
+    (name, arg)
+}
+
+/// [`shell_tool`] and whether the tool takes a `yield_time_ms` (Codex's exec_command:
+/// how long it waits for the command before answering that it still runs).
+fn shell_tool_schema(req: &Value) -> (String, String, bool) {
     let tools: Vec<&Value> = req["tools"]
         .as_array()
         .map(|t| t.iter().filter(|t| tool_name(t).is_some()).collect())
         .unwrap_or_default();
-    let named = |f: &dyn Fn(&str) -> bool| {
-        tools
-            .iter()
-            .copied()
-            .find(|t| tool_name(t).is_some_and(f))
-    };
+    let named =
+        |f: &dyn Fn(&str) -> bool| tools.iter().copied().find(|t| tool_name(t).is_some_and(f));
     let tool = named(&|n| n == "Bash")
         .or_else(|| named(&|n| n == "exec_command"))
         .or_else(|| {
@@ -277,8 +284,9 @@ fn shell_tool(req: &Value) -> (String, String) {
         Some(t) => (
             tool_name(t).unwrap_or("bash").to_string(),
             command_arg(t).into(),
+            tool_properties(t).is_some_and(|p| p.get("yield_time_ms").is_some()),
         ),
-        None => ("bash".into(), "command".into()),
+        None => ("bash".into(), "command".into(), false),
     }
 }
 
@@ -518,15 +526,23 @@ fn openai_sse(req: &Value, turn: &Turn) -> String {
     )
 }
 
+/// The longest `yield_time_ms` Codex allows: a command that takes longer than the
+/// default 10 s under emulation still answers in its own call, not in a later poll.
+const MAX_YIELD_MS: u64 = 30_000;
+
 /// The output item of a Responses answer: a `function_call` of the shell tool, or an
 /// assistant message.
 fn responses_item(req: &Value, turn: &Turn) -> Value {
     let i = turn_index(req);
     match turn {
         Turn::Bash(cmd) => {
-            let (name, arg) = shell_tool(req);
+            let (name, arg, takes_yield) = shell_tool_schema(req);
+            let mut args = json!({arg: cmd});
+            if takes_yield {
+                args["yield_time_ms"] = json!(MAX_YIELD_MS);
+            }
             json!({"type": "function_call", "id": format!("fc_{i}"), "call_id": format!("call_{i}"),
-                "name": name, "arguments": json!({arg: cmd}).to_string()})
+                "name": name, "arguments": args.to_string()})
         }
         Turn::Text(t) => json!({"type": "message", "id": format!("msg_{i}"), "role": "assistant",
             "content": [{"type": "output_text", "text": t}]}),
@@ -696,7 +712,7 @@ mod tests {
         let server = ModelServer::start(script(), None).expect("start");
         let tools = json!([
             {"type": "function", "name": "exec_command",
-                "parameters": {"properties": {"cmd": {}, "shell": {}}}},
+                "parameters": {"properties": {"cmd": {}, "yield_time_ms": {}}}},
             {"type": "function", "name": "write_stdin", "parameters": {"properties": {}}},
             {"type": "web_search"}]);
         let user = json!({"type": "message", "role": "user",
@@ -713,7 +729,10 @@ mod tests {
         );
         assert!(first.contains(r#""call_id":"call_0""#), "{first}");
         assert!(first.contains(r#""name":"exec_command""#), "{first}");
-        assert!(first.contains(r#""arguments":"{\"cmd\":\"echo hi\"}""#), "{first}");
+        assert!(
+            first.contains(r#""arguments":"{\"cmd\":\"echo hi\",\"yield_time_ms\":30000}""#),
+            "{first}"
+        );
         assert!(first.contains("event: response.completed\n"), "{first}");
         let call = json!({"type": "function_call", "call_id": "call_0", "name": "exec_command",
             "arguments": "{}"});
@@ -726,7 +745,10 @@ mod tests {
         );
         let body: Value =
             serde_json::from_str(second.split("\r\n\r\n").nth(1).expect("a body")).expect("JSON");
-        assert_eq!(body["output"][0]["content"][0]["text"], "all done", "{body}");
+        assert_eq!(
+            body["output"][0]["content"][0]["text"], "all done",
+            "{body}"
+        );
         assert_eq!(
             server.tool_results(),
             vec!["Process exited with code 0\nOutput:\nhi\n".to_string()]
