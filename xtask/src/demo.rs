@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use crate::host::Workspace;
 use crate::provision::{self, Which};
-use crate::vm::{self, Job, VmOptions, sh_quote_path};
+use crate::vm::{self, Job, VmOptions};
 
 /// Build agentcg and run the demo script xtask/demo.sh in the VM
 #[derive(Debug, clap::Args)]
@@ -22,9 +22,10 @@ pub struct Args {
 pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     provision::ensure(ws, Which::All)?;
     let bin_dir = ws.build_agentcg(args.release)?;
-    let job = Job {
-        script: format!("sh {}", sh_quote_path(&ws.root.join("xtask/demo.sh"))),
-        env: vec![("AGENTCG_BIN_DIR", bin_dir.to_string_lossy().into_owned())],
-    };
+    let job = Job::script_file(
+        ws,
+        "xtask/demo.sh",
+        vec![("AGENTCG_BIN_DIR", bin_dir.to_string_lossy().into_owned())],
+    );
     vm::run(ws, &args.vm, &job)?.exit_code()
 }

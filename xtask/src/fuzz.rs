@@ -5,7 +5,8 @@
 //! fuzz/target/work/TARGET). A crash fails the run and leaves its input in
 //! fuzz/artifacts/TARGET. docs/ARCHITECTURE.md#fuzzing.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Result, bail};
@@ -48,6 +49,8 @@ pub fn run(ws: &Workspace, seconds: u32, targets: &[String]) -> Result<()> {
     for t in chosen {
         let work = dir.join("target/work").join(t);
         std::fs::create_dir_all(&work)?;
+        let artifacts = dir.join("artifacts").join(t);
+        let before = files_in(&artifacts);
         let result = host::run(
             fuzz(&dir)
                 .args(["run", "--sanitizer", "none", t])
@@ -59,6 +62,11 @@ pub fn run(ws: &Workspace, seconds: u32, targets: &[String]) -> Result<()> {
         );
         if let Err(e) = result {
             eprintln!("error: {e:#}");
+            // Repeated last, so a log cut to its tail (CI's) still shows the input.
+            for path in files_in(&artifacts).difference(&before) {
+                let input = std::fs::read(path).unwrap_or_default();
+                eprintln!("error: {}", describe_input(t, path, &input));
+            }
             crashed.push(t);
         }
     }
@@ -77,6 +85,29 @@ fn run_flags(seconds: u32) -> Vec<String> {
         "-timeout=10".into(),
         "-print_final_stats=1".into(),
     ]
+}
+
+/// The files in `dir` (none when it does not exist).
+fn files_in(dir: &Path) -> BTreeSet<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+/// One line naming a crashing input and showing its first bytes, escaped.
+fn describe_input(target: &str, path: &Path, input: &[u8]) -> String {
+    const SHOWN: usize = 400;
+    let shown = &input[..input.len().min(SHOWN)];
+    let more = if input.len() > SHOWN { "..." } else { "" };
+    format!(
+        "fuzz target `{target}`: input {} ({} bytes): b\"{}\"{more}",
+        path.display(),
+        input.len(),
+        shown.escape_ascii()
+    )
 }
 
 fn fuzz(dir: &Path) -> Command {
@@ -103,5 +134,24 @@ mod tests {
         }
         let listed = manifest.matches("[[bin]]").count();
         assert_eq!(listed, TARGETS.len(), "a target missing from TARGETS");
+    }
+
+    #[test]
+    fn a_crashing_input_is_shown_escaped_and_cut() {
+        let line = describe_input(
+            "intent",
+            Path::new("a/crash-1"),
+            b"timeout=1.0000001s\n\x00",
+        );
+        assert_eq!(
+            line,
+            "fuzz target `intent`: input a/crash-1 (20 bytes): b\"timeout=1.0000001s\\n\\x00\""
+        );
+        let long = describe_input("policy", Path::new("p"), &[b'x'; 1000]);
+        assert!(
+            long.contains("(1000 bytes)") && long.ends_with("\"..."),
+            "{long}"
+        );
+        assert_eq!(long.matches('x').count(), 400);
     }
 }

@@ -42,12 +42,36 @@ pub struct VmOptions {
     pub kernel: PathBuf,
 }
 
+#[cfg(test)]
+impl VmOptions {
+    /// Options for unit tests that never boot: a 2-CPU, 2 GiB guest of kernel `/k`.
+    pub fn for_tests() -> VmOptions {
+        VmOptions {
+            memory: "2G".into(),
+            cpus: 2,
+            timeout: 60,
+            kernel: PathBuf::from("/k"),
+        }
+    }
+}
+
 /// What to run in the guest: a shell snippet (run in a subshell from the workspace root,
 /// stdin from /dev/null) and environment variables for it.
 #[derive(Debug)]
 pub struct Job {
     pub script: String,
     pub env: Vec<(&'static str, String)>,
+}
+
+impl Job {
+    /// A job that runs the workspace's shell script `rel` (e.g. `xtask/bench/soak.sh`)
+    /// with `sh`.
+    pub fn script_file(ws: &Workspace, rel: &str, env: Vec<(&'static str, String)>) -> Job {
+        Job {
+            script: format!("sh {}", sh_quote_path(&ws.root.join(rel))),
+            env,
+        }
+    }
 }
 
 /// The end of a VM run.

@@ -9,7 +9,9 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use libbpf_rs::PrintLevel;
+use libbpf_rs::{Link, PrintLevel, ProgramMut};
+
+use crate::error::BpfError;
 
 /// Most bytes kept per capture; the verifier log of a failing program fits easily, and
 /// the tail (where the verifier says what went wrong) is what we keep.
@@ -60,6 +62,21 @@ impl Capture {
     /// What libbpf printed since [`Capture::start`] (or the last `take`).
     pub(crate) fn take(&self) -> String {
         std::mem::take(&mut *BUFFER.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Attaches each program to its hook; the first that fails names itself and carries
+    /// what libbpf printed.
+    pub(crate) fn attach_all(&self, progs: &[&ProgramMut<'_>]) -> Result<Vec<Link>, BpfError> {
+        progs
+            .iter()
+            .map(|prog| {
+                prog.attach().map_err(|source| BpfError::Attach {
+                    program: prog.name().to_string_lossy().into_owned(),
+                    source,
+                    log: self.take(),
+                })
+            })
+            .collect()
     }
 }
 

@@ -251,20 +251,12 @@ impl MemWatch {
             })?;
 
         let t3 = Instant::now();
-        let mut links = Vec::with_capacity(4);
-        for prog in [
+        let links = capture.attach_all(&[
             &skel.progs.mem_event_exit,
             &skel.progs.mem_charge_exit,
             &skel.progs.mem_uncharge_entry,
             &skel.progs.mem_cgroup_rmdir,
-        ] {
-            let link = prog.attach().map_err(|source| BpfError::Attach {
-                program: prog.name().to_string_lossy().into_owned(),
-                source,
-                log: capture.take(),
-            })?;
-            links.push(link);
-        }
+        ])?;
         let attach = t3.elapsed();
         drop(skel);
 

@@ -120,19 +120,11 @@ impl Telemetry {
         let events = EventQueue::new(events, EVENTS)?;
 
         let t3 = Instant::now();
-        let mut links = Vec::with_capacity(3);
-        for prog in [
+        let links = capture.attach_all(&[
             &skel.progs.tele_exec,
             &skel.progs.tele_fork,
             &skel.progs.tele_exit,
-        ] {
-            let link = prog.attach().map_err(|source| BpfError::Attach {
-                program: prog.name().to_string_lossy().into_owned(),
-                source,
-                log: capture.take(),
-            })?;
-            links.push(link);
-        }
+        ])?;
         let attach = t3.elapsed();
         drop(skel);
 

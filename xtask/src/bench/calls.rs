@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::stats::{Stats, fmt_ms};
 use crate::host::{self, Workspace};
 use crate::provision::{self, Which};
-use crate::vm::{self, Job, VmOptions, sh_quote_path};
+use crate::vm::{self, Job, VmOptions};
 
 /// The arms in table order: callbench name and label.
 const ARMS: [(&str, &str); 3] = [
@@ -125,13 +125,7 @@ fn guest_job(ws: &Workspace, args: &Args, callbench: &Path, bin_dir: Option<&Pat
             "building agentcg-daemon and agentcg-cli failed on the host".into(),
         ));
     }
-    Job {
-        script: format!(
-            "sh {}",
-            sh_quote_path(&ws.root.join("xtask/bench/calls.sh"))
-        ),
-        env,
-    }
+    Job::script_file(ws, "xtask/bench/calls.sh", env)
 }
 
 /// One row of the tables.
@@ -536,12 +530,7 @@ mod tests {
 
     fn test_args() -> Args {
         Args {
-            vm: VmOptions {
-                memory: "2G".into(),
-                cpus: 2,
-                timeout: 60,
-                kernel: PathBuf::from("/k"),
-            },
+            vm: VmOptions::for_tests(),
             out: None,
             iterations: 10,
             block: 10,

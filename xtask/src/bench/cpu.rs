@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::host::Workspace;
 use crate::provision::{self, Which};
-use crate::vm::{self, Job, VmOptions, sh_quote_path};
+use crate::vm::{self, Job, VmOptions};
 
 /// The arms, baseline first.
 const ARMS: [&str; 2] = ["kernel", "agentcg_sched"];
@@ -79,9 +79,10 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
 /// Runs xtask/bench/cpu.sh with the release binaries.
 fn guest_job(ws: &Workspace, args: &Args, bin_dir: &Path, raw_dir: &Path) -> Job {
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    Job {
-        script: format!("sh {}", sh_quote_path(&ws.root.join("xtask/bench/cpu.sh"))),
-        env: vec![
+    Job::script_file(
+        ws,
+        "xtask/bench/cpu.sh",
+        vec![
             ("AGENTCG_BIN_DIR", path(bin_dir)),
             ("BENCH_OUT", path(raw_dir)),
             ("ROUNDS", args.rounds.to_string()),
@@ -89,7 +90,7 @@ fn guest_job(ws: &Workspace, args: &Args, bin_dir: &Path, raw_dir: &Path) -> Job
             ("TRIPS", args.trips.to_string()),
             ("LAT_SAMPLES", args.lat_samples.to_string()),
         ],
-    }
+    )
 }
 
 /// What cpu.sh wrote: throughput lines and wake-up samples.

@@ -511,12 +511,7 @@ mod tests {
 
     fn test_args() -> Args {
         Args {
-            vm: VmOptions {
-                memory: "2G".into(),
-                cpus: 2,
-                timeout: 60,
-                kernel: PathBuf::from("/k"),
-            },
+            vm: VmOptions::for_tests(),
             out: None,
             calls: 2,
             rounds: 2,

@@ -31,7 +31,7 @@ use self::report::{Report, markdown, to_json};
 use super::stats::Stats;
 use crate::host::Workspace;
 use crate::provision::{self, Which};
-use crate::vm::{self, Job, VmOptions, sh_quote_path};
+use crate::vm::{self, Job, VmOptions};
 
 /// The recorded runs replayed, under `--traces`.
 const TRACE_HIGH: &str = "claude-haiku/dask__dask-11628/resources.json";
@@ -221,12 +221,10 @@ fn run_guest(
         args.limits.len()
     );
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let job = Job {
-        script: format!(
-            "sh {}",
-            sh_quote_path(&ws.root.join("xtask/bench/memory.sh"))
-        ),
-        env: vec![
+    let job = Job::script_file(
+        ws,
+        "xtask/bench/memory.sh",
+        vec![
             ("AGENTCG_BIN_DIR", path(&bin_dir)),
             ("BENCH_OUT", path(raw_dir)),
             ("PLAN", path(&plan_file)),
@@ -234,7 +232,7 @@ fn run_guest(
             ("TRACE_LOW", path(low)),
             ("BASE_MIB", BASE_MIB.to_string()),
         ],
-    };
+    );
     Ok(vm::run(ws, &args.vm, &job)?.check())
 }
 
@@ -485,12 +483,7 @@ mod tests {
 
     pub(super) fn args(runs: usize, arms: &[Arm], speeds: &[u32], limits: &[u32]) -> Args {
         Args {
-            vm: VmOptions {
-                memory: "2G".into(),
-                cpus: 2,
-                timeout: 60,
-                kernel: PathBuf::from("/k"),
-            },
+            vm: VmOptions::for_tests(),
             out: None,
             traces: None,
             runs,

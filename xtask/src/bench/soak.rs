@@ -21,7 +21,7 @@ use serde_json::Value;
 use self::verdict::{RSS_TARGET_CALLS, Verdict, points};
 use crate::host::Workspace;
 use crate::provision::{self, Which};
-use crate::vm::{self, Job, VmOptions, sh_quote_path};
+use crate::vm::{self, Job, VmOptions};
 
 /// agentcgd's RSS, fds, records and cgroups under a long mixed load
 #[derive(Debug, clap::Args)]
@@ -52,9 +52,10 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     provision::ensure(ws, Which::All)?;
     let bin_dir = ws.build_agentcg(true)?;
     let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    let job = Job {
-        script: format!("sh {}", sh_quote_path(&ws.root.join("xtask/bench/soak.sh"))),
-        env: vec![
+    let job = Job::script_file(
+        ws,
+        "xtask/bench/soak.sh",
+        vec![
             ("AGENTCG_BIN_DIR", path(&bin_dir)),
             ("BENCH_OUT", path(&ws.vm_dir().join("bench"))),
             ("SOAK_CALLS", args.calls.to_string()),
@@ -62,7 +63,7 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
             ("SOAK_SEED", args.seed.to_string()),
             ("SOAK_SAMPLE_MS", args.sample_ms.to_string()),
         ],
-    };
+    );
     let status = vm::run(ws, &args.vm, &job)?.check();
     let raw_path = ws.vm_dir().join("bench/soak-raw.json");
     let (raw, status) = super::read_raw(&raw_path, status, "soakbench")?;

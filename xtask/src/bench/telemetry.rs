@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::host::{self, Workspace};
 use crate::provision::{self, Which};
-use crate::vm::{self, Job, VmOptions, sh_quote_path};
+use crate::vm::{self, Job, VmOptions};
 
 const CPU_TARGET_PERCENT: f64 = 5.0;
 const CPU_TARGET_RATE: f64 = 50.0;
@@ -50,12 +50,10 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     )?;
     let bin_dir = ws.build_agentcg(true)?;
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let job = Job {
-        script: format!(
-            "sh {}",
-            sh_quote_path(&ws.root.join("xtask/bench/telemetry.sh"))
-        ),
-        env: vec![
+    let job = Job::script_file(
+        ws,
+        "xtask/bench/telemetry.sh",
+        vec![
             ("AGENTCG_BIN_DIR", path(&bin_dir)),
             ("TELEBENCH", path(&ws.profile_dir(true).join("telebench"))),
             ("BENCH_OUT", path(&ws.vm_dir().join("bench"))),
@@ -63,7 +61,7 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
             ("RATES", args.rates.clone()),
             ("RSS_CALLS", args.rss_calls.to_string()),
         ],
-    };
+    );
     let status = vm::run(ws, &args.vm, &job)?.check();
     let raw_path = ws.vm_dir().join("bench/telemetry-raw.json");
     let (raw, status) = super::read_raw(&raw_path, status, "telebench")?;
