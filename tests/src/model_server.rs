@@ -7,9 +7,9 @@
 //!
 //! The server keeps no conversation state: the turn answered is the number of assistant
 //! messages (Responses: assistant messages and function calls) already in the request's
-//! conversation, so the harness's retries and side
-//! requests cannot shift the script. A request that offers no tools (a title or summary
-//! request) gets a short text answer. Past the script's end the model says "done".
+//! conversation, so the harness's retries and side requests cannot shift the script. A
+//! request that offers no tools (a title or summary request) gets a short text answer.
+//! Past the script's end the model says "done".
 //!
 //! Each exchange is timed on the server's clock ([`Exchange`]): when the request was
 //! read whole and when the answer was written, with the tool call the answer asked for
