@@ -108,12 +108,17 @@ fuzz_deps() {
 # shell its own way). The guest runs the host's root filesystem, so they are in the VM too.
 CLAUDE_CODE_VERSION=2.1.328
 MINI_SWE_AGENT_VERSION=2.4.6
+CODEX_VERSION=0.171.0 # tests/tests/codex.rs
 harness_deps() {
   # Debian's npm, unless a node with its own npm is installed already (NodeSource's).
   command -v npm >/dev/null 2>&1 || need_pkgs nodejs npm
   if [ "$(claude --version 2>/dev/null | cut -d' ' -f1)" != "$CLAUDE_CODE_VERSION" ]; then
     say "npm install -g @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
     $SUDO npm install -g -q "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >/dev/null
+  fi
+  if [ "$(codex --version 2>/dev/null | cut -d' ' -f2)" != "$CODEX_VERSION" ]; then
+    say "npm install -g @openai/codex@$CODEX_VERSION"
+    $SUDO npm install -g -q "@openai/codex@$CODEX_VERSION" >/dev/null
   fi
   # (sed, not `grep -q`: see kubernetes-validate above.)
   if [ "$(pip3 show mini-swe-agent 2>/dev/null | sed -n 's/^Version: //p')" != "$MINI_SWE_AGENT_VERSION" ]; then

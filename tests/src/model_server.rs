@@ -1,13 +1,15 @@
 //! A scripted model server for driving real agent harnesses offline: it answers the
 //! Anthropic Messages API (`POST /v1/messages`, streamed server-sent events or plain
-//! JSON) and the OpenAI-compatible chat API (`POST /v1/chat/completions`, streamed or
-//! not) from a script of turns, and records every request body it received, so a test
-//! can read the tool results the harness sent back. Loopback only.
+//! JSON), the OpenAI-compatible chat API (`POST /v1/chat/completions`, streamed or
+//! not) and the OpenAI Responses API (`POST /v1/responses`, Codex CLI's) from a script
+//! of turns, and records every request body it received, so a test can read the tool
+//! results the harness sent back. Loopback only.
 //!
 //! The server keeps no conversation state: the turn answered is the number of assistant
-//! messages already in the request's conversation, so the harness's retries and side
-//! requests cannot shift the script. A request that offers no tools (a title or summary
-//! request) gets a short text answer. Past the script's end the model says "done".
+//! messages (Responses: assistant messages and function calls) already in the request's
+//! conversation, so the harness's retries and side requests cannot shift the script. A
+//! request that offers no tools (a title or summary request) gets a short text answer.
+//! Past the script's end the model says "done".
 //!
 //! Each exchange is timed on the server's clock ([`Exchange`]): when the request was
 //! read whole and when the answer was written, with the tool call the answer asked for
@@ -137,10 +139,15 @@ struct Shared {
     started: Instant,
 }
 
-/// The tool results of one request, Anthropic (`tool_result` blocks) or OpenAI (`tool`
-/// messages, or the user observations of a text-only agent after its first turn).
+/// The tool results of one request, Anthropic (`tool_result` blocks), OpenAI chat
+/// (`tool` messages, or the user observations of a text-only agent after its first
+/// turn) or Responses (`function_call_output` input items).
 pub fn tool_results(req: &Value) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out: Vec<String> = responses_input(req)
+        .iter()
+        .filter(|i| i["type"] == "function_call_output")
+        .map(|i| content_text(&i["output"]))
+        .collect();
     let messages = req["messages"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let mut after_assistant = false;
     for m in messages {
@@ -184,8 +191,20 @@ fn content_text(c: &Value) -> String {
     }
 }
 
-/// Which turn a request asks for: the number of assistant messages in it.
+/// The input items of a Responses API request (none for the other APIs).
+fn responses_input(req: &Value) -> &[Value] {
+    req["input"].as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// Which turn a request asks for: the number of assistant messages in it (for the
+/// Responses API, of assistant messages and function calls among its input items).
 pub fn turn_index(req: &Value) -> usize {
+    if req["input"].is_array() {
+        return responses_input(req)
+            .iter()
+            .filter(|i| i["type"] == "function_call" || i["role"] == "assistant")
+            .count();
+    }
     req["messages"]
         .as_array()
         .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count())
@@ -209,30 +228,66 @@ fn is_openai(req: &Value) -> bool {
         .is_some_and(|m| m.iter().any(|m| m["role"] == "system"))
 }
 
-/// The name of the shell tool a request offers: `Bash` (Claude Code), else the first
-/// tool whose name mentions bash or shell, else the first tool.
+/// The name of a tool, Anthropic and Responses (`name`) or OpenAI chat (`function.name`).
+fn tool_name(t: &Value) -> Option<&str> {
+    t["name"].as_str().or(t["function"]["name"].as_str())
+}
+
+/// The properties of a tool's argument schema (Anthropic, Responses or OpenAI chat).
+fn tool_properties(t: &Value) -> Option<&Value> {
+    [
+        &t["input_schema"],
+        &t["parameters"],
+        &t["function"]["parameters"],
+    ]
+    .into_iter()
+    .map(|s| &s["properties"])
+    .find(|p| p.is_object())
+}
+
+/// The argument a shell tool takes its command in: `cmd` when its schema has that and
+/// no `command` (Codex's `exec_command`), else `command`.
+fn command_arg(t: &Value) -> &'static str {
+    match tool_properties(t) {
+        Some(p) if p.get("command").is_none() && p.get("cmd").is_some() => "cmd",
+        _ => "command",
+    }
+}
+
+/// The shell tool a request offers and its command argument: `Bash` (Claude Code),
+/// else `exec_command` (Codex), else the first tool whose name mentions bash or shell,
+/// else the first named tool.
 fn shell_tool(req: &Value) -> (String, String) {
-    let tools = req["tools"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    let name_of = |t: &Value| {
-        t["name"]
-            .as_str()
-            .or(t["function"]["name"].as_str())
-            .unwrap_or("bash")
-            .to_string()
-    };
-    let name = tools
-        .iter()
-        .map(name_of)
-        .find(|n| n == "Bash")
+    let (name, arg, _) = shell_tool_schema(req);
+    (name, arg)
+}
+
+/// [`shell_tool`] and whether the tool takes a `yield_time_ms` (Codex's exec_command:
+/// how long it waits for the command before answering that it still runs).
+fn shell_tool_schema(req: &Value) -> (String, String, bool) {
+    let tools: Vec<&Value> = req["tools"]
+        .as_array()
+        .map(|t| t.iter().filter(|t| tool_name(t).is_some()).collect())
+        .unwrap_or_default();
+    let named =
+        |f: &dyn Fn(&str) -> bool| tools.iter().copied().find(|t| tool_name(t).is_some_and(f));
+    let tool = named(&|n| n == "Bash")
+        .or_else(|| named(&|n| n == "exec_command"))
         .or_else(|| {
-            tools
-                .iter()
-                .map(name_of)
-                .find(|n| n.to_lowercase().contains("bash") || n.to_lowercase().contains("shell"))
+            named(&|n| {
+                let n = n.to_lowercase();
+                n.contains("bash") || n.contains("shell")
+            })
         })
-        .or_else(|| tools.first().map(name_of))
-        .unwrap_or_else(|| "bash".into());
-    (name, "command".into())
+        .or_else(|| tools.first().copied());
+    match tool {
+        Some(t) => (
+            tool_name(t).unwrap_or("bash").to_string(),
+            command_arg(t).into(),
+            tool_properties(t).is_some_and(|p| p.get("yield_time_ms").is_some()),
+        ),
+        None => ("bash".into(), "command".into(), false),
+    }
 }
 
 fn serve(conn: TcpStream, shared: &Shared) {
@@ -273,6 +328,11 @@ fn serve(conn: TcpStream, shared: &Shared) {
         (p, false) if p.ends_with("/chat/completions") => (
             "application/json",
             openai_completion(&req, &turn).to_string(),
+        ),
+        (p, true) if p.ends_with("/responses") => ("text/event-stream", responses_sse(&req, &turn)),
+        (p, false) if p.ends_with("/responses") => (
+            "application/json",
+            responses_object(&req, &turn).to_string(),
         ),
         _ => {
             let _ = write!(
@@ -466,6 +526,64 @@ fn openai_sse(req: &Value, turn: &Turn) -> String {
     )
 }
 
+/// The longest `yield_time_ms` Codex allows: a command that takes longer than the
+/// default 10 s under emulation still answers in its own call, not in a later poll.
+const MAX_YIELD_MS: u64 = 30_000;
+
+/// The output item of a Responses answer: a `function_call` of the shell tool, or an
+/// assistant message.
+fn responses_item(req: &Value, turn: &Turn) -> Value {
+    let i = turn_index(req);
+    match turn {
+        Turn::Bash(cmd) => {
+            let (name, arg, takes_yield) = shell_tool_schema(req);
+            let mut args = json!({arg: cmd});
+            if takes_yield {
+                args["yield_time_ms"] = json!(MAX_YIELD_MS);
+            }
+            json!({"type": "function_call", "id": format!("fc_{i}"), "call_id": format!("call_{i}"),
+                "name": name, "arguments": args.to_string()})
+        }
+        Turn::Text(t) => json!({"type": "message", "id": format!("msg_{i}"), "role": "assistant",
+            "content": [{"type": "output_text", "text": t}]}),
+    }
+}
+
+/// The whole Responses answer (`response.completed` carries it too).
+fn responses_object(req: &Value, turn: &Turn) -> Value {
+    json!({"id": format!("resp_{}", turn_index(req)), "object": "response",
+        "status": "completed", "model": model_of(req), "output": [responses_item(req, turn)],
+        "usage": {"input_tokens": 10, "output_tokens": 10, "total_tokens": 20}})
+}
+
+/// The streamed form: `response.created`, the item `added` and `done`, then
+/// `response.completed` with the usage.
+fn responses_sse(req: &Value, turn: &Turn) -> String {
+    let done = responses_object(req, turn);
+    let item = &done["output"][0];
+    let mut created = done.clone();
+    created["status"] = json!("in_progress");
+    created["output"] = json!([]);
+    [
+        ("response.created", json!({"response": created})),
+        (
+            "response.output_item.added",
+            json!({"output_index": 0, "item": item}),
+        ),
+        (
+            "response.output_item.done",
+            json!({"output_index": 0, "item": item}),
+        ),
+        ("response.completed", json!({"response": done})),
+    ]
+    .into_iter()
+    .map(|(event, mut data)| {
+        data["type"] = json!(event);
+        sse(event, &data)
+    })
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,6 +704,54 @@ mod tests {
         assert_eq!(
             server.tool_results(),
             vec!["<returncode>0</returncode> hi".to_string()]
+        );
+    }
+
+    #[test]
+    fn responses_call_codex_exec_command_and_read_its_output() {
+        let server = ModelServer::start(script(), None).expect("start");
+        let tools = json!([
+            {"type": "function", "name": "exec_command",
+                "parameters": {"properties": {"cmd": {}, "yield_time_ms": {}}}},
+            {"type": "function", "name": "write_stdin", "parameters": {"properties": {}}},
+            {"type": "web_search"}]);
+        let user = json!({"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "go"}]});
+        let first = post(
+            &server,
+            "/v1/responses",
+            &json!({"stream": true, "tools": tools, "input": [user]}),
+        );
+        assert!(first.contains("event: response.created\n"), "{first}");
+        assert!(
+            first.contains(r#""type":"response.output_item.done""#),
+            "{first}"
+        );
+        assert!(first.contains(r#""call_id":"call_0""#), "{first}");
+        assert!(first.contains(r#""name":"exec_command""#), "{first}");
+        assert!(
+            first.contains(r#""arguments":"{\"cmd\":\"echo hi\",\"yield_time_ms\":30000}""#),
+            "{first}"
+        );
+        assert!(first.contains("event: response.completed\n"), "{first}");
+        let call = json!({"type": "function_call", "call_id": "call_0", "name": "exec_command",
+            "arguments": "{}"});
+        let output = json!({"type": "function_call_output", "call_id": "call_0",
+            "output": "Process exited with code 0\nOutput:\nhi\n"});
+        let second = post(
+            &server,
+            "/v1/responses",
+            &json!({"tools": tools, "input": [user, call, output]}),
+        );
+        let body: Value =
+            serde_json::from_str(second.split("\r\n\r\n").nth(1).expect("a body")).expect("JSON");
+        assert_eq!(
+            body["output"][0]["content"][0]["text"], "all done",
+            "{body}"
+        );
+        assert_eq!(
+            server.tool_results(),
+            vec!["Process exited with code 0\nOutput:\nhi\n".to_string()]
         );
     }
 

@@ -1,6 +1,6 @@
 //! `model_server SCRIPT.json [RECORD.jsonl]`: serves a scripted model (Anthropic
-//! Messages and OpenAI chat APIs, see `agentcg_vmtests::model_server`) on a free
-//! loopback port, prints its URL on stdout and serves until killed.
+//! Messages, OpenAI chat and Responses APIs, see `agentcg_vmtests::model_server`) on a
+//! free loopback port, prints its URL on stdout and serves until killed.
 
 use agentcg_vmtests::model_server::{ModelServer, Turn};
 
