@@ -213,13 +213,15 @@ pub fn packing_text(p: &Packing) -> String {
     let mut out = format!(
         "packing on a {} host:\n  static peak provisioning: {} sessions (their peaks sum to {})\n  \
          shared under the policy:  {} sessions with no kill for lack of memory (peak use {})\n  \
-         ratio: {:.2}x\n",
+         ratio: {:.2}x, of a ceiling of {:.2}x (the runs' summed peaks over their summed means: \
+         no sharing that keeps their memory holds more on average)\n",
         HumanSize(p.host_memory),
         p.static_sessions,
         HumanSize(p.static_reserve),
         p.packed_sessions,
         HumanSize(p.packed_peak_used),
-        p.ratio
+        p.ratio,
+        p.ceiling
     );
     if let Some(k) = &p.next_first_kill {
         out += &format!(

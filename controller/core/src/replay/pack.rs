@@ -25,6 +25,8 @@ pub struct Packing {
     pub packed_peak_used: u64,
     /// `packed_sessions / static_sessions`.
     pub ratio: f64,
+    /// The most any sharing can reach on these runs: [`ceiling`].
+    pub ceiling: f64,
     /// Kills in the run with one session more, and the first of them.
     pub next_kills: Kills,
     pub next_first_kill: Option<KillRecord>,
@@ -45,6 +47,18 @@ pub fn static_sessions(runs: &[Run], host: u64) -> (usize, u64) {
         reserved += peak;
         n += 1;
     }
+}
+
+/// The highest ratio any sharing of the host can reach on `runs` with every run's
+/// recorded memory kept: their summed peaks over their summed means. On average `n`
+/// sessions hold `n` means, which must fit the host, where static provisioning holds
+/// one session per peak. 0 when the runs hold no memory.
+pub fn ceiling(runs: &[Run]) -> f64 {
+    let mean: f64 = runs.iter().map(Run::mean).sum();
+    if mean <= 0.0 {
+        return 0.0;
+    }
+    runs.iter().map(|r| r.peak() as f64).sum::<f64>() / mean
 }
 
 /// The packing figure: sessions added one at a time until the host kills.
@@ -79,6 +93,7 @@ pub fn pack(
         } else {
             held.0 as f64 / static_n as f64
         },
+        ceiling: ceiling(runs),
         next_kills: next.as_ref().map(|r| r.kills).unwrap_or_default(),
         next_first_kill: next.and_then(|r| {
             r.killed
@@ -108,12 +123,25 @@ mod tests {
         assert_eq!(p.packed_sessions, 5);
         assert_eq!(p.packed_peak_used, 1400 * MB);
         assert!((p.ratio - 2.5).abs() < 1e-9, "{}", p.ratio);
+        // Peak 1000 MB, mean (9 x 100 + 1000) / 10 = 190 MB.
+        assert!((p.ceiling - 1000.0 / 190.0).abs() < 1e-9, "{}", p.ceiling);
+        assert!(p.ratio <= p.ceiling);
         assert!(p.next_kills.host_oom > 0, "{:?}", p.next_kills);
         let first = p.next_first_kill.expect("a kill");
         assert_eq!(
             (first.command.as_str(), first.cause),
             ("pytest", KillCause::HostOom)
         );
+    }
+
+    #[test]
+    fn the_ceiling_is_summed_peaks_over_summed_means() {
+        let flat = run("flat", &[200 * MB; 4], &[]);
+        let spiky = run("spiky", &[100 * MB, 100 * MB, 100 * MB, 500 * MB], &[]);
+        assert!((ceiling(std::slice::from_ref(&flat)) - 1.0).abs() < 1e-9);
+        // Peaks 200 + 500 over means 200 + 200.
+        assert!((ceiling(&[flat, spiky]) - 700.0 / 400.0).abs() < 1e-9);
+        assert_eq!(ceiling(&[]), 0.0);
     }
 
     #[test]

@@ -71,6 +71,15 @@ impl Run {
     pub fn peak(&self) -> u64 {
         self.memory.iter().copied().max().unwrap_or(0)
     }
+
+    /// The container's mean memory over the run (0 for an empty run).
+    pub fn mean(&self) -> f64 {
+        if self.memory.is_empty() {
+            return 0.0;
+        }
+        let sum: u128 = self.memory.iter().map(|&m| u128::from(m)).sum();
+        sum as f64 / self.memory.len() as f64
+    }
 }
 
 /// A `podman stats` size (`185.5MB`, `0B`, `1.2GB`, `512kB`) in bytes: decimal units
