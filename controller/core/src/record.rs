@@ -124,6 +124,10 @@ pub struct Accounting {
     /// memory.events.local of the session's calls/ cgroup that grew during the call:
     /// a `max` there means the shared ceiling, not the call's own limit, was hit.
     pub shared_ceiling_events: MemoryEvents,
+    /// memory.events.local of the session's own cgroup that grew during the call: a
+    /// `max` there means the session's budget (its runtime and calls together) was hit.
+    #[serde(default)]
+    pub session_events: MemoryEvents,
     pub pids_peak: Option<u64>,
     /// Forks refused by pids.max.
     pub pids_limit_hits: u64,
@@ -193,6 +197,8 @@ pub struct Feedback {
 pub struct Ceilings {
     /// memory.max of the session's calls/ cgroup.
     pub calls: u64,
+    /// memory.max of the session's cgroup (its runtime and its calls).
+    pub session: u64,
     /// The memory limit the pressure response defends (agentcg's root or the host).
     pub host: u64,
 }
@@ -219,7 +225,18 @@ pub fn feedback(
             // call that never hit its own memory.max was killed for a limit above it.
             let own = acc.memory_events.max > 0;
             let shared = !own && acc.shared_ceiling_events.max > 0;
-            if !own && !shared {
+            let session = !own && !shared && acc.session_events.max > 0;
+            if session {
+                (
+                    "session memory".to_string(),
+                    HumanSize(ceilings.session).to_string(),
+                    peak,
+                    "its session (the agent runtime and its tool calls together) ran out of memory".to_string(),
+                    format!(
+                        "make it smaller ({suggestion}), or give the session a larger budget (agentcg session create NAME --memory SIZE)"
+                    ),
+                )
+            } else if !own && !shared {
                 (
                     "host memory".to_string(),
                     HumanSize(ceilings.host).to_string(),

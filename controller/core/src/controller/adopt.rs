@@ -167,6 +167,7 @@ impl Controller {
             command: st.command,
             intent: st.intent,
             ceiling_before: Default::default(),
+            session_before: Default::default(),
             started: now.checked_sub(age).unwrap_or(now),
             started_unix_ms: st.started_unix_ms,
             timed_out: st.timed_out,

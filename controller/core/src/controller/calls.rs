@@ -110,6 +110,8 @@ impl Controller {
         };
         let ceiling_before =
             memory::events(&self.layout.calls(&name), memory::EVENTS_LOCAL).unwrap_or_default();
+        let session_before =
+            memory::events(&self.layout.session(&name), memory::EVENTS_LOCAL).unwrap_or_default();
         let granted_high = admitted.limits.memory_high;
         let call = RunningCall {
             client_token: req.client_token.clone(),
@@ -126,6 +128,7 @@ impl Controller {
             started: Instant::now(),
             started_unix_ms: unix_ms(),
             ceiling_before,
+            session_before,
             timed_out: false,
             budget_exceeded: false,
             empty_since: None,

@@ -151,12 +151,10 @@ impl Controller {
         // the state file (a daemon killed in between recovers a record that says so).
         let leftover = call.cgroup.count_procs();
         let outcome = outcome_of(call, exit, &acc, leftover > 0);
+        let plan = self.sessions.get(&call.session).map(|s| &s.plan);
         let ceilings = Ceilings {
-            calls: self
-                .sessions
-                .get(&call.session)
-                .map(|s| s.plan.calls_memory_max)
-                .unwrap_or(0),
+            calls: plan.map_or(0, |p| p.calls_memory_max),
+            session: plan.map_or(0, |p| p.memory_max),
             // Cgroupfs reads, only when the feedback may name the host's limit.
             host: if matches!(outcome, Outcome::MemoryPressure | Outcome::OomKilled) {
                 self.memory_reading().map_or(0, |r| r.limit)
@@ -220,6 +218,12 @@ impl Controller {
             shared_ceiling_events: memory::events(&calls_cg, memory::EVENTS_LOCAL)
                 .unwrap_or_default()
                 .since(&call.ceiling_before),
+            session_events: memory::events(
+                &self.layout.session(&call.session),
+                memory::EVENTS_LOCAL,
+            )
+            .unwrap_or_default()
+            .since(&call.session_before),
             pids_peak: pids::peak(&call.cgroup),
             pids_limit_hits: pids::max_events(&call.cgroup).unwrap_or(0),
         }

@@ -235,6 +235,8 @@ struct RunningCall {
     started: Instant,
     started_unix_ms: u64,
     ceiling_before: MemoryEvents,
+    /// memory.events.local of the session's cgroup when the call started.
+    session_before: MemoryEvents,
     timed_out: bool,
     budget_exceeded: bool,
     empty_since: Option<Instant>,

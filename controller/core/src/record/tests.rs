@@ -333,8 +333,53 @@ fn a_kill_for_a_limit_above_the_session_blames_the_host() {
 fn ceil(calls: u64) -> Ceilings {
     Ceilings {
         calls,
+        session: 512 << 20,
         host: 1100 << 20,
     }
+}
+
+#[test]
+fn a_kill_at_the_session_budget_names_the_session() {
+    let acc = Accounting {
+        session_events: MemoryEvents {
+            max: 3,
+            ..Default::default()
+        },
+        ..oom_acc(0, 0)
+    };
+    let f = feedback(5, Outcome::OomKilled, &limits(), &acc, ceil(384 << 20), "x").unwrap();
+    assert_eq!(
+        (f.limit.as_str(), f.limit_value.as_str()),
+        ("session memory", "512 MiB")
+    );
+    assert!(
+        f.message
+            .contains("its session (the agent runtime and its tool calls together)"),
+        "{}",
+        f.message
+    );
+    assert!(f.suggestion.contains("--memory SIZE"), "{}", f.suggestion);
+    // Its own limit, or the calls' ceiling, hit as well is the nearer cause.
+    let own = Accounting {
+        session_events: acc.session_events,
+        ..oom_acc(1, 0)
+    };
+    let f = feedback(5, Outcome::OomKilled, &limits(), &own, ceil(384 << 20), "x").unwrap();
+    assert_eq!(f.limit, "mem.max");
+    let shared = Accounting {
+        session_events: acc.session_events,
+        ..oom_acc(0, 1)
+    };
+    let f = feedback(
+        5,
+        Outcome::OomKilled,
+        &limits(),
+        &shared,
+        ceil(384 << 20),
+        "x",
+    )
+    .unwrap();
+    assert_eq!(f.limit, "session calls ceiling");
 }
 
 #[test]
