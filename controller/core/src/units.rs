@@ -367,7 +367,10 @@ mod tests {
             let d = Duration::from_nanos(nanos);
             assert_eq!(parse_duration(&compact_duration(d)), Ok(d), "{nanos}");
         }
-        assert_eq!(compact_duration(Duration::from_nanos(1_000_000_100)), "1.0000001s");
+        assert_eq!(
+            compact_duration(Duration::from_nanos(1_000_000_100)),
+            "1.0000001s"
+        );
         assert_eq!(HumanSize(64 << 20).to_string(), "64 MiB");
         assert_eq!(HumanSize(3 << 29).to_string(), "1.5 GiB");
         assert_eq!(HumanSize(100).to_string(), "100 B");
