@@ -622,7 +622,10 @@ mod tests {
         assert_eq!(lines.lines().count(), 4);
         assert_eq!(
             server.tool_results(),
-            vec!["go".to_string(), "<returncode>0</returncode> hi".to_string()]
+            vec![
+                "go".to_string(),
+                "<returncode>0</returncode> hi".to_string()
+            ]
         );
     }
 
