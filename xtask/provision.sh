@@ -112,7 +112,8 @@ harness_deps() {
     say "npm install -g @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
     $SUDO npm install -g -q "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >/dev/null
   fi
-  if ! pip3 show mini-swe-agent 2>/dev/null | grep -qx "Version: $MINI_SWE_AGENT_VERSION"; then
+  # (sed, not `grep -q`: see kubernetes-validate above.)
+  if [ "$(pip3 show mini-swe-agent 2>/dev/null | sed -n 's/^Version: //p')" != "$MINI_SWE_AGENT_VERSION" ]; then
     say "pip install mini-swe-agent==$MINI_SWE_AGENT_VERSION"
     pip3 install -q "mini-swe-agent==$MINI_SWE_AGENT_VERSION" 2>&1 | grep -v 'running pip as the' || true
   fi
