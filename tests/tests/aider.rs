@@ -9,12 +9,39 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use agentcg_core::units::HumanSize;
 use agentcg_vmtests::model_server::{ModelServer, Turn};
 use agentcg_vmtests::{Daemon, bin_dir, memhog};
 use serde_json::{Value, json};
 
 /// Where xtask/provision.sh installs Aider.
 const AIDER_VENV: &str = "/opt/aider-venv";
+
+/// The runtime reserve of the test's policy. Aider's own process holds about 210 MB in
+/// the VM (litellm; 54236 resident pages in an OOM report): with the default 128M the
+/// session's limit, not the call's own, stops a large call (and the feedback then
+/// blames the host: the call's memory.events and the calls/ ceiling saw no `max`).
+const RUNTIME_RESERVE: &str = "256M";
+
+/// A policy file: the default one with the runtime reserve above.
+fn policy_with_aider_reserve() -> &'static str {
+    let default_reserve = "runtime_reserve = \"128M\"";
+    let policy = include_str!("../../policies/default.toml");
+    assert!(
+        policy.contains(default_reserve),
+        "the default runtime reserve moved"
+    );
+    let path = "/tmp/aider-policy.toml";
+    std::fs::write(
+        path,
+        policy.replace(
+            default_reserve,
+            &format!("runtime_reserve = \"{RUNTIME_RESERVE}\""),
+        ),
+    )
+    .expect("writing the test policy");
+    path
+}
 
 /// Writes the one-path `SHELL` Aider needs: a script holding `exec agentcg shell "$@"`.
 fn agentcg_shell_script(dir: &Path) -> PathBuf {
@@ -108,7 +135,7 @@ fn cgroup_count(path: &Path, key: &str) -> u64 {
 #[test]
 #[ignore = "kernel test: cargo xtask vm-test aider"]
 fn aider_shell_commands_run_as_calls_and_read_the_feedback() {
-    let d = Daemon::start("aider");
+    let d = Daemon::start_with("aider", &["--policy", policy_with_aider_reserve()]);
     let session = "aider-acceptance";
     let hog = format!("{} 1024 0 32", memhog());
     let server = ModelServer::start(
@@ -123,6 +150,13 @@ fn aider_shell_commands_run_as_calls_and_read_the_feedback() {
     let messages = ["Run the commands.", "Go on.", "Go on."];
     let out = aider(&d, &server, session, "512M", &messages);
     let transcript = String::from_utf8_lossy(&out.stdout);
+    // The driver's timings (Aider's start, the whole run), for the VM log.
+    for line in transcript
+        .lines()
+        .filter(|l| l.starts_with("[drive_aider]"))
+    {
+        eprintln!("{line}");
+    }
     assert!(
         out.status.success(),
         "aider under drive_aider.py: {}\ntranscript: {transcript}\nstderr: {}",
@@ -144,8 +178,9 @@ fn aider_shell_commands_run_as_calls_and_read_the_feedback() {
     let outcomes: Vec<&str> = calls.iter().filter_map(|c| c["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["oom_killed", "ok"], "{calls:#?}");
     let feedback = format!(
-        "agentcg: call {} was stopped: it ran out of memory",
-        calls[0]["call_id"]
+        "agentcg: call {} was stopped: it ran out of memory (mem.max {},",
+        calls[0]["call_id"],
+        HumanSize(calls[0]["limits"]["memory_max"].as_u64().unwrap_or(0))
     );
     assert!(
         outputs[0].starts_with(&format!("Output from {hog}\n")) && outputs[0].contains(&feedback),
@@ -165,6 +200,12 @@ fn aider_shell_commands_run_as_calls_and_read_the_feedback() {
     );
     let info = d.get_ok(&format!("/v1/sessions/{session}"));
     assert_eq!(info["plan"]["memory_max"], 512u64 << 20, "{info}");
+    assert_eq!(
+        calls[0]["limits"]["memory_max"],
+        (512u64 - 256) << 20,
+        "the call's mem.max is what the session leaves its calls: {:#}",
+        calls[0]
+    );
     let argv: Vec<&str> = calls[0]["command"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
