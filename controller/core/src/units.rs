@@ -201,7 +201,7 @@ pub fn compact_size(bytes: u64) -> String {
 /// `1.0000001s` for a duration finer than a millisecond).
 pub fn compact_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         let frac = format!("{:09}", d.subsec_nanos());
         return format!("{}.{}s", d.as_secs(), frac.trim_end_matches('0'));
     }
