@@ -103,12 +103,15 @@ fuzz_deps() {
   fi
 }
 
-# The real agent harnesses: tests/tests/claude_code.rs and tests/tests/mini_swe_agent.rs
+# The real agent harnesses: tests/tests/claude_code.rs, mini_swe_agent.rs, aider.rs and codex.rs
 # drive against a scripted model server (versions pinned: each hands commands to its
 # shell its own way). The guest runs the host's root filesystem, so they are in the VM too.
+# Aider goes in its own venv: its pinned dependencies clash with mini-swe-agent's.
 CLAUDE_CODE_VERSION=2.1.328
 MINI_SWE_AGENT_VERSION=2.4.6
 CODEX_VERSION=0.171.0 # tests/tests/codex.rs
+AIDER_VERSION=0.86.2
+AIDER_VENV=/opt/aider-venv
 harness_deps() {
   # Debian's npm, unless a node with its own npm is installed already (NodeSource's).
   command -v npm >/dev/null 2>&1 || need_pkgs nodejs npm
@@ -124,6 +127,11 @@ harness_deps() {
   if [ "$(pip3 show mini-swe-agent 2>/dev/null | sed -n 's/^Version: //p')" != "$MINI_SWE_AGENT_VERSION" ]; then
     say "pip install mini-swe-agent==$MINI_SWE_AGENT_VERSION"
     pip3 install -q "mini-swe-agent==$MINI_SWE_AGENT_VERSION" 2>&1 | grep -v 'running pip as the' || true
+  fi
+  if [ "$("$AIDER_VENV/bin/aider" --version 2>/dev/null)" != "aider $AIDER_VERSION" ]; then
+    say "pip install aider-chat==$AIDER_VERSION in $AIDER_VENV"
+    [ -x "$AIDER_VENV/bin/pip" ] || $SUDO python3 -m venv "$AIDER_VENV"
+    $SUDO "$AIDER_VENV/bin/pip" install -q "aider-chat==$AIDER_VERSION" 2>&1 | grep -v 'running pip as the' || true
   fi
 }
 
@@ -188,6 +196,7 @@ case "${1:-all}" in
   build) build_deps; fuzz_deps ;;
   package) package_deps ;;
   vm) vm_deps ;;
+  harness) harness_deps ;;
   all) build_deps; fuzz_deps; vm_deps ;;
-  *) say "usage: provision.sh [build|vm|all|package]"; exit 2 ;;
+  *) say "usage: provision.sh [build|vm|harness|all|package]"; exit 2 ;;
 esac

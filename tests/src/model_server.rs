@@ -7,9 +7,11 @@
 //!
 //! The server keeps no conversation state: the turn answered is the number of assistant
 //! messages (Responses: assistant messages and function calls) already in the request's
-//! conversation, so the harness's retries and side requests cannot shift the script. A
-//! request that offers no tools (a title or summary request) gets a short text answer.
-//! Past the script's end the model says "done".
+//! conversation, so the harness's retries and side requests cannot shift the script;
+//! for a text-only agent, the number of the script's own answers among them, since such
+//! a harness may add assistant messages of its own (Aider's few-shot examples and its
+//! "Ok." after command output). A request that offers no tools (a title or summary
+//! request) gets a short text answer. Past the script's end the model says "done".
 //!
 //! Each exchange is timed on the server's clock ([`Exchange`]): when the request was
 //! read whole and when the answer was written, with the tool call the answer asked for
@@ -210,11 +212,29 @@ pub fn turn_index(req: &Value) -> usize {
         .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count())
 }
 
+/// Which turn a text-only agent's request asks for: the number of its assistant
+/// messages that are answers of `script`.
+fn text_turn_index(script: &[Turn], req: &Value) -> usize {
+    let answers: Vec<String> = script.iter().map(text_answer).collect();
+    let messages = req["messages"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    messages
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .filter_map(|m| m["content"].as_str())
+        .filter(|c| answers.iter().any(|a| a.trim() == c.trim()))
+        .count()
+}
+
 /// The turn to answer `req` with.
 fn pick(script: &[Turn], req: &Value) -> Turn {
     let offers_tools = req["tools"].as_array().is_some_and(|t| !t.is_empty());
     let text_agent = req["tools"].is_null() && is_openai(req);
-    match script.get(turn_index(req)) {
+    let index = if text_agent {
+        text_turn_index(script, req)
+    } else {
+        turn_index(req)
+    };
+    match script.get(index) {
         Some(Turn::Bash(c)) if offers_tools || text_agent => Turn::Bash(c.clone()),
         Some(Turn::Text(t)) => Turn::Text(t.clone()),
         _ => Turn::Text("done".into()),
@@ -474,8 +494,17 @@ fn anthropic_sse(req: &Value, turn: &Turn) -> String {
     s + &sse("message_stop", &json!({"type": "message_stop"}))
 }
 
+/// A turn as a text-only agent reads it: a command in a fenced bash block (the agent
+/// parses it out), or the text.
+fn text_answer(turn: &Turn) -> String {
+    match turn {
+        Turn::Bash(cmd) => format!("THOUGHT: running it.\n\n```bash\n{cmd}\n```"),
+        Turn::Text(t) => t.clone(),
+    }
+}
+
 /// The assistant message of an OpenAI answer: a tool call when the request offers
-/// tools, else the command in a fenced bash block (text-only agents parse it out).
+/// tools, else the turn's text form.
 fn openai_message(req: &Value, turn: &Turn) -> (Value, &'static str) {
     match turn {
         Turn::Bash(cmd) if req["tools"].as_array().is_some_and(|t| !t.is_empty()) => {
@@ -488,12 +517,10 @@ fn openai_message(req: &Value, turn: &Turn) -> (Value, &'static str) {
                 "tool_calls",
             )
         }
-        Turn::Bash(cmd) => (
-            json!({"role": "assistant",
-                "content": format!("THOUGHT: running it.\n\n```bash\n{cmd}\n```")}),
+        _ => (
+            json!({"role": "assistant", "content": text_answer(turn)}),
             "stop",
         ),
-        Turn::Text(t) => (json!({"role": "assistant", "content": t}), "stop"),
     }
 }
 
@@ -690,9 +717,18 @@ mod tests {
             "{text_agent}"
         );
         assert!(text_agent.ends_with("data: [DONE]\n\n"), "{text_agent}");
+        // The harness's own assistant messages (Aider's examples, its "Ok." after
+        // command output) do not count as turns; the script's answers do.
+        let answer = "THOUGHT: running it.\n\n```bash\necho hi\n```";
+        let own = json!({"messages": [{"role": "system", "content": "s"},
+            {"role": "user", "content": "example"}, {"role": "assistant", "content": "Ok."},
+            {"role": "user", "content": "go"}]});
+        let first = post(&server, "/v1/chat/completions", &own);
+        assert!(first.contains(r#"```bash\necho hi\n```"#), "{first}");
         let observed = json!({"messages": [{"role": "system", "content": "s"},
-            {"role": "user", "content": "go"}, {"role": "assistant", "content": "x"},
-            {"role": "user", "content": "<returncode>0</returncode> hi"}]});
+            {"role": "user", "content": "go"}, {"role": "assistant", "content": answer},
+            {"role": "user", "content": "<returncode>0</returncode> hi"},
+            {"role": "assistant", "content": "Ok."}]});
         let last = post(&server, "/v1/chat/completions", &observed);
         assert!(last.contains("all done"), "{last}");
         assert!(
@@ -700,10 +736,13 @@ mod tests {
             "OpenAI answers carry no Anthropic tool_use id"
         );
         let lines = std::fs::read_to_string(&record).expect("record");
-        assert_eq!(lines.lines().count(), 3);
+        assert_eq!(lines.lines().count(), 4);
         assert_eq!(
             server.tool_results(),
-            vec!["<returncode>0</returncode> hi".to_string()]
+            vec![
+                "go".to_string(),
+                "<returncode>0</returncode> hi".to_string()
+            ]
         );
     }
 

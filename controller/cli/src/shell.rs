@@ -20,7 +20,8 @@ const FALLBACK_SHELL: &str = "/bin/sh";
 #[derive(Debug, clap::Args)]
 #[command(disable_help_flag = true)]
 pub struct ShellArgs {
-    /// Shell arguments as a harness passes them: `-c CMD [NAME ARGS...]`, `-lc CMD`, `-l -c CMD`.
+    /// Shell arguments as a harness passes them: `-c CMD [NAME ARGS...]`, `-lc CMD`,
+    /// `-l -c CMD`, `-i -c CMD` (Aider).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<OsString>,
 }
@@ -111,6 +112,8 @@ mod tests {
         assert!(has_command(&v(&["-c", "ls"])));
         assert!(has_command(&v(&["-lc", "ls"])));
         assert!(has_command(&v(&["-l", "-c", "ls"])));
+        // Aider's form (aider/run_cmd.py, on a terminal).
+        assert!(has_command(&v(&["-i", "-c", "ls"])));
         assert!(!has_command(&v(&["script.sh", "-c"])));
         assert!(!has_command(&v(&["--login"])));
         assert!(!has_command(&v(&[])));
@@ -120,6 +123,7 @@ mod tests {
     fn finds_the_command_string() {
         assert_eq!(command_index(&v(&["-c", "ls"])), Some(1));
         assert_eq!(command_index(&v(&["-l", "-c", "ls", "name"])), Some(2));
+        assert_eq!(command_index(&v(&["-i", "-c", "ls"])), Some(2));
         assert_eq!(command_index(&v(&["-lc"])), None);
     }
 }
