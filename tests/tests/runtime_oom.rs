@@ -35,8 +35,9 @@ fn local_event(cgroup: &Path, key: &str) -> u64 {
 
 /// The runtime of `session` grows to RUNTIME_MIB, then two calls grow to CALL_MIB each,
 /// over `domain`'s memory.max. Asserts that the kernel's OOM killer struck in `domain`
-/// (not in calls/), took a call and spared the runtime.
-fn runtime_survives_an_oom_of(d: &Daemon, session: &str, domain: &Path) {
+/// (not in calls/), took a call and spared the runtime, and that the victim's feedback
+/// names `limit` (the session's budget, or the host's memory above it).
+fn runtime_survives_an_oom_of(d: &Daemon, session: &str, domain: &Path, limit: &str) {
     let session_dir = d.root.join(format!("session-{session}"));
     let mut rt = GrowingRuntime::start(RUNTIME_MIB);
     let started = Instant::now();
@@ -114,6 +115,9 @@ fn runtime_survives_an_oom_of(d: &Daemon, session: &str, domain: &Path) {
     );
     for r in &records {
         assert!(r["outcome"] == "oom_killed" || r["outcome"] == "ok", "{r}");
+        if r["outcome"] == "oom_killed" {
+            assert_eq!(r["feedback"]["limit"], limit, "the victim's feedback: {r}");
+        }
     }
     let procs =
         std::fs::read_to_string(session_dir.join("runtime/cgroup.procs")).expect("runtime procs");
@@ -133,7 +137,7 @@ fn runtime_survives_an_oom_of_its(priority: &str) {
         "--priority",
         priority,
     ]);
-    runtime_survives_an_oom_of(&d, "s", &d.root.join("session-s"));
+    runtime_survives_an_oom_of(&d, "s", &d.root.join("session-s"), "session memory");
 }
 
 /// The session's memory.max (512 MiB: 128 MiB reserve, 384 MiB calls/ ceiling) is hit
@@ -164,5 +168,5 @@ fn the_runtime_survives_an_oom_of_a_parent_of_the_root() {
     parent.write("memory.max", &(LIMIT_MIB * MIB).to_string());
     let d = Daemon::start_at(parent.path.join("agentcg-rtoom-host"), "rtoom-host", &[]);
     d.create_session(&["s", "--memory", "1G"]);
-    runtime_survives_an_oom_of(&d, "s", &parent.path);
+    runtime_survives_an_oom_of(&d, "s", &parent.path, "host memory");
 }
