@@ -19,8 +19,8 @@ const AIDER_VENV: &str = "/opt/aider-venv";
 
 /// The runtime reserve of the test's policy. Aider's own process holds about 210 MB in
 /// the VM (litellm; 54236 resident pages in an OOM report): with the default 128M the
-/// session's limit, not the call's own, stops a large call (and the feedback then
-/// blames the host: the call's memory.events and the calls/ ceiling saw no `max`).
+/// session's limit, not the call's own, stops a large call, and its feedback then names
+/// the session's budget instead of the call's `mem.max` this test checks.
 const RUNTIME_RESERVE: &str = "256M";
 
 /// A policy file: the default one with the runtime reserve above.
