@@ -1,6 +1,6 @@
-//! Helpers the memory kernel tests share (tests/tests/pressure.rs, runtime_oom.rs):
-//! sessions made through the CLI, memhog calls run in the background, and the
-//! counters of a cgroup's memory event files.
+//! Helpers the kernel tests share (pressure.rs, runtime_oom.rs, the harness tests):
+//! sessions made and calls listed through the CLI, memhog calls run in the background,
+//! and the counters of a cgroup's memory event files.
 
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -18,6 +18,21 @@ impl Daemon {
             "session create {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `agentcg call list --session SESSION --json`, asserting it succeeds: the
+    /// session's call records, by id.
+    pub fn call_records(&self, session: &str) -> Vec<serde_json::Value> {
+        let out = self.agentcg(&["call", "list", "--session", session, "--json"]);
+        assert!(
+            out.status.success(),
+            "call list --session {session}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("call list --json");
+        let mut calls = v.as_array().cloned().unwrap_or_default();
+        calls.sort_by_key(|c| c["call_id"].as_u64());
+        calls
     }
 
     /// `agentcg run --session SESSION --intent INTENT --record RECORD -- memhog HOG...`

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use agentcg_core::units::HumanSize;
+use agentcg_vmtests::memory::memory_event;
 use agentcg_vmtests::model_server::{ModelServer, Turn};
 use agentcg_vmtests::{Daemon, bin_dir, memhog};
 use serde_json::{Value, json};
@@ -109,29 +110,6 @@ fn aider(
         .expect("running aider (provisioned by xtask/provision.sh) under drive_aider.py")
 }
 
-/// The session's calls, by id.
-fn records(d: &Daemon, session: &str) -> Vec<Value> {
-    let out = d.agentcg(&["call", "list", "--session", session, "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("call list --json");
-    let mut calls = v.as_array().cloned().unwrap_or_default();
-    calls.sort_by_key(|c| c["call_id"].as_u64());
-    calls
-}
-
-/// A `key value` line of a cgroup file such as memory.events.
-fn cgroup_count(path: &Path, key: &str) -> u64 {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {}: {text}", path.display()))
-}
-
 #[test]
 #[ignore = "kernel test: cargo xtask vm-test aider"]
 fn aider_shell_commands_run_as_calls_and_read_the_feedback() {
@@ -174,7 +152,7 @@ fn aider_shell_commands_run_as_calls_and_read_the_feedback() {
         .filter(|r| r.starts_with("Output from "))
         .collect();
     assert_eq!(outputs.len(), 2, "{outputs:#?}\n{transcript}");
-    let calls = records(&d, session);
+    let calls = d.call_records(session);
     let outcomes: Vec<&str> = calls.iter().filter_map(|c| c["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["oom_killed", "ok"], "{calls:#?}");
     let feedback = format!(
@@ -194,7 +172,7 @@ fn aider_shell_commands_run_as_calls_and_read_the_feedback() {
     );
     let runtime = d.root.join(format!("session-{session}/runtime"));
     assert_eq!(
-        cgroup_count(&runtime.join("memory.events"), "oom_kill"),
+        memory_event(&runtime, "memory.events", "oom_kill"),
         0,
         "nothing in Aider's runtime cgroup was OOM-killed"
     );

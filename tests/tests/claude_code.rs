@@ -59,19 +59,6 @@ fn succeeded(out: &Output) -> Value {
     result
 }
 
-fn records(d: &Daemon, session: &str) -> Vec<Value> {
-    let out = d.agentcg(&["call", "list", "--session", session, "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("call list --json");
-    let mut calls = v.as_array().cloned().unwrap_or_default();
-    calls.sort_by_key(|c| c["call_id"].as_u64());
-    calls
-}
-
 #[test]
 #[ignore = "kernel test: cargo xtask vm-test claude_code"]
 fn claude_code_tool_calls_run_in_a_conversation_session_and_read_the_feedback() {
@@ -119,7 +106,7 @@ fn claude_code_tool_calls_run_in_a_conversation_session_and_read_the_feedback() 
     );
     let plan = d.get_ok(&format!("/v1/sessions/{session}"));
     assert_eq!(plan["plan"]["memory_max"], 512u64 << 20, "{plan}");
-    let calls = records(&d, &session);
+    let calls = d.call_records(&session);
     let outcomes: Vec<&str> = calls.iter().filter_map(|c| c["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["oom_killed", "ok"], "{calls:#?}");
     let ids: Vec<&str> = calls
@@ -181,7 +168,7 @@ fn claude_code_fork_bomb_in_a_bash_call_ends_as_pids_limited_and_claude_finishes
         "the model reads why: {}",
         results[0]
     );
-    let calls = records(&d, &session);
+    let calls = d.call_records(&session);
     assert_eq!(calls.len(), 1, "{calls:#?}");
     assert_eq!(calls[0]["outcome"], "pids_limited", "{:#}", calls[0]);
     assert_eq!(calls[0]["limits"]["pids_max"], FORK_POLICY_PIDS);
@@ -243,7 +230,7 @@ fn claude_code_intents_written_by_the_model_are_honoured_and_shell_syntax_is_ref
         results[1]
     );
     assert!(!Path::new(marker).exists(), "the refused command ran");
-    let calls = records(&d, &session);
+    let calls = d.call_records(&session);
     assert_eq!(
         calls.len(),
         1,

@@ -13,7 +13,6 @@ use std::process::{Command, Output, Stdio};
 
 use agentcg_vmtests::model_server::{ModelServer, Turn};
 use agentcg_vmtests::{Daemon, bin_dir, memhog};
-use serde_json::Value;
 
 /// A file of integrations/codex.
 fn integration(file: &str) -> PathBuf {
@@ -164,15 +163,7 @@ fn codex_commands_run_as_calls_in_the_session_and_read_the_feedback() {
     );
     let info = d.get_ok(&format!("/v1/sessions/{session}"));
     assert_eq!(info["plan"]["memory_max"], 512u64 << 20, "{info}");
-    let listed = d.agentcg(&["call", "list", "--session", session, "--json"]);
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let calls: Value = serde_json::from_slice(&listed.stdout).expect("call list --json");
-    let mut calls = calls.as_array().cloned().unwrap_or_default();
-    calls.sort_by_key(|c| c["call_id"].as_u64());
+    let calls = d.call_records(session);
     let outcomes: Vec<&str> = calls.iter().filter_map(|c| c["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["oom_killed", "ok"], "{calls:#?}");
 }
