@@ -16,7 +16,7 @@
 #define TELE_FORK 3 /* a process in a watched cgroup created a new process */
 
 /* Bits of struct tele_event's `flags`. */
-#define TELE_F_TOOL 1 /* TELE_EXIT of the call's tool: the first process to exec in the cgroup */
+#define TELE_F_TOOL 1 /* TELE_EXIT of the call's tool: the process born into the cgroup from outside */
 #define TELE_F_ARGV_CUT 2 /* TELE_EXEC: the arguments were longer than TELE_ARGV_BYTES */
 
 /* Bytes of a process's arguments carried by a TELE_EXEC event (NUL-separated). */
@@ -40,12 +40,12 @@ struct call_counters {
 	__u64 first_exec_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the first exec, 0 if none */
 	__u64 last_exit_ns;  /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the latest exit, 0 if none */
 	/*
-	 * The tool: the first process to exec in the cgroup (agentcg starts it straight in
-	 * the cgroup, where it execs before anything else can run there). Its end is the
-	 * call's end; written before the kernel notifies its parent.
+	 * The tool: the process born into the cgroup from outside it (agentcg's client
+	 * starts it there with clone3(CLONE_INTO_CGROUP); what it starts has a parent
+	 * inside). Its end is the call's end; written before the kernel notifies its parent.
 	 */
 	__u64 tool_exit_ns;  /* when the tool exited, 0 while it runs */
-	__u32 tool_pid;      /* its process id (tgid), 0 before the first exec */
+	__u32 tool_pid;      /* its process id (tgid), 0 until it is born or execs */
 	__u32 tool_status;   /* its wait status (as waitpid(2) reports it), once tool_exit_ns != 0 */
 };
 

@@ -15,9 +15,15 @@
  * Exec events carry the parent's pid and the first TELE_ARGV_BYTES of the arguments,
  * fork events the parent's pid: userspace builds each call's process list from them.
  *
- * The first process to exec in a watched cgroup is the call's tool. Its exit status is
- * kept in the map and its exit event flagged (TELE_F_TOOL): agentcgd ends the call
- * there, without waiting for the client that started it to report.
+ * The call's tool is the process born into a watched cgroup from outside it: agentcg's
+ * client starts it with clone3(CLONE_INTO_CGROUP), so its parent lives elsewhere, while
+ * every process the tool starts has a parent inside. It is recognised at its fork (the
+ * child's cgroup, read from the task) and again at its exec (the parent's cgroup), so
+ * one event the kernel skips (a tracing program does not run while another instance of
+ * it is active on the same CPU: bpf_prog_info.recursion_misses) cannot make a child of
+ * the tool the tool. Its exit status is kept in the map and its exit event flagged
+ * (TELE_F_TOOL): agentcgd ends the call there, without waiting for the client that
+ * started it to report.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -42,6 +48,12 @@ struct {
 __u64 ringbuf_drops = 0;
 /* Events written to the ring buffer. */
 __u64 ringbuf_events = 0;
+
+/* The id of a task's cgroup v2 cgroup: what bpf_get_current_cgroup_id() returns in it. */
+static __always_inline __u64 task_cgid(struct task_struct *t)
+{
+	return t->cgroups->dfl_cgrp->kn->id;
+}
 
 /* Reserves an event and fills the common fields; NULL (counted as a drop) when full. */
 static __always_inline struct tele_event *start_event(__u32 kind, __u32 pid, __u64 cgid,
@@ -108,7 +120,9 @@ int BPF_PROG(tele_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 	__sync_fetch_and_add(&c->execs, 1);
 	/* Only the first exec sets it; needs BPF atomics (-mcpu=v3). */
 	__sync_val_compare_and_swap(&c->first_exec_ns, 0, now);
-	__sync_val_compare_and_swap(&c->tool_pid, 0, (__u32)p->tgid);
+	/* The tool, if its fork was not seen: the one exec'ing process whose parent is outside. */
+	if (task_cgid(p->real_parent) != cgid)
+		__sync_val_compare_and_swap(&c->tool_pid, 0, (__u32)p->tgid);
 	e = start_event(TELE_EXEC, p->tgid, cgid, now, p->real_parent->tgid);
 	if (!e)
 		return 0;
@@ -130,8 +144,21 @@ int BPF_PROG(tele_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	cgid = bpf_get_current_cgroup_id();
 	c = bpf_map_lookup_elem(&watched, &cgid);
-	if (!c)
+	if (!c) {
+		/*
+		 * Born into a watched cgroup from outside (clone3 CLONE_INTO_CGROUP put the
+		 * child there in copy_process(), before this tracepoint): the call's tool. Not
+		 * a fork of the call; its exec and exit are counted.
+		 */
+		__u64 child_cgid = task_cgid(child);
+
+		if (child_cgid == cgid)
+			return 0;
+		c = bpf_map_lookup_elem(&watched, &child_cgid);
+		if (c)
+			__sync_val_compare_and_swap(&c->tool_pid, 0, (__u32)child->tgid);
 		return 0;
+	}
 	__sync_fetch_and_add(&c->forks, 1);
 	e = start_event(TELE_FORK, child->tgid, cgid, bpf_ktime_get_ns(), parent->tgid);
 	if (e) {

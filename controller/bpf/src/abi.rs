@@ -47,9 +47,9 @@ pub struct CallCounters {
     pub first_exec_ns: u64,
     /// Time of the latest process exit, 0 if none.
     pub last_exit_ns: u64,
-    /// When the tool (the first process to exec in the cgroup) exited, 0 while it runs.
+    /// When the tool (the process born into the cgroup from outside) exited, 0 while it runs.
     pub tool_exit_ns: u64,
-    /// The tool's process id, 0 before the first exec.
+    /// The tool's process id, 0 until it is born or execs.
     pub tool_pid: u32,
     /// The tool's wait status, valid once `tool_exit_ns` is set.
     pub tool_status: u32,
@@ -172,7 +172,7 @@ pub struct TeleEvent {
     pub comm: String,
     /// [`TeleKind::Exit`]: the process's wait status (as `waitpid(2)` reports it).
     pub status: Option<u32>,
-    /// [`TeleKind::Exit`] of the call's tool (the first process to exec in the cgroup):
+    /// [`TeleKind::Exit`] of the call's tool (the process born into the cgroup from outside):
     /// the call has ended.
     pub tool: bool,
     /// [`TeleKind::Exec`] and [`TeleKind::Fork`]: the parent's process id.

@@ -157,20 +157,13 @@ pub fn execute(
     .and_then(spawn::wait)
     {
         Ok(exit) => (exit, None),
-        Err(e) => {
-            let code = if matches!(e, spawn::SpawnError::NotFound(_)) {
-                127
-            } else {
-                126
-            };
-            (
-                ExitInfo {
-                    code: Some(code),
-                    signal: None,
-                },
-                Some(e),
-            )
-        }
+        Err(e) => (
+            ExitInfo {
+                code: Some(e.exit_status()),
+                signal: None,
+            },
+            Some(e),
+        ),
     };
     if let Some(e) = &spawn_error {
         eprintln!("agentcg: {e}");

@@ -203,6 +203,13 @@ pub struct Ceilings {
     pub host: u64,
 }
 
+/// Whether a peak of `peak` bytes reached the limit `max`, up to the charges the kernel
+/// batches (64 pages per CPU) or 1/64 of the limit, whichever is larger.
+fn reached(peak: u64, max: u64) -> bool {
+    let slack = (max / 64).max(256 << 10);
+    peak.saturating_add(slack) >= max
+}
+
 /// Feedback for a call a budget ended; `None` for other outcomes.
 pub fn feedback(
     call_id: u64,
@@ -222,8 +229,15 @@ pub fn feedback(
         Outcome::OomKilled => {
             let peak = acc.memory_peak.map(|p| HumanSize(p).to_string());
             // memory.events count where a limit was hit and above it, never below: a
-            // call that never hit its own memory.max was killed for a limit above it.
-            let own = acc.memory_events.max > 0;
+            // call that never hit its own memory.max was killed for a limit above it,
+            // unless it had grown to its own limit all the same. A call alone under a
+            // ceiling equal to its mem.max (the session leaves its calls exactly that)
+            // often hits the ceiling first: the parent also carries the call cgroup's
+            // own kernel memory. Then its own size is what to change.
+            let own = acc.memory_events.max > 0
+                || acc
+                    .memory_peak
+                    .is_some_and(|p| reached(p, limits.memory_max));
             let shared = !own && acc.shared_ceiling_events.max > 0;
             let session = !own && !shared && acc.session_events.max > 0;
             if session {

@@ -63,6 +63,25 @@ pub enum SpawnError {
     },
 }
 
+/// The exit status of a tool that could not be exec'd, as a shell gives it: 127 when
+/// the program is not there, 126 when it is but cannot be run.
+pub const fn exec_failure_status(errno: i32) -> i32 {
+    if errno == libc::ENOENT { 127 } else { 126 }
+}
+
+impl SpawnError {
+    /// The exit status a shell would give a command that failed to start this way.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            SpawnError::NotFound(_) => 127,
+            SpawnError::Exec { source, .. } => {
+                exec_failure_status(source.raw_os_error().unwrap_or(0))
+            }
+            _ => 126,
+        }
+    }
+}
+
 /// Resolves `program` like execvp: a name with a `/` is used as is, otherwise the
 /// first executable match in `path_var`.
 pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> Option<PathBuf> {
@@ -290,8 +309,11 @@ unsafe extern "C" fn child_exec(data: *mut std::ffi::c_void) -> ! {
             }
         }
         libc::execve((*plan).program, (*plan).argv, (*plan).envp);
-        std::ptr::write_volatile(&raw mut (*plan).exec_errno, *libc::__errno_location());
-        libc::_exit(127);
+        let errno = *libc::__errno_location();
+        std::ptr::write_volatile(&raw mut (*plan).exec_errno, errno);
+        // The status the client reports too: the kernel telemetry sees this exit as
+        // the tool's (it was born in the cgroup) and may end the call with it first.
+        libc::_exit(exec_failure_status(errno));
     }
 }
 
@@ -314,6 +336,21 @@ pub fn wait(pid: libc::pid_t) -> Result<crate::record::ExitInfo, SpawnError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_exec_exits_as_a_shell_says() {
+        assert_eq!(exec_failure_status(libc::ENOENT), 127);
+        assert_eq!(exec_failure_status(libc::EACCES), 126);
+        assert_eq!(exec_failure_status(libc::ENOEXEC), 126);
+        let exec = |errno| SpawnError::Exec {
+            program: PathBuf::from("/x"),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        assert_eq!(exec(libc::ENOENT).exit_status(), 127);
+        assert_eq!(exec(libc::EACCES).exit_status(), 126);
+        assert_eq!(SpawnError::NotFound("x".into()).exit_status(), 127);
+        assert_eq!(SpawnError::EmptyCommand.exit_status(), 126);
+    }
 
     #[test]
     fn resolves_like_execvp() {

@@ -50,9 +50,10 @@ fn limits() -> CallLimits {
     }
 }
 
+/// A call OOM-killed with a peak of 40 MiB, below its 64 MiB mem.max ([`limits`]).
 fn oom_acc(own_max: u64, shared_max: u64) -> Accounting {
     Accounting {
-        memory_peak: Some(64 << 20),
+        memory_peak: Some(40 << 20),
         memory_events: MemoryEvents {
             max: own_max,
             oom: 1,
@@ -265,7 +266,7 @@ fn oom_feedback_names_limit_peak_and_suggestion() {
     )
     .unwrap();
     assert_eq!(f.limit, "mem.max");
-    assert_eq!(f.peak.as_deref(), Some("64 MiB"));
+    assert_eq!(f.peak.as_deref(), Some("40 MiB"));
     assert!(f.message.contains("call 7 (test)"), "{}", f.message);
     assert!(f.message.contains("run a single test file"));
     assert!(f.suggestion.contains("mem.max=128M"), "{}", f.suggestion);
@@ -284,6 +285,29 @@ fn shared_ceiling_is_told_apart() {
     .unwrap();
     assert_eq!(f.limit, "session calls ceiling");
     assert_eq!(f.limit_value, "272 MiB");
+}
+
+/// A call alone under a calls ceiling equal to its mem.max may hit the ceiling first
+/// (the parent also carries the child cgroup's kernel memory): having grown to its own
+/// limit, it is told about its own size, not about other calls.
+#[test]
+fn a_call_that_grew_to_its_own_limit_is_told_its_own_limit() {
+    for peak in [64 << 20, (64 << 20) - (1 << 20)] {
+        let acc = Accounting {
+            memory_peak: Some(peak),
+            ..oom_acc(0, 1)
+        };
+        let f = feedback(1, Outcome::OomKilled, &limits(), &acc, ceil(64 << 20), "x").unwrap();
+        assert_eq!(f.limit, "mem.max", "peak {peak}");
+        assert!(f.suggestion.contains("mem.max=128M"), "{}", f.suggestion);
+    }
+    // Well below its limit: the ceiling, shared with other calls, stopped it.
+    let acc = Accounting {
+        memory_peak: Some((64 << 20) - (2 << 20)),
+        ..oom_acc(0, 1)
+    };
+    let f = feedback(1, Outcome::OomKilled, &limits(), &acc, ceil(64 << 20), "x").unwrap();
+    assert_eq!(f.limit, "session calls ceiling");
 }
 
 #[test]
