@@ -50,8 +50,9 @@ fn run_mix(d: &Daemon, clients: usize, calls: usize, tag: &str) -> Vec<(Kind, Va
 const METRICS: &str = "127.0.0.1:19465";
 
 /// The counters the exactly-once test reads before and after its calls: calls by
-/// outcome, and the BPF ring buffers' drops.
-fn counters() -> (BTreeMap<&'static str, f64>, f64) {
+/// outcome, the BPF ring buffers' drops, and the runs of the BPF programs the kernel
+/// skipped.
+fn counters() -> (BTreeMap<&'static str, f64>, f64, f64) {
     let s = scrape::samples(&scrape::scrape(METRICS, "text/plain"));
     let outcomes = ["ok", "failed", "oom_killed", "timeout"]
         .into_iter()
@@ -63,6 +64,7 @@ fn counters() -> (BTreeMap<&'static str, f64>, f64) {
     (
         outcomes,
         scrape::sum(&s, "agentcg_bpf_ringbuf_drops_total", ""),
+        scrape::sum(&s, "agentcg_bpf_program_missed_runs_total", ""),
     )
 }
 
@@ -88,7 +90,7 @@ fn events_every_call_is_declared_and_finished_exactly_once() {
     consumer.wait_until("the consumer's first event", Duration::from_secs(30), |e| {
         !e.is_empty()
     });
-    let (before, _) = counters();
+    let (before, _, missed_before) = counters();
     let start = Instant::now();
     let results = run_mix(&d, CLIENTS, calls, "events-once");
     let took = start.elapsed();
@@ -161,7 +163,7 @@ fn events_every_call_is_declared_and_finished_exactly_once() {
     }
     assert_eq!(rows.len(), ids.len(), "history rows of calls nobody ran");
 
-    let (after, drops) = counters();
+    let (after, drops, missed_after) = counters();
     for (outcome, n) in &after {
         let want = ids.values().filter(|o| *o == outcome).count() as f64;
         assert_eq!(
@@ -173,11 +175,12 @@ fn events_every_call_is_declared_and_finished_exactly_once() {
     assert_eq!(drops, 0.0, "the BPF ring buffers dropped events");
     let oom_steps = of_type(&events, "memory_step").len();
     println!(
-        "{} calls from {CLIENTS} clients in {took:.1?}: {:.1} calls/s; {} events read ({oom_steps} memory steps), {} history rows, 0 ring-buffer drops",
+        "{} calls from {CLIENTS} clients in {took:.1?}: {:.1} calls/s; {} events read ({oom_steps} memory steps), {} history rows, 0 ring-buffer drops, {} BPF runs the kernel skipped",
         ids.len(),
         ids.len() as f64 / took.as_secs_f64(),
         events.len(),
-        rows.len()
+        rows.len(),
+        missed_after - missed_before
     );
 }
 

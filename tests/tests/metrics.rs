@@ -220,6 +220,13 @@ fn metrics_count_every_call_and_prometheus_reads_them() {
     ] {
         assert_eq!(s.get(series), Some(&want), "{series}: {text}");
     }
+    // The kernel's count of skipped runs is read for both sets of tracing programs.
+    for programs in ["telemetry", "memory"] {
+        let series = format!("agentcg_bpf_program_missed_runs_total{{programs=\"{programs}\"}}");
+        let missed = s.get(series.as_str());
+        eprintln!("{series}: {missed:?}");
+        assert!(missed.is_some(), "{series}: {text}");
+    }
     // The default session's three cgroups (session, runtime/, calls/) have a policy.
     assert!(
         s.get(r#"agentcg_bpf_map_entries{map="sched_policies"}"#)

@@ -32,6 +32,7 @@ mod error;
 mod events;
 mod libbpf_log;
 pub mod mem;
+mod missed;
 pub mod probe;
 pub mod sched;
 mod telemetry;

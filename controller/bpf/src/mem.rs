@@ -155,6 +155,8 @@ pub struct MemStats {
     pub kfunc_misses: u64,
     /// Watched cgroups forgotten because the cgroup was removed (`cgroup_rmdir`).
     pub rmdir_cleanups: u64,
+    /// Runs of the programs the kernel skipped (`bpf_prog_info.recursion_misses`).
+    pub missed_runs: u64,
 }
 
 /// The loaded and attached memory programs.
@@ -169,6 +171,8 @@ pub struct MemWatch {
     set_flags: ProgramHandle,
     events: EventQueue<MemEvent>,
     links: Vec<Link>,
+    /// The ids of the attached programs.
+    program_ids: Vec<u32>,
     timings: MemLoadTimings,
 }
 
@@ -260,6 +264,7 @@ impl MemWatch {
         let attach = t3.elapsed();
         drop(skel);
 
+        let program_ids = crate::missed::program_ids(&links);
         Ok(Self {
             watch,
             state: state.clone(),
@@ -267,6 +272,7 @@ impl MemWatch {
             set_flags,
             events,
             links,
+            program_ids,
             timings: MemLoadTimings {
                 open: t1 - t0,
                 load: t2 - t1,
@@ -430,6 +436,7 @@ impl MemWatch {
             max_suppressed: at(std::mem::offset_of!(types::bss, nr_max_suppressed)),
             kfunc_misses: at(std::mem::offset_of!(types::bss, nr_kfunc_misses)),
             rmdir_cleanups: at(std::mem::offset_of!(types::bss, nr_rmdir_cleanups)),
+            missed_runs: crate::missed::missed_runs(&self.program_ids),
         })
     }
 

@@ -34,6 +34,8 @@ pub struct TeleStats {
     pub events: u64,
     /// Events lost because the ring buffer was full.
     pub drops: u64,
+    /// Runs of the programs the kernel skipped (`bpf_prog_info.recursion_misses`).
+    pub missed_runs: u64,
 }
 
 /// How long each phase of [`Telemetry::load`] took.
@@ -63,6 +65,8 @@ pub struct Telemetry {
     bss: MapHandle,
     events: EventQueue<TeleEvent>,
     links: Vec<Link>,
+    /// The ids of the attached programs.
+    program_ids: Vec<u32>,
     timings: LoadTimings,
 }
 
@@ -128,11 +132,13 @@ impl Telemetry {
         let attach = t3.elapsed();
         drop(skel);
 
+        let program_ids = crate::missed::program_ids(&links);
         Ok(Self {
             watched,
             bss,
             events,
             links,
+            program_ids,
             timings: LoadTimings {
                 open: t1 - t0,
                 load: t2 - t1,
@@ -268,6 +274,7 @@ impl Telemetry {
         Ok(TeleStats {
             events: at(std::mem::offset_of!(types::bss, ringbuf_events))?,
             drops: at(std::mem::offset_of!(types::bss, ringbuf_drops))?,
+            missed_runs: crate::missed::missed_runs(&self.program_ids),
         })
     }
 

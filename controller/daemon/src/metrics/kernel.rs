@@ -33,6 +33,8 @@ pub struct KernelSample {
     pub loaded: Vec<(&'static str, bool)>,
     /// (ring, events, drops).
     pub rings: Vec<(&'static str, u64, u64)>,
+    /// (programs, runs the kernel skipped).
+    pub missed: Vec<(&'static str, u64)>,
     /// (map, entries).
     pub maps: Vec<(&'static str, u64)>,
     pub subscribers: u64,
@@ -49,6 +51,7 @@ fn log<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Option<T> {
 fn telemetry(t: &Telemetry, s: &mut KernelSample) {
     if let Some(st) = log("telemetry stats", t.stats()) {
         s.rings.push(("telemetry", st.events, st.drops));
+        s.missed.push(("telemetry", st.missed_runs));
     }
     if let Some(n) = log("telemetry map", t.watched_len()) {
         s.maps.push(("telemetry_watched", n as u64));
@@ -58,6 +61,7 @@ fn telemetry(t: &Telemetry, s: &mut KernelSample) {
 fn memory(m: &MemWatch, s: &mut KernelSample) {
     if let Some(st) = log("memory stats", m.stats()) {
         s.rings.push(("memory", st.events, st.event_drops));
+        s.missed.push(("memory", st.missed_runs));
     }
     s.maps.push(("mem_watch", m.watched_len() as u64));
     s.maps.push(("mem_state", m.state_map().len() as u64));
@@ -172,6 +176,16 @@ pub fn encode(s: &KernelSample, mut enc: DescriptorEncoder<'_>) -> Result<(), st
         s.rings
             .iter()
             .map(|&(ring, _, drops)| (RingLabels { ring }, drops)),
+    )?;
+    counters(
+        e,
+        Desc::new(
+            "bpf_program_missed_runs",
+            "Runs of the BPF programs the kernel skipped because another instance was active on the CPU",
+        ),
+        s.missed
+            .iter()
+            .map(|&(programs, n)| (ProgramLabels { programs }, n)),
     )?;
     gauges(
         e,
