@@ -187,7 +187,7 @@ pub fn prefix_main(client: &Client, args: Vec<OsString>) -> ExitCode {
         Ok(g) => g,
     };
     // The record is always fetched: its feedback is what the model reads.
-    execute(client, &grant, &run, None, false, true)
+    execute(client, &grant, &run, None, false)
 }
 
 /// Why a call could not be declared.
