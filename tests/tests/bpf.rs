@@ -431,3 +431,51 @@ fn a_tool_watched_after_its_exec_keeps_its_own_exit() {
     );
     t.unwatch(cg.id()).expect("unwatch");
 }
+
+/// The kernel's count of skipped runs accounts for every exec the programs did not
+/// see: four shells exec `/bin/true` 150 times each in a watched cgroup, all at once on
+/// two CPUs; each exec is either counted or among the runs skipped meanwhile (a tracing
+/// program does not run while another instance of it is active on the same CPU).
+#[test]
+#[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
+fn skipped_runs_account_for_every_unseen_exec() {
+    const SHELLS: u64 = 4;
+    const EXECS: u64 = 150;
+    let t = load();
+    let cg = TestCgroup::root("bpftest", "skipped");
+    t.watch(cg.id()).expect("watch");
+    let before = t.stats().expect("stats").missed_runs;
+    let script = format!("i=0; while [ $i -lt {EXECS} ]; do /bin/true; i=$((i+1)); done");
+    let shells: Vec<_> = (0..SHELLS)
+        .map(|_| {
+            let cg = cg.path.clone();
+            let script = script.clone();
+            std::thread::spawn(move || {
+                let procs = cg.join("cgroup.procs");
+                let full = format!("echo $$ > {} && {script}", procs.display());
+                Command::new("/bin/sh")
+                    .args(["-c", &full])
+                    .status()
+                    .expect("sh")
+                    .success()
+            })
+        })
+        .collect();
+    for s in shells {
+        assert!(s.join().expect("shell thread"), "a shell failed");
+    }
+    let missed = t.stats().expect("stats").missed_runs - before;
+    let c = t.counters(cg.id()).expect("counters").expect("watched");
+    let want = SHELLS * EXECS;
+    eprintln!(
+        "{want} execs: {} counted, {missed} runs of the telemetry programs skipped meanwhile",
+        c.execs
+    );
+    assert!(c.execs <= want, "{c:?}");
+    assert!(
+        c.execs + missed >= want,
+        "{} execs unseen but only {missed} skipped runs counted: {c:?}",
+        want - c.execs
+    );
+    t.unwatch(cg.id()).expect("unwatch");
+}
