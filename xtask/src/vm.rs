@@ -35,8 +35,9 @@ pub struct VmOptions {
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
     /// Kill the VM (vng and QEMU) after this many seconds (the whole kernel suite runs
-    /// 25-50 min under emulation, depending on the machine; CI stops at 90 min in all)
-    #[arg(long, value_name = "SECS", default_value_t = 62 * 60)]
+    /// 45-65 min under emulation, depending on the machine and its load; CI stops at
+    /// 90 min in all)
+    #[arg(long, value_name = "SECS", default_value_t = 70 * 60)]
     pub timeout: u64,
     /// Kernel image to boot
     #[arg(long, value_name = "PATH", default_value = KERNEL_IMAGE)]
