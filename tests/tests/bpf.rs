@@ -111,7 +111,7 @@ fn telemetry_counts_and_streams_a_watched_cgroup() {
     // from outside, and a process whose parent is inside (each /bin/true) is never
     // taken for the tool, although it is the first to exec.
     assert_eq!((c.tool_pid, c.tool_exit()), (0, None), "{c:?}");
-    assert!(!events.iter().any(|e| e.tool), "{events:#?}");
+    assert!(tool_exits(&events).is_empty(), "{events:#?}");
     assert!(
         events
             .iter()
@@ -327,6 +327,23 @@ fn spawn_blocked_tool(cg: &TestCgroup, after: &str) -> (libc::pid_t, PathBuf) {
     (pid, fifo)
 }
 
+/// Lets the tool of [`spawn_blocked_tool`] go on and waits for its end.
+fn release_blocked_tool(pid: libc::pid_t, fifo: &Path) -> agentcg_core::record::ExitInfo {
+    fs::write(fifo, "go\n").expect("write the fifo");
+    let exit = agentcg_core::spawn::wait(pid).expect("wait");
+    let _ = fs::remove_file(fifo);
+    exit
+}
+
+/// The (pid, wait status) of each exit event flagged as the call's tool's.
+fn tool_exits(events: &[TeleEvent]) -> Vec<(u32, Option<u32>)> {
+    events
+        .iter()
+        .filter(|e| e.tool)
+        .map(|e| (e.pid, e.status))
+        .collect()
+}
+
 /// The tool's birth and exec both went unseen (the cgroup is watched only after them,
 /// as when the kernel skips a tracing program's run): the child the tool then runs,
 /// the first process to exec that the programs see, is not taken for the tool, whose
@@ -334,21 +351,18 @@ fn spawn_blocked_tool(cg: &TestCgroup, after: &str) -> (libc::pid_t, PathBuf) {
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn a_tool_whose_exec_went_unseen_makes_no_child_the_tool() {
-    use agentcg_core::spawn::wait;
     let t = load();
     let cg = TestCgroup::root("bpftest", "unseen");
     let (pid, fifo) = spawn_blocked_tool(&cg, "/bin/sh -c 'exit 0'; exit 3");
     t.watch(cg.id()).expect("watch");
-    fs::write(&fifo, "go\n").expect("write the fifo");
-    let exit = wait(pid).expect("wait");
-    let _ = fs::remove_file(&fifo);
+    let exit = release_blocked_tool(pid, &fifo);
     assert_eq!(exit.code, Some(3), "{exit:?}");
     let c = t.counters(cg.id()).expect("counters").expect("watched");
     eprintln!("{c:?}");
     assert_eq!((c.execs, c.forks, c.exits), (1, 1, 2), "{c:?}");
     assert_eq!((c.tool_pid, c.tool_exit()), (0, None), "{c:?}");
     let events = collect_events(&t, cg.id(), 4, Duration::from_secs(10));
-    assert!(!events.iter().any(|e| e.tool), "{events:#?}");
+    assert!(tool_exits(&events).is_empty(), "{events:#?}");
     t.unwatch(cg.id()).expect("unwatch");
 }
 
@@ -376,9 +390,11 @@ fn a_tool_is_known_from_its_birth_even_without_an_exec() {
     assert_ne!(c.tool_pid, 0, "{c:?}");
     assert_eq!(c.tool_exit(), Some(126 << 8), "{c:?}");
     let events = collect_events(&t, cg.id(), 1, Duration::from_secs(10));
-    let tool: Vec<_> = events.iter().filter(|e| e.tool).collect();
-    assert_eq!(tool.len(), 1, "{events:#?}");
-    assert_eq!((tool[0].pid, tool[0].status), (c.tool_pid, Some(126 << 8)));
+    assert_eq!(
+        tool_exits(&events),
+        [(c.tool_pid, Some(126 << 8))],
+        "{events:#?}"
+    );
     t.unwatch(cg.id()).expect("unwatch");
 }
 
@@ -389,7 +405,6 @@ fn a_tool_is_known_from_its_birth_even_without_an_exec() {
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn a_tool_watched_after_its_exec_keeps_its_own_exit() {
     use agentcg_bpf::ALREADY_STARTED_NS;
-    use agentcg_core::spawn::wait;
     let t = load();
     let cg = TestCgroup::root("bpftest", "adopted");
     let (pid, fifo) = spawn_blocked_tool(&cg, "/bin/sh -c 'exit 5'; exit 3");
@@ -400,9 +415,7 @@ fn a_tool_watched_after_its_exec_keeps_its_own_exit() {
         (pid as u32, ALREADY_STARTED_NS, 0),
         "{before:?}"
     );
-    fs::write(&fifo, "go\n").expect("write the fifo");
-    let exit = wait(pid).expect("wait");
-    let _ = fs::remove_file(&fifo);
+    let exit = release_blocked_tool(pid, &fifo);
     assert_eq!(exit.code, Some(3), "{exit:?}");
 
     let c = t.counters(cg.id()).expect("counters").expect("watched");
@@ -422,11 +435,9 @@ fn a_tool_watched_after_its_exec_keeps_its_own_exit() {
         .find(|e| e.kind == TeleKind::Exec)
         .expect("the child's exec");
     assert_ne!(exec.pid, pid as u32, "{events:#?}");
-    let tool_exits: Vec<_> = events.iter().filter(|e| e.tool).collect();
-    assert_eq!(tool_exits.len(), 1, "{events:#?}");
     assert_eq!(
-        (tool_exits[0].pid, tool_exits[0].status),
-        (pid as u32, Some(3 << 8)),
+        tool_exits(&events),
+        [(pid as u32, Some(3 << 8))],
         "{events:#?}"
     );
     t.unwatch(cg.id()).expect("unwatch");
@@ -446,24 +457,12 @@ fn skipped_runs_account_for_every_unseen_exec() {
     t.watch(cg.id()).expect("watch");
     let before = t.stats().expect("stats").missed_runs;
     let script = format!("i=0; while [ $i -lt {EXECS} ]; do /bin/true; i=$((i+1)); done");
-    let shells: Vec<_> = (0..SHELLS)
-        .map(|_| {
-            let cg = cg.path.clone();
-            let script = script.clone();
-            std::thread::spawn(move || {
-                let procs = cg.join("cgroup.procs");
-                let full = format!("echo $$ > {} && {script}", procs.display());
-                Command::new("/bin/sh")
-                    .args(["-c", &full])
-                    .status()
-                    .expect("sh")
-                    .success()
-            })
-        })
-        .collect();
-    for s in shells {
-        assert!(s.join().expect("shell thread"), "a shell failed");
-    }
+    // run_sh asserts each shell's success.
+    std::thread::scope(|scope| {
+        for _ in 0..SHELLS {
+            scope.spawn(|| cg.run_sh(&script));
+        }
+    });
     let missed = t.stats().expect("stats").missed_runs - before;
     let c = t.counters(cg.id()).expect("counters").expect("watched");
     let want = SHELLS * EXECS;

@@ -125,10 +125,9 @@ pub fn declare(
 /// Runs `command` inside a granted call's cgroup, waits, reports the end and prints the
 /// feedback; returns the tool's exit status as a shell would. The end is always
 /// reported, a clean one too: agentcgd's kernel telemetry usually sees the tool exit
-/// first, but the kernel skips a tracing program's run now and then (while another
-/// instance of it is active on the same CPU; 164 skipped runs over 2,000 calls in the
-/// exactly-once test under emulation), and a call whose exit went unseen and
-/// unreported would end `abandoned` 30 s later. The report is idempotent.
+/// first, but the kernel skips a tracing program's run now and then
+/// (docs/ARCHITECTURE.md#telemetry), and a call whose exit went unseen and unreported
+/// would end `abandoned` 30 s later. The report is idempotent.
 pub fn execute(
     client: &Client,
     grant: &CallGrant,
