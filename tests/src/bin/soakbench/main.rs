@@ -120,9 +120,7 @@ fn run(config: &Config) -> Value {
         left = call_cgroups(&d.root);
     }
     let settle = settle_start.elapsed();
-    let (mut samples, sample_error) = sampler.stop();
-    let last = sample::read(pid, start, done.load(Ordering::SeqCst));
-    samples.extend(last.as_ref().ok().copied());
+    let (samples, sample_error) = sampler.stop();
     let rows: Vec<(u64, String)> = (0..config.clients)
         .flat_map(|c| d.history(&["--session", &session(c)]))
         .filter_map(|r| Some((r["call_id"].as_u64()?, r["outcome"].as_str()?.to_owned())))
@@ -152,7 +150,7 @@ fn run(config: &Config) -> Value {
         "settle_ms": settle.as_millis() as u64,
         "leaked_cgroups": left.len(),
         "leaked": left.iter().take(KEEP_PROBLEMS).map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "sample_error": sample_error.or(last.err()),
+        "sample_error": sample_error,
         "samples": samples.into_iter().map(Sample::to_json).collect::<Vec<_>>(),
     })
 }

@@ -50,25 +50,32 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Reads agentcgd every `every` from now on, with the count in `done`.
+    /// Reads agentcgd now, every `every` from then on and once more when stopped, with
+    /// the count in `done`.
     pub fn start(pid: i32, start: Instant, every: Duration, done: Arc<AtomicUsize>) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut samples = Vec::new();
             let mut next = Instant::now();
-            while !flag.load(Ordering::SeqCst) {
+            let mut stopping = false;
+            // One reading at the start, one every `every`, and a last one at the stop,
+            // however late this thread got the CPU.
+            loop {
                 match read(pid, start, done.load(Ordering::SeqCst)) {
                     Ok(s) => samples.push(s),
                     // agentcgd is gone: the run has failed; say so and stop reading.
                     Err(e) => return (samples, Some(e)),
                 }
+                if stopping {
+                    return (samples, None);
+                }
                 next += every;
                 while !flag.load(Ordering::SeqCst) && Instant::now() < next {
                     std::thread::sleep(Duration::from_millis(20).min(every));
                 }
+                stopping = flag.load(Ordering::SeqCst);
             }
-            (samples, None)
         });
         Sampler { stop, handle }
     }
