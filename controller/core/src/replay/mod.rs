@@ -11,6 +11,7 @@ pub mod trace;
 pub use pack::{Packing, pack, static_sessions};
 pub use sim::{
     KillCause, KillRecord, Kills, Report, SessionReport, SessionSpec, sessions, simulate,
+    simulate_at,
 };
 pub use trace::{Run, TraceCall, TraceError, find_runs, load_run, parse_run};
 

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::trace::Run;
 use crate::controller::RUNTIME_OOM_SCORE_ADJ;
-use crate::intent::{Intent, Priority};
+use crate::intent::Priority;
 use crate::plan::{self, CallLimits, PlanError, SessionLoad, SessionPlan, SessionRequest};
 use crate::policy::Policy;
 use crate::pressure::{self, CallView, Decision, Reading, Step};
@@ -196,6 +196,8 @@ struct Sim<'a> {
     state: pressure::State,
     steps: [u32; 4],
     start: Instant,
+    /// How long one recorded second lasts on the response's clock.
+    tick: Duration,
 }
 
 /// Replays `specs` over `runs` for `seconds` on a host of `host` bytes.
@@ -205,6 +207,20 @@ pub fn simulate(
     specs: &[SessionSpec],
     host: u64,
     seconds: usize,
+) -> Result<Report, PlanError> {
+    simulate_at(policy, runs, specs, host, seconds, 1)
+}
+
+/// [`simulate`] with the recording played `speed` times faster: each recorded second
+/// lasts 1/`speed` s of the memory response's clock (its `step_interval` re-checks), as
+/// in a time-compressed replay (`cargo xtask bench memory --speeds`).
+pub fn simulate_at(
+    policy: &Policy,
+    runs: &[Run],
+    specs: &[SessionSpec],
+    host: u64,
+    seconds: usize,
+    speed: u32,
 ) -> Result<Report, PlanError> {
     let mut plans = Vec::with_capacity(specs.len());
     let mut sessions = Vec::with_capacity(specs.len());
@@ -245,6 +261,7 @@ pub fn simulate(
         state: pressure::State::default(),
         steps: [0; 4],
         start: Instant::now(),
+        tick: Duration::from_secs(1) / speed.max(1),
     };
     for t in 0..seconds {
         sim.tick(t);
@@ -329,22 +346,16 @@ impl Sim<'_> {
             expected_mem: running.iter().map(|l| l.limits.memory_expected).sum(),
             running: running.len(),
         };
-        let command = &self.runs[self.specs[s].run].calls[call].command;
+        let c = &self.runs[self.specs[s].run].calls[call];
         let report = &mut self.report.sessions[s];
-        match plan::admit(
-            self.policy,
-            &self.plans[s],
-            load,
-            &Intent::default(),
-            command,
-        ) {
+        match plan::admit(self.policy, &self.plans[s], load, &c.intent, &c.command) {
             Ok(admitted) => {
                 let full = plan::admit(
                     self.policy,
                     &self.plans[s],
                     SessionLoad::default(),
-                    &Intent::default(),
-                    command,
+                    &c.intent,
+                    &c.command,
                 );
                 if full.is_ok_and(|f| f.limits.memory_expected > admitted.limits.memory_expected) {
                     report.clamped += 1;
@@ -461,8 +472,8 @@ impl Sim<'_> {
     fn respond(&mut self, t: usize) {
         let p = &self.policy.memory;
         let interval = p.step_interval.max(Duration::from_millis(1));
-        let mut at = Duration::from_secs(t as u64);
-        let end = Duration::from_secs(t as u64 + 1);
+        let mut at = self.tick * t as u32;
+        let end = self.tick * (t as u32 + 1);
         while at < end {
             let usage = self.root_usage(t);
             let reading = Reading {
@@ -632,6 +643,7 @@ impl Sim<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::intent::Intent;
     use crate::replay::trace::TraceCall;
 
     const MB: u64 = 1_000_000;
@@ -651,6 +663,7 @@ pub(crate) mod tests {
                     start,
                     end: start + usage.len(),
                     command: command.to_string(),
+                    intent: Intent::default(),
                     usage: usage.to_vec(),
                 }
             })
@@ -752,6 +765,35 @@ pub(crate) mod tests {
         assert_eq!(rep.kills.host_oom, 0, "1.95 GB fits 2 GB: nobody dies");
         let rep = simulate(&policy, &runs, &equal, 1900 * MB, 3).expect("runs");
         assert_eq!((rep.kills.host_oom, rep.killed[0].run.as_str()), (1, "big"));
+    }
+
+    /// Above `critical_at` the response kills one low-priority call, then one more per
+    /// `step_interval` (200 ms) while usage stays there. Played 50 times faster, a
+    /// recorded second lasts 20 ms, so the second kill comes 10 recorded seconds after
+    /// the first instead of within the same second.
+    #[test]
+    fn a_compressed_replay_spreads_the_response_over_recorded_seconds() {
+        let big = run("big", &[0; 20], &[(1, "pytest", &[1850 * MB; 19])]);
+        let small = run("small", &[0; 20], &[(1, "pytest", &[45 * MB; 19])]);
+        let runs = [big, small];
+        let specs = [
+            one(Priority::Normal, 0),
+            one(Priority::Low, 1),
+            one(Priority::Low, 1),
+            one(Priority::Low, 1),
+        ];
+        let policy = Policy::default_policy();
+        let kills = |speed| {
+            let rep = simulate_at(&policy, &runs, &specs, 2000 * MB, 20, speed).expect("runs");
+            assert!(
+                rep.killed.iter().all(|k| k.run == "small"),
+                "{:?}",
+                rep.killed
+            );
+            rep.killed.iter().map(|k| k.second).collect::<Vec<_>>()
+        };
+        assert_eq!(kills(1), [1, 1], "1,985 MB, then 1,940 MB, then 1,895 MB");
+        assert_eq!(kills(50), [1, 11]);
     }
 
     /// Sessions loop their run from a golden-ratio phase; a call in progress at the

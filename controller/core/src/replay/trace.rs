@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::civil::days_from_civil;
+use crate::intent::Intent;
 
 /// Why a trace could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub struct TraceCall {
     /// Tick after its last one (> `start`).
     pub end: usize,
     pub command: String,
+    /// What the call declared (a recording declares nothing).
+    pub intent: Intent,
     /// The call's memory at each tick of `start..end`.
     pub usage: Vec<u64>,
 }
@@ -230,6 +233,7 @@ pub fn parse_run(name: &str, resources: &str, tool_calls: Option<&str>) -> Resul
                 start,
                 end,
                 command,
+                intent: Intent::default(),
                 usage,
             })
             .collect(),
