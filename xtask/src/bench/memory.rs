@@ -17,6 +17,7 @@
 
 mod chart;
 mod report;
+mod sim;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -33,9 +34,9 @@ use crate::host::Workspace;
 use crate::provision::{self, Which};
 use crate::vm::{self, Job, VmOptions};
 
-/// The recorded runs replayed, under `--traces`.
-const TRACE_HIGH: &str = "claude-haiku/dask__dask-11628/resources.json";
-const TRACE_LOW: &str = "claude-haiku/sigmavirus24__github3.py-673/resources.json";
+/// The recorded runs replayed by default, under `--traces`.
+const TRACE_HIGH: &str = "claude-haiku/dask__dask-11628";
+const TRACE_LOW: &str = "claude-haiku/sigmavirus24__github3.py-673";
 /// The HIGH session's agent-runtime base, MiB.
 const BASE_MIB: u32 = 100;
 /// Targets for arm (e) against arm (a).
@@ -118,6 +119,12 @@ pub struct Args {
     /// The recorded agent runs [default: tests/traces in the workspace]
     #[arg(long, value_name = "DIR")]
     traces: Option<PathBuf>,
+    /// The run HIGH replays, under --traces
+    #[arg(long, value_name = "RUN", default_value = TRACE_HIGH)]
+    high: String,
+    /// The run both LOWs replay, under --traces
+    #[arg(long, value_name = "RUN", default_value = TRACE_LOW)]
+    low: String,
     /// Repetitions per arm, speed and limit (interleaved: run 1 of every arm, then run 2, ...)
     #[arg(long, value_name = "N", default_value_t = 10)]
     runs: usize,
@@ -147,12 +154,13 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
         .traces
         .clone()
         .unwrap_or_else(|| ws.root.join("tests/traces"));
-    let (high, low) = (traces.join(TRACE_HIGH), traces.join(TRACE_LOW));
+    let resources = |run: &str| traces.join(run).join("resources.json");
+    let (high, low) = (resources(&args.high), resources(&args.low));
     for trace in [&high, &low] {
         if !trace.is_file() {
             bail!(
                 "trace {} is missing: the memory benchmark replays recorded agent runs \
-                 (tests/traces by default); pass --traces DIR",
+                 (tests/traces by default; --high and --low name runs under --traces DIR)",
                 trace.display()
             );
         }
@@ -173,13 +181,26 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
         }));
     }
     let report = Report::new(&results, args);
+    let agreements = if args.arms.contains(&Arm::Agentcg) {
+        let runs = sim::bench_runs(&high, &low, BASE_MIB)?;
+        let mut predictions = Vec::new();
+        for &limit in &args.limits {
+            for &speed in &args.speeds {
+                predictions.push((limit, speed, sim::predict(&runs, limit, speed)?));
+            }
+        }
+        sim::agreements(&predictions, &results)
+    } else {
+        Vec::new()
+    };
+    let mut md = markdown(&report, args);
+    let mut json = to_json(&report, args, &results);
+    if !agreements.is_empty() {
+        md.push_str(&sim::markdown(&agreements));
+        json["simulator"] = sim::to_json(&agreements);
+    }
     let out = args.out.clone().unwrap_or_else(|| ws.target.join("bench"));
-    super::write_report(
-        &out,
-        "memory",
-        &markdown(&report, args),
-        &to_json(&report, args, &results),
-    )?;
+    super::write_report(&out, "memory", &md, &json)?;
     let png = out.join("memory.png");
     chart::draw(&png, &report)?;
     eprintln!("[xtask] wrote {}", png.display());
@@ -486,6 +507,8 @@ mod tests {
             vm: VmOptions::for_tests(),
             out: None,
             traces: None,
+            high: TRACE_HIGH.to_owned(),
+            low: TRACE_LOW.to_owned(),
             runs,
             arms: arms.to_vec(),
             speeds: speeds.to_vec(),

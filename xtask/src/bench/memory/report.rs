@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{
     Args, Arm, BASE_MIB, Instance, PROCS, Replay, SESSIONS, TARGET_ALIVE_LIMIT,
-    TARGET_LOW_DONE_RATIO, TARGET_P95_RATIO, TRACE_HIGH, TRACE_LOW, planned_peak,
+    TARGET_LOW_DONE_RATIO, TARGET_P95_RATIO, planned_peak,
 };
 use crate::bench::stats::{Stats, fmt_ms, mean_sd};
 
@@ -236,8 +236,8 @@ pub(super) fn markdown(report: &Report, args: &Args) -> String {
         cpus = args.vm.cpus,
         mem = args.vm.memory,
         kernel = args.vm.kernel.display(),
-        high = TRACE_HIGH,
-        low = TRACE_LOW,
+        high = args.high,
+        low = args.low,
         runs = args.runs,
     );
     for &limit in &args.limits {
@@ -389,7 +389,7 @@ pub(super) fn to_json(report: &Report, args: &Args, results: &[Instance]) -> Val
         .collect();
     json!({
         "vm": { "kernel": args.vm.kernel, "cpus": args.vm.cpus, "memory": args.vm.memory },
-        "traces": { "high": TRACE_HIGH, "low": TRACE_LOW, "units": "decimal (MB = 10^6 bytes)" },
+        "traces": { "high": args.high, "low": args.low, "units": "decimal (MB = 10^6 bytes)" },
         "base_mib": BASE_MIB, "chunk_mib": 64, "runs": args.runs,
         "targets_for_agentcg": {
             "all_alive_at_limit_mib": TARGET_ALIVE_LIMIT,
