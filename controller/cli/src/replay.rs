@@ -133,7 +133,7 @@ fn kills_text(k: &Kills) -> String {
 /// The per-session table, the host's figures and the killed calls.
 pub fn report_text(r: &Report) -> String {
     let mut out = format!(
-        "{} sessions on a {} host for {} s\n\n{:<6} {:<46} {:<6} {:>5} {:>5} {:>4} {:>5} {:>5} {:>4} {:>5} {:>10} {:>10} {:>10}\n",
+        "{} sessions on a {} host for {} s\n\n{:<6} {:<46} {:<6} {:>5} {:>5} {:>4} {:>5} {:>5} {:>4} {:>5} {:>5} {:>10} {:>10} {:>10}\n",
         r.sessions.len(),
         HumanSize(r.host_memory),
         r.seconds,
@@ -146,6 +146,7 @@ pub fn report_text(r: &Report) -> String {
         "BURST",
         "THROT",
         "FRZ",
+        "WAIT",
         "KILLS",
         "PEAK",
         "EXPECTED",
@@ -153,7 +154,7 @@ pub fn report_text(r: &Report) -> String {
     );
     for s in &r.sessions {
         out += &format!(
-            "{:<6} {:<46} {:<6} {:>5} {:>5} {:>4} {:>5} {:>5} {:>4} {:>5} {:>10} {:>10} {:>10}\n",
+            "{:<6} {:<46} {:<6} {:>5} {:>5} {:>4} {:>5} {:>5} {:>4} {:>5} {:>5} {:>10} {:>10} {:>10}\n",
             s.session,
             s.run,
             s.priority.as_str(),
@@ -163,6 +164,7 @@ pub fn report_text(r: &Report) -> String {
             s.burst,
             s.throttled + s.response_throttled,
             s.frozen,
+            s.waited,
             s.kills.total(),
             HumanSize(s.peak_used).to_string(),
             HumanSize(s.peak_expected).to_string(),

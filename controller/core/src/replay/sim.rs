@@ -8,9 +8,13 @@
 //! host at its limit with no victim for the response loses the task with the highest OOM
 //! badness (usage plus `oom_score_adj` per mille of the host; the runtime's is -900).
 //!
-//! Memory follows the recording: a throttled or frozen call is counted as such but its
-//! memory is replayed as recorded (the recording cannot say how it would have slowed);
-//! only a kill changes it (the call holds nothing for the rest of its run). Session `i`
+//! Memory follows the recording, with two exceptions. A call the memory response holds
+//! (throttled at its usage, or frozen) does not grow: while its next recorded second
+//! would take it above its `memory.high` (frozen: at all), it stays where it is and its
+//! session's recording waits (the agent waits for its tool) until the response relents.
+//! A killed call holds nothing for the rest of its run. A call over its own
+//! `memory.high` with no room to burst is counted as throttled but replayed as recorded
+//! (the kernel slows it by an amount a recording cannot say). Session `i`
 //! replays run `i mod runs`, looping over the horizon, starting at a phase of its run
 //! spread by the golden ratio (agents on a host do not start in step).
 
@@ -126,6 +130,8 @@ pub struct SessionReport {
     /// Calls the memory response throttled, froze.
     pub response_throttled: u32,
     pub frozen: u32,
+    /// Seconds its recording waited on a call the response held.
+    pub waited: u32,
     pub kills: Kills,
     /// Largest memory the session held (runtime and calls), and the largest it was
     /// granted as expected (runtime reserve plus its running calls' `memory.high`).
@@ -181,6 +187,17 @@ struct Live {
     burst: bool,
     response_throttled: bool,
     frozen: bool,
+    /// The response's hold in force (cleared when it relents).
+    hold: Option<Hold>,
+}
+
+/// How the memory response holds a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Its `memory.high` is at its usage: it cannot grow.
+    Throttled,
+    /// It cannot run.
+    Frozen,
 }
 
 struct Sim<'a> {
@@ -191,6 +208,8 @@ struct Sim<'a> {
     host: u64,
     live: Vec<Live>,
     dead: Vec<bool>,
+    /// Ticks each session's recording has waited on a held call.
+    waited: Vec<usize>,
     next_id: u64,
     report: Report,
     state: pressure::State,
@@ -250,6 +269,7 @@ pub fn simulate_at(
         host,
         live: Vec::new(),
         dead: vec![false; specs.len()],
+        waited: vec![0; specs.len()],
         next_id: 1,
         report: Report {
             host_memory: host,
@@ -280,13 +300,19 @@ pub fn simulate_at(
 }
 
 impl Sim<'_> {
+    /// The session's second of its run at tick `t` (it waited `waited[s]` ticks).
     fn local(&self, s: usize, t: usize) -> usize {
-        (t + self.specs[s].phase) % self.runs[self.specs[s].run].len()
+        (t - self.waited[s] + self.specs[s].phase) % self.runs[self.specs[s].run].len()
     }
 
     fn tick(&mut self, t: usize) {
         for s in 0..self.specs.len() {
-            self.advance(s, t);
+            if t > 0 && self.held(s, t) {
+                self.waited[s] += 1;
+                self.report.sessions[s].waited += 1;
+            } else {
+                self.advance(s, t);
+            }
         }
         for i in 0..self.live.len() {
             let l = &self.live[i];
@@ -300,6 +326,26 @@ impl Sim<'_> {
         self.respond(t);
         self.host_limit(t);
         self.measure(t);
+    }
+
+    /// Whether a call of session `s` the response holds would have to grow (or run, if
+    /// frozen) for the session to go on at tick `t`.
+    fn held(&self, s: usize, t: usize) -> bool {
+        let next = self.local(s, t);
+        let run = &self.runs[self.specs[s].run];
+        self.calls_of(s).any(|i| {
+            let l = &self.live[i];
+            let c = &run.calls[l.call];
+            let grows = || {
+                (c.start..c.end).contains(&next)
+                    && l.high.is_some_and(|high| c.usage[next - c.start] > high)
+            };
+            match l.hold {
+                Some(Hold::Frozen) => true,
+                Some(Hold::Throttled) => grows(),
+                None => false,
+            }
+        })
     }
 
     /// Ends the session's calls that are over, starts those that begin now (at the
@@ -373,6 +419,7 @@ impl Sim<'_> {
                     burst: false,
                     response_throttled: false,
                     frozen: false,
+                    hold: None,
                 });
                 self.next_id += 1;
             }
@@ -531,8 +578,12 @@ impl Sim<'_> {
                         Step::Throttle => {
                             l.high = Some(pressure::throttle_high(l.usage));
                             l.response_throttled = true;
+                            l.hold = Some(Hold::Throttled);
                         }
-                        Step::Freeze => l.frozen = true,
+                        Step::Freeze => {
+                            l.frozen = true;
+                            l.hold = Some(Hold::Frozen);
+                        }
                         _ => {}
                     }
                 }
@@ -551,7 +602,7 @@ impl Sim<'_> {
     fn relent(&mut self) {
         for l in &mut self.live {
             l.high = l.limits.memory_high;
-            l.frozen = false;
+            l.hold = None;
         }
     }
 
@@ -641,179 +692,4 @@ impl Sim<'_> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::intent::Intent;
-    use crate::replay::trace::TraceCall;
-
-    const MB: u64 = 1_000_000;
-    const GIB: u64 = 1 << 30;
-
-    /// A run from its runtime's memory per second and its calls (start, command,
-    /// memory per second).
-    pub(crate) fn run(name: &str, runtime: &[u64], calls: &[(usize, &str, &[u64])]) -> Run {
-        let mut memory = runtime.to_vec();
-        let calls = calls
-            .iter()
-            .map(|&(start, command, usage)| {
-                for (i, u) in usage.iter().enumerate() {
-                    memory[start + i] += u;
-                }
-                TraceCall {
-                    start,
-                    end: start + usage.len(),
-                    command: command.to_string(),
-                    intent: Intent::default(),
-                    usage: usage.to_vec(),
-                }
-            })
-            .collect();
-        Run {
-            name: name.to_string(),
-            memory,
-            runtime: runtime.to_vec(),
-            calls,
-        }
-    }
-
-    fn one(priority: Priority, run: usize) -> SessionSpec {
-        SessionSpec {
-            run,
-            priority,
-            phase: 0,
-        }
-    }
-
-    /// A call that declares nothing and matches no class runs with the policy's
-    /// `call.intent` (mem.max 1G): 1.5 GB is killed by its own limit although the host
-    /// had room, which the report says.
-    #[test]
-    fn a_call_above_its_class_limit_is_killed_and_flagged() {
-        let r = run(
-            "r",
-            &[200 * MB; 4],
-            &[(1, "python big.py", &[500 * MB, 1500 * MB])],
-        );
-        let policy = Policy::default_policy();
-        let rep = simulate(&policy, &[r], &[one(Priority::Normal, 0)], 16 * GIB, 4).expect("runs");
-        assert_eq!(rep.kills.call_limit, 1);
-        assert_eq!(rep.kills.total(), 1);
-        let k = &rep.killed[0];
-        assert_eq!(
-            (k.second, k.cause, k.fits_host),
-            (2, KillCause::CallLimit, true)
-        );
-        assert_eq!((k.memory_max, k.recorded_peak), (GIB, 1500 * MB));
-        let s = &rep.sessions[0];
-        assert_eq!((s.calls, s.plays), (1, 1));
-        assert_eq!(
-            s.burst, 1,
-            "500 MB crossed its 256 MiB memory.high with slack"
-        );
-        assert_eq!(s.peak_used, 700 * MB, "the killed call holds nothing");
-        assert_eq!(s.static_reserve, 1700 * MB);
-    }
-
-    /// The same call as a test (`pytest`, mem.max 2G) fits; on a host without slack for
-    /// a burst it is throttled instead.
-    #[test]
-    fn bursts_need_slack_else_the_call_is_throttled() {
-        let r = run("r", &[200 * MB; 3], &[(1, "pytest -x", &[1500 * MB])]);
-        let policy = Policy::default_policy();
-        let roomy = simulate(
-            &policy,
-            std::slice::from_ref(&r),
-            &[one(Priority::Normal, 0)],
-            16 * GIB,
-            3,
-        )
-        .expect("runs");
-        assert_eq!(roomy.kills.total(), 0);
-        assert_eq!(
-            (roomy.sessions[0].burst, roomy.sessions[0].throttled),
-            (1, 0)
-        );
-        let tight =
-            simulate(&policy, &[r], &[one(Priority::Normal, 0)], 1800 * MB, 3).expect("runs");
-        assert_eq!(tight.sessions[0].throttled, 1);
-        assert_eq!(
-            tight.kills.total(),
-            0,
-            "1.7 GB of 1.8 GB is below critical_at"
-        );
-    }
-
-    /// Above `critical_at` with a low-priority call running beside a normal session,
-    /// the response kills the low call; with equal priorities it kills nobody and the
-    /// kernel's OOM killer takes the largest call once the host is over its limit.
-    #[test]
-    fn the_response_kills_low_priority_first_and_equals_meet_the_kernel() {
-        let big = run("big", &[100 * MB; 3], &[(1, "pytest", &[900 * MB])]);
-        let small = run("small", &[100 * MB; 3], &[(1, "pytest", &[850 * MB])]);
-        let runs = [big, small];
-        let policy = Policy::default_policy();
-        let host = 2000 * MB;
-        let mixed = [one(Priority::Normal, 0), one(Priority::Low, 1)];
-        let rep = simulate(&policy, &runs, &mixed, host, 3).expect("runs");
-        assert_eq!(rep.kills.response, 1, "{:?}", rep.killed);
-        assert_eq!(rep.killed[0].run, "small");
-        assert_eq!(rep.kills.host_oom, 0);
-        assert!(rep.steps.contains(&(Step::Kill, 1)), "{:?}", rep.steps);
-        let equal = [one(Priority::Normal, 0), one(Priority::Normal, 1)];
-        let rep = simulate(&policy, &runs, &equal, host, 3).expect("runs");
-        assert_eq!(rep.kills.response, 0);
-        assert_eq!(rep.kills.host_oom, 0, "1.95 GB fits 2 GB: nobody dies");
-        let rep = simulate(&policy, &runs, &equal, 1900 * MB, 3).expect("runs");
-        assert_eq!((rep.kills.host_oom, rep.killed[0].run.as_str()), (1, "big"));
-    }
-
-    /// Above `critical_at` the response kills one low-priority call, then one more per
-    /// `step_interval` (200 ms) while usage stays there. Played 50 times faster, a
-    /// recorded second lasts 20 ms, so the second kill comes 10 recorded seconds after
-    /// the first instead of within the same second.
-    #[test]
-    fn a_compressed_replay_spreads_the_response_over_recorded_seconds() {
-        let big = run("big", &[0; 20], &[(1, "pytest", &[1850 * MB; 19])]);
-        let small = run("small", &[0; 20], &[(1, "pytest", &[45 * MB; 19])]);
-        let runs = [big, small];
-        let specs = [
-            one(Priority::Normal, 0),
-            one(Priority::Low, 1),
-            one(Priority::Low, 1),
-            one(Priority::Low, 1),
-        ];
-        let policy = Policy::default_policy();
-        let kills = |speed| {
-            let rep = simulate_at(&policy, &runs, &specs, 2000 * MB, 20, speed).expect("runs");
-            assert!(
-                rep.killed.iter().all(|k| k.run == "small"),
-                "{:?}",
-                rep.killed
-            );
-            rep.killed.iter().map(|k| k.second).collect::<Vec<_>>()
-        };
-        assert_eq!(kills(1), [1, 1], "1,985 MB, then 1,940 MB, then 1,895 MB");
-        assert_eq!(kills(50), [1, 11]);
-    }
-
-    /// Sessions loop their run from a golden-ratio phase; a call in progress at the
-    /// phase starts at once.
-    #[test]
-    fn sessions_loop_from_spread_phases() {
-        let r = run("r", &[10 * MB; 10], &[(0, "ls", &[MB; 5])]);
-        let specs = sessions(
-            std::slice::from_ref(&r),
-            3,
-            &[Priority::Low, Priority::High],
-        );
-        let phases: Vec<usize> = specs.iter().map(|s| s.phase).collect();
-        assert_eq!(phases, [0, 6, 2]);
-        let prios: Vec<Priority> = specs.iter().map(|s| s.priority).collect();
-        assert_eq!(prios, [Priority::Low, Priority::High, Priority::Low]);
-        let rep = simulate(&Policy::default_policy(), &[r], &specs, 16 * GIB, 25).expect("runs");
-        let plays: Vec<u32> = rep.sessions.iter().map(|s| s.plays).collect();
-        assert_eq!(plays, [3, 4, 3], "phase 6 wraps at seconds 4, 14 and 24");
-        let calls: Vec<u32> = rep.sessions.iter().map(|s| s.calls).collect();
-        assert_eq!(calls, [3, 3, 3], "phase 2 starts inside the call");
-    }
-}
+pub(crate) mod tests;
