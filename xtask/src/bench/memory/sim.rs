@@ -24,8 +24,10 @@ use super::{Arm, Fate, Instance, PROCS};
 
 const MIB: u64 = 1 << 20;
 
-/// The two runs of the setup: HIGH's (with the base as its runtime) and LOW's, as long
-/// as the longer trace (a shorter replay's call ends, its runtime stays).
+/// The two runs of the setup: HIGH's (with the base as its runtime) and LOW's, twice as
+/// long as the longer trace: a replay the response holds finishes later, and no
+/// recording may start over (memreplay plays once). A replay's call ends with its
+/// trace; its runtime stays.
 pub(super) fn bench_runs(high: &Path, low: &Path, base_mib: u32) -> Result<[Run; 2]> {
     let curve = |path: &Path| -> Result<Vec<u64>> {
         let text =
@@ -35,7 +37,7 @@ pub(super) fn bench_runs(high: &Path, low: &Path, base_mib: u32) -> Result<[Run;
         Ok(run.memory)
     };
     let (h, l) = (curve(high)?, curve(low)?);
-    let len = h.len().max(l.len());
+    let len = 2 * h.len().max(l.len());
     Ok([
         one_call_run("high", &h, u64::from(base_mib) * MIB, len),
         one_call_run("low", &l, 0, len),
@@ -240,12 +242,13 @@ mod tests {
 
     /// The default mix as memory.sh builds it: HIGH's runtime holds the base all along,
     /// each replay is one call from the start declaring its peak rounded up to 64 MiB
-    /// (306 and 291 MiB: 320 MiB each), as long as the longer trace.
+    /// (306 and 291 MiB: 320 MiB each), the runs twice as long as the longer trace.
     #[test]
     fn the_setup_is_simulated_as_memory_sh_builds_it() {
         let [high, low] =
             bench_runs(&resources(TRACE_HIGH), &resources(TRACE_LOW), 100).expect("traces");
         assert_eq!(high.len(), low.len());
+        assert_eq!(high.len(), 2 * high.calls[0].end.max(low.calls[0].end));
         assert!(high.runtime.iter().all(|&r| r == 100 * MIB));
         assert!(low.runtime.iter().all(|&r| r == 0));
         for run in [&high, &low] {
