@@ -69,6 +69,11 @@ pub struct Reading {
     pub limit: u64,
     /// A PSI trigger (root or a session above the victims' priority) fired.
     pub psi: bool,
+    /// The kernel saw the usage reach `pressure_at` (the BPF watermark) since the last
+    /// reading. It counts even when this reading is a little lower: the kernel's flag
+    /// is latched (it fires once per crossing), so a crossing ignored here is not
+    /// reported again until usage has fallen well below it.
+    pub watermark: bool,
     /// The kernel hit `memory.max` at the root (BPF `MEMCG_MAX`/OOM events).
     pub at_max: bool,
 }
@@ -112,7 +117,7 @@ pub enum Decision {
 /// The next decision, and the state after it.
 pub fn decide(p: &MemoryPolicy, s: State, r: &Reading, now: Instant) -> (Decision, State) {
     let zone = r.zone(p);
-    let pressured = zone >= Zone::Pressure || r.psi || r.at_max;
+    let pressured = zone >= Zone::Pressure || r.psi || r.watermark || r.at_max;
     if pressured {
         let due = s
             .last_step_at
@@ -176,8 +181,13 @@ pub fn decide(p: &MemoryPolicy, s: State, r: &Reading, now: Instant) -> (Decisio
 /// pressure may persist (escalate) or subside (relent) without any event saying so.
 /// The time is absolute (from the last step or the start of the calm), so signals in
 /// between do not postpone it; one already past means one interval from `now`.
-pub fn recheck_at(p: &MemoryPolicy, s: &State, now: Instant) -> Option<Instant> {
-    s.step?;
+/// With nothing in force, `latched` (the kernel holds a watermark flag set, so it will
+/// not report the next crossing) means every interval too: usage can climb from there
+/// to the limit with no event on the way. Otherwise no timer: the signals wake it.
+pub fn recheck_at(p: &MemoryPolicy, s: &State, latched: bool, now: Instant) -> Option<Instant> {
+    if s.step.is_none() {
+        return latched.then(|| now + p.step_interval);
+    }
     let at = match (s.calm_since, s.last_step_at) {
         (Some(calm), _) => calm + p.calm_for,
         (None, Some(step)) => step + p.step_interval,
@@ -268,6 +278,7 @@ mod tests {
             usage: usage_mib * MIB,
             limit: 1000 * MIB,
             psi: false,
+            watermark: false,
             at_max: false,
         }
     }
@@ -346,6 +357,25 @@ mod tests {
         );
     }
 
+    /// The kernel's watermark fired at 85 % but the daemon reads 84.9 % a moment later
+    /// (per-CPU charge stocks drained in between): the crossing still throttles, since
+    /// the kernel will not report it again while usage stays near the mark.
+    #[test]
+    fn a_watermark_crossing_counts_even_when_the_reading_is_lower() {
+        let p = policy();
+        let now = Instant::now();
+        let below = reading(849);
+        assert_eq!(decide(&p, State::default(), &below, now).0, Decision::Hold);
+        let crossed = Reading {
+            watermark: true,
+            ..below
+        };
+        assert_eq!(
+            decide(&p, State::default(), &crossed, now).0,
+            Decision::Escalate(Step::Throttle)
+        );
+    }
+
     /// Relenting needs calm for calm_for; a reading between the marks resets it.
     #[test]
     fn relents_after_a_calm_period() {
@@ -369,9 +399,14 @@ mod tests {
         assert_eq!(d, Decision::Relent);
         assert_eq!(s, State::default());
         assert_eq!(
-            recheck_at(&p, &s, t0),
+            recheck_at(&p, &s, false, t0),
             None,
             "no timer when nothing is in force"
+        );
+        assert_eq!(
+            recheck_at(&p, &s, true, t0),
+            Some(t0 + p.step_interval),
+            "a latched watermark is watched every interval"
         );
     }
 
@@ -409,14 +444,14 @@ mod tests {
             calm_since: None,
         };
         let mid = t0 + p.step_interval / 2;
-        assert_eq!(recheck_at(&p, &s, mid), Some(t0 + p.step_interval));
+        assert_eq!(recheck_at(&p, &s, false, mid), Some(t0 + p.step_interval));
         let late = t0 + p.step_interval * 3;
-        assert_eq!(recheck_at(&p, &s, late), Some(late + p.step_interval));
+        assert_eq!(recheck_at(&p, &s, true, late), Some(late + p.step_interval));
         let calm = State {
             calm_since: Some(t0),
             ..s
         };
-        assert_eq!(recheck_at(&p, &calm, mid), Some(t0 + p.calm_for));
+        assert_eq!(recheck_at(&p, &calm, false, mid), Some(t0 + p.calm_for));
     }
 
     #[test]

@@ -133,7 +133,10 @@ fn forward(watch: &MemWatch, tx: &UnboundedSender<Signal>) {
 fn signal(e: &MemEvent) -> Option<Signal> {
     match (e.kind, e.role) {
         (MemEventKind::High, Some(MemRole::Call)) => Some(Signal::OverHigh { cgroup_id: e.cgid }),
-        (MemEventKind::NearMax, Some(MemRole::Root)) => Some(Signal::NearMax),
+        (MemEventKind::NearMax, Some(MemRole::Root)) => Some(Signal::NearMax { cgroup_id: e.cgid }),
+        (MemEventKind::NearMaxRecovered, Some(MemRole::Root)) => {
+            Some(Signal::NearMaxRecovered { cgroup_id: e.cgid })
+        }
         (MemEventKind::Max, Some(MemRole::Root)) => Some(Signal::AtMax),
         (MemEventKind::OomKill | MemEventKind::OomGroupKill, _) => {
             Some(Signal::OomKill { cgroup_id: e.cgid })
@@ -243,7 +246,11 @@ mod tests {
         );
         assert_eq!(
             signal(&event(MemEventKind::NearMax, Some(MemRole::Root))),
-            Some(Signal::NearMax)
+            Some(Signal::NearMax { cgroup_id: 42 })
+        );
+        assert_eq!(
+            signal(&event(MemEventKind::NearMaxRecovered, Some(MemRole::Root))),
+            Some(Signal::NearMaxRecovered { cgroup_id: 42 })
         );
         assert_eq!(
             signal(&event(MemEventKind::Max, Some(MemRole::Root))),

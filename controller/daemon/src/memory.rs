@@ -6,7 +6,7 @@
 //! and writes it into the affected calls' records. Only while a step is in force does
 //! a timer re-check (to escalate if pressure persists, or relent once it subsides).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -48,8 +48,11 @@ pub enum Signal {
     Psi { session: Option<u64> },
     /// A call's cgroup crossed its memory.high (BPF).
     OverHigh { cgroup_id: u64 },
-    /// The root crossed its pressure watermark (BPF).
-    NearMax,
+    /// The root (or a watched ancestor) crossed its pressure watermark (BPF).
+    NearMax { cgroup_id: u64 },
+    /// It fell back below the watermark minus the BPF side's hysteresis: the kernel
+    /// reports the next crossing again.
+    NearMaxRecovered { cgroup_id: u64 },
     /// The kernel hit memory.max at the root (BPF `MEMCG_MAX`).
     AtMax,
     /// The kernel's OOM killer killed in a watched cgroup (BPF).
@@ -170,7 +173,9 @@ pub fn start(shared: Shared, sources: Sources, status: SharedMemoryStatus) -> Me
         sessions: BTreeMap::new(),
         root_trigger: None,
         psi_pending: false,
+        watermark_pending: false,
         at_max_pending: false,
+        latched: BTreeSet::new(),
     };
     tokio::spawn(response.run(sources, changes));
     MemoryHooks { changes: tx }
@@ -196,7 +201,12 @@ struct Response {
     root_trigger: Option<tokio::task::JoinHandle<()>>,
     /// Signals seen since the last evaluation.
     psi_pending: bool,
+    watermark_pending: bool,
     at_max_pending: bool,
+    /// The watched cgroups whose watermark flag the kernel holds set: it will not fire
+    /// again before they recover, so while any is set the response looks every
+    /// `step_interval` instead of waiting for a signal.
+    latched: BTreeSet<u64>,
 }
 
 impl Response {
@@ -234,7 +244,8 @@ impl Response {
                 () = sleep => {}
             }
             self.evaluate().await;
-            recheck = pressure::recheck_at(&self.policy, &self.state, Instant::now());
+            let latched = !self.latched.is_empty();
+            recheck = pressure::recheck_at(&self.policy, &self.state, latched, Instant::now());
         }
     }
 
@@ -379,7 +390,13 @@ impl Response {
                     }
                 }
             }
-            Signal::NearMax => {}
+            Signal::NearMax { cgroup_id } => {
+                self.watermark_pending = true;
+                self.latched.insert(cgroup_id);
+            }
+            Signal::NearMaxRecovered { cgroup_id } => {
+                self.latched.remove(&cgroup_id);
+            }
             Signal::AtMax => self.at_max_pending = true,
             Signal::OomKill { cgroup_id } => {
                 tracing::warn!(
@@ -403,7 +420,7 @@ impl Response {
                 let name = self.sessions.get(&id)?.name.clone();
                 ("session", Some(name), "psi", "pressure", psi)
             }
-            Signal::NearMax => (
+            Signal::NearMax { .. } => (
                 "root",
                 None,
                 "watermark",
@@ -417,7 +434,9 @@ impl Response {
                 "critical",
                 "the kernel hit memory.max at agentcg's root".to_string(),
             ),
-            Signal::OverHigh { .. } | Signal::OomKill { .. } => return None,
+            Signal::OverHigh { .. } | Signal::OomKill { .. } | Signal::NearMaxRecovered { .. } => {
+                return None;
+            }
         };
         Some(EventBody::Pressure {
             scope: scope.into(),
@@ -448,6 +467,7 @@ impl Response {
             if self.state.step.is_none() && c.memory_victims().is_empty() {
                 // Nobody to give memory back to anyone: the kernel's limits decide.
                 self.psi_pending = false;
+                self.watermark_pending = false;
                 self.at_max_pending = false;
                 return;
             }
@@ -455,6 +475,7 @@ impl Response {
                 usage,
                 limit,
                 psi: std::mem::take(&mut self.psi_pending),
+                watermark: std::mem::take(&mut self.watermark_pending),
                 at_max: std::mem::take(&mut self.at_max_pending),
             };
             let (decision, state) =
@@ -539,6 +560,9 @@ fn reason(r: &Reading) -> String {
     if r.psi {
         why.push_str(", PSI memory stall trigger fired");
     }
+    if r.watermark {
+        why.push_str(", the kernel saw it cross the pressure watermark");
+    }
     if r.at_max {
         why.push_str(", the kernel hit memory.max");
     }
@@ -609,6 +633,7 @@ mod tests {
             usage: 935 << 20,
             limit: 1100 << 20,
             psi: true,
+            watermark: false,
             at_max: false,
         };
         let why = reason(&r);

@@ -416,6 +416,7 @@ impl Sim<'_> {
                 usage,
                 limit: self.host,
                 psi: false,
+                watermark: false,
                 at_max: usage > self.host,
             };
             let (decision, state) = pressure::decide(p, self.state, &reading, self.start + at);
