@@ -59,14 +59,37 @@ fn policy(class: SchedClass) -> CgroupPolicy {
     }
 }
 
-/// Lines of the kernel log that signal a kernel bug.
-fn kernel_warnings() -> Vec<String> {
+/// Writes `marker` into the kernel log (/dev/kmsg), so that what follows it can be told
+/// apart from older lines: the log is a ring buffer, and counting its lines before and
+/// after a test miscounts once the oldest ones rotate out.
+fn mark_kernel_log(marker: &str) {
+    fs::write("/dev/kmsg", format!("{marker}\n")).expect("write /dev/kmsg");
+}
+
+/// Lines of the kernel log after `marker` that signal a kernel bug.
+fn kernel_warnings_after(marker: &str) -> Vec<String> {
     let out = std::process::Command::new("dmesg").output().expect("dmesg");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    warnings_after(&String::from_utf8_lossy(&out.stdout), marker)
+}
+
+fn warnings_after(log: &str, marker: &str) -> Vec<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines
+        .iter()
+        .rposition(|l| l.contains(marker))
+        .map_or(0, |i| i + 1);
+    lines[from..]
+        .iter()
         .filter(|l| l.contains("BUG:") || l.contains("WARNING:") || l.contains("Call Trace"))
-        .map(str::to_owned)
+        .map(|l| l.to_string())
         .collect()
+}
+
+#[test]
+fn only_warnings_after_the_marker_count() {
+    let log = "[1.0] Call Trace:\n[2.0] agentcg-test: m\n[3.0] ok\n[4.0] WARNING: x\n";
+    assert_eq!(warnings_after(log, "agentcg-test: m"), ["[4.0] WARNING: x"]);
+    assert_eq!(warnings_after(log, "agentcg-test: gone").len(), 2);
 }
 
 /// Runs for `warmup`, then measures each cgroup's CPU time over `window`; returns the
@@ -115,7 +138,11 @@ fn fmt_list(v: &[f64]) -> String {
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn load_attach_detach_reload_cleanly() {
-    let warnings_before = kernel_warnings().len();
+    let marker = format!(
+        "agentcg-test: load_attach_detach_reload_cleanly {}",
+        std::process::id()
+    );
+    mark_kernel_log(&marker);
     for round in 0..3 {
         let s = load(&SchedOptions::default());
         let nodes = s.node_entries();
@@ -130,12 +157,8 @@ fn load_attach_detach_reload_cleanly() {
         let state = fs::read_to_string("/sys/kernel/sched_ext/state").unwrap_or_default();
         assert_eq!(state.trim(), "disabled", "detach left sched_ext {state}");
     }
-    let warnings = kernel_warnings();
-    assert_eq!(
-        warnings.len(),
-        warnings_before,
-        "kernel warnings: {warnings:#?}"
-    );
+    let warnings = kernel_warnings_after(&marker);
+    assert!(warnings.is_empty(), "kernel warnings: {warnings:#?}");
 }
 
 #[test]
