@@ -4,8 +4,11 @@
 //! The guest's stdout does not reliably reach the host, so everything goes through the
 //! `--rwdir` directory target/vm: the generated guest.sh enables the cpu, memory and pids
 //! controllers, runs the job with stdout and stderr in guest.log, saves `dmesg` to
-//! dmesg.log and the job's exit status to `status`. The host prints guest.log as it
-//! grows, scans dmesg.log for kernel errors and kills the VM when it overruns the timeout.
+//! dmesg.log and the job's exit status to `status`. The guest's serial console (kernel
+//! messages of level warning and above) goes to vng.log on the host, which survives a
+//! guest that dies mid-job. The host prints guest.log as it grows, scans dmesg.log (or
+//! the console when the guest saved no dmesg) for kernel errors and kills the VM when it
+//! overruns the timeout.
 //! A lock on target/vm/lock makes concurrent runs in the same tree take turns.
 
 use std::fs::{self, File};
@@ -23,7 +26,11 @@ use crate::host::{self, Workspace};
 pub const KERNEL_IMAGE: &str = "/lib/modules/7.3.4+deb13-amd64/vmlinuz.unsigned";
 
 /// Dmesg markers that fail the run.
-const FATAL_MARKERS: [&str; 3] = ["BUG:", "WARNING:", "Oops"];
+const FATAL_MARKERS: [&str; 4] = ["BUG:", "WARNING:", "Oops", "Kernel panic"];
+
+/// The guest console's log level: messages more severe than KERN_NOTICE (warnings,
+/// errors, stall and hung-task reports, OOM kills, panics) reach vng.log.
+const CONSOLE_LOGLEVEL: &str = "loglevel=5";
 
 /// How the VM is booted.
 #[derive(Debug, Clone, clap::Args)]
@@ -193,7 +200,9 @@ pub fn run(ws: &Workspace, opts: &VmOptions, job: &Job) -> Result<Outcome> {
             opts.timeout
         )),
     };
-    let kernel_errors = scan_dmesg(&files.dmesg());
+    let kernel_errors = scan_dmesg(&files.dmesg())
+        .or_else(|| scan_console(&files.vng_log()))
+        .unwrap_or(0);
     let log = fs::read_to_string(files.log()).unwrap_or_default();
     Ok(Outcome {
         log,
@@ -262,6 +271,9 @@ fn boot(ws: &Workspace, opts: &VmOptions, files: &GuestFiles) -> Result<BootEnd>
             &opts.memory,
             "--cpus",
             &opts.cpus.to_string(),
+            "--verbose",
+            "--append",
+            CONSOLE_LOGLEVEL,
             "--exec",
         ])
         .arg(format!("sh {}", sh_quote_path(&files.script())))
@@ -339,17 +351,31 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Prints the dmesg lines that point at kernel trouble; returns how many are fatal.
-fn scan_dmesg(path: &Path) -> usize {
+/// Prints the lines of the guest's dmesg.log that point at kernel trouble; returns how
+/// many are fatal, or None when the guest saved no dmesg.
+fn scan_dmesg(path: &Path) -> Option<usize> {
     let Ok(dmesg) = fs::read_to_string(path) else {
         eprintln!(
-            "[xtask] no {} from the guest: cannot check the kernel log",
+            "[xtask] no {} from the guest: checking its console log instead",
             path.display()
         );
-        return 0;
+        return None;
     };
+    Some(kernel_trouble(&dmesg))
+}
+
+/// Like `scan_dmesg`, on the console log vng.log.
+fn scan_console(path: &Path) -> Option<usize> {
+    let console = fs::read_to_string(path)
+        .map_err(|err| eprintln!("[xtask] cannot read {}: {err}", path.display()))
+        .ok()?;
+    Some(kernel_trouble(&console))
+}
+
+/// Prints the kernel log lines that point at trouble; returns how many are fatal.
+fn kernel_trouble(log: &str) -> usize {
     let mut fatal = 0;
-    for line in dmesg.lines() {
+    for line in log.lines() {
         let is_fatal = FATAL_MARKERS.iter().any(|marker| line.contains(marker));
         let sched_ext = line
             .split_once("sched_ext: ")
@@ -367,7 +393,7 @@ fn read_status(files: &GuestFiles, vng_status: ExitStatus) -> std::result::Resul
     let recorded = fs::read_to_string(files.status()).ok();
     let Some(status) = recorded.and_then(|s| s.trim().parse().ok()) else {
         let vng_log = fs::read_to_string(files.vng_log()).unwrap_or_default();
-        let tail: Vec<&str> = vng_log.lines().rev().take(30).collect();
+        let tail: Vec<&str> = vng_log.lines().rev().take(80).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(format!(
             "the guest did not finish its job (vng: {vng_status}); the kernel may have \
@@ -387,4 +413,19 @@ pub fn sh_quote(s: &str) -> String {
 /// A path quoted for sh.
 pub fn sh_quote_path(path: &Path) -> String {
     sh_quote(&path.to_string_lossy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_or_warning_on_the_console_is_fatal_and_notices_are_not() {
+        let console = "[  1.0] virtme-ng-init: starting script\n\
+                       [ 90.1] sched_ext: BPF scheduler \"x\" disabled (runtime error)\n\
+                       [ 91.2] WARNING: CPU: 1 PID: 7 at kernel/sched/ext.c:100\n\
+                       [ 95.3] Kernel panic - not syncing: Attempted to kill init!\n";
+        assert_eq!(kernel_trouble(console), 2);
+        assert_eq!(kernel_trouble("[ 1.0] rcu: Hierarchical SRCU implementation.\n"), 0);
+    }
 }
