@@ -426,6 +426,9 @@ mod tests {
                        [ 91.2] WARNING: CPU: 1 PID: 7 at kernel/sched/ext.c:100\n\
                        [ 95.3] Kernel panic - not syncing: Attempted to kill init!\n";
         assert_eq!(kernel_trouble(console), 2);
-        assert_eq!(kernel_trouble("[ 1.0] rcu: Hierarchical SRCU implementation.\n"), 0);
+        assert_eq!(
+            kernel_trouble("[ 1.0] rcu: Hierarchical SRCU implementation.\n"),
+            0
+        );
     }
 }
