@@ -99,8 +99,8 @@ impl Outcome {
     pub fn check(&self) -> Result<i32> {
         if self.kernel_errors > 0 {
             bail!(
-                "the guest kernel logged {} BUG/WARNING/Oops line(s), listed above; the full \
-                 log is target/vm/dmesg.log",
+                "the guest kernel logged {} BUG/WARNING/Oops/panic line(s), listed above; \
+                 the full log is target/vm/dmesg.log, or the console target/vm/vng.log",
                 self.kernel_errors
             );
         }
@@ -200,9 +200,7 @@ pub fn run(ws: &Workspace, opts: &VmOptions, job: &Job) -> Result<Outcome> {
             opts.timeout
         )),
     };
-    let kernel_errors = scan_dmesg(&files.dmesg())
-        .or_else(|| scan_console(&files.vng_log()))
-        .unwrap_or(0);
+    let kernel_errors = scan_kernel_log(&files);
     let log = fs::read_to_string(files.log()).unwrap_or_default();
     Ok(Outcome {
         log,
@@ -351,25 +349,25 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Prints the lines of the guest's dmesg.log that point at kernel trouble; returns how
-/// many are fatal, or None when the guest saved no dmesg.
-fn scan_dmesg(path: &Path) -> Option<usize> {
-    let Ok(dmesg) = fs::read_to_string(path) else {
+/// Prints the lines of the guest's kernel log that point at trouble and returns how many
+/// are fatal: dmesg.log, or the console vng.log when the guest saved no dmesg.
+fn scan_kernel_log(files: &GuestFiles) -> usize {
+    let (dmesg, console) = (files.dmesg(), files.vng_log());
+    let log = fs::read_to_string(&dmesg).or_else(|_| {
         eprintln!(
-            "[xtask] no {} from the guest: checking its console log instead",
-            path.display()
+            "[xtask] no {} from the guest: checking its console {} instead",
+            dmesg.display(),
+            console.display()
         );
-        return None;
-    };
-    Some(kernel_trouble(&dmesg))
-}
-
-/// Like `scan_dmesg`, on the console log vng.log.
-fn scan_console(path: &Path) -> Option<usize> {
-    let console = fs::read_to_string(path)
-        .map_err(|err| eprintln!("[xtask] cannot read {}: {err}", path.display()))
-        .ok()?;
-    Some(kernel_trouble(&console))
+        fs::read_to_string(&console)
+    });
+    match log {
+        Ok(log) => kernel_trouble(&log),
+        Err(err) => {
+            eprintln!("[xtask] cannot read {}: {err}", console.display());
+            0
+        }
+    }
 }
 
 /// Prints the kernel log lines that point at trouble; returns how many are fatal.
