@@ -26,6 +26,9 @@ use agentcg_vmtests::{TestCgroup, memhog};
 const MIB: u64 = 1 << 20;
 /// Acceptance: a BPF event is at most this far from the moment memory.events changed.
 const MAX_SKEW_NS: u64 = 10_000_000;
+/// The widest window (see `distance_to_window`) that still makes the skew a measurement:
+/// an event inside a window of a second would pass however late it came.
+const MAX_WINDOW_NS: u64 = 5 * MAX_SKEW_NS;
 
 /// How far `t` lies from the window `[from, to]` (0 inside it). The poller knows only
 /// that memory.events changed after its previous read ended and before the read that
@@ -240,6 +243,12 @@ fn mem_high_event_matches_memory_events_and_deprioritizes_the_call() {
     assert!(
         skew <= MAX_SKEW_NS,
         "event {skew} ns away from memory.events"
+    );
+    let window = obs_end - prev_end;
+    assert!(
+        window <= MAX_WINDOW_NS,
+        "the poller was off the CPU for {window} ns around the change: too coarse to time \
+         the event"
     );
     assert_eq!(ev.counter, 1, "the first high event of a fresh cgroup");
     assert!(obs_value >= ev.counter);
