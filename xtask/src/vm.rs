@@ -429,4 +429,35 @@ mod tests {
             0
         );
     }
+
+    #[test]
+    fn the_console_is_scanned_only_when_the_guest_saved_no_dmesg() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = GuestFiles {
+            dir: dir.path().to_path_buf(),
+        };
+        let panic = "[ 95.3] Kernel panic - not syncing: Attempted to kill init!\n";
+        fs::write(files.vng_log(), panic).unwrap();
+        assert_eq!(
+            scan_kernel_log(&files),
+            1,
+            "no dmesg.log: the console counts"
+        );
+        fs::write(
+            files.dmesg(),
+            "[ 1.0] rcu: Hierarchical SRCU implementation.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            scan_kernel_log(&files),
+            0,
+            "dmesg.log is the guest's whole log"
+        );
+        fs::write(
+            files.dmesg(),
+            "[ 9.1] BUG: kernel NULL pointer dereference\n",
+        )
+        .unwrap();
+        assert_eq!(scan_kernel_log(&files), 1);
+    }
 }
