@@ -97,14 +97,18 @@ impl Outcome {
     /// The job's exit status; fails when the guest did not finish the job or its kernel
     /// logged a BUG, WARNING or Oops.
     pub fn check(&self) -> Result<i32> {
-        if self.kernel_errors > 0 {
-            bail!(
-                "the guest kernel logged {} BUG/WARNING/Oops/panic line(s), listed above; \
-                 the full log is target/vm/dmesg.log, or the console target/vm/vng.log",
-                self.kernel_errors
-            );
+        if self.kernel_errors == 0 {
+            return self.end.clone().map_err(anyhow::Error::msg);
         }
-        self.end.clone().map_err(anyhow::Error::msg)
+        let logged = format!(
+            "the guest kernel logged {} BUG/WARNING/Oops/panic line(s), listed above; \
+             the full log is target/vm/dmesg.log, or the console target/vm/vng.log",
+            self.kernel_errors
+        );
+        match &self.end {
+            Ok(_) => bail!("{logged}"),
+            Err(died) => bail!("{logged}; and {died}"),
+        }
     }
 
     /// The job's status as xtask's exit code (see `check`).
@@ -372,18 +376,38 @@ fn scan_kernel_log(files: &GuestFiles) -> usize {
 
 /// Prints the kernel log lines that point at trouble; returns how many are fatal.
 fn kernel_trouble(log: &str) -> usize {
-    let mut fatal = 0;
+    let (lines, fatal) = trouble_report(log);
+    for line in lines {
+        eprintln!("[xtask] guest kernel: {line}");
+    }
+    fatal
+}
+
+/// Lines a fatal report may run to after its first line (registers, code, call trace).
+const REPORT_LINES: usize = 60;
+
+/// The lines worth showing (each fatal line with the report that follows it, up to its
+/// `---[ end trace` or `REPORT_LINES`, and sched_ext's errors) and the fatal count.
+fn trouble_report(log: &str) -> (Vec<&str>, usize) {
+    let (mut shown, mut fatal, mut report_left) = (Vec::new(), 0, 0);
     for line in log.lines() {
         let is_fatal = FATAL_MARKERS.iter().any(|marker| line.contains(marker));
         let sched_ext = line
             .split_once("sched_ext: ")
             .is_some_and(|(_, rest)| rest.contains("disabled") || rest.contains("error"));
-        if is_fatal || sched_ext {
-            eprintln!("[xtask] guest kernel: {line}");
+        if is_fatal {
+            fatal += 1;
+            report_left = REPORT_LINES;
+            shown.push(line);
+        } else if report_left > 0 || sched_ext {
+            shown.push(line);
+            report_left = report_left.saturating_sub(1);
+            if line.contains("---[ end trace") {
+                report_left = 0;
+            }
         }
-        fatal += usize::from(is_fatal);
     }
-    fatal
+    (shown, fatal)
 }
 
 /// The job's exit status as the guest recorded it, or why there is none.
@@ -424,9 +448,41 @@ mod tests {
                        [ 91.2] WARNING: CPU: 1 PID: 7 at kernel/sched/ext.c:100\n\
                        [ 95.3] Kernel panic - not syncing: Attempted to kill init!\n";
         assert_eq!(kernel_trouble(console), 2);
+        let (shown, fatal) = trouble_report(console);
+        assert_eq!((shown.len(), fatal), (3, 2), "{shown:?}");
         assert_eq!(
             kernel_trouble("[ 1.0] rcu: Hierarchical SRCU implementation.\n"),
             0
+        );
+    }
+
+    #[test]
+    fn a_fatal_line_is_shown_with_its_report_up_to_its_end() {
+        let oops = "[ 1.0] booted\n\
+                    [ 799.4] Oops: int3: 0000 [#1] SMP NOPTI\n\
+                    [ 799.4] RIP: 0010:uncharge_batch+0x1/0x90\n\
+                    [ 799.4] Call Trace:\n\
+                    [ 799.4] ---[ end trace 0000000000000000 ]---\n\
+                    [ 800.0] virtio_net: link up\n";
+        let (shown, fatal) = trouble_report(oops);
+        assert_eq!(fatal, 1);
+        assert_eq!(shown.len(), 4, "{shown:?}");
+        assert!(shown[1].contains("RIP: "), "{shown:?}");
+        let endless = format!("Oops: int3\n{}", "[ 1.0] frame\n".repeat(100));
+        assert_eq!(trouble_report(&endless).0.len(), 1 + REPORT_LINES);
+    }
+
+    #[test]
+    fn a_guest_that_died_says_so_beside_its_kernel_errors() {
+        let died = Outcome {
+            log: String::new(),
+            end: Err("the guest did not finish its job; Last lines: RIP".to_owned()),
+            kernel_errors: 2,
+        };
+        let err = died.check().unwrap_err().to_string();
+        assert!(
+            err.contains("logged 2") && err.contains("Last lines: RIP"),
+            "{err}"
         );
     }
 
