@@ -30,7 +30,7 @@ pub fn main(ws: &Workspace, args: &Args) -> Result<ExitCode> {
 
 /// vm-test without provisioning (`cargo xtask test` provisions once for everything).
 ///
-/// A guest that dies of the known emulator fault (`Outcome::died_of_known_emulator_fault`)
+/// A guest that dies of a stray `int3` alone (`Outcome::died_of_a_stray_int3`)
 /// is booted once more for the executables it did not finish; the death is reported, and
 /// a second death of any kind fails the run.
 pub fn run(ws: &Workspace, args: &Args) -> Result<ExitCode> {
@@ -51,10 +51,10 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<ExitCode> {
         .map(|exe| ExeResult::from_log(exe, &outcome.log, filtered))
         .collect();
     let mut rebooted = None;
-    if outcome.died_of_known_emulator_fault() {
+    if outcome.died_of_a_stray_int3() {
         let again: Vec<&TestExe> = unfinished(&results);
         eprintln!(
-            "[xtask] the guest died of the known emulator fault (a stray int3, see \
+            "[xtask] the guest died of a stray int3 in its kernel (see \
              docs/ARCHITECTURE.md#a-guest-that-dies): booting a new VM for the {} \
              executable(s) it did not finish",
             again.len()
@@ -70,7 +70,7 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     report(&results);
     if let Some(again) = rebooted {
         println!(
-            "vm-test: the first VM died of the known emulator fault (kernel report above); \
+            "vm-test: the first VM died of a stray int3 in its kernel (report above); \
              {again} executable(s) ran again in a second VM"
         );
     }
