@@ -360,8 +360,8 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Prints the lines of the guest's kernel log that point at trouble and returns how many
-/// are fatal: dmesg.log, or the console vng.log when the guest saved no dmesg.
+/// Prints the lines of the guest's kernel log that point at trouble and returns the fatal
+/// ones: dmesg.log, or the console vng.log when the guest saved no dmesg.
 fn scan_kernel_log(files: &GuestFiles) -> Vec<String> {
     let (dmesg, console) = (files.dmesg(), files.vng_log());
     let log = fs::read_to_string(&dmesg).or_else(|_| {
@@ -408,7 +408,7 @@ fn stray_int3_death(fatal: &[String]) -> bool {
 const REPORT_LINES: usize = 60;
 
 /// The lines worth showing (each fatal line with the report that follows it, up to its
-/// `---[ end trace` or `REPORT_LINES`, and sched_ext's errors) and the fatal count.
+/// `---[ end trace` or `REPORT_LINES`, and sched_ext's errors) and the fatal lines.
 fn trouble_report(log: &str) -> (Vec<&str>, Vec<&str>) {
     let (mut shown, mut fatal, mut report_left) = (Vec::new(), Vec::new(), 0);
     for line in log.lines() {

@@ -77,7 +77,7 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<ExitCode> {
     outcome.check()?;
     let failed = results
         .iter()
-        .filter(|r| matches!(r.verdict, Verdict::Failed(_)))
+        .filter(|r| matches!(r.verdict, Verdict::Failed(_) | Verdict::Unfinished(_)))
         .count();
     if failed > 0 {
         bail!(
@@ -167,8 +167,6 @@ fn build_tests(ws: &Workspace) -> Result<Vec<TestExe>> {
 }
 
 const BEGIN: &str = "=== vm-test: running ";
-const DID_NOT_RUN: &str = "did not run";
-const DID_NOT_FINISH: &str = "did not finish (the VM stopped)";
 const END: &str = "=== vm-test: exit status ";
 
 /// The guest side: every executable in turn, between markers the host parses.
@@ -237,6 +235,9 @@ enum Verdict {
     /// FILTER matched none of its tests: reported, not a failure.
     FilteredOut,
     Failed(String),
+    /// The VM stopped before the executable ended, or before it began: a failure, and
+    /// what a second VM runs after a stray int3.
+    Unfinished(&'static str),
 }
 
 #[derive(Debug)]
@@ -249,7 +250,7 @@ struct ExeResult<'a> {
 impl<'a> ExeResult<'a> {
     /// Whether the VM stopped before this executable ended.
     fn is_unfinished(&self) -> bool {
-        matches!(&self.verdict, Verdict::Failed(why) if why == DID_NOT_RUN || why == DID_NOT_FINISH)
+        matches!(self.verdict, Verdict::Unfinished(_))
     }
 
     /// Judges `exe` by its section of the guest log.
@@ -259,7 +260,7 @@ impl<'a> ExeResult<'a> {
             return Self {
                 exe,
                 summary: None,
-                verdict: Verdict::Failed(DID_NOT_RUN.into()),
+                verdict: Verdict::Unfinished("did not run"),
             };
         };
         let end = format!(" of {}", exe.name);
@@ -284,7 +285,7 @@ impl<'a> ExeResult<'a> {
 
 fn judge(exit: Option<&str>, summary: Option<Summary>, filtered: bool) -> Verdict {
     match (exit, summary) {
-        (None, _) => Verdict::Failed(DID_NOT_FINISH.into()),
+        (None, _) => Verdict::Unfinished("did not finish (the VM stopped)"),
         (Some(code), _) if code != "0" => Verdict::Failed(format!("exit status {code}")),
         (Some(_), None) => Verdict::Failed("printed no libtest summary".into()),
         (Some(_), Some(s)) if s.passed + s.failed > 0 => Verdict::Passed,
@@ -312,6 +313,7 @@ fn report(results: &[ExeResult<'_>]) {
             Verdict::NoTests => "no tests".to_owned(),
             Verdict::FilteredOut => "no test matched the filter".to_owned(),
             Verdict::Failed(why) => format!("FAILED: {why}"),
+            Verdict::Unfinished(why) => format!("FAILED: {why}"),
         };
         println!("  {}: {verdict}{counts}", result.exe.name);
     }
@@ -420,8 +422,8 @@ mod tests {
         );
         assert_eq!(
             verdict(&format!("{BEGIN}kernel-1\n{ok}\n"), false),
-            r#"Failed("did not finish (the VM stopped)")"#
+            r#"Unfinished("did not finish (the VM stopped)")"#
         );
-        assert_eq!(verdict("", false), r#"Failed("did not run")"#);
+        assert_eq!(verdict("", false), r#"Unfinished("did not run")"#);
     }
 }
