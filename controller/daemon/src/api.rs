@@ -216,12 +216,13 @@ fn to_json<T: serde::Serialize>(v: T) -> ApiResult {
 }
 
 async fn status(State(state): State<AppState>) -> ApiResult {
-    let (running, history, reaper, state_files) = with_controller(&state, |c| {
+    let (running, history, reaper, state_files, reading) = with_controller(&state, |c| {
         Ok((
             c.running_count(),
             c.writer_status(),
             c.reaper_status(),
             c.state_errors(),
+            c.memory_reading().ok(),
         ))
     })
     .await?;
@@ -249,12 +250,18 @@ async fn status(State(state): State<AppState>) -> ApiResult {
         modes.insert(modes.len().min(1), json!({"part": "cpu", "mode": cpu_mode}));
     }
     v["scheduler"] = serde_json::to_value(&sched).unwrap_or_default();
-    let memory = state
+    let mut memory = state
         .status
         .memory
         .lock()
         .map(|s| s.clone())
         .unwrap_or_default();
+    // The response reads the root only when it has something to decide: the status
+    // shows the root as it is now.
+    if let Some(r) = reading {
+        (memory.root_usage, memory.root_limit, memory.defended) =
+            (r.usage, r.limit, Some(r.defended));
+    }
     let response = format!(
         "graduated response (throttle, reclaim, freeze, kill low-priority calls) on {}",
         memory.signals.join(" + ")

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use agentcg_core::controller::{AdoptReport, Controller, StartOptions};
 use agentcg_core::events::EventBus;
 use agentcg_core::policy::Policy;
-use agentcg_core::record::CallRecord;
+use agentcg_core::record::{CallRecord, Outcome};
 use agentcg_daemon::{args, root};
 use clap::Parser;
 
@@ -60,8 +60,15 @@ async fn run(args: args::Args, notifier: &Arc<systemd::Notifier>) -> Result<(), 
                 let call_id = record.call_id;
                 tracing::error!(call_id, "record not written (kept, retried): {e}");
             }
+            // A call that went wrong is worth a line in the journal; the history and
+            // the event stream hold every call (an `ok` line per call at 50 calls/s
+            // cost agentcgd ~3 % of its CPU in the VM profile).
             let (call_id, outcome) = (record.call_id, record.outcome.as_str());
-            tracing::info!(call_id, session = %record.session, outcome, "call ended");
+            if record.outcome == Outcome::Ok {
+                tracing::debug!(call_id, session = %record.session, outcome, "call ended");
+            } else {
+                tracing::info!(call_id, session = %record.session, outcome, "call ended");
+            }
             wakers.ended.notify_waiters();
         })
     };

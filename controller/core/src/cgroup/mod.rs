@@ -226,11 +226,15 @@ impl Cgroup {
         self.write(SUBTREE_CONTROL, &missing.join(" "))
     }
 
-    /// How many processes live in the subtree (a leaf's own `cgroup.procs` says it
-    /// all; a subtree takes the walk).
+    /// How many processes live in the subtree. An empty subtree (the common case: a
+    /// call whose tool exited) costs one read of `cgroup.events`; otherwise a leaf's own
+    /// `cgroup.procs` says it all and a subtree takes the walk.
     pub fn count_procs(&self) -> usize {
+        if !self.populated().unwrap_or(true) {
+            return 0;
+        }
         let own = self.procs().map(|p| p.len()).unwrap_or(0);
-        if own > 0 || !self.populated().unwrap_or(false) {
+        if own > 0 {
             return own;
         }
         self.count_procs_recursive()

@@ -225,18 +225,27 @@ impl Response {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let woke = tokio::select! {
                 change = changes.recv() => match change {
-                    Some(c) => self.change(c, &sources.sender),
+                    Some(c) => {
+                        let woke = Woke::of(&c);
+                        self.change(c, &sources.sender);
+                        woke
+                    }
                     None => return,
                 },
                 signal = sources.signals.recv() => match signal {
-                    Some(s) => self.signal(s),
+                    Some(s) => {
+                        self.signal(s);
+                        Woke::Signal
+                    }
                     None => return,
                 },
-                () = sleep => {}
+                () = sleep => Woke::Recheck,
+            };
+            if worth_deciding(woke, self.state.step.is_some()) {
+                self.evaluate().await;
             }
-            self.evaluate().await;
             let latched = !self.latched.is_empty();
             recheck = pressure::recheck_at(&self.policy, &self.state, latched, Instant::now());
         }
@@ -485,6 +494,40 @@ impl Response {
     }
 }
 
+/// What woke the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woke {
+    /// A PSI trigger, a BPF memory event or the kernel's OOM report.
+    Signal,
+    /// The recheck timer of a step in force or a held watermark.
+    Recheck,
+    /// A reloaded policy: its thresholds may call for a step now.
+    Policy,
+    /// A session or a call came or went.
+    Membership,
+}
+
+impl Woke {
+    fn of(change: &Change) -> Woke {
+        match change {
+            Change::Policy(_) => Woke::Policy,
+            Change::Session { .. } | Change::Removed { .. } => Woke::Membership,
+        }
+    }
+}
+
+/// Whether the response reads the root and decides after waking. Sessions and calls
+/// coming and going (every call's end wakes it) change nothing a decision sees unless a
+/// step is in force, whose victims they may be: the kernel's signals say when memory
+/// runs short. Reading the root on every call's end was two of the per-call reads of
+/// cgroupfs and /proc/meminfo (docs/ARCHITECTURE.md, "Cost per call").
+fn worth_deciding(woke: Woke, step_in_force: bool) -> bool {
+    match woke {
+        Woke::Signal | Woke::Recheck | Woke::Policy => true,
+        Woke::Membership => step_in_force,
+    }
+}
+
 /// Why a step is taken, in words.
 fn reason(r: &Reading) -> String {
     let pct = if r.limit == 0 {
@@ -519,6 +562,26 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comings_and_goings_are_decided_on_only_while_a_step_is_in_force() {
+        for woke in [Woke::Signal, Woke::Recheck, Woke::Policy] {
+            assert!(worth_deciding(woke, false), "{woke:?}");
+            assert!(worth_deciding(woke, true), "{woke:?}");
+        }
+        assert!(!worth_deciding(Woke::Membership, false));
+        assert!(worth_deciding(Woke::Membership, true));
+        assert_eq!(
+            Woke::of(&Change::Removed { cgroup_id: 7 }),
+            Woke::Membership
+        );
+        assert_eq!(
+            Woke::of(&Change::Policy(
+                agentcg_core::policy::Policy::default_policy().memory
+            )),
+            Woke::Policy
+        );
+    }
 
     #[test]
     fn reasons_say_what_fired() {
