@@ -301,18 +301,28 @@ fn calls_end_when_their_tool_exits() {
 }
 
 /// Acceptance 3: 500 sequential calls (ok, failing, OOM-killed, one leaving a background process
-/// behind) leave zero cgroups under calls/.
+/// behind, tools that make cgroups of their own inside their call's, one of them with a
+/// process left in it) leave zero cgroups under calls/.
+/// A tool's own cgroup directory, in `sh`.
+const OWN_CGROUP: &str = "\"/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)\"";
+
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn five_hundred_calls_leave_no_cgroup_behind() {
     let d = Daemon::start("many");
     let hog = memhog();
+    let nested_empty = format!("mkdir {OWN_CGROUP}/sub");
+    let nested_sleeper = format!(
+        "mkdir {OWN_CGROUP}/sub; sh -c 'echo $$ > {OWN_CGROUP}/sub/cgroup.procs; exec sleep 1000' & sleep 0.5; echo started"
+    );
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
     let mut ids = std::collections::BTreeSet::new();
     for i in 0..500 {
         let args: Vec<&str> = match i % 100 {
             7 => vec!["--intent", "mem.max=16M", "--", &hog, "64"],
             13 => vec!["--", "sh", "-c", "sleep 1000 & echo started"],
+            29 => vec!["--", "sh", "-c", &nested_empty],
+            41 => vec!["--", "sh", "-c", &nested_sleeper],
             n if n % 3 == 0 => vec!["--", "false"],
             _ => vec!["--", "true"],
         };
@@ -323,7 +333,10 @@ fn five_hundred_calls_leave_no_cgroup_behind() {
         *outcomes
             .entry(r["outcome"].as_str().unwrap().to_string())
             .or_default() += 1;
-        if i % 100 == 13 {
+        if i % 100 == 29 {
+            assert_eq!(r["outcome"], "ok", "mkdir in its own cgroup: {r}");
+        }
+        if i % 100 == 13 || i % 100 == 41 {
             assert!(
                 r["leftover_killed"].as_u64().unwrap() >= 1,
                 "background sleep must be killed: {r}"

@@ -262,13 +262,28 @@ impl Cgroup {
 
     /// Removes this cgroup and its child cgroups, deepest first, if nothing lives in
     /// them: `Ok(true)` when gone, `Ok(false)` while the kernel still holds one (EBUSY:
-    /// exited tasks are still being torn down). Never waits.
+    /// exited tasks are still being torn down). Never waits. A leaf (a call's cgroup,
+    /// unless its tool made cgroups of its own) goes with one rmdir; the kernel answers
+    /// EBUSY for a cgroup with children as for a populated one, and only then are the
+    /// children listed.
     pub fn remove_empty(&self) -> Result<bool, CgroupError> {
-        for child in self.children() {
+        if self.rmdir()? {
+            return Ok(true);
+        }
+        let children = self.children();
+        if children.is_empty() {
+            return Ok(false);
+        }
+        for child in children {
             if !child.remove_empty()? {
                 return Ok(false);
             }
         }
+        self.rmdir()
+    }
+
+    /// rmdir: `Ok(false)` on EBUSY (populated, or children left).
+    fn rmdir(&self) -> Result<bool, CgroupError> {
         match std::fs::remove_dir(&self.path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
