@@ -519,8 +519,8 @@ impl Woke {
 /// Whether the response reads the root and decides after waking. Sessions and calls
 /// coming and going (every call's end wakes it) change nothing a decision sees unless a
 /// step is in force, whose victims they may be: the kernel's signals say when memory
-/// runs short. Reading the root on every call's end was two of the per-call reads of
-/// cgroupfs and /proc/meminfo (docs/ARCHITECTURE.md, "Cost per call").
+/// runs short. Before, every call's end cost a full reading of the root: three
+/// cgroupfs files and /proc/meminfo (docs/ARCHITECTURE.md, "Cost per call").
 fn worth_deciding(woke: Woke, step_in_force: bool) -> bool {
     match woke {
         Woke::Signal | Woke::Recheck | Woke::Policy => true,
