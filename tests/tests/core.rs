@@ -300,12 +300,12 @@ fn calls_end_when_their_tool_exits() {
     assert!(!log.contains("retried later"), "reaping failed: {log}");
 }
 
-/// Acceptance 3: 500 sequential calls (ok, failing, OOM-killed, one leaving a background process
-/// behind, tools that make cgroups of their own inside their call's, one of them with a
-/// process left in it) leave zero cgroups under calls/.
 /// A tool's own cgroup directory, in `sh`.
 const OWN_CGROUP: &str = "\"/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)\"";
 
+/// Acceptance 3: 500 sequential calls (ok, failing, OOM-killed, one leaving a background process
+/// behind, tools that make cgroups of their own inside their call's, one of them with a
+/// process left in it) leave zero cgroups under calls/.
 #[test]
 #[ignore = "kernel test: needs root and the 7.3 VM (cargo xtask vm-test)"]
 fn five_hundred_calls_leave_no_cgroup_behind() {
@@ -313,7 +313,9 @@ fn five_hundred_calls_leave_no_cgroup_behind() {
     let hog = memhog();
     let nested_empty = format!("mkdir {OWN_CGROUP}/sub");
     let nested_sleeper = format!(
-        "mkdir {OWN_CGROUP}/sub; sh -c 'echo $$ > {OWN_CGROUP}/sub/cgroup.procs; exec sleep 1000' & sleep 0.5; echo started"
+        "mkdir {OWN_CGROUP}/sub; sh -c 'echo $$ > {OWN_CGROUP}/sub/cgroup.procs; exec sleep 1000' & \
+         for i in $(seq 100); do grep -q . {OWN_CGROUP}/sub/cgroup.procs && break; sleep 0.1; done; \
+         grep -q . {OWN_CGROUP}/sub/cgroup.procs && echo started"
     );
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
     let mut ids = std::collections::BTreeSet::new();
@@ -341,7 +343,8 @@ fn five_hundred_calls_leave_no_cgroup_behind() {
                 r["leftover_killed"].as_u64().unwrap() >= 1,
                 "background sleep must be killed: {r}"
             );
-            assert!(out.status.success());
+            // For 41, success also says the sleeper sat in the child cgroup.
+            assert!(out.status.success(), "call {i}: {r}");
         }
     }
     // The last call's cgroup is removed just after its finish reply: allow a moment.
